@@ -1,0 +1,271 @@
+"""Connections and topology discovery for source and target Redis.
+
+Cluster or standalone is detected, never asked for. Every socket has a timeout, and every
+connection failure becomes a `BadInput` that says what to check, with the password redacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+from dataclasses import dataclass, field
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import redis
+from redis.connection import parse_url
+
+from .errors import BadInput, MigrateError
+from .redact import redact_url, register_secret
+
+SLOT_COUNT = 16384
+PROBE_KEY = b"__redis_migrate_probe__"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One side of the migration: a redis-py URL plus how to reach it safely."""
+
+    role: str
+    url: str
+    tls_insecure: bool = False
+    socket_timeout: float = 60.0
+    connect_timeout: float = 10.0
+    password: str | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_url(cls, role: str, url: str, *, tls_insecure: bool = False, **kwargs) -> "Endpoint":
+        """Validate the URL early, and take the password from the environment when it is set there."""
+        if not url or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise BadInput(
+                f"{role} URL {redact_url(url or '')!r} is not a Redis URL",
+                "use redis://[user:password@]host:port/db, or rediss://host:port?ssl_ca_certs=FILE for TLS",
+            )
+        try:
+            parsed = parse_url(url)
+        except ValueError as exc:
+            raise BadInput(f"{role} URL {redact_url(url)!r} cannot be parsed: {exc}",
+                           "check the port number and the query arguments") from None
+        password = os.environ.get(f"REDIS_MIGRATE_{role.upper()}_PASSWORD") or parsed.get("password")
+        register_secret(password)
+        return cls(role=role, url=url, tls_insecure=tls_insecure, password=password, **kwargs)
+
+    @property
+    def redacted(self) -> str:
+        return redact_url(self.url)
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+    @property
+    def db(self) -> int:
+        return int(parse_url(self.url).get("db", 0) or 0)
+
+    @property
+    def identity(self) -> str:
+        """What ties a run directory to this endpoint: scheme, host, port and db, never a secret."""
+        parsed = parse_url(self.url)
+        return f"{urlsplit(self.url).scheme}://{parsed.get('host')}:{parsed.get('port')}/{self.db}"
+
+    def connection_kwargs(self, db: int | None = None) -> dict:
+        """Keyword arguments for `redis.Redis`, with timeouts, TLS verification and the password."""
+        kwargs = parse_url(self.url)
+        kwargs.pop("connection_class", None)
+        kwargs["password"] = self.password
+        kwargs["db"] = self.db if db is None else db
+        kwargs["socket_timeout"] = self.socket_timeout
+        kwargs["socket_connect_timeout"] = self.connect_timeout
+        kwargs["retry_on_timeout"] = False
+        if self.tls:
+            kwargs["ssl"] = True
+            if self.tls_insecure:
+                kwargs["ssl_cert_reqs"] = "none"
+                kwargs["ssl_check_hostname"] = False
+            else:
+                kwargs.setdefault("ssl_check_hostname", False)
+        return kwargs
+
+    def node_client(self, host: str | None = None, port: int | None = None, db: int | None = None) -> redis.Redis:
+        """A client for one node (the URL's own, or a cluster member), with the same auth and TLS."""
+        kwargs = self.connection_kwargs(db)
+        if host is not None:
+            kwargs["host"], kwargs["port"] = host, port
+        return redis.Redis(**kwargs)
+
+
+@dataclass(frozen=True)
+class Node:
+    host: str
+    port: int
+    slots: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class Topology:
+    """What discovery found: the masters to read from or write to, and what the server is."""
+
+    endpoint: Endpoint
+    kind: str  # "standalone" or "cluster"
+    server: str  # "redis" or "valkey"
+    version: str
+    masters: list[Node]
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.kind == "cluster"
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.version.split(".")[:3] if p.isdigit())
+
+    def client(self, node: Node, db: int | None = None) -> redis.Redis:
+        return self.endpoint.node_client(node.host, node.port, db)
+
+    def slot_owners(self) -> list[int]:
+        """For every slot, the index of the master that owns it (-1 where no master does)."""
+        owners = [-1] * SLOT_COUNT
+        for index, node in enumerate(self.masters):
+            for start, end in node.slots:
+                owners[start:end + 1] = [index] * (end - start + 1)
+        return owners
+
+    def describe(self) -> dict:
+        return {
+            "url": self.endpoint.redacted,
+            "kind": self.kind,
+            "server": self.server,
+            "version": self.version,
+            "tls": self.endpoint.tls,
+            "auth": bool(self.endpoint.password),
+            "masters": [n.name for n in self.masters],
+        }
+
+
+@contextlib.contextmanager
+def translated_errors(endpoint: Endpoint) -> Iterator[None]:
+    """Turn redis-py and socket failures into errors that name the endpoint and the fix."""
+    where = f"{endpoint.role} {endpoint.redacted}"
+    try:
+        yield
+    except MigrateError:
+        raise
+    except redis.AuthenticationError:
+        raise BadInput(f"{where}: authentication failed (wrong password or user)",
+                       f"check the URL's user and password, or REDIS_MIGRATE_{endpoint.role.upper()}_PASSWORD") from None
+    except redis.ResponseError as exc:
+        text = str(exc)
+        if "NOAUTH" in text or "WRONGPASS" in text or "NOPERM" in text:
+            raise BadInput(f"{where}: not authorised ({_first_line(text)})",
+                           "give a password in the URL or the environment, and a user allowed to run the scan/dump/restore commands") from None
+        raise
+    except (redis.ConnectionError, redis.TimeoutError, ssl.SSLError, OSError) as exc:
+        raise BadInput(f"{where}: cannot connect ({_first_line(str(exc))})", _connection_hint(endpoint, str(exc))) from None
+
+
+def _first_line(text: str) -> str:
+    from .redact import scrub
+    return scrub(text.strip().splitlines()[0] if text.strip() else type(text).__name__)
+
+
+def _connection_hint(endpoint: Endpoint, text: str) -> str:
+    lowered = text.lower()
+    if "certificate" in lowered or "verify" in lowered:
+        return ("the server's TLS certificate is not trusted: pass its CA with ?ssl_ca_certs=FILE in the URL, "
+                "or --tls-insecure to skip verification (not for production)")
+    if "ssl" in lowered or "wrong version" in lowered or "record layer" in lowered:
+        return "TLS mismatch: use rediss:// only for a TLS port, and redis:// for a plain one"
+    if endpoint.tls:
+        return "check host and port, and that the port speaks TLS (ElastiCache Serverless does, on 6379)"
+    return ("check host, port and network path (security groups); if the server requires TLS, "
+            "as ElastiCache Serverless does, use rediss://")
+
+
+def discover(endpoint: Endpoint) -> Topology:
+    """Connect, authenticate and find the masters. Refuses replicas and clusters with uncovered slots."""
+    client = endpoint.node_client()
+    with translated_errors(endpoint):
+        client.ping()
+        server, version, mode, role = _hello(client)
+        if role not in ("master", "primary"):
+            raise BadInput(f"{endpoint.role} {endpoint.redacted} is a replica (role {role})",
+                           "point at the primary endpoint: a replica cannot be the target, and scanning "
+                           "one can miss recent writes")
+        if mode != "cluster":
+            host, port = client.connection_pool.connection_kwargs["host"], client.connection_pool.connection_kwargs["port"]
+            return Topology(endpoint, "standalone", server, version, [Node(host, int(port), ((0, SLOT_COUNT - 1),))])
+        masters = _cluster_masters(client, endpoint)
+    topology = Topology(endpoint, "cluster", server, version, masters)
+    uncovered = topology.slot_owners().count(-1)
+    if uncovered:
+        raise BadInput(f"{endpoint.role} cluster {endpoint.redacted} leaves {uncovered} of {SLOT_COUNT} slots uncovered",
+                       "wait for the cluster to be healthy (CLUSTER INFO cluster_state:ok) and run again")
+    return topology
+
+
+def _hello(client: redis.Redis) -> tuple[str, str, str, str]:
+    """Server name, version, mode and role. HELLO exists from Redis 6; INFO is the fallback."""
+    try:
+        reply = client.execute_command("HELLO", 2)
+        fields = {_text(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
+        return (_text(fields.get("server", "redis")), _text(fields.get("version", "0")),
+                _text(fields.get("mode", "standalone")), _text(fields.get("role", "master")))
+    except redis.ResponseError:
+        info = client.info("server")
+        replication = client.info("replication")
+        return ("redis", str(info.get("redis_version", "0")), str(info.get("redis_mode", "standalone")),
+                str(replication.get("role", "master")))
+
+
+def _cluster_masters(client: redis.Redis, endpoint: Endpoint) -> list[Node]:
+    """Masters and their slot ranges from CLUSTER SLOTS. An empty host means 'the one you asked'."""
+    default_host = client.connection_pool.connection_kwargs["host"]
+    ranges: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for entry in client.execute_command("CLUSTER SLOTS"):
+        start, end, master = int(entry[0]), int(entry[1]), entry[2]
+        host = _text(master[0]) or default_host
+        if host == "?":
+            host = default_host
+        ranges.setdefault((host, int(master[1])), []).append((start, end))
+    return [Node(host, port, tuple(sorted(slots))) for (host, port), slots in sorted(ranges.items())]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def rdb_version_of(payload: bytes) -> int:
+    """A DUMP payload ends with a 2-byte little-endian RDB version, then an 8-byte CRC64."""
+    if len(payload) < 10:
+        raise ValueError("DUMP payload too short")
+    return int.from_bytes(payload[-10:-8], "little")
+
+
+def probe_rdb_version(topology: Topology) -> int:
+    """The RDB version the target writes: DUMP a scratch key in its first master, then delete it."""
+    client = topology.client(topology.masters[0])
+    key = _probe_key_for(topology.masters[0])
+    with translated_errors(topology.endpoint):
+        client.set(key, b"probe", px=60_000)
+        try:
+            payload = client.dump(key)
+        finally:
+            client.delete(key)
+    return rdb_version_of(payload)
+
+
+def _probe_key_for(node: Node) -> bytes:
+    """A scratch key whose slot this node owns, so a cluster node never answers MOVED."""
+    from .slots import key_slot
+    owned = node.slots or ((0, SLOT_COUNT - 1),)
+    for suffix in range(100_000):
+        key = PROBE_KEY + str(suffix).encode()
+        slot = key_slot(key)
+        if any(start <= slot <= end for start, end in owned):
+            return key
+    raise MigrateError("no probe key found for node " + node.name)

@@ -1,0 +1,80 @@
+"""An independent reading of a whole Redis, for asserting outcomes in tests.
+
+It shares no code with the verify stage on purpose: a bug there must not hide a bug here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+
+def masters(client_or_cluster) -> list[redis.Redis]:
+    """Plain clients for every master of a testbed server or cluster."""
+    nodes = getattr(client_or_cluster, "nodes", None)
+    if nodes is None:
+        return [client_or_cluster.client()]
+    return [node.client() for node in nodes]
+
+
+def read_value(client: redis.Redis, key: bytes):
+    kind = client.type(key).decode()
+    if kind == "string":
+        return kind, client.get(key)
+    if kind == "hash":
+        return kind, sorted(client.hgetall(key).items())
+    if kind == "list":
+        return kind, client.lrange(key, 0, -1)
+    if kind == "set":
+        return kind, sorted(client.smembers(key))
+    if kind == "zset":
+        return kind, sorted(client.zrange(key, 0, -1, withscores=True))
+    if kind == "stream":
+        entries = client.xrange(key, "-", "+")
+        groups = sorted((g["name"], g["last-delivered-id"]) for g in client.xinfo_groups(key))
+        return kind, (entries, groups)
+    if kind == "none":
+        return None
+    return kind, None
+
+
+def snapshot(server, db: int = 0) -> dict[bytes, tuple]:
+    """key -> (type, canonical value, absolute expiry ms or -1) for every key on every master."""
+    result = {}
+    for client in masters(server):
+        if db:
+            client = redis.Redis(connection_pool=redis.ConnectionPool(**{**client.connection_pool.connection_kwargs, "db": db},
+                                                                       connection_class=client.connection_pool.connection_class))
+        for key in client.scan_iter(count=1000):
+            value = read_value(client, key)
+            if value is None:
+                continue
+            expiry = _expiry(client, key)
+            result[key] = (*value, expiry)
+    return result
+
+
+def _expiry(client: redis.Redis, key: bytes) -> int:
+    """Absolute expiry in ms; Redis 6.2 has no PEXPIRETIME, so derive it from PTTL there."""
+    try:
+        return client.pexpiretime(key)
+    except redis.ResponseError:
+        pttl = client.pttl(key)
+        return -1 if pttl < 0 else int(time.time() * 1000) + pttl
+
+
+def assert_same(source: dict, target: dict, ttl_tolerance_ms: int = 2000) -> None:
+    """Same keys, types and values; expiries equal within the tolerance."""
+    missing = set(source) - set(target)
+    extra = set(target) - set(source)
+    assert not missing, f"{len(missing)} keys missing on target, e.g. {sorted(missing)[:5]}"
+    assert not extra, f"{len(extra)} extra keys on target, e.g. {sorted(extra)[:5]}"
+    for key, (kind, value, expiry) in source.items():
+        t_kind, t_value, t_expiry = target[key]
+        assert kind == t_kind, f"{key!r}: type {kind} vs {t_kind}"
+        assert value == t_value, f"{key!r}: value differs"
+        if expiry == -1:
+            assert t_expiry == -1, f"{key!r}: target has an expiry, source has none"
+        else:
+            assert abs(expiry - t_expiry) <= ttl_tolerance_ms, f"{key!r}: expiry {expiry} vs {t_expiry}"
