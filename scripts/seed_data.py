@@ -12,8 +12,6 @@ Importable (``seed(client, keys, seed)``) and runnable::
     python scripts/seed_data.py --url redis://:pw@127.0.0.1:6379/0 --keys 10000 --seed 1
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import random
