@@ -139,7 +139,7 @@ def _rate_limit(rng: random.Random, i: int, customers: int) -> Generated:
 
 
 def _price(rng: random.Random, i: int, customers: int) -> Generated:
-    name = f"price:{100000 + rng.randrange(max(1, i + 1))}:{rng.choice(['EUR', 'USD', 'JPY'])}".encode()
+    name = f"price:{100000 + i}:{rng.choice(['EUR', 'USD', 'JPY'])}".encode()
     value = rng.choice([rng.randint(1, 99999) / 100, rng.random() * 10**rng.randint(-9, 6)])
     return name, "float", [("SET", name, repr(value))]
 
@@ -260,7 +260,7 @@ def edge_key_specs(seed: int) -> list[KeySpec]:
                (repr(1.0), "one"), (repr(1.0 + 1e-9), "one-plus-nano"), (repr(-273.15), "negative"),
                (repr(5e-324), "denormal"), ("0", "zero")]
     stores = [(f"{lon:.6f}", f"{lat:.6f}", city) for city, lon, lat in CITIES]
-    specs = [
+    return [
         KeySpec(b"bin:\x00\xff\x01\xfe:key", "bytes",
                 [("SET", b"bin:\x00\xff\x01\xfe:key", b"\x00\xff\x00binary\r\n\xfe\x80" + rng.randbytes(64))]),
         KeySpec("ключ:😀".encode(), "hash",
@@ -282,7 +282,6 @@ def edge_key_specs(seed: int) -> list[KeySpec]:
         KeySpec(b"{edge}:bitmap", "bitmap", [("SETBIT", b"{edge}:bitmap", bit, 1) for bit in (0, 7, 1000, 65535)]),
         KeySpec(b"{edge}:geo", "geo", [("GEOADD", b"{edge}:geo", *(x for p in stores for x in p))]),
     ]
-    return specs
 
 
 def short_ttl_specs(seed: int, count: int) -> list[KeySpec]:
