@@ -13,8 +13,8 @@ import traceback
 import click
 
 from . import __version__
-from .errors import MigrateError
-from .output import emit
+from .errors import BadInput, MigrateError
+from .output import emit, progress_bar, table, warn
 from .redact import scrub
 
 
@@ -90,6 +90,143 @@ def main() -> None:
 
 # Stage commands register themselves below, one section each.
 # --- data path: dump, replay, run, status ---
+
+TYPE_CHOICES = ("string", "hash", "list", "set", "zset", "stream")
+
+
+def dump_options(func):
+    func = click.option("--db", type=click.IntRange(0), default=None,
+                        help="Source database to migrate (default: the URL's, else 0).")(func)
+    func = click.option("--match", metavar="GLOB", default=None, help="Only keys matching this SCAN pattern.")(func)
+    func = click.option("--type", "types", multiple=True, type=click.Choice(TYPE_CHOICES),
+                        help="Only keys of this type (repeatable).")(func)
+    func = click.option("--scan-count", type=click.IntRange(10, 100_000), default=1000, show_default=True,
+                        help="SCAN COUNT hint per call.")(func)
+    func = click.option("--max-payload", type=click.IntRange(1 << 10), default=64 << 20, show_default=True,
+                        metavar="BYTES", help="Keys larger than this are read and written in chunks.")(func)
+    return func
+
+
+def replay_options(func):
+    func = click.option("--mode", type=click.Choice(("auto", "restore", "struct")), default="auto", show_default=True,
+                        help="auto: RESTORE payloads the target accepts, type-by-type writes for the rest.")(func)
+    func = click.option("--max-ops-per-sec", type=click.IntRange(1), default=None,
+                        help="Cap key writes per second (keep under the cache's ECPU/s maximum).")(func)
+    func = click.option("--allow-nonempty-target", is_flag=True,
+                        help="Write into a target that already holds keys (same-name keys are overwritten).")(func)
+    return func
+
+
+def _endpoint(role: str, url: str, tls_insecure: bool):
+    from .endpoints import Endpoint
+    if tls_insecure:
+        warn("--tls-insecure: TLS certificates are NOT verified; never use this in production")
+    return Endpoint.from_url(role, url, tls_insecure=tls_insecure)
+
+
+def _dump_opts(endpoint, db, match, types, scan_count, max_payload, mode="auto", target_rdb=None):
+    from .dump import DumpOptions
+    _check_match(match)
+    return DumpOptions(db=endpoint.db if db is None else db, match=match, types=tuple(types), scan_count=scan_count,
+                       max_payload=max_payload, struct_all=mode == "struct", target_rdb=target_rdb)
+
+
+def _check_match(match: str | None) -> None:
+    if match is not None and (not match or "\0" in match):
+        raise BadInput(f"--match {match!r} is not a usable SCAN pattern", "give a glob such as 'session:*'")
+
+
+def _render_summary(result: dict) -> str:
+    keys = result.get("restored", 0) + result.get("struct_written", 0)
+    seconds = result.get("seconds") or 0
+    lines = [table({k: v for k, v in result.items() if k not in ("skipped_keys",)})]
+    if seconds:
+        lines.append(f"keys/s    {keys / seconds:,.0f}")
+    for item in result.get("skipped_keys", []):
+        lines.append(f"skipped: {item['key']!r}: {item['reason']}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@source_option
+@run_dir_option()
+@dump_options
+@click.option("--mode", type=click.Choice(("auto", "struct")), default="auto", show_default=True,
+              help="struct: read every key type by type (for a target with an older RDB version).")
+@tls_insecure_option
+@json_option
+@handle_errors
+def dump(source_url, run_dir, db, match, types, scan_count, max_payload, mode, tls_insecure, as_json):
+    """Scan every source master and write keys with absolute expiries to durable segments."""
+    from .pipeline import dump_stage, open_source
+    from .state import RunDir
+    endpoint = _endpoint("source", source_url, tls_insecure)
+    options = _dump_opts(endpoint, db, match, types, scan_count, max_payload, mode)
+    directory = RunDir(run_dir, create=True)
+    with directory.lock():
+        result = dump_stage(directory, open_source(endpoint, options.db), options, progress_bar)
+    emit(result, as_json)
+
+
+@cli.command()
+@target_option
+@run_dir_option()
+@replay_options
+@tls_insecure_option
+@json_option
+@handle_errors
+def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, tls_insecure, as_json):
+    """Write the dump into the target, pipelined per target master; resumes where it stopped."""
+    from .pipeline import open_target, replay_stage
+    from .replay import ReplayOptions
+    from .state import RunDir
+    endpoint = _endpoint("target", target_url, tls_insecure)
+    directory = RunDir(run_dir)
+    options = ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec, allow_nonempty_target=allow_nonempty_target)
+    with directory.lock():
+        result = replay_stage(directory, open_target(endpoint), options, progress_bar)
+    emit(result, as_json)
+
+
+@cli.command()
+@source_option
+@target_option
+@run_dir_option()
+@dump_options
+@replay_options
+@tls_insecure_option
+@json_option
+@handle_errors
+def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, mode, max_ops_per_sec,
+        allow_nonempty_target, tls_insecure, as_json):
+    """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume."""
+    from .endpoints import probe_rdb_version
+    from .pipeline import open_source, open_target, run_stages
+    from .replay import ReplayOptions
+    from .state import RunDir
+    source = _endpoint("source", source_url, tls_insecure)
+    target = _endpoint("target", target_url, tls_insecure)
+    target_topology = open_target(target)
+    target_rdb = probe_rdb_version(target_topology) if mode == "auto" else None
+    options = _dump_opts(source, db, match, types, scan_count, max_payload, mode, target_rdb)
+    directory = RunDir(run_dir, create=True)
+    with directory.lock():
+        result = run_stages(directory, open_source(source, options.db), target_topology, options,
+                            ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec,
+                                          allow_nonempty_target=allow_nonempty_target), progress_bar)
+    emit(result, as_json, _render_summary)
+
+
+@cli.command()
+@run_dir_option()
+@json_option
+@handle_errors
+def status(run_dir, as_json):
+    """Show every stage's state and counts from the run directory's ledgers."""
+    from .pipeline import summarize
+    from .state import RunDir
+    emit(summarize(RunDir(run_dir)), as_json, _render_summary)
+
 # --- verify ---
 # --- plan, cutover, rollback ---
 

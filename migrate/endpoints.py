@@ -77,7 +77,6 @@ class Endpoint:
         kwargs["db"] = self.db if db is None else db
         kwargs["socket_timeout"] = self.socket_timeout
         kwargs["socket_connect_timeout"] = self.connect_timeout
-        kwargs["retry_on_timeout"] = False
         if self.tls:
             kwargs["ssl"] = True
             if self.tls_insecure:

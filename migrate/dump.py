@@ -1,0 +1,393 @@
+"""Dump: SCAN every source master, read each key with its absolute expiry, write durable segments.
+
+Per batch of scanned keys: one pipelined round of PEXPIRETIME (PTTL before Redis 7) and a size
+probe, then one of DUMP for the keys under the payload bound. Keys over the bound, keys whose
+payload the target cannot RESTORE (older RDB version) and every key in struct mode are read
+type by type in chunks instead (HSCAN/SSCAN/ZSCAN/LRANGE/GETRANGE/XRANGE), so memory stays bounded.
+
+The ledger's cursor moves only after the segment holding the keys scanned before it is durable.
+A crash in between rescans from the old cursor and rewrites the same segment: harmless.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .endpoints import Node, Topology
+from .errors import BadInput
+from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter
+from .state import RunDir
+from .store import write_segment
+from .wire import ReplyError, Wire, pack
+
+DEFAULT_MAX_PAYLOAD = 64 << 20
+CHUNK_ITEMS = 1000
+STRING_CHUNK = 4 << 20
+SEGMENT_RECORDS = 10_000
+SEGMENT_BYTES = 16 << 20
+MAX_KEY_BYTES = 4096
+
+STRUCT_TYPES = {"string", "hash", "list", "set", "zset", "stream"}
+_LENGTH_COMMANDS = {"string": b"STRLEN", "hash": b"HLEN", "list": b"LLEN", "set": b"SCARD", "zset": b"ZCARD",
+                    "stream": b"XLEN"}
+_BYTES_PER_ITEM_ESTIMATE = 128
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    db: int = 0
+    match: str | None = None
+    types: tuple[str, ...] = ()
+    scan_count: int = 1000
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    struct_all: bool = False          # --mode struct: read every key type by type
+    target_rdb: int | None = None     # payloads newer than this are read as struct records
+
+    def fingerprint(self) -> dict:
+        """What a resumed dump must agree on: the same db and the same key selection."""
+        return {"db": self.db, "match": self.match, "types": sorted(self.types), "struct_all": self.struct_all,
+                "target_rdb": self.target_rdb}
+
+
+@dataclass
+class DumpCounts:
+    scanned: int = 0
+    dumped: int = 0
+    struct_keys: int = 0
+    vanished: int = 0
+    bytes: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def add(self, other: "DumpCounts") -> None:
+        self.scanned += other.scanned
+        self.dumped += other.dumped
+        self.struct_keys += other.struct_keys
+        self.vanished += other.vanished
+        self.bytes += other.bytes
+        self.skipped.update(other.skipped)
+
+    def to_dict(self) -> dict:
+        return {"scanned": self.scanned, "dumped": self.dumped, "struct_keys": self.struct_keys,
+                "vanished": self.vanished, "bytes": self.bytes, "skipped": dict(self.skipped)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DumpCounts":
+        return cls(data["scanned"], data["dumped"], data["struct_keys"], data["vanished"], data["bytes"],
+                   Counter(data["skipped"]))
+
+
+class KeyReader:
+    """Reads keys from one source node into records: DUMP payloads or struct chunks."""
+
+    def __init__(self, wire: Wire, topology: Topology, options: DumpOptions) -> None:
+        self.wire = wire
+        self.options = options
+        self.has_pexpiretime = topology.version_tuple >= (7, 0)
+        self.has_memory_usage = True
+        self.skipped_keys: list[tuple[bytes, str]] = []
+
+    def read(self, keys: list[bytes], counts: DumpCounts) -> Iterator[Record]:
+        """Records for these keys. Vanished and skipped keys are counted, never dropped silently."""
+        keys = self._admissible(keys, counts)
+        if not keys:
+            return
+        small, large = [], []
+        for key, expiry, size in zip(keys, *self._probe(keys)):
+            if expiry == -2:
+                counts.vanished += 1
+            elif self.options.struct_all or size > self.options.max_payload:
+                large.append((key, expiry))
+            else:
+                small.append((key, expiry))
+        yield from self._dump(small, counts)
+        yield from self._read_structs(large, counts)
+
+    def _admissible(self, keys: list[bytes], counts: DumpCounts) -> list[bytes]:
+        counts.scanned += len(keys)
+        admissible = []
+        for key in keys:
+            if len(key) > MAX_KEY_BYTES:
+                self._skip(key, "key name over 4 KiB (ElastiCache Serverless limit)", counts)
+            else:
+                admissible.append(key)
+        return admissible
+
+    def _skip(self, key: bytes, reason: str, counts: DumpCounts) -> None:
+        counts.skipped[reason] += 1
+        self.skipped_keys.append((key, reason))
+
+    def _probe(self, keys: list[bytes]) -> tuple[list[int], list[int]]:
+        """Absolute expiry and approximate size of each key, in one pipelined round trip."""
+        expire_cmd = b"PEXPIRETIME" if self.has_pexpiretime else b"PTTL"
+        size_cmd = (b"MEMORY", b"USAGE") if self.has_memory_usage else (b"TYPE",)
+        commands = []
+        for key in keys:
+            commands.append(pack(expire_cmd, key))
+            commands.append(pack(*size_cmd, key))
+        sent_at = int(time.time() * 1000)
+        self.wire.send(b"".join(commands))
+        replies = self.wire.read(len(commands))
+        expiries = [_absolute(reply, self.has_pexpiretime, sent_at) for reply in replies[0::2]]
+        if not self.has_memory_usage:
+            return expiries, self._lengths(keys, [_text(r) for r in replies[1::2]])
+        if any(isinstance(reply, ReplyError) for reply in replies[1::2]):
+            self.has_memory_usage = False  # MEMORY is disabled here, as on ElastiCache Serverless
+            return self._probe(keys)
+        return expiries, [reply or 0 for reply in replies[1::2]]
+
+    def _lengths(self, keys: list[bytes], types: list[str]) -> list[int]:
+        """Estimated size from the type's length command, where MEMORY USAGE is not allowed."""
+        commands = [pack(_LENGTH_COMMANDS.get(kind, b"EXISTS"), key) for key, kind in zip(keys, types)]
+        self.wire.send(b"".join(commands))
+        replies = self.wire.read(len(commands))
+        return [reply if kind == "string" else reply * _BYTES_PER_ITEM_ESTIMATE if isinstance(reply, int) else 0
+                for reply, kind in zip(replies, types)]
+
+    def _dump(self, keys: list[tuple[bytes, int]], counts: DumpCounts) -> Iterator[Record]:
+        if not keys:
+            return
+        too_new = []
+        self.wire.send(b"".join(pack(b"DUMP", key) for key, _ in keys))
+        for (key, expiry), payload in zip(keys, self.wire.read(len(keys))):
+            if payload is None:
+                counts.vanished += 1
+            elif isinstance(payload, ReplyError):
+                self._skip(key, f"DUMP refused: {payload}", counts)
+            elif self.options.target_rdb is not None and _payload_rdb(payload) > self.options.target_rdb:
+                too_new.append((key, expiry))
+            else:
+                counts.dumped += 1
+                counts.bytes += len(payload)
+                yield Record(key, expiry, payload)
+        yield from self._read_structs(too_new, counts)
+
+    def _read_structs(self, keys: list[tuple[bytes, int]], counts: DumpCounts) -> Iterator[Record]:
+        if not keys:
+            return
+        self.wire.send(b"".join(pack(b"TYPE", key) for key, _ in keys))
+        for (key, expiry), kind in zip(keys, map(_text, self.wire.read(len(keys)))):
+            if kind == "none":
+                counts.vanished += 1
+            elif kind not in STRUCT_TYPES:
+                self._skip(key, f"type {kind} cannot be written type by type (module type?)", counts)
+            else:
+                yield from self._read_struct(key, kind, expiry, counts)
+
+    def _read_struct(self, key: bytes, kind: str, expiry: int, counts: DumpCounts) -> Iterator[Record]:
+        """The key's value type by type, in chunks of at most CHUNK_ITEMS members."""
+        chunks = list(_STRUCT_READERS[kind](self.wire, key))
+        if not chunks:
+            counts.vanished += 1
+            return
+        counts.struct_keys += 1
+        for index, (offset, items, record_type) in enumerate(chunks):
+            counts.bytes += sum(len(i) for i in items)
+            yield Record(key, expiry, kind=STRUCT, type=record_type, offset=offset, first=index == 0, items=items)
+
+
+def _absolute(reply, is_pexpiretime: bool, sent_at: int) -> int:
+    """PEXPIRETIME answers the absolute time; PTTL answers what is left, measured from when we asked."""
+    if isinstance(reply, ReplyError) or reply == -2:
+        return -2
+    if reply == -1:
+        return NO_EXPIRY
+    return reply if is_pexpiretime else sent_at + reply
+
+
+def _payload_rdb(payload: bytes) -> int:
+    return int.from_bytes(payload[-10:-8], "little")
+
+
+def _text(reply) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def _scan_chunks(wire: Wire, command: bytes, key: bytes, record_type: str) -> Iterator[tuple[int, list, str]]:
+    """HSCAN/SSCAN/ZSCAN in windows. SCAN may repeat members; the writes are idempotent, so that is fine."""
+    cursor = b"0"
+    while True:
+        cursor, items = wire.call(command, key, cursor, b"COUNT", b"%d" % CHUNK_ITEMS)
+        if items:
+            yield 0, items, record_type
+        if cursor == b"0":
+            return
+
+
+def _read_string(wire: Wire, key: bytes) -> Iterator[tuple[int, list, str]]:
+    length = wire.call(b"STRLEN", key)
+    if length == 0:
+        if wire.call(b"EXISTS", key):
+            yield 0, [b""], "string"
+        return
+    for offset in range(0, length, STRING_CHUNK):
+        chunk = wire.call(b"GETRANGE", key, b"%d" % offset, b"%d" % (offset + STRING_CHUNK - 1))
+        if chunk:
+            yield offset, [chunk], "string"
+
+
+def _read_list(wire: Wire, key: bytes) -> Iterator[tuple[int, list, str]]:
+    offset = 0
+    while True:
+        items = wire.call(b"LRANGE", key, b"%d" % offset, b"%d" % (offset + CHUNK_ITEMS - 1))
+        if not items:
+            return
+        yield offset, items, "list"
+        offset += len(items)
+
+
+def _read_stream(wire: Wire, key: bytes) -> Iterator[tuple[int, list, str]]:
+    """Entries with their IDs in windows, then the last generated ID and the groups' last-delivered IDs.
+
+    Pending entries lists and consumers cannot be carried by native commands; they are not copied.
+    """
+    start = b"-"
+    while True:
+        entries = wire.call(b"XRANGE", key, start, b"+", b"COUNT", b"%d" % CHUNK_ITEMS)
+        if not entries:
+            break
+        items = []
+        for entry_id, fields in entries:
+            items += [entry_id, b"%d" % (len(fields) // 2), *fields]
+        yield 0, items, "stream"
+        start = b"(" + entries[-1][0]
+    info = wire.call(b"XINFO", b"STREAM", key, check=False)
+    if isinstance(info, ReplyError):
+        return
+    fields = dict(zip(info[0::2], info[1::2]))
+    groups = wire.call(b"XINFO", b"GROUPS", key)
+    items = [fields[b"last-generated-id"]]
+    for group in groups:
+        group_fields = dict(zip(group[0::2], group[1::2]))
+        items += [group_fields[b"name"], group_fields[b"last-delivered-id"]]
+    yield 0, items, "stream-group"
+
+
+_STRUCT_READERS: dict[str, Callable[[Wire, bytes], Iterator[tuple[int, list, str]]]] = {
+    "string": _read_string,
+    "list": _read_list,
+    "hash": lambda wire, key: _scan_chunks(wire, b"HSCAN", key, "hash"),
+    "set": lambda wire, key: _scan_chunks(wire, b"SSCAN", key, "set"),
+    "zset": lambda wire, key: _scan_chunks(wire, b"ZSCAN", key, "zset"),
+    "stream": _read_stream,
+}
+
+
+class MasterDumper:
+    """Scans one master from its checkpointed cursor and writes its segments."""
+
+    def __init__(self, run_dir: RunDir, topology: Topology, index: int, node: Node, state: dict,
+                 options: DumpOptions, ledger: "DumpLedger") -> None:
+        self.run_dir = run_dir
+        self.index = index
+        self.state = state
+        self.options = options
+        self.ledger = ledger
+        self.wire = Wire(topology.endpoint, node.host, node.port, options.db)
+        self.reader = KeyReader(self.wire, topology, options)
+
+    def run(self, progress: Callable[[int], None]) -> None:
+        writer = SegmentWriter()
+        pending = DumpCounts()
+        cursor = self.state["cursor"]
+        while not self.state["done"]:
+            cursor, keys = self._scan(cursor)
+            for record in self.reader.read(keys, pending):
+                writer.add(record)
+            progress(len(keys))
+            finished = cursor == 0
+            if finished or writer.count >= SEGMENT_RECORDS or writer.raw_bytes >= SEGMENT_BYTES:
+                self._commit(writer, pending, cursor, finished)
+                writer, pending = SegmentWriter(), DumpCounts()
+        self.wire.close()
+
+    def _scan(self, cursor: int) -> tuple[int, list[bytes]]:
+        args = [b"SCAN", b"%d" % cursor, b"COUNT", b"%d" % self.options.scan_count]
+        if self.options.match:
+            args += [b"MATCH", self.options.match.encode()]
+        if len(self.options.types) == 1:
+            args += [b"TYPE", self.options.types[0].encode()]
+        next_cursor, keys = self.wire.call(*args)
+        if len(self.options.types) > 1:
+            keys = self._keep_types(keys)
+        return int(next_cursor), keys
+
+    def _keep_types(self, keys: list[bytes]) -> list[bytes]:
+        self.wire.send(b"".join(pack(b"TYPE", key) for key in keys))
+        wanted = set(self.options.types)
+        return [key for key, kind in zip(keys, self.wire.read(len(keys))) if _text(kind) in wanted]
+
+    def _commit(self, writer: SegmentWriter, pending: DumpCounts, cursor: int, finished: bool) -> None:
+        """Segment first (durable), then the cursor that it covers."""
+        if writer.count:
+            write_segment(self.run_dir, self.index, self.state["next_seq"], writer.finish())
+            self.state["next_seq"] += 1
+        self.state["cursor"] = cursor
+        self.state["done"] = finished
+        counts = DumpCounts.from_dict(self.state["counts"])
+        counts.add(pending)
+        self.state["counts"] = counts.to_dict()
+        self.ledger.record_skipped(self.reader.skipped_keys)
+        self.reader.skipped_keys = []
+        self.ledger.save()
+
+
+class DumpLedger:
+    """dump.json: per-master cursor, next segment number, counts; plus the keys skipped and why."""
+
+    def __init__(self, run_dir: RunDir, topology: Topology, options: DumpOptions) -> None:
+        self.run_dir = run_dir
+        data = run_dir.read("dump")
+        names = [node.name for node in topology.masters]
+        if data is None or data.get("options") != options.fingerprint():
+            if data is not None and any(m["counts"]["scanned"] for m in data["masters"].values()):
+                raise BadInput(f"run directory {run_dir.path} holds a dump made with other options "
+                               f"({data.get('options')})",
+                               "rerun with the same --db/--match/--type/--mode, or use a new --run-dir")
+            data = {"options": options.fingerprint(), "masters": {}, "skipped_keys": [], "started_at": time.time()}
+        data["order"] = data.get("order") or names
+        for name in names:
+            if name not in data["order"]:
+                data["order"].append(name)
+            data["masters"].setdefault(name, {"cursor": 0, "next_seq": 0, "done": False,
+                                              "counts": DumpCounts().to_dict()})
+        self.data = data
+        self.names = names
+
+    def index(self, name: str) -> int:
+        return self.data["order"].index(name)
+
+    def record_skipped(self, skipped: list[tuple[bytes, str]], limit: int = 1000) -> None:
+        """Keep the first skipped keys by name (escaped), so the report can name them."""
+        room = limit - len(self.data["skipped_keys"])
+        for key, reason in skipped[:max(room, 0)]:
+            self.data["skipped_keys"].append({"key": key.decode("utf-8", "backslashreplace")[:200], "reason": reason})
+
+    def totals(self) -> DumpCounts:
+        total = DumpCounts()
+        for master in self.data["masters"].values():
+            total.add(DumpCounts.from_dict(master["counts"]))
+        return total
+
+    @property
+    def done(self) -> bool:
+        return all(self.data["masters"][name]["done"] for name in self.names)
+
+    def save(self) -> None:
+        if self.done and "finished_at" not in self.data:
+            self.data["finished_at"] = time.time()
+        self.run_dir.write("dump", self.data)
+
+
+def dump(run_dir: RunDir, topology: Topology, options: DumpOptions, progress: Callable[[int], None] = lambda n: None
+         ) -> DumpLedger:
+    """Dump every master that is not done yet. Safe to rerun: it continues from the checkpoints."""
+    ledger = DumpLedger(run_dir, topology, options)
+    for node in topology.masters:
+        state = ledger.data["masters"][node.name]
+        if not state["done"]:
+            MasterDumper(run_dir, topology, ledger.index(node.name), node, state, options, ledger).run(progress)
+    ledger.save()
+    return ledger

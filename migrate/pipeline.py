@@ -1,0 +1,187 @@
+"""The stages as the CLI runs them: open the run dir, take the lock, bind endpoints, call the stage.
+
+`run` dumps in a child process while the parent replays the segments as they land, so the two
+stages use both cores; each keeps its own ledger, so either can be killed and resumed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import signal
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+from . import dump as dump_module
+from . import replay as replay_module
+from .endpoints import Endpoint, Topology, discover, translated_errors
+from .errors import BadInput, MigrateError
+from .output import warn
+from .state import RunDir
+
+ProgressFactory = Callable[..., AbstractContextManager[Callable[[int], None]]]
+
+
+def no_progress(*_args, **_kwargs) -> AbstractContextManager[Callable[[int], None]]:
+    return nullcontext(lambda n: None)
+
+
+@dataclass(frozen=True)
+class Sides:
+    """Source and target as the operator gave them."""
+
+    source: Endpoint | None = None
+    target: Endpoint | None = None
+
+
+def open_source(endpoint: Endpoint, db: int) -> Topology:
+    topology = discover(endpoint)
+    if topology.is_cluster and db != 0:
+        raise BadInput(f"source {endpoint.redacted} is a cluster, which has only db 0, but db {db} was asked for",
+                       "drop --db (or use /0 in the URL)")
+    _warn_other_databases(topology, db)
+    return topology
+
+
+def open_target(endpoint: Endpoint) -> Topology:
+    if endpoint.db != 0:
+        raise BadInput(f"target {endpoint.redacted} names db {endpoint.db}; ElastiCache Serverless has only db 0",
+                       "use /0 (or no db) in the target URL")
+    return discover(endpoint)
+
+
+def other_databases(topology: Topology, db: int) -> dict[int, int]:
+    """Databases other than `db` that hold keys, with their key counts (standalone sources only)."""
+    if topology.is_cluster:
+        return {}
+    with translated_errors(topology.endpoint):
+        keyspace = topology.client(topology.masters[0]).info("keyspace")
+    found = {int(name[2:]): int(stats["keys"]) for name, stats in keyspace.items() if name.startswith("db")}
+    return {number: keys for number, keys in sorted(found.items()) if number != db and keys}
+
+
+def _warn_other_databases(topology: Topology, db: int) -> None:
+    others = other_databases(topology, db)
+    if others:
+        listed = ", ".join(f"db {n}: {k} keys" for n, k in others.items())
+        warn(f"the source has keys in databases that are not migrated ({listed}); ElastiCache Serverless has "
+             f"only db 0: migrate each with its own --db into its own cache, or merge them first")
+
+
+def source_key_count(topology: Topology, db: int) -> int:
+    with translated_errors(topology.endpoint):
+        return sum(topology.client(node, db).dbsize() for node in topology.masters)
+
+
+def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
+               progress: ProgressFactory = no_progress) -> dict:
+    run_dir.bind("source", {"url": source.endpoint.identity, "db": options.db})
+    started = time.monotonic()
+    total = source_key_count(source, options.db)
+    with progress("dump", total, position=0) as update:
+        with translated_errors(source.endpoint):
+            ledger = dump_module.dump(run_dir, source, options, update)
+    return {"dump": ledger.totals().to_dict(), "dump_done": ledger.done, "seconds": time.monotonic() - started}
+
+
+def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.ReplayOptions,
+                 progress: ProgressFactory = no_progress, dump_running: Callable[[], bool] = lambda: False) -> dict:
+    run_dir.bind("target", {"url": target.endpoint.identity})
+    dump_ledger = run_dir.read("dump")
+    if dump_ledger is None and not dump_running():
+        raise BadInput(f"run directory {run_dir.path} holds no dump", "run `redis-migrate dump` (or `run`) first")
+    if options.mode == "struct" and dump_ledger and not dump_ledger["options"].get("struct_all"):
+        raise BadInput("--mode struct needs a dump made with --mode struct",
+                       "dump again with --mode struct into a new --run-dir (or use `run --mode struct`)")
+    started = time.monotonic()
+    total = sum(m["counts"]["dumped"] + m["counts"]["struct_keys"] for m in (dump_ledger or {}).get("masters", {}).values())
+    with progress("replay", total or None, position=1) as update:
+        with translated_errors(target.endpoint):
+            ledger = replay_module.replay(run_dir, target, options, update, dump_running)
+    dump_done = bool((run_dir.read("dump") or {}).get("finished_at"))
+    if dump_done and "finished_at" not in ledger.data:
+        ledger.data["finished_at"] = time.time()
+        ledger.save()
+    elif not dump_done:
+        warn("the dump is not finished: replayed what it holds; rerun dump, then replay, to complete")
+    return {"replay": ledger.counts.to_dict(), "replay_done": dump_done, "seconds": time.monotonic() - started}
+
+
+def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: dump_module.DumpOptions,
+               replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress) -> dict:
+    """Dump in a child process while this one replays; both resume from their ledgers."""
+    started = time.monotonic()
+    run_dir.bind("source", {"url": source.endpoint.identity, "db": dump_options.db})
+    run_dir.bind("target", {"url": target.endpoint.identity})
+    child, errors = _start_dump_process(run_dir, source, dump_options, progress)
+    try:
+        replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive)
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join()
+    _raise_child_error(child, errors)
+    replayed = replay_stage(run_dir, target, replay_options) if not replayed["replay_done"] else replayed
+    summary = summarize(run_dir)
+    summary["seconds"] = time.monotonic() - started
+    return summary
+
+
+def _start_dump_process(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
+                        progress: ProgressFactory):
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    child = context.Process(target=_dump_child, args=(run_dir, source, options, progress, errors), daemon=True)
+    child.start()
+    return child, errors
+
+
+def _dump_child(run_dir, source, options, progress, errors) -> None:
+    _die_with_parent()
+    try:
+        dump_stage(run_dir, source, options, progress)
+    except MigrateError as exc:
+        errors.put((type(exc).__name__, exc.message, exc.hint))
+        raise SystemExit(exc.exit_code)
+
+
+def _die_with_parent() -> None:
+    """A killed `run` must not leave its dump child running (and holding the run lock)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _raise_child_error(child, errors) -> None:
+    if child.exitcode == 0:
+        return
+    from . import errors as error_types
+    if not errors.empty():
+        name, message, hint = errors.get()
+        raise getattr(error_types, name)(message, hint)
+    raise error_types.RuntimeFailure(f"the dump process stopped with exit code {child.exitcode}",
+                                     "rerun the same command to resume")
+
+
+def summarize(run_dir: RunDir) -> dict:
+    """The numbers an operator asks for, from the ledgers alone."""
+    dump_ledger = run_dir.read("dump") or {}
+    replay_ledger = run_dir.read("replay") or {}
+    dump_counts = dump_module.DumpCounts()
+    for master in dump_ledger.get("masters", {}).values():
+        dump_counts.add(dump_module.DumpCounts.from_dict(master["counts"]))
+    replay_counts = replay_ledger.get("counts", replay_module.ReplayCounts().to_dict())
+    skipped = dict(dump_counts.skipped)
+    for reason, count in replay_counts["skipped"].items():
+        skipped[reason] = skipped.get(reason, 0) + count
+    return {
+        "scanned": dump_counts.scanned, "dumped": dump_counts.dumped + dump_counts.struct_keys,
+        "vanished": dump_counts.vanished, "expired": replay_counts["expired"],
+        "restored": replay_counts["restored"], "struct_written": replay_counts["struct_written"],
+        "skipped": skipped, "skipped_keys": dump_ledger.get("skipped_keys", [])[:20],
+        "bytes": dump_counts.bytes, "retries": replay_counts["retries"],
+        "dump_done": "finished_at" in dump_ledger, "replay_done": "finished_at" in replay_ledger,
+    }

@@ -1,0 +1,319 @@
+"""Replay: write dump records into the target, routed by slot to the master that owns each key.
+
+DUMP records become `RESTORE key <abs-ms> payload REPLACE ABSTTL`; struct records become native
+commands (chunks of at most 1,000 members). Both are idempotent, so a segment that was started but
+not marked done is simply replayed again. A segment is marked done only when every reply is OK.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .endpoints import Topology, discover, probe_rdb_version
+from .errors import BadInput, GateRefused, RuntimeFailure
+from .records import DUMP, NO_EXPIRY, Record, read_segment
+from .slots import key_slot
+from .state import RunDir
+from .store import list_segments
+from .wire import ReplyError, Wire, pack, pack_restore
+
+RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK ")
+STREAM_ALREADY_WRITTEN = "equal or smaller than the target stream top item"
+MODULE_RDB_TYPES = (6, 7)
+BATCH_RECORDS = 2000
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    mode: str = "auto"                 # auto | restore | struct
+    max_ops_per_sec: int | None = None
+    allow_nonempty_target: bool = False
+    retry_seconds: float = 120.0
+
+
+@dataclass
+class ReplayCounts:
+    restored: int = 0
+    struct_written: int = 0
+    expired: int = 0
+    retries: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        return {"restored": self.restored, "struct_written": self.struct_written, "expired": self.expired,
+                "retries": self.retries, "skipped": dict(self.skipped)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ReplayCounts":
+        return cls(data["restored"], data["struct_written"], data["expired"], data["retries"], Counter(data["skipped"]))
+
+
+class RateLimiter:
+    """At most `rate` key writes per second, so the cache's ECPU/s maximum is not hit."""
+
+    def __init__(self, rate: int | None) -> None:
+        self.rate = rate
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def acquire(self, count: int) -> None:
+        if not self.rate:
+            return
+        self.sent += count
+        ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def struct_commands(record: Record) -> list[tuple[bytes, bool]]:
+    """Native commands for one struct chunk, each with whether a 'stream already has it' error is fine."""
+    key, items = record.key, record.items
+    commands: list[tuple[bytes, bool]] = [(pack(b"DEL", key), False)] if record.first else []
+    if record.type == "string":
+        commands.append((pack(b"SET", key, items[0]) if record.first and record.offset == 0
+                         else pack(b"SETRANGE", key, b"%d" % record.offset, items[0]), False))
+    elif record.type == "hash":
+        commands.append((pack(b"HSET", key, *items), False))
+    elif record.type == "set":
+        commands.append((pack(b"SADD", key, *items), False))
+    elif record.type == "zset":
+        pairs = [part for i in range(0, len(items), 2) for part in (items[i + 1], items[i])]
+        commands.append((pack(b"ZADD", key, *pairs), False))
+    elif record.type == "list":
+        if not record.first:  # a chunk replayed twice: cut the list back to where this chunk starts
+            commands.append((pack(b"LTRIM", key, b"0", b"%d" % (record.offset - 1)), False))
+        commands.append((pack(b"RPUSH", key, *items), False))
+    elif record.type == "stream":
+        commands += _stream_entries(key, items, tolerate=not record.first)
+    elif record.type == "stream-group":
+        commands += _stream_groups(key, items)
+    if record.expire_at != NO_EXPIRY:
+        commands.append((pack(b"PEXPIREAT", key, b"%d" % record.expire_at), False))
+    return commands
+
+
+def _stream_entries(key: bytes, items: list[bytes], tolerate: bool) -> list[tuple[bytes, bool]]:
+    commands, pos = [], 0
+    while pos < len(items):
+        entry_id, field_count = items[pos], int(items[pos + 1])
+        fields = items[pos + 2:pos + 2 + 2 * field_count]
+        commands.append((pack(b"XADD", key, entry_id, *fields), tolerate))
+        pos += 2 + 2 * field_count
+    return commands
+
+
+def _stream_groups(key: bytes, items: list[bytes]) -> list[tuple[bytes, bool]]:
+    """Groups with their last-delivered IDs, then the stream's last generated ID. MKSTREAM keeps an
+    emptied stream in existence; a temporary group does the same for one with no groups."""
+    commands = [(pack(b"XGROUP", b"CREATE", key, b"__redis_migrate__", b"$", b"MKSTREAM"), False),
+                (pack(b"XGROUP", b"DESTROY", key, b"__redis_migrate__"), False)]
+    for index in range(1, len(items), 2):
+        name, last_delivered = items[index], items[index + 1]
+        commands.append((pack(b"XGROUP", b"DESTROY", key, name), False))
+        commands.append((pack(b"XGROUP", b"CREATE", key, name, last_delivered), False))
+    commands.append((pack(b"XSETID", key, items[0]), False))
+    return commands
+
+
+class TargetWriter:
+    """Routes records to the owning master and pipelines them; returns only when every reply is OK."""
+
+    def __init__(self, topology: Topology, options: ReplayOptions) -> None:
+        self.topology = topology
+        self.options = options
+        self.target_rdb = probe_rdb_version(topology)
+        self.limiter = RateLimiter(options.max_ops_per_sec)
+        self._route(topology)
+
+    def _route(self, topology: Topology) -> None:
+        self.topology = topology
+        self.owners = topology.slot_owners()
+        self.wires: dict[int, Wire] = {}
+
+    def _wire(self, index: int) -> Wire:
+        if index not in self.wires:
+            node = self.topology.masters[index]
+            self.wires[index] = Wire(self.topology.endpoint, node.host, node.port)
+        return self.wires[index]
+
+    def close(self) -> None:
+        for wire in self.wires.values():
+            wire.close()
+
+    def write(self, records: list[Record], counts: ReplayCounts) -> None:
+        now = int(time.time() * 1000)
+        live = []
+        for record in records:
+            if record.expire_at != NO_EXPIRY and record.expire_at <= now:
+                counts.expired += record.first
+            else:
+                self._check_payload(record)
+                live.append(record)
+        for start in range(0, len(live), BATCH_RECORDS):
+            self._write_batch(live[start:start + BATCH_RECORDS], counts)
+
+    def _check_payload(self, record: Record) -> None:
+        if record.kind == DUMP and record.rdb_version > self.target_rdb:
+            raise BadInput(f"the dump holds RDB version {record.rdb_version} payloads, and the target only "
+                           f"accepts up to {self.target_rdb}",
+                           "dump again with --mode struct (or use `run`, which probes the target and picks it)")
+
+    def _write_batch(self, records: list[Record], counts: ReplayCounts) -> None:
+        deadline = time.monotonic() + self.options.retry_seconds
+        pending = records
+        delay = 0.05
+        while pending:
+            pending = self._attempt(pending, counts)
+            if pending:
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(f"the target kept failing for {self.options.retry_seconds:.0f}s "
+                                         f"({len(pending)} keys not confirmed)",
+                                         "check the target's health and network path, then rerun to resume")
+                counts.retries += 1
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _attempt(self, records: list[Record], counts: ReplayCounts) -> list[Record]:
+        """Send to every node, then read every node. Returns the records to retry, in order."""
+        by_node: dict[int, list[Record]] = {}
+        for record in records:
+            by_node.setdefault(self.owners[key_slot(record.key)], []).append(record)
+        sent: dict[int, list[list[tuple[bytes, bool]]]] = {}
+        retry: list[Record] = []
+        for index, node_records in by_node.items():
+            commands = [self._commands(r) for r in node_records]
+            self.limiter.acquire(len(node_records))
+            try:
+                self._wire(index).send(b"".join(c for cmds in commands for c, _ in cmds))
+                sent[index] = commands
+            except (OSError, ConnectionError):
+                self._drop(index)
+                retry += node_records
+        self._reroute = False
+        for index, commands in sent.items():
+            retry += self._confirm(index, by_node[index], commands, counts)
+        if self._reroute:  # only after every node's replies are read, so no reply is left on a socket
+            self.close()
+            self._route(discover(self.topology.endpoint))
+        return retry
+
+    @staticmethod
+    def _commands(record: Record) -> list[tuple[bytes, bool]]:
+        if record.kind == DUMP:
+            return [(pack_restore(record.key, record.expire_at, record.payload), False)]
+        return struct_commands(record)
+
+    def _drop(self, index: int) -> None:
+        wire = self.wires.pop(index, None)
+        if wire:
+            wire.close()
+
+    def _confirm(self, index: int, records: list[Record], commands: list, counts: ReplayCounts) -> list[Record]:
+        try:
+            replies = self._wire(index).read(sum(len(c) for c in commands))
+        except (OSError, ConnectionError, socket.timeout):
+            self._drop(index)
+            return records
+        pos = 0
+        for position, (record, cmds) in enumerate(zip(records, commands)):
+            errors = [r for r, (_, tolerate) in zip(replies[pos:pos + len(cmds)], cmds)
+                      if isinstance(r, ReplyError) and not (tolerate and STREAM_ALREADY_WRITTEN in str(r))]
+            pos += len(cmds)
+            if errors and self._must_retry(record, str(errors[0]), counts):
+                return records[position:]  # keep chunk order: retry from here on
+            if not errors:
+                self._count(record, counts)
+        return []
+
+    def _must_retry(self, record: Record, error: str, counts: ReplayCounts) -> bool:
+        if error.startswith(("MOVED", "ASK ")):
+            self._reroute = True
+            return True
+        if error.startswith(RETRYABLE) or "throttl" in error.lower():
+            return True
+        if error.startswith("OOM"):
+            raise RuntimeFailure("the target is out of memory: its storage limit was reached",
+                                 "raise the cache's DataStorage maximum (or maxmemory), then rerun to resume")
+        if record.kind == DUMP and record.payload[:1] and record.payload[0] in MODULE_RDB_TYPES:
+            counts.skipped["module type not supported by the target"] += 1
+            return False
+        raise RuntimeFailure(f"the target refused key {record.key[:100]!r}: {error}",
+                             "see the RUNBOOK's troubleshooting section for this message; rerun resumes")
+
+    @staticmethod
+    def _count(record: Record, counts: ReplayCounts) -> None:
+        if record.kind == DUMP:
+            counts.restored += 1
+        elif record.first:
+            counts.struct_written += 1
+
+
+class ReplayLedger:
+    """replay.json: which segments are done, and the counts. Written after each confirmed segment."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+        self.data = run_dir.read("replay") or {"segments_done": [], "counts": ReplayCounts().to_dict()}
+        self.done = set(self.data["segments_done"])
+        self.counts = ReplayCounts.from_dict(self.data["counts"])
+
+    @property
+    def started(self) -> bool:
+        return "started_at" in self.data
+
+    def start(self, target_rdb: int) -> None:
+        self.data["started_at"] = time.time()
+        self.data["target_rdb"] = target_rdb
+        self.save()
+
+    def mark_done(self, name: str) -> None:
+        self.done.add(name)
+        self.data["segments_done"] = sorted(self.done)
+        self.save()
+
+    def save(self) -> None:
+        self.data["counts"] = self.counts.to_dict()
+        self.run_dir.write("replay", self.data)
+
+
+def target_key_count(topology: Topology) -> int:
+    return sum(topology.client(node).dbsize() for node in topology.masters)
+
+
+def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
+           progress: Callable[[int], None] = lambda n: None,
+           dump_running: Callable[[], bool] = lambda: False) -> ReplayLedger:
+    """Replay every segment not yet done. While `dump_running()` is true, wait for more segments."""
+    ledger = ReplayLedger(run_dir)
+    writer = TargetWriter(topology, options)
+    try:
+        if not ledger.started:
+            _refuse_nonempty_target(topology, options)
+            ledger.start(writer.target_rdb)
+        while True:
+            running = dump_running()
+            todo = [path for path in list_segments(run_dir) if path.name not in ledger.done]
+            for path in todo:
+                records = read_segment(path)
+                writer.write(records, ledger.counts)
+                ledger.mark_done(path.name)
+                progress(sum(r.first for r in records))
+            if not todo and not running:
+                break
+            if not todo:
+                time.sleep(0.05)
+    finally:
+        writer.close()
+    return ledger
+
+
+def _refuse_nonempty_target(topology: Topology, options: ReplayOptions) -> None:
+    count = target_key_count(topology)
+    if count and not options.allow_nonempty_target:
+        raise GateRefused(f"the target {topology.endpoint.redacted} already holds {count} keys",
+                          "replay into an empty cache, or pass --allow-nonempty-target to merge "
+                          "(keys with the same name are overwritten)")

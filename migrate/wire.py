@@ -1,0 +1,124 @@
+"""A lean RESP connection for the hot paths (dump, replay): hand-packed commands, hiredis parsing.
+
+redis-py's pipelines spend most of a bulk copy's time in per-command Python (routing, callbacks).
+Here a batch is one `sendall` of pre-packed bytes and a tight `hiredis.Reader.gets()` loop. Error
+replies come back as values (`hiredis.ReplyError`), so the caller decides per key what they mean.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import hiredis
+import redis
+
+from .endpoints import Endpoint, translated_errors
+from .errors import BadInput
+
+ReplyError = hiredis.ReplyError
+_RECV = 1 << 20
+
+
+def pack(*args: bytes) -> bytes:
+    """One command in RESP. Arguments must already be bytes."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+def pack_restore(key: bytes, expire_at: int, payload: bytes) -> bytes:
+    """RESTORE key <abs-ms> payload REPLACE ABSTTL, packed in one step (the replay hot path)."""
+    ttl = b"%d" % max(expire_at, 0)
+    return b"*6\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n" % (
+        len(key), key, len(ttl), ttl, len(payload), payload)
+
+
+class Wire:
+    """One connection to one node, authenticated, in the right db, with socket timeouts."""
+
+    def __init__(self, endpoint: Endpoint, host: str, port: int, db: int = 0) -> None:
+        self.endpoint = endpoint
+        self.address = (host, port)
+        self.db = db
+        self.sock: socket.socket | None = None
+        self.reader = hiredis.Reader()
+        with translated_errors(endpoint):
+            self._connect()
+
+    @property
+    def name(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def _connect(self) -> None:
+        sock = socket.create_connection(self.address, timeout=self.endpoint.connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.endpoint.tls:
+            sock = _tls_context(self.endpoint).wrap_socket(sock, server_hostname=self.address[0])
+        sock.settimeout(self.endpoint.socket_timeout)
+        self.sock = sock
+        self.reader = hiredis.Reader()
+        kwargs = self.endpoint.connection_kwargs(self.db)
+        if kwargs.get("password"):
+            user = kwargs.get("username")
+            auth = (b"AUTH", user.encode(), kwargs["password"].encode()) if user else (b"AUTH", kwargs["password"].encode())
+            reply = self.call(*auth, check=False)
+            if isinstance(reply, ReplyError):
+                raise redis.AuthenticationError(str(reply))
+        if self.db:
+            reply = self.call(b"SELECT", b"%d" % self.db, check=False)
+            if isinstance(reply, ReplyError):
+                raise BadInput(f"{self.endpoint.role} {self.endpoint.redacted}: cannot select db {self.db} ({reply})",
+                               "a cluster, and ElastiCache Serverless, have only db 0")
+
+    def reconnect(self) -> None:
+        self.close()
+        with translated_errors(self.endpoint):
+            self._connect()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self, count: int) -> list:
+        """`count` replies, in order. Error replies are returned, not raised."""
+        replies = []
+        gets = self.reader.gets
+        while len(replies) < count:
+            reply = gets()
+            if reply is False:
+                data = self.sock.recv(_RECV)
+                if not data:
+                    raise ConnectionError(f"{self.name} closed the connection")
+                self.reader.feed(data)
+                continue
+            replies.append(reply)
+        return replies
+
+    def call(self, *args: bytes, check: bool = True):
+        self.send(pack(*args))
+        reply = self.read(1)[0]
+        if check and isinstance(reply, ReplyError):
+            raise redis.ResponseError(str(reply))
+        return reply
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+
+
+def _tls_context(endpoint: Endpoint) -> ssl.SSLContext:
+    """The same TLS settings redis-py would use for this URL: verified unless --tls-insecure."""
+    kwargs = endpoint.connection_kwargs()
+    context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"), capath=kwargs.get("ssl_ca_path"))
+    context.check_hostname = bool(kwargs.get("ssl_check_hostname")) and not endpoint.tls_insecure
+    if endpoint.tls_insecure or kwargs.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if kwargs.get("ssl_certfile"):
+        context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"))
+    return context
