@@ -180,12 +180,18 @@ class TargetWriter:
     def _attempt(self, records: list[Record], counts: ReplayCounts) -> list[Record]:
         """Send to every node, then read every node. Returns the records to retry, in order."""
         by_node: dict[int, list[Record]] = {}
+        owners = self.owners
         for record in records:
-            by_node.setdefault(self.owners[key_slot(record.key)], []).append(record)
+            node = owners[key_slot(record.key)]
+            if node in by_node:
+                by_node[node].append(record)
+            else:
+                by_node[node] = [record]
         sent: dict[int, list[list[tuple[bytes, bool]]]] = {}
         retry: list[Record] = []
         for index, node_records in by_node.items():
-            commands = [self._commands(r) for r in node_records]
+            commands = [[(pack_restore(r.key, r.expire_at, r.payload), False)] if r.kind == DUMP
+                        else struct_commands(r) for r in node_records]
             self.limiter.acquire(len(node_records))
             try:
                 self._wire(index).send(b"".join(c for cmds in commands for c, _ in cmds))
@@ -201,12 +207,6 @@ class TargetWriter:
             self._route(discover(self.topology.endpoint))
         return retry
 
-    @staticmethod
-    def _commands(record: Record) -> list[tuple[bytes, bool]]:
-        if record.kind == DUMP:
-            return [(pack_restore(record.key, record.expire_at, record.payload), False)]
-        return struct_commands(record)
-
     def _drop(self, index: int) -> None:
         wire = self.wires.pop(index, None)
         if wire:
@@ -218,6 +218,10 @@ class TargetWriter:
         except (OSError, ConnectionError, socket.timeout):
             self._drop(index)
             return records
+        if len(replies) == len(records) and replies.count(b"OK") == len(replies):
+            counts.restored += sum(r.kind == DUMP for r in records)  # the common case: one RESTORE each
+            counts.struct_written += sum(r.kind != DUMP and r.first for r in records)
+            return []
         pos = 0
         for position, (record, cmds) in enumerate(zip(records, commands)):
             errors = [r for r, (_, tolerate) in zip(replies[pos:pos + len(cmds)], cmds)
