@@ -194,14 +194,19 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, tl
 @run_dir_option()
 @dump_options
 @replay_options
+@click.option("--redo", type=click.Choice(("dump", "replay", "verify")), multiple=True,
+              help="Do this stage (and the ones after it) again, even if the run dir says it is done.")
 @tls_insecure_option
 @json_option
 @handle_errors
 def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, mode, max_ops_per_sec,
-        allow_nonempty_target, tls_insecure, as_json):
-    """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume."""
+        allow_nonempty_target, redo, tls_insecure, as_json):
+    """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume.
+
+    Stages the run dir records as done are skipped; --redo STAGE does one again.
+    """
     from .endpoints import probe_rdb_version
-    from .pipeline import open_source, open_target, run_stages
+    from .pipeline import open_source, open_target, redo_stages, run_stages
     from .replay import ReplayOptions
     from .state import RunDir
     source = _endpoint("source", source_url, tls_insecure)
@@ -211,6 +216,7 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
     options = _dump_opts(source, db, match, types, scan_count, max_payload, mode, target_rdb)
     directory = RunDir(run_dir, create=True)
     with directory.lock():
+        redo_stages(directory, redo)
         result = run_stages(directory, open_source(source, options.db), target_topology, options,
                             ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec,
                                           allow_nonempty_target=allow_nonempty_target), progress_bar)
@@ -222,10 +228,18 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
 @json_option
 @handle_errors
 def status(run_dir, as_json):
-    """Show every stage's state and counts from the run directory's ledgers."""
-    from .pipeline import summarize
+    """Show every stage's state, counts and timings, and the last verify and cutover."""
+    from .pipeline import status as run_status
     from .state import RunDir
-    emit(summarize(RunDir(run_dir)), as_json, _render_summary)
+    emit(run_status(RunDir(run_dir)), as_json, _render_status)
+
+
+def _render_status(result: dict) -> str:
+    lines = [f"{'stage':<8} {'state':<12} {'finished':<21} seconds"]
+    for name, stage in result["stages"].items():
+        lines.append(f"{name:<8} {stage['state']:<12} {stage.get('finished_at') or '-':<21} "
+                     f"{stage.get('seconds') or '-'}")
+    return "\n".join(lines) + "\n\n" + _render_summary(result["counts"])
 
 # --- verify ---
 # --- plan, cutover, rollback ---

@@ -202,5 +202,21 @@ def test_status_reports_the_ledgers(standalone_source, serverless_target, run_di
     seed_data.seed(standalone_source.client(), 200, seed=8, big_keys=False, short_ttl_keys=0)
     run_json("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir)
     status = run_json("status", "--run-dir", run_dir)
-    assert status["dump_done"] and status["replay_done"]
-    assert status["restored"] == 200 == status["scanned"]
+    assert status["stages"]["dump"]["state"] == status["stages"]["replay"]["state"] == "done"
+    assert status["counts"]["restored"] == 200 == status["counts"]["scanned"]
+    human = invoke("status", "--run-dir", run_dir)
+    assert human.exit_code == 0 and "replay   done" in human.output
+
+
+def test_rerun_skips_done_stages_and_redo_dump_picks_up_changes(standalone_source, serverless_target, run_dir):
+    client = standalone_source.client()
+    client.set("a", "1")
+    args = ("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir)
+    run_json(*args)
+    client.set("a", "2")
+    client.set("b", "new")
+    again = run_json(*args)
+    assert again["restored"] == 1  # nothing redone: the run dir says both stages are done
+    assert serverless_target.first.client().get("a") == b"1"
+    run_json(*args, "--redo", "dump")
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))
