@@ -117,6 +117,31 @@ def replay_options(func):
     return func
 
 
+def skip_unsupported_option(func):
+    return click.option("--skip-unsupported", is_flag=True,
+                        help="Exit 0 even when keys the target cannot take (key names over 4 KiB, module types) "
+                             "were skipped. They are always counted and named in the report.")(func)
+
+
+def _refuse_skipped(directory, skip_unsupported: bool) -> None:
+    """A stage that left keys behind does not end green unless the operator said that is fine."""
+    from .pipeline import summarize
+    summary = summarize(directory)
+    total = sum(summary["skipped"].values())
+    if not total or skip_unsupported:
+        return
+    reasons = "; ".join(f"{count} {reason}" for reason, count in sorted(summary["skipped"].items()))
+    names = ", ".join(_short_key(item["key"]) for item in summary["skipped_keys"][:5])
+    raise BadInput(f"{total} key{'s' if total != 1 else ''} could not be migrated and were skipped: {reasons}"
+                   + (f" (e.g. {names})" if names else ""),
+                   "rename or remove those keys on the source (or load the module on the target) and rerun the same "
+                   "command, or pass --skip-unsupported to accept the copy without them")
+
+
+def _short_key(key: str, limit: int = 40) -> str:
+    return repr(key if len(key) <= limit else key[:limit] + "...")
+
+
 def _endpoint(role: str, url: str, tls_insecure: bool):
     from .endpoints import Endpoint
     if tls_insecure:
@@ -153,10 +178,12 @@ def _render_summary(result: dict) -> str:
 @dump_options
 @click.option("--mode", type=click.Choice(("auto", "struct")), default="auto", show_default=True,
               help="struct: read every key type by type (for a target with an older RDB version).")
+@skip_unsupported_option
 @tls_insecure_option
 @json_option
 @handle_errors
-def dump(source_url, run_dir, db, match, types, scan_count, max_payload, mode, tls_insecure, as_json):
+def dump(source_url, run_dir, db, match, types, scan_count, max_payload, mode, skip_unsupported, tls_insecure,
+         as_json):
     """Scan every source master and write keys with absolute expiries to durable segments."""
     from .pipeline import dump_stage, open_source
     from .state import RunDir
@@ -166,16 +193,19 @@ def dump(source_url, run_dir, db, match, types, scan_count, max_payload, mode, t
     with directory.lock():
         result = dump_stage(directory, open_source(endpoint, options.db), options, progress_bar)
     emit(result, as_json)
+    _refuse_skipped(directory, skip_unsupported)
 
 
 @cli.command()
 @target_option
 @run_dir_option()
 @replay_options
+@skip_unsupported_option
 @tls_insecure_option
 @json_option
 @handle_errors
-def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, tls_insecure, as_json):
+def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, skip_unsupported, tls_insecure,
+           as_json):
     """Write the dump into the target, pipelined per target master; resumes where it stopped."""
     from .pipeline import open_target, replay_stage
     from .replay import ReplayOptions
@@ -186,6 +216,7 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, tl
     with directory.lock():
         result = replay_stage(directory, open_target(endpoint), options, progress_bar)
     emit(result, as_json)
+    _refuse_skipped(directory, skip_unsupported)
 
 
 @cli.command()
@@ -196,11 +227,12 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, tl
 @replay_options
 @click.option("--redo", type=click.Choice(("dump", "replay", "verify")), multiple=True,
               help="Do this stage (and the ones after it) again, even if the run dir says it is done.")
+@skip_unsupported_option
 @tls_insecure_option
 @json_option
 @handle_errors
 def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, mode, max_ops_per_sec,
-        allow_nonempty_target, redo, tls_insecure, as_json):
+        allow_nonempty_target, redo, skip_unsupported, tls_insecure, as_json):
     """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume.
 
     Stages the run dir records as done are skipped; --redo STAGE does one again.
@@ -221,6 +253,7 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
                             ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec,
                                           allow_nonempty_target=allow_nonempty_target), progress_bar)
     emit(result, as_json, _render_summary)
+    _refuse_skipped(directory, skip_unsupported)
 
 
 @cli.command()

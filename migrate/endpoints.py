@@ -14,7 +14,9 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.connection import parse_url
+from redis.retry import Retry
 
 from .errors import BadInput, MigrateError
 from .redact import redact_url, register_secret
@@ -37,7 +39,7 @@ class Endpoint:
     @classmethod
     def from_url(cls, role: str, url: str, *, tls_insecure: bool = False, **kwargs) -> "Endpoint":
         """Validate the URL early, and take the password from the environment when it is set there."""
-        if not url or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        if not url or _scheme(url) not in ("redis", "rediss", "unix"):
             raise BadInput(
                 f"{role} URL {redact_url(url or '')!r} is not a Redis URL",
                 "use redis://[user:password@]host:port/db, or rediss://host:port?ssl_ca_certs=FILE for TLS",
@@ -49,6 +51,9 @@ class Endpoint:
                            "check the port number and the query arguments") from None
         password = os.environ.get(f"REDIS_MIGRATE_{role.upper()}_PASSWORD") or parsed.get("password")
         register_secret(password)
+        for name, field_name in (("socket_timeout", "socket_timeout"), ("socket_connect_timeout", "connect_timeout")):
+            if parsed.get(name):  # the URL may bound the timeouts itself, as redis-py's URLs do
+                kwargs.setdefault(field_name, float(parsed[name]))
         return cls(role=role, url=url, tls_insecure=tls_insecure, password=password, **kwargs)
 
     @property
@@ -87,11 +92,25 @@ class Endpoint:
         return kwargs
 
     def node_client(self, host: str | None = None, port: int | None = None, db: int | None = None) -> redis.Redis:
-        """A client for one node (the URL's own, or a cluster member), with the same auth and TLS."""
+        """A client for one node (the URL's own, or a cluster member), with the same auth and TLS.
+
+        These clients only discover, probe and count: small, quick calls. redis-py runs the TLS
+        handshake under socket_timeout and retries a failed connect, so a TLS client talking to a
+        plain port that never answers would wait minutes; bound every call by the connect timeout
+        and report the first failure instead."""
         kwargs = self.connection_kwargs(db)
         if host is not None:
             kwargs["host"], kwargs["port"] = host, port
+        kwargs["socket_timeout"] = self.connect_timeout
+        kwargs["retry"] = Retry(NoBackoff(), 0)
         return redis.Redis(**kwargs)
+
+
+def _scheme(url: str) -> str | None:
+    try:
+        return urlsplit(url).scheme
+    except ValueError:  # e.g. an unclosed [IPv6] host
+        return None
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,10 @@ def translated_errors(endpoint: Endpoint) -> Iterator[None]:
     except redis.AuthenticationError:
         raise BadInput(f"{where}: authentication failed (wrong password or user)",
                        f"check the URL's user and password, or REDIS_MIGRATE_{endpoint.role.upper()}_PASSWORD") from None
+    except redis.exceptions.NoPermissionError as exc:  # redis-py strips the NOPERM prefix
+        raise BadInput(f"{where}: not authorised ({_first_line(str(exc))})",
+                       "use a user allowed to run SCAN, TYPE, DUMP, PEXPIRETIME, EVAL on the source, or RESTORE and the "
+                       "write commands on the target") from None
     except redis.ResponseError as exc:
         text = str(exc)
         if "NOAUTH" in text or "WRONGPASS" in text or "NOPERM" in text:
@@ -180,7 +203,8 @@ def _connection_hint(endpoint: Endpoint, text: str) -> str:
     if "ssl" in lowered or "wrong version" in lowered or "record layer" in lowered:
         return "TLS mismatch: use rediss:// only for a TLS port, and redis:// for a plain one"
     if endpoint.tls:
-        return "check host and port, and that the port speaks TLS (ElastiCache Serverless does, on 6379)"
+        return ("check host and port, and that the port speaks TLS (ElastiCache Serverless does, on 6379); "
+                "for a plain port use redis://")
     return ("check host, port and network path (security groups); if the server requires TLS, "
             "as ElastiCache Serverless does, use rediss://")
 

@@ -181,7 +181,8 @@ def summarize(run_dir: RunDir) -> dict:
         "scanned": dump_counts.scanned, "dumped": dump_counts.dumped + dump_counts.struct_keys,
         "vanished": dump_counts.vanished, "expired": replay_counts["expired"],
         "restored": replay_counts["restored"], "struct_written": replay_counts["struct_written"],
-        "skipped": skipped, "skipped_keys": dump_ledger.get("skipped_keys", [])[:20],
+        "skipped": skipped,
+        "skipped_keys": (dump_ledger.get("skipped_keys", []) + replay_counts.get("skipped_keys", []))[:20],
         "bytes": dump_counts.bytes, "retries": replay_counts["retries"],
         "dump_done": "finished_at" in dump_ledger, "replay_done": "finished_at" in replay_ledger,
     }

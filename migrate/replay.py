@@ -42,14 +42,22 @@ class ReplayCounts:
     expired: int = 0
     retries: int = 0
     skipped: Counter = field(default_factory=Counter)
+    skipped_keys: list = field(default_factory=list)  # the first skipped keys by name, for the report
 
     def to_dict(self) -> dict:
         return {"restored": self.restored, "struct_written": self.struct_written, "expired": self.expired,
-                "retries": self.retries, "skipped": dict(self.skipped)}
+                "retries": self.retries, "skipped": dict(self.skipped), "skipped_keys": self.skipped_keys}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ReplayCounts":
-        return cls(data["restored"], data["struct_written"], data["expired"], data["retries"], Counter(data["skipped"]))
+        return cls(data["restored"], data["struct_written"], data["expired"], data["retries"], Counter(data["skipped"]),
+                   list(data.get("skipped_keys", [])))
+
+    def skip(self, key: bytes, reason: str, limit: int = 1000) -> None:
+        self.skipped[reason] += 1
+        item = {"key": key.decode("utf-8", "backslashreplace")[:200], "reason": reason}
+        if len(self.skipped_keys) < limit and item not in self.skipped_keys:
+            self.skipped_keys.append(item)
 
 
 class RateLimiter:
@@ -243,7 +251,7 @@ class TargetWriter:
             raise RuntimeFailure("the target is out of memory: its storage limit was reached",
                                  "raise the cache's DataStorage maximum (or maxmemory), then rerun to resume")
         if record.kind == DUMP and record.payload[:1] and record.payload[0] in MODULE_RDB_TYPES:
-            counts.skipped["module type not supported by the target"] += 1
+            counts.skip(record.key, "module type not supported by the target")
             return False
         raise RuntimeFailure(f"the target refused key {record.key[:100]!r}: {error}",
                              "see the RUNBOOK's troubleshooting section for this message; rerun resumes")

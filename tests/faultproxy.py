@@ -1,0 +1,223 @@
+"""A small TCP fault injector for tests: a threaded 127.0.0.1 forwarder to one upstream.
+
+It forwards bytes both ways, and on demand or at random it:
+  - cuts every live connection (`cut_all`), with a FIN or an RST (SO_LINGER 0), as a dropped link does;
+  - cuts each connection after a random number of forwarded bytes (`cut_after_bytes=(lo, hi)`), drawn
+    from a seeded RNG, so a fault lands at a reproducible point of the traffic, up to `max_cuts` times;
+  - adds latency to every chunk it forwards (`latency_ms`, per direction).
+
+It is bounded: at most `max_connections` at once, and it stops itself after `max_seconds`, so a
+forgotten proxy never outlives its test. Only 127.0.0.1 is ever listened on or connected to.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import threading
+import time
+
+_CHUNK = 64 * 1024
+_TICK = 0.1
+
+
+class _Pair:
+    """One client connection and its upstream connection."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket, budget: int | None) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.budget = budget  # bytes left before this connection is cut (None: never)
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def close(self, reset: bool) -> bool:
+        with self.lock:
+            if self.closed:
+                return False
+            self.closed = True
+        for sock in (self.client, self.upstream):
+            try:
+                if reset:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                sock.close()
+            except OSError:
+                pass
+        return True
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int, *, seed: int = 0, latency_ms: float = 0.0,
+                 upstream_latency_ms: float | None = None, cut_after_bytes: tuple[int, int] | None = None,
+                 max_cuts: int = 0, max_connections: int = 256, max_seconds: float = 300.0,
+                 listen: socket.socket | None = None) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.rng = random.Random(seed)
+        self.latency = latency_ms / 1000.0                     # added to chunks going to the client
+        self.upstream_latency = (latency_ms if upstream_latency_ms is None else upstream_latency_ms) / 1000.0
+        self.cut_after_bytes = cut_after_bytes
+        self.max_cuts = max_cuts
+        self.max_connections = max_connections
+        self.max_seconds = max_seconds
+        self.cuts = 0
+        self.connections = 0
+        self._pairs: set[_Pair] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = listen or self.listener()
+        self._listener.settimeout(_TICK)
+        self._threads: list[threading.Thread] = []
+
+    @staticmethod
+    def listener() -> socket.socket:
+        """A listening socket on a free 127.0.0.1 port (made early when a server must know the port)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        return sock
+
+    @property
+    def port(self) -> int:
+        return self._listener.getsockname()[1]
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> "FaultProxy":
+        self._started = time.monotonic()
+        self._spawn(self._accept_loop)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.cut_all(count=False)
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        for thread in list(self._threads):
+            if thread is not threading.current_thread():
+                thread.join(timeout=2)
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # --- faults --------------------------------------------------------------------------------
+
+    def cut_all(self, reset: bool | None = None, count: bool = True) -> int:
+        """Close every live connection now; returns how many were cut."""
+        with self._lock:
+            pairs = list(self._pairs)
+            self._pairs.clear()
+        cut = 0
+        for pair in pairs:
+            if pair.close(self.rng.random() < 0.5 if reset is None else reset):
+                cut += 1
+        if count:
+            self.cuts += cut
+        return cut
+
+    def set_latency(self, ms: float) -> None:
+        self.latency = self.upstream_latency = ms / 1000.0
+
+    def _budget(self) -> int | None:
+        if self.cut_after_bytes is None or self.cuts >= self.max_cuts:
+            return None
+        return self.rng.randint(*self.cut_after_bytes)
+
+    # --- forwarding ----------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            if time.monotonic() - self._started > self.max_seconds:
+                self._spawn(self.stop)
+                return
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                crowded = len(self._pairs) >= self.max_connections
+            if crowded:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()  # the upstream is down: the client sees the connection refused/closed
+                continue
+            for sock in (client, upstream):
+                sock.settimeout(_TICK)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pair = _Pair(client, upstream, self._budget())
+            with self._lock:
+                self._pairs.add(pair)
+                self.connections += 1
+            self._spawn(self._pump, pair, client, upstream, self.upstream_latency_ref)
+            self._spawn(self._pump, pair, upstream, client, self.latency_ref)
+
+    def upstream_latency_ref(self) -> float:
+        return self.upstream_latency
+
+    def latency_ref(self) -> float:
+        return self.latency
+
+    def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket, latency) -> None:
+        while not self._stop.is_set() and not pair.closed:
+            try:
+                data = src.recv(_CHUNK)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            delay = latency()
+            if delay:
+                time.sleep(delay)
+            if self._spend(pair, len(data)) and self._cut(pair):
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        self._close(pair)
+
+    def _spend(self, pair: _Pair, size: int) -> bool:
+        """Charge forwarded bytes to the connection's budget; True when it is time to cut it."""
+        with pair.lock:
+            if pair.budget is None:
+                return False
+            pair.budget -= size
+            return pair.budget <= 0
+
+    def _cut(self, pair: _Pair) -> bool:
+        with self._lock:
+            if self.cuts >= self.max_cuts:
+                pair.budget = None
+                return False
+            self.cuts += 1
+            self._pairs.discard(pair)
+        pair.close(self.rng.random() < 0.5)
+        return True
+
+    def _close(self, pair: _Pair) -> None:
+        with self._lock:
+            self._pairs.discard(pair)
+        pair.close(False)
