@@ -73,6 +73,7 @@ class FaultProxy:
         self._listener = listen or self.listener()
         self._listener.settimeout(_TICK)
         self._threads: list[threading.Thread] = []
+        self._stall_until = 0.0
 
     @staticmethod
     def listener() -> socket.socket:
@@ -113,6 +114,7 @@ class FaultProxy:
 
     def _spawn(self, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
         self._threads.append(thread)
         thread.start()
 
@@ -133,6 +135,22 @@ class FaultProxy:
 
     def set_latency(self, ms: float) -> None:
         self.latency = self.upstream_latency = ms / 1000.0
+
+    def configure(self, *, seed: int = 0, latency_ms: float = 0.0, cut_after_bytes: tuple[int, int] | None = None,
+                  max_cuts: int = 0) -> "FaultProxy":
+        """New faults for the next connections (a proxy shared by several tests); counters restart."""
+        self.rng = random.Random(seed)
+        self.set_latency(latency_ms)
+        self.cut_after_bytes = cut_after_bytes
+        self.max_cuts = max_cuts
+        self.cuts = 0
+        self.connections = 0
+        self._stall_until = 0.0
+        return self
+
+    def stall(self, seconds: float) -> None:
+        """Forward nothing for a while (a black hole): only socket timeouts get a client out of this."""
+        self._stall_until = time.monotonic() + seconds
 
     def _budget(self) -> int | None:
         if self.cut_after_bytes is None or self.cuts >= self.max_cuts:
@@ -191,6 +209,8 @@ class FaultProxy:
             delay = latency()
             if delay:
                 time.sleep(delay)
+            while time.monotonic() < self._stall_until and not self._stop.is_set():
+                time.sleep(_TICK)
             if self._spend(pair, len(data)) and self._cut(pair):
                 return
             try:

@@ -1,0 +1,359 @@
+"""Faults on real servers: kill -9, a target restarted mid-replay, cut connections, latency, a black hole,
+a full disk and a source under writes. Every outcome is checked with the independent tests/snapshot.py.
+
+The rule throughout: a run either ends exact, or stops with a clear non-zero message and a rerun ends
+exact. It never ends green over missing keys, and it never hangs (every call here has a hard timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import seed_data
+import testbed
+from conftest import SOURCE_PASSWORD, TARGET_PASSWORD
+from faultproxy import FaultProxy
+from migrate.records import read_segment
+from reliability import assert_clean_error, popen, spawn
+from snapshot import assert_same, snapshot
+
+RUN_TIMEOUT = 240
+
+
+def ledger(run_dir: Path, name: str) -> dict:
+    try:
+        return json.loads((run_dir / f"{name}.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def phase(run_dir: Path) -> str:
+    """Where a killed run was: in the dump, in the replay after the dump, or done."""
+    if "finished_at" not in ledger(run_dir, "dump"):
+        return "dump"
+    return "replay" if "finished_at" not in ledger(run_dir, "replay") else "done"
+
+
+def plain_url(port: int, password: str, **query) -> str:
+    tail = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"redis://:{password}@127.0.0.1:{port}/0" + (f"?{tail}" if tail else "")
+
+
+def tls_url(port: int, password: str, certs: testbed.Certs, **query) -> str:
+    tail = "".join(f"&{k}={v}" for k, v in query.items())
+    return f"rediss://:{password}@127.0.0.1:{port}/0?ssl_ca_certs={certs.ca}{tail}"
+
+
+# --- a target and a source reached only through a fault proxy -------------------------------------------
+
+@pytest.fixture(scope="module")
+def target_proxy(bed_dir, certs):
+    """A serverless-like TLS node that announces the proxy's port, so every connection (discovery too)
+    goes through the proxy."""
+    listener = FaultProxy.listener()
+    port = listener.getsockname()[1]
+    node = testbed.start_cluster(bed_dir / f"proxied-target-{port}", 1, password=TARGET_PASSWORD, certs=certs,
+                                 restricted=True, extra=("--cluster-announce-tls-port", str(port),
+                                                         "--cluster-announce-port", str(port)))
+    proxy = FaultProxy(node.first.port, listen=listener, max_seconds=1800).start()
+    yield node, proxy
+    proxy.stop()
+    node.stop()
+
+
+@pytest.fixture
+def proxied_target(target_proxy, certs):
+    node, proxy = target_proxy
+    node.flush()
+    proxy.configure()
+    return node, proxy, tls_url(proxy.port, TARGET_PASSWORD, certs)
+
+
+@pytest.fixture
+def proxied_source(standalone_source):
+    with FaultProxy(standalone_source.port, max_seconds=600) as proxy:
+        yield standalone_source, proxy, plain_url(proxy.port, SOURCE_PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def restartable_target(bed_dir, certs):
+    """A serverless-like node of our own, to restart without disturbing the shared one."""
+    node = testbed.start_serverless_like(bed_dir / "restartable", certs, password=TARGET_PASSWORD)
+    yield node
+    node.stop()
+
+
+# --- kill -9 -----------------------------------------------------------------------------------------
+
+def test_kill_9_at_ten_random_moments_then_resume_is_exact(proxied_source, serverless_target, run_dir):
+    """12 kills at seeded random moments across dump and replay; big keys go through struct chunks."""
+    source, proxy, source_url = proxied_source
+    proxy.configure(latency_ms=2)  # stretches the dump so that kills land in it too
+    seed_data.seed(source.client(), 25_000, seed=31, big_keys=True, short_ttl_keys=0)
+    args = ("run", "--source", source_url, "--target", serverless_target.url(), "--run-dir", run_dir,
+            "--max-ops-per-sec", 6000, "--scan-count", 200, "--max-payload", 256 * 1024)
+    rng = random.Random(20261126)
+    kills: list[tuple[float, str]] = []
+    attempts = 0
+    while len(kills) < 12 and attempts < 30:
+        attempts += 1
+        process = popen(*args)
+        delay = rng.uniform(0.4, 1.4) if len(kills) < 4 else rng.uniform(0.4, 2.2)
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.communicate(timeout=30)
+            kills.append((round(delay, 2), phase(run_dir)))
+            continue
+        out, err = process.communicate()
+        assert process.returncode == 0, err
+        break  # it finished before the kill: the rest is the final run
+    final = spawn(*args, timeout=RUN_TIMEOUT)
+    assert final.exit_code == 0, str(final)
+    assert len(kills) >= 10, kills
+    phases = [p for _, p in kills]
+    assert phases.count("dump") >= 2 and phases.count("replay") >= 2, kills
+    assert_same(snapshot(source), snapshot(serverless_target))
+
+
+# --- a target restarted mid-replay -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("keeps_data", [False, True], ids=["data-lost", "data-kept"])
+def test_target_restarted_mid_replay(standalone_source, restartable_target, run_dir, keeps_data):
+    node = restartable_target.first
+    node.flush()
+    seed_data.seed(standalone_source.client(), 40_000, seed=17, big_keys=False, short_ttl_keys=0)
+    dumped = spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir)
+    assert dumped.exit_code == 0, str(dumped)
+    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 8000)
+    try:
+        deadline = time.monotonic() + 60
+        while len(ledger(run_dir, "replay").get("segments_done", [])) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        if keeps_data:
+            node.client().save()  # as a node with persistence would have it on disk
+            node.args = node.args + ["--dbfilename", "dump.rdb"]
+        node.stop()
+        time.sleep(0.3)
+        node.start()
+        out, err = process.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        if keeps_data:
+            node.args = node.args[:-2]
+            (node.directory / "dump.rdb").unlink(missing_ok=True)
+    if process.returncode != 0:  # a clear stop is allowed; then a rerun must finish the job
+        assert "Traceback" not in err and "hint:" in err, err
+        rerun = spawn("replay", "--target", restartable_target.url(), "--run-dir", run_dir, timeout=RUN_TIMEOUT)
+        assert rerun.exit_code == 0, str(rerun)
+    assert_same(snapshot(standalone_source), snapshot(restartable_target))
+
+
+def test_a_rerun_after_the_target_lost_its_data_does_not_go_green(standalone_source, restartable_target, run_dir):
+    """The target loses everything while no replay runs (say, between a kill and the rerun)."""
+    node = restartable_target.first
+    node.flush()
+    seed_data.seed(standalone_source.client(), 25_000, seed=18, big_keys=False, short_ttl_keys=0)
+    assert spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
+    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 8000)
+    deadline = time.monotonic() + 60
+    while not ledger(run_dir, "replay").get("segments_done") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+    node.flush()  # what a restart without persistence does
+    rerun = spawn("replay", "--target", restartable_target.url(), "--run-dir", run_dir, timeout=RUN_TIMEOUT)
+    if rerun.exit_code != 0:
+        assert_clean_error(rerun, rerun.exit_code, "lost")
+        rerun = spawn("replay", "--target", restartable_target.url(), "--run-dir", run_dir, timeout=RUN_TIMEOUT)
+        assert rerun.exit_code == 0, str(rerun)
+    assert_same(snapshot(standalone_source), snapshot(restartable_target))
+
+
+# --- the network -----------------------------------------------------------------------------------------
+
+def test_connections_cut_on_the_source_side(proxied_source, serverless_target, run_dir):
+    source, proxy, source_url = proxied_source
+    proxy.configure(seed=5, cut_after_bytes=(50_000, 400_000), max_cuts=8)
+    seed_data.seed(source.client(), 12_000, seed=41, big_keys=True, short_ttl_keys=0)
+    outcome = spawn("run", "--source", source_url, "--target", serverless_target.url(), "--run-dir", run_dir,
+                    "--scan-count", 200, "--max-payload", 256 * 1024, timeout=RUN_TIMEOUT)
+    assert outcome.exit_code == 0, str(outcome)
+    assert proxy.cuts >= 4, proxy.cuts
+    assert_same(snapshot(source), snapshot(serverless_target))
+
+
+def test_connections_cut_on_the_target_side(standalone_source, proxied_target, run_dir):
+    node, proxy, target_url = proxied_target
+    proxy.configure(seed=6, cut_after_bytes=(50_000, 400_000), max_cuts=8)
+    seed_data.seed(standalone_source.client(), 12_000, seed=42, big_keys=True, short_ttl_keys=0)
+    outcome = spawn("run", "--source", standalone_source.url(), "--target", target_url, "--run-dir", run_dir,
+                    "--max-payload", 256 * 1024, timeout=RUN_TIMEOUT)
+    assert outcome.exit_code == 0, str(outcome)
+    assert proxy.cuts >= 4, proxy.cuts
+    assert_same(snapshot(standalone_source), snapshot(node))
+
+
+def test_cut_all_connections_on_demand_during_replay(standalone_source, proxied_target, run_dir):
+    node, proxy, target_url = proxied_target
+    seed_data.seed(standalone_source.client(), 20_000, seed=43, big_keys=False, short_ttl_keys=0)
+    process = popen("run", "--source", standalone_source.url(), "--target", target_url, "--run-dir", run_dir,
+                    "--max-ops-per-sec", 10_000)
+    try:
+        for _ in range(5):
+            time.sleep(0.3)
+            proxy.cut_all()
+        out, err = process.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert proxy.cuts >= 3
+    assert_same(snapshot(standalone_source), snapshot(node))
+
+
+def test_20ms_latency_on_the_target(standalone_source, proxied_target, run_dir):
+    node, proxy, target_url = proxied_target
+    proxy.configure(latency_ms=20)
+    seed_data.seed(standalone_source.client(), 5_000, seed=44, big_keys=False, short_ttl_keys=0)
+    started = time.monotonic()
+    outcome = spawn("run", "--source", standalone_source.url(), "--target", target_url, "--run-dir", run_dir,
+                    timeout=RUN_TIMEOUT)
+    assert outcome.exit_code == 0, str(outcome)
+    assert time.monotonic() - started < 60
+    assert_same(snapshot(standalone_source), snapshot(node))
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_a_black_hole_is_escaped_by_socket_timeouts(standalone_source, proxied_target, certs, run_dir, side):
+    """The link stops forwarding anything for 6 s: only a socket timeout (2 s here) gets the run out."""
+    node, target_proxy, _ = proxied_target
+    seed_data.seed(standalone_source.client(), 20_000, seed=45, big_keys=False, short_ttl_keys=0)
+    with FaultProxy(standalone_source.port, max_seconds=300) as source_proxy:
+        source_url = plain_url(source_proxy.port, SOURCE_PASSWORD, socket_timeout=2)
+        target_url = tls_url(target_proxy.port, TARGET_PASSWORD, certs, socket_timeout=2)
+        stalled = source_proxy if side == "source" else target_proxy
+        process = popen("run", "--source", source_url, "--target", target_url, "--run-dir", run_dir,
+                        "--max-ops-per-sec", 10_000, "--scan-count", 100)
+        try:
+            time.sleep(0.8)
+            stalled.stall(6)
+            out, err = process.communicate(timeout=RUN_TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    if process.returncode != 0:
+        assert "Traceback" not in err and "hint:" in err, err
+        rerun = spawn("run", "--source", source_url.replace(f":{source_proxy.port}", f":{standalone_source.port}"),
+                      "--target", target_url, "--run-dir", run_dir, timeout=RUN_TIMEOUT)
+        assert rerun.exit_code == 0, str(rerun)
+    assert_same(snapshot(standalone_source), snapshot(node))
+
+
+# --- the disk fills mid-dump -------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs, grown later with remount; None where mounting is not allowed."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
+                          capture_output=True, timeout=30)
+    if done.returncode != 0:
+        yield None
+        return
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+
+
+def _fsize_limit(limit: int):
+    def apply() -> None:
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_disk_full_mid_dump(standalone_source, serverless_target, small_disk, tmp_path):
+    seed_data.seed(standalone_source.client(), 40_000, seed=51, big_keys=False, short_ttl_keys=0)
+    run_dir = (small_disk or tmp_path) / "run"
+    args = ("dump", "--source", standalone_source.url(), "--run-dir", run_dir, "--scan-count", 500)
+    if small_disk is not None:
+        full = spawn(*args, timeout=RUN_TIMEOUT)
+    else:  # no mount allowed: a per-file size limit gives EFBIG on the segment write instead
+        done = subprocess.run(__import__("reliability").command(*args), capture_output=True, text=True,
+                              timeout=RUN_TIMEOUT, env=__import__("reliability").child_env(),
+                              preexec_fn=_fsize_limit(600_000))
+        full = __import__("reliability").Outcome(done.returncode, done.stdout, done.stderr)
+    assert_clean_error(full, 3, "cannot write", "free disk space", "rerun")
+    segments = sorted((run_dir / "segments").iterdir())
+    durable = [p for p in segments if not p.name.startswith(".")]
+    assert durable, "some segments fit before the disk filled"
+    for path in durable:
+        read_segment(path)  # whole and checksummed: no partial segment is left under a segment name
+    assert not ledger(run_dir, "dump").get("finished_at")
+    if small_disk is not None:
+        subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True, timeout=30)
+        resumed = spawn(*args, timeout=RUN_TIMEOUT)
+    else:
+        resumed = spawn(*args, timeout=RUN_TIMEOUT)
+    assert resumed.exit_code == 0, str(resumed)
+    replayed = spawn("replay", "--target", serverless_target.url(), "--run-dir", run_dir, timeout=RUN_TIMEOUT)
+    assert replayed.exit_code == 0, str(replayed)
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))
+
+
+# --- a source under writes -------------------------------------------------------------------------------
+
+def test_source_under_concurrent_writes(standalone_source, serverless_target, run_dir):
+    """A bounded writer changes, adds and deletes `hot:*` keys while `run` copies. Everything else must be
+    exact at once; the hot keys are what verify --rounds/--repair (the verify stage) converges."""
+    client = standalone_source.client()
+    seed_data.seed(client, 15_000, seed=61, big_keys=False, short_ttl_keys=0)
+    for index in range(2000):
+        client.set(f"hot:{index}", "v0")
+    stop = threading.Event()
+    written = []
+
+    def writer() -> None:
+        rng = random.Random(7)
+        writes = client.pipeline(transaction=False)
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline and len(written) < 200_000:
+            for _ in range(100):
+                key = f"hot:{rng.randrange(4000)}"
+                if rng.random() < 0.2:
+                    writes.delete(key)
+                else:
+                    writes.set(key, f"v{len(written)}", px=rng.choice([None, 3_600_000]))
+                written.append(key)
+            writes.execute()
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        outcome = spawn("run", "--source", standalone_source.url(), "--target", serverless_target.url(),
+                        "--run-dir", run_dir, "--max-ops-per-sec", 20_000, timeout=RUN_TIMEOUT)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert outcome.exit_code == 0, str(outcome)
+    assert len(written) > 1000
+    cold = lambda snap: {k: v for k, v in snap.items() if not k.startswith(b"hot:")}  # noqa: E731
+    assert_same(cold(snapshot(standalone_source)), cold(snapshot(serverless_target)))
