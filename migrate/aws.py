@@ -30,6 +30,10 @@ IAM_ACTIONS = (
 )
 
 SSM_MAX_VERSIONS = 100  # SSM keeps this many versions of a parameter
+MISSING_PARAMETER_HINT = (
+    "check --env and --param-prefix (default /storefront/{env}/redis): cutover and rollback repoint the parameters "
+    "the apps already read and never create one, so a typo cannot look like a cutover (create it with "
+    "aws ssm put-parameter if it really is missing)")
 _ACCESS_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedException"}
 _CREDENTIAL_CODES = {"UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException",
                      "InvalidSignatureException", "SignatureDoesNotMatch"}
@@ -115,8 +119,7 @@ def _client_error(subject: str, exc: bex.ClientError) -> MigrateError:
 
 def _not_found_hint(code: str) -> str:
     if code.startswith("Parameter"):
-        return ("check --env and --param-prefix (default /storefront/{env}/redis); the tool repoints existing "
-                "parameters and never creates them, so a typo cannot create a parameter that no app reads")
+        return MISSING_PARAMETER_HINT
     if code.startswith("ServerlessCache"):
         return "check the cache name and the region (AWS_REGION); `aws elasticache describe-serverless-caches` lists them"
     return "check --redeploy CLUSTER/SERVICE: the ECS cluster and service names, and the region"

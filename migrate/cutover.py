@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from redis.connection import parse_url
 
-from .aws import Clients, History, Version, aws_errors, describe_serverless_cache, force_new_deployment, \
+from .aws import MISSING_PARAMETER_HINT, Clients, History, Version, aws_errors, describe_serverless_cache, force_new_deployment, \
     parameter_history, parse_service, read_parameter
 from .endpoints import Endpoint
 from .errors import BadInput, GateRefused, MigrateError, RuntimeFailure
@@ -425,9 +425,7 @@ def read_histories(clients: Clients, names: dict[str, str]) -> dict[str, History
     for key, name in names.items():
         history = parameter_history(clients.ssm, name)
         if history is None:
-            raise BadInput(f"SSM parameter {name} does not exist",
-                           "check --env and --param-prefix; cutover and rollback repoint the parameters the apps "
-                           "already read, and never create them (create it with aws ssm put-parameter if intended)")
+            raise BadInput(f"SSM parameter {name} does not exist", MISSING_PARAMETER_HINT)
         histories[key] = history
     return histories
 
@@ -522,6 +520,12 @@ def _unchanged_since_cutover(histories: dict[str, History], restore: dict[str, V
 
 # --- human output -----------------------------------------------------------------------------------
 
+def _after_cell(row: dict) -> str:
+    if row["change"] == "unchanged":
+        return f"{row['after']} (unchanged)"
+    return f"{row['after']} ({'v' + str(row['after_version']) if row['after_version'] else 'new version'})"
+
+
 def render(result: dict) -> str:
     """A short table: the check verdicts, each parameter now and after, redeploys, and the outcome."""
     head = f"{result['command']}  env {result['env']}  run {result['run_id']}"
@@ -529,13 +533,10 @@ def render(result: dict) -> str:
     for check in result["checks"]:
         verdict = "pass" if check["passed"] else result["gate"].upper()
         lines.append(f"  check     {verdict}: {check['reason']}")
-    width = max(len(row["name"]) for row in result["parameters"])
-    lines.append(f"  {'parameter'.ljust(width)}  {'now':<30} after")
-    for row in result["parameters"]:
-        now = f"{row['now']} (v{row['now_version']})"
-        version = f"v{row['after_version']}" if row["after_version"] else "new version"
-        after = f"{row['after']} ({'unchanged' if row['change'] == 'unchanged' else version})"
-        lines.append(f"  {row['name'].ljust(width)}  {now:<30} {after}")
+    cells = [(row["name"], f"{row['now']} (v{row['now_version']})", _after_cell(row)) for row in result["parameters"]]
+    widths = [max(len(cell[i]) for cell in cells + [("parameter", "now", "")]) for i in (0, 1)]
+    for name, now, after in [("parameter", "now", "after"), *cells]:
+        lines.append(f"  {name.ljust(widths[0])}  {now.ljust(widths[1])}  {after}")
     for deploy in result["redeployed"]:
         lines.append(f"  redeploy  {deploy['service']}: {deploy['deployment'] or 'would force a new deployment'}")
     for refusal in result["refused"]:

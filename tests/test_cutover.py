@@ -330,3 +330,21 @@ def test_version_limit_with_our_own_old_label_is_cleared(ssm, target, run_dir):
     assert values(ssm)["endpoint"] == target["endpoint"]
     rollback(None)
     assert values(ssm) == OLD
+
+
+# --- IAM ------------------------------------------------------------------------------------------------
+
+def test_iam_actions_match_the_runbook(ssm, ecs_service, aws_calls, standalone_source, target, run_dir):
+    """Every action the commands perform (plan with a cache and --env, cutover with a full parameter history
+    and --redeploy, rollback) is listed, and every listed action is performed: the list is exact."""
+    from migrate.aws import IAM_ACTIONS
+    from aws_helpers import runbook_actions
+
+    cache = stubbed_elasticache(cache_response("storefront-test", "127.0.0.1", int(target["port"])), "storefront-test")
+    invoke("plan", "--source", standalone_source.url(), "--target", target["url"], "--serverless-cache",
+           "storefront-test", "--env", ENV, obj=Clients(elasticache=cache))
+    write_verify(run_dir, target["url"])
+    fill_history(ssm, ENDPOINT, "cutover-20200101T000000Z-abcd")
+    cutover(target, run_dir, "--redeploy", "storefront-test/web")
+    rollback(None)
+    assert aws_calls == set(IAM_ACTIONS) == runbook_actions()
