@@ -222,7 +222,7 @@ class Switch:
     names: dict[str, str]
     histories: dict[str, History]
     desired: dict[str, str]
-    before: dict[str, Version]  # what a rollback restores (cutover) or what is restored (rollback)
+    pre_cutover: dict[str, Version]  # the versions in effect before the cutover: what a rollback restores
     record: dict | None  # the run dir's cutover.json as found
     checks: list[Check] = field(default_factory=list)
     labels_before: tuple[str, ...] = ()
@@ -280,7 +280,7 @@ def _write(switch: Switch, writer: Writer) -> dict[str, int | None]:
     for key in switch.changes:
         _make_room(writer, switch.histories[key])
     for key in KEYS:
-        _label_missing(writer, switch.histories[key], switch.before[key], switch.labels_before)
+        _label_missing(writer, switch.histories[key], switch.pre_cutover[key], switch.labels_before)
     written: dict[str, int | None] = {}
     for key in switch.changes:
         name = switch.names[key]
@@ -350,7 +350,7 @@ def _undo(switch: Switch, writer: Writer, written: dict, failed_key: str, cause:
             "or run rollback --force to go back", holding)
     return SwitchFailed(
         f"{switch.kind} failed writing {failed}: {cause.message}. "
-        f"{'; '.join(restored) or 'Nothing had been written'}. All parameters hold their old values: {state}",
+        f"{'; '.join(restored) or 'Nothing had been written'}. All parameters hold what they held before this run: {state}",
         f"fix the cause ({cause.hint or 'see above'}), then rerun the same command", holding)
 
 
@@ -383,7 +383,7 @@ def _new_record(switch: Switch) -> dict:
     """What cutover.json holds: the values to roll back to, the values cut over to, and the state."""
     old = dict(switch.record or {})
     if switch.kind == "cutover":
-        old = {"before": {key: {"value": v.value, "version": v.number} for key, v in switch.before.items()},
+        old = {"before": {key: {"value": v.value, "version": v.number} for key, v in switch.pre_cutover.items()},
                "cutover_values": switch.desired, "run_id": switch.run_id}
     return {**old, "env": switch.env, "parameters": switch.names, "state": f"{switch.kind}-started",
             "values_after": switch.desired, "redeployed": [], "started_at": time.time(),
@@ -458,7 +458,7 @@ def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | 
     with writer.lock(rd):
         histories = read_histories(clients, names)
         switch = Switch("cutover", env, names, histories, target.values,
-                        before={key: before_version(h) for key, h in histories.items()},
+                        pre_cutover={key: before_version(h) for key, h in histories.items()},
                         record=rd.read("cutover") if rd else None,
                         checks=[verify_gate(rd, max_age, target, now)],
                         labels_before=(LABEL_BEFORE,), labels_after=(LABEL_AFTER,), run_id=new_run_id(now))
@@ -480,7 +480,7 @@ def rollback(env: str, *, run_dir: str | None = None, prefix: str = DEFAULT_PREF
         record = rd.read("cutover") if rd else None
         restore, wrote, source = _rollback_values(record, histories, names)
         switch = Switch("rollback", env, names, histories, {key: v.value for key, v in restore.items()},
-                        before=restore, record=record, checks=[_unchanged_since_cutover(histories, restore, wrote, source)],
+                        pre_cutover=restore, record=record, checks=[_unchanged_since_cutover(histories, restore, wrote, source)],
                         run_id=new_run_id(now))
         result = run_switch(switch, writer, rd, services, force)
         result["restored_from"] = source

@@ -10,6 +10,7 @@ import time
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 
 from migrate.aws import Clients
 from migrate.state import RunDir
@@ -245,7 +246,8 @@ def test_partial_failure_puts_the_endpoint_back(ssm, target, run_dir):
     write_verify(run_dir, target["url"])
     client = deny_put(boto3.client("ssm"), {PORT})
     result = cutover(target, run_dir, obj=Clients(ssm=client), code=3)
-    assert "All parameters hold their old values" in result.stderr and f"{ENDPOINT} put back" in result.stderr
+    assert "All parameters hold what they held before this run" in result.stderr and f"{ENDPOINT} put back" in result.stderr
+    assert "access denied (PutParameter)" in result.stderr and "IAM permissions" in result.stderr
     assert values(ssm) == OLD
     assert [v[1] for v in history(ssm, ENDPOINT)] == [OLD["endpoint"], target["endpoint"], OLD["endpoint"]]
     record = RunDir(run_dir).read("cutover")
@@ -348,3 +350,30 @@ def test_iam_actions_match_the_runbook(ssm, ecs_service, aws_calls, standalone_s
     cutover(target, run_dir, "--redeploy", "storefront-test/web")
     rollback(None)
     assert aws_calls == set(IAM_ACTIONS) == runbook_actions()
+
+
+# --- AWS problems are typed errors with hints --------------------------------------------------------------
+
+def test_missing_credentials_region_and_cache_are_bad_input(aws, aws_calls, monkeypatch, target, run_dir):
+    write_verify(run_dir, target["url"])
+    cache = boto3.client("elasticache")
+    stubber = Stubber(cache)
+    stubber.add_client_error("describe_serverless_caches", "ServerlessCacheNotFoundFault", "not found", 404,
+                             expected_params={"ServerlessCacheName": "nope"})
+    stubber.activate()
+    result = invoke("cutover", "--env", ENV, "--serverless-cache", "nope", obj=Clients(elasticache=cache), code=2)
+    assert "serverless cache nope does not exist" in result.stderr and "AWS_REGION" in result.stderr
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    assert "no AWS region" in cutover(target, run_dir, code=2).stderr
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(run_dir / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(run_dir / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a fresh chain: the recording session cached credentials
+    assert "no usable AWS credentials" in rollback(run_dir, code=2).stderr
