@@ -343,15 +343,12 @@ def _undo(switch: Switch, writer: Writer, written: dict, failed_key: str, cause:
             undo_errors.append(f"putting {switch.names[key]} back failed: {exc.message}")
     state = ", ".join(f"{switch.names[key]}={holding[key]}" for key in KEYS)
     if undo_errors:
-        return SwitchFailed(
-            f"{switch.kind} failed writing {failed}: {cause.message}; {'; '.join(undo_errors)}. "
-            f"The parameters are MIXED: {state}",
-            f"fix the cause ({cause.hint or 'see above'}), then rerun the same command to finish, "
-            "or run rollback --force to go back", holding)
-    return SwitchFailed(
-        f"{switch.kind} failed writing {failed}: {cause.message}. "
-        f"{'; '.join(restored) or 'Nothing had been written'}. All parameters hold what they held before this run: {state}",
-        f"fix the cause ({cause.hint or 'see above'}), then rerun the same command", holding)
+        what, other_way = "; ".join(undo_errors) + ". The parameters are MIXED", ", or run rollback --force to go back"
+    else:
+        what, other_way = ("; ".join(restored) or "Nothing had been written") + \
+            ". All parameters hold what they held before this run", ""
+    return SwitchFailed(f"{switch.kind} failed writing {failed}: {cause.message}. {what}: {state}",
+                        f"fix the cause ({cause.hint or 'see above'}), then rerun the same command{other_way}", holding)
 
 
 def _pending_redeploys(switch: Switch, services: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -380,14 +377,15 @@ def _redeploy(writer: Writer, run_dir: RunDir | None, record: dict,
 
 
 def _new_record(switch: Switch) -> dict:
-    """What cutover.json holds: the values to roll back to, the values cut over to, and the state."""
-    old = dict(switch.record or {})
+    """cutover.json: what a rollback restores and what the cutover wrote (set by a cutover, kept by a rollback),
+    plus the latest switch's state and redeploys."""
     if switch.kind == "cutover":
-        old = {"before": {key: {"value": v.value, "version": v.number} for key, v in switch.pre_cutover.items()},
-               "cutover_values": switch.desired, "run_id": switch.run_id}
-    return {**old, "env": switch.env, "parameters": switch.names, "state": f"{switch.kind}-started",
-            "values_after": switch.desired, "redeployed": [], "started_at": time.time(),
-            "last_run_id": switch.run_id}
+        facts = {"before": {key: {"value": v.value, "version": v.number} for key, v in switch.pre_cutover.items()},
+                 "cutover_values": switch.desired, "run_id": switch.run_id}
+    else:
+        facts = {key: value for key, value in (switch.record or {}).items() if key in ("before", "cutover_values", "run_id")}
+    return {**facts, "env": switch.env, "parameters": switch.names, "state": f"{switch.kind}-started",
+            "values_after": switch.desired, "redeployed": [], "started_at": time.time(), "last_run_id": switch.run_id}
 
 
 def _result(switch: Switch, writer: Writer) -> dict:
