@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .endpoints import Topology, discover, probe_rdb_version
@@ -44,12 +44,11 @@ class ReplayCounts:
     skipped: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict:
-        return {"restored": self.restored, "struct_written": self.struct_written, "expired": self.expired,
-                "retries": self.retries, "skipped": dict(self.skipped)}
+        return {**asdict(self), "skipped": dict(self.skipped)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ReplayCounts":
-        return cls(data["restored"], data["struct_written"], data["expired"], data["retries"], Counter(data["skipped"]))
+        return cls(**{**data, "skipped": Counter(data["skipped"])})
 
 
 class RateLimiter:
