@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Protocol
 
 from .endpoints import Node, Topology
@@ -21,7 +21,7 @@ from .errors import BadInput
 from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter
 from .slots import key_slot
 from .state import RunDir
-from .store import write_segment
+from .store import list_segments, segment_id, write_segment
 from .wire import ReplyError, Wire, pack
 
 DEFAULT_MAX_PAYLOAD = 64 << 20
@@ -96,13 +96,11 @@ class DumpCounts:
         self.skipped.update(other.skipped)
 
     def to_dict(self) -> dict:
-        return {"scanned": self.scanned, "dumped": self.dumped, "struct_keys": self.struct_keys,
-                "vanished": self.vanished, "bytes": self.bytes, "skipped": dict(self.skipped)}
+        return {**asdict(self), "skipped": dict(self.skipped)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "DumpCounts":
-        return cls(data["scanned"], data["dumped"], data["struct_keys"], data["vanished"], data["bytes"],
-                   Counter(data["skipped"]))
+        return cls(**{**data, "skipped": Counter(data["skipped"])})
 
 
 class RecordSink(Protocol):
@@ -245,15 +243,16 @@ class KeyReader:
                 self._read_struct(key, kind, expiry, counts, sink)
 
     def _read_struct(self, key: bytes, kind: str, expiry: int, counts: DumpCounts, sink: "RecordSink") -> None:
-        """The key's value type by type, in chunks of at most CHUNK_ITEMS members."""
-        chunks = list(_STRUCT_READERS[kind](self.wire, key))
-        if not chunks:
-            counts.vanished += 1
-            return
-        counts.struct_keys += 1
-        for index, (offset, items, record_type) in enumerate(chunks):
+        """The key's value type by type, streamed in chunks of at most CHUNK_ITEMS members."""
+        first = True
+        for offset, items, record_type in _STRUCT_READERS[kind](self.wire, key):
             counts.bytes += sum(len(i) for i in items)
-            sink.add(Record(key, expiry, kind=STRUCT, type=record_type, offset=offset, first=index == 0, items=items))
+            sink.add(Record(key, expiry, kind=STRUCT, type=record_type, offset=offset, first=first, items=items))
+            first = False
+        if first:
+            counts.vanished += 1
+        else:
+            counts.struct_keys += 1
 
 
 def _absolute(reply, is_pexpiretime: bool, sent_at: int) -> int:
@@ -355,20 +354,42 @@ class MasterDumper:
         self.ledger = ledger
         self.wire = Wire(topology.endpoint, node.host, node.port, options.db)
         self.reader = KeyReader(self.wire, topology, options)
+        # A segment written just before a crash may not be in the ledger yet; never reuse its number:
+        # segments are immutable, and replay may already have applied it.
+        written = [seq for master, seq in map(segment_id, list_segments(run_dir)) if master == index]
+        state["next_seq"] = max([state["next_seq"], *(seq + 1 for seq in written)])
 
     def run(self, progress: Callable[[int], None]) -> None:
-        writer = SegmentWriter()
         pending = DumpCounts()
         cursor = self.state["cursor"]
+        self.writer = SegmentWriter()
         while not self.state["done"]:
             cursor, keys = self._scan(cursor)
-            self.reader.read(keys, pending, writer)
+            self.reader.read(keys, pending, self)
             progress(len(keys))
             finished = cursor == 0
-            if finished or writer.count >= SEGMENT_RECORDS or writer.raw_bytes >= SEGMENT_BYTES:
-                self._commit(writer, pending, cursor, finished)
-                writer, pending = SegmentWriter(), DumpCounts()
+            if finished or self.writer.count >= SEGMENT_RECORDS or self.writer.raw_bytes >= SEGMENT_BYTES:
+                self._commit(pending, cursor, finished)
+                pending = DumpCounts()
         self.wire.close()
+
+    # RecordSink: records go to the current segment, which is flushed early when a big key fills it.
+    def add(self, record: Record) -> None:
+        self.writer.add(record)
+        if self.writer.raw_bytes >= SEGMENT_BYTES:
+            self._flush_segment()
+            self.ledger.save()
+
+    def add_dump(self, key: bytes, expire_at: int, payload: bytes) -> None:
+        self.writer.add_dump(key, expire_at, payload)
+
+    def _flush_segment(self) -> None:
+        """Write the segment without moving the cursor: a crash rescans the batch, and the repeated
+        records are harmless (replay is idempotent, later segments win)."""
+        if self.writer.count:
+            write_segment(self.run_dir, self.index, self.state["next_seq"], self.writer.finish())
+            self.state["next_seq"] += 1
+        self.writer = SegmentWriter()
 
     def _scan(self, cursor: int) -> tuple[int, list[bytes]]:
         args = [b"SCAN", b"%d" % cursor, b"COUNT", b"%d" % self.options.scan_count]
@@ -386,11 +407,9 @@ class MasterDumper:
         wanted = set(self.options.types)
         return [key for key, kind in zip(keys, self.wire.read(len(keys))) if _text(kind) in wanted]
 
-    def _commit(self, writer: SegmentWriter, pending: DumpCounts, cursor: int, finished: bool) -> None:
+    def _commit(self, pending: DumpCounts, cursor: int, finished: bool) -> None:
         """Segment first (durable), then the cursor that it covers."""
-        if writer.count:
-            write_segment(self.run_dir, self.index, self.state["next_seq"], writer.finish())
-            self.state["next_seq"] += 1
+        self._flush_segment()
         self.state["cursor"] = cursor
         self.state["done"] = finished
         counts = DumpCounts.from_dict(self.state["counts"])

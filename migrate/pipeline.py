@@ -7,6 +7,7 @@ stages use both cores; each keeps its own ledger, so either can be killed and re
 from __future__ import annotations
 
 import ctypes
+import json
 import multiprocessing
 import signal
 import time
@@ -73,6 +74,18 @@ def _warn_other_databases(topology: Topology, db: int) -> None:
 def source_key_count(topology: Topology, db: int) -> int:
     with translated_errors(topology.endpoint):
         return sum(topology.client(node, db).dbsize() for node in topology.masters)
+
+
+def preflight(run_dir: RunDir, source_url: str, target_url: str, tls_insecure: bool) -> None:
+    """`run`'s first stage: the plan, recorded once per run dir. Its blockers are printed; the stages'
+    own gates (empty target, one database) enforce them, with the options that override them."""
+    if run_dir.read("plan") is not None:
+        return
+    from .plan import plan
+    result = json.loads(json.dumps(plan(source_url, target_url, tls_insecure=tls_insecure), default=str))
+    run_dir.write("plan", result)
+    for blocker in result["blockers"]:
+        warn(f"plan: {blocker['problem']} ({blocker['fix']})")
 
 
 def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,

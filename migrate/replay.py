@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .endpoints import Topology, discover, probe_rdb_version
@@ -45,13 +45,11 @@ class ReplayCounts:
     skipped_keys: list = field(default_factory=list)  # the first skipped keys by name, for the report
 
     def to_dict(self) -> dict:
-        return {"restored": self.restored, "struct_written": self.struct_written, "expired": self.expired,
-                "retries": self.retries, "skipped": dict(self.skipped), "skipped_keys": self.skipped_keys}
+        return {**asdict(self), "skipped": dict(self.skipped)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ReplayCounts":
-        return cls(data["restored"], data["struct_written"], data["expired"], data["retries"], Counter(data["skipped"]),
-                   list(data.get("skipped_keys", [])))
+        return cls(**{**data, "skipped": Counter(data["skipped"])})
 
     def skip(self, key: bytes, reason: str, limit: int = 1000) -> None:
         self.skipped[reason] += 1

@@ -220,3 +220,31 @@ def test_rerun_skips_done_stages_and_redo_dump_picks_up_changes(standalone_sourc
     assert serverless_target.first.client().get("a") == b"1"
     run_json(*args, "--redo", "dump")
     assert_same(snapshot(standalone_source), snapshot(serverless_target))
+
+
+def test_segments_are_never_rewritten_after_a_crash_between_segment_and_ledger(standalone_source, run_dir):
+    """A segment that landed before its ledger update keeps its content; the resume writes a new one."""
+    seed_data.seed(standalone_source.client(), 300, seed=6, big_keys=False, short_ttl_keys=0)
+    assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
+    ledger = json.loads((run_dir / "dump.json").read_text())
+    master = next(iter(ledger["masters"].values()))
+    master.update(cursor=0, done=False, next_seq=0)  # as if the crash came before the ledger write
+    del ledger["finished_at"]
+    (run_dir / "dump.json").write_text(json.dumps(ledger))
+    first = (run_dir / "segments" / "m000-00000000.seg").read_bytes()
+    assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
+    assert (run_dir / "segments" / "m000-00000000.seg").read_bytes() == first
+    assert (run_dir / "segments" / "m000-00000001.seg").exists()
+
+
+def test_a_big_key_spills_over_several_segments_and_replays_exactly(standalone_source, serverless_target, run_dir,
+                                                                     monkeypatch):
+    from migrate import dump
+    monkeypatch.setattr(dump, "SEGMENT_BYTES", 64 * 1024)
+    client = standalone_source.client()
+    client.rpush("big:list", *[b"item-%06d" % i for i in range(20_000)])
+    client.hset("big:hash", mapping={f"f{i}": "x" * 20 for i in range(10_000)})
+    run_json("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir,
+             "--max-payload", 4096)
+    assert len(list((run_dir / "segments").iterdir())) > 4
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))
