@@ -11,13 +11,14 @@ A crash in between rescans from the old cursor and rewrites the same segment: ha
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Protocol
 
 from .endpoints import Node, Topology
-from .errors import BadInput
+from .errors import BadInput, RuntimeFailure, Unreachable
 from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter
 from .slots import key_slot
 from .state import RunDir
@@ -30,6 +31,7 @@ STRING_CHUNK = 4 << 20
 SEGMENT_RECORDS = 10_000
 SEGMENT_BYTES = 16 << 20
 MAX_KEY_BYTES = 4096
+RECONNECT_SECONDS = 120
 
 STRUCT_TYPES = {"string", "hash", "list", "set", "zset", "stream"}
 _LENGTH_COMMANDS = {"string": b"STRLEN", "hash": b"HLEN", "list": b"LLEN", "set": b"SCARD", "zset": b"ZCARD",
@@ -352,6 +354,7 @@ class MasterDumper:
         self.state = state
         self.options = options
         self.ledger = ledger
+        self.endpoint, self.node = topology.endpoint, node
         self.wire = Wire(topology.endpoint, node.host, node.port, options.db)
         self.reader = KeyReader(self.wire, topology, options)
         # A segment written just before a crash may not be in the ledger yet; never reuse its number:
@@ -360,6 +363,33 @@ class MasterDumper:
         state["next_seq"] = max([state["next_seq"], *(seq + 1 for seq in written)])
 
     def run(self, progress: Callable[[int], None]) -> None:
+        """Scan to the end. A dropped or timed-out source connection is reopened, and the scan goes on
+        from the last checkpoint (what was read since is read again), for up to RECONNECT_SECONDS
+        without progress."""
+        deadline, mark = None, None
+        while True:
+            try:
+                return self._run(progress)
+            except (ConnectionError, TimeoutError, ssl.SSLError, Unreachable) as exc:
+                self.wire.close()
+                if mark != (self.state["cursor"], self.state["next_seq"]):
+                    mark, deadline, delay = (self.state["cursor"], self.state["next_seq"]), None, 0.05
+                deadline = deadline or time.monotonic() + RECONNECT_SECONDS
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(f"lost the connection to source {self.wire.name} and could not get it "
+                                         f"back in {RECONNECT_SECONDS}s ({type(exc).__name__}: {exc})",
+                                         "check the source's health and network path, then rerun the same "
+                                         "command: it resumes from the last durable segment") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self.reader.skipped_keys = []
+                try:
+                    self.wire = self.reader.wire = Wire(self.endpoint, self.node.host, self.node.port,
+                                                        self.options.db)
+                except Unreachable:
+                    continue  # still down: the next round waits longer
+
+    def _run(self, progress: Callable[[int], None]) -> None:
         pending = DumpCounts()
         cursor = self.state["cursor"]
         self.writer = SegmentWriter()

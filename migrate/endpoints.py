@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
-from .errors import BadInput, MigrateError
+from .errors import BadInput, MigrateError, Unreachable
 from .redact import redact_url, register_secret, scrub
 from .slots import SLOT_COUNT, key_slot
 
@@ -187,7 +187,8 @@ def translated_errors(endpoint: Endpoint) -> Iterator[None]:
                            "give a password in the URL or the environment, and a user allowed to run the scan/dump/restore commands") from None
         raise
     except (redis.ConnectionError, redis.TimeoutError, ssl.SSLError, OSError) as exc:
-        raise BadInput(f"{where}: cannot connect ({_first_line(str(exc))})", _connection_hint(endpoint, str(exc))) from None
+        raise Unreachable(f"{where}: cannot connect ({_first_line(str(exc))})",
+                          _connection_hint(endpoint, str(exc))) from None
 
 
 def _first_line(text: str) -> str:

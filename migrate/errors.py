@@ -27,6 +27,11 @@ class BadInput(MigrateError):
     exit_code = 2
 
 
+class Unreachable(BadInput):
+    """A server could not be reached or the connection failed. Bad input when a stage starts (wrong host,
+    port or TLS); mid-stage, dump and replay reconnect and retry instead."""
+
+
 class GateRefused(MigrateError):
     """A safety gate refused to go on (non-empty target, stale verify, foreign SSM change)."""
 

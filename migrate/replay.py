@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .endpoints import Topology, discover, probe_rdb_version
-from .errors import BadInput, GateRefused, RuntimeFailure
+from . import witness
+from .errors import BadInput, GateRefused, RuntimeFailure, Unreachable
+from .output import warn
 from .records import DUMP, NO_EXPIRY, Record, read_segment
 from .slots import key_slot
 from .state import RunDir
@@ -25,6 +27,8 @@ RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED
 STREAM_ALREADY_WRITTEN = "equal or smaller than the target stream top item"
 MODULE_RDB_TYPES = (6, 7)
 BATCH_RECORDS = 2000
+MAX_SEGMENT_REWRITES = 10
+MAX_LOSS_RESETS = 3
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,7 @@ class TargetWriter:
         self.topology = topology
         self.owners = topology.slot_owners()
         self.wires: dict[int, Wire] = {}
+        self.disturbed = False  # set when a connection was lost or the slots moved: see replay()
 
     def _wire(self, index: int) -> Wire:
         if index not in self.wires:
@@ -202,21 +207,65 @@ class TargetWriter:
             try:
                 self._wire(index).send(b"".join(c for cmds in commands for c, _ in cmds))
                 sent[index] = commands
-            except (OSError, ConnectionError):
+            except (OSError, Unreachable):  # lost, or not back yet (a restarting node): retried
                 self._drop(index)
                 retry += node_records
         self._reroute = False
         for index, commands in sent.items():
             retry += self._confirm(index, by_node[index], commands, counts)
         if self._reroute:  # only after every node's replies are read, so no reply is left on a socket
-            self.close()
-            self._route(discover(self.topology.endpoint))
+            self._rediscover()
         return retry
 
+    def _rediscover(self) -> None:
+        self.close()
+        try:
+            self._route(discover(self.topology.endpoint))
+        except Unreachable:
+            self._route(self.topology)  # not reachable yet: keep the old map, the retry finds out
+        self.disturbed = True
+
     def _drop(self, index: int) -> None:
+        self.disturbed = True
         wire = self.wires.pop(index, None)
         if wire:
             wire.close()
+
+    def exists(self, keys: list[bytes]) -> list[bool]:
+        """Whether each key exists on the target (pipelined EXISTS per node), retried like writes."""
+        deadline = time.monotonic() + self.options.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                return self._exists(keys)
+            except (OSError, Unreachable, _Retry) as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(f"the target kept failing for {self.options.retry_seconds:.0f}s "
+                                         f"while checking keys it had confirmed ({exc})",
+                                         "check the target's health and network path, then rerun to resume") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _exists(self, keys: list[bytes]) -> list[bool]:
+        by_node: dict[int, list[int]] = {}
+        for position, key in enumerate(keys):
+            by_node.setdefault(self.owners[key_slot(key)], []).append(position)
+        present = [False] * len(keys)
+        for index, positions in by_node.items():
+            try:
+                wire = self._wire(index)
+                wire.send(b"".join(pack(b"EXISTS", keys[p]) for p in positions))
+                replies = wire.read(len(positions))
+            except (OSError, Unreachable):
+                self._drop(index)
+                raise
+            for position, reply in zip(positions, replies):
+                if isinstance(reply, ReplyError):
+                    if str(reply).startswith(("MOVED", "ASK ")):
+                        self._rediscover()
+                    raise _Retry(str(reply))
+                present[position] = bool(reply)
+        return present
 
     def _confirm(self, index: int, records: list[Record], commands: list, counts: ReplayCounts) -> list[Record]:
         try:
@@ -262,6 +311,10 @@ class TargetWriter:
             counts.struct_written += 1
 
 
+class _Retry(Exception):
+    """A transient error reply (LOADING, MOVED...) while checking keys."""
+
+
 class ReplayLedger:
     """replay.json: which segments are done, and the counts. Written after each confirmed segment."""
 
@@ -280,9 +333,19 @@ class ReplayLedger:
         self.data["target_rdb"] = target_rdb
         self.save()
 
-    def mark_done(self, name: str) -> None:
+    def mark_done(self, name: str, witnesses: list | None = None) -> None:
         self.done.add(name)
         self.data["segments_done"] = sorted(self.done)
+        witness.remember(self.data, name, witnesses or [])
+        self.save()
+
+    def forget_done(self) -> None:
+        """The target lost keys it had confirmed: every segment is written again, counts start over."""
+        self.done = set()
+        self.data["segments_done"] = []
+        self.data["witnesses"] = {}
+        self.data["target_losses"] = self.data.get("target_losses", 0) + 1
+        self.counts = ReplayCounts(retries=self.counts.retries)
         self.save()
 
     def save(self) -> None:
@@ -300,17 +363,21 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
     """Replay every segment not yet done. While `dump_running()` is true, wait for more segments."""
     ledger = ReplayLedger(run_dir)
     writer = TargetWriter(topology, options)
+    guard = LossGuard(ledger, writer)
     try:
         if not ledger.started:
             _refuse_nonempty_target(topology, options)
             ledger.start(writer.target_rdb)
+        elif "finished_at" not in ledger.data:
+            guard.lost()  # resumed: did the target keep what the last run confirmed?
         while True:
             running = dump_running()
             todo = [path for path in list_segments(run_dir) if path.name not in ledger.done]
             for path in todo:
                 records = read_segment(path)
-                writer.write(records, ledger.counts)
-                ledger.mark_done(path.name)
+                if not _write_segment(writer, records, ledger, guard, path.name):
+                    break  # the target lost confirmed keys: start again from the first segment
+                ledger.mark_done(path.name, witness.choose(records, writer.owners))
                 progress(sum(r.first for r in records))
             if not todo and not running:
                 break
@@ -319,6 +386,57 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
     finally:
         writer.close()
     return ledger
+
+
+def _write_segment(writer: TargetWriter, records: list[Record], ledger: ReplayLedger, guard: "LossGuard",
+                   name: str) -> bool:
+    """Write one segment until every reply is OK with no connection lost on the way.
+
+    A connection lost mid-segment may mean a node restarted: the keys it confirmed before are then
+    gone. So the done segments' witnesses are checked (False: the target lost them), and the whole
+    segment is written again, which is idempotent."""
+    for _ in range(MAX_SEGMENT_REWRITES):
+        counts = ReplayCounts()
+        writer.disturbed = False
+        writer.write(records, counts)
+        ledger.counts.retries += counts.retries
+        if not writer.disturbed:
+            ledger.counts.restored += counts.restored
+            ledger.counts.struct_written += counts.struct_written
+            ledger.counts.expired += counts.expired
+            ledger.counts.skipped.update(counts.skipped)
+            ledger.counts.skipped_keys += [item for item in counts.skipped_keys
+                                           if item not in ledger.counts.skipped_keys][:1000]
+            return True
+        if guard.lost():
+            return False
+    raise RuntimeFailure(f"the target's connections kept dropping while segment {name} was written "
+                         f"({MAX_SEGMENT_REWRITES} tries)",
+                         "check the target's health and network path, then rerun the same command to resume")
+
+
+class LossGuard:
+    """Catches a target that lost keys it had confirmed, through the done segments' witnesses."""
+
+    def __init__(self, ledger: ReplayLedger, writer: TargetWriter) -> None:
+        self.ledger = ledger
+        self.writer = writer
+        self.resets = 0
+
+    def lost(self) -> bool:
+        gone = witness.missing(self.ledger.data, self.writer.exists)
+        if not gone:
+            return False
+        self.resets += 1
+        if self.resets > MAX_LOSS_RESETS:
+            raise RuntimeFailure(f"the target lost keys it had confirmed {self.resets} times in this run "
+                                 f"(e.g. {gone[0][:60]!r})",
+                                 "check the target's health (restarts, evictions, failovers), then rerun "
+                                 "the same command: it writes every segment again")
+        warn(f"the target lost {len(gone)} keys it had confirmed (e.g. {gone[0][:60]!r}): a node restarted "
+             f"without its data, or failed over? Writing every segment again")
+        self.ledger.forget_done()
+        return True
 
 
 def _refuse_nonempty_target(topology: Topology, options: ReplayOptions) -> None:

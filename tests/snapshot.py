@@ -40,18 +40,64 @@ def read_value(client: redis.Redis, key: bytes):
 
 
 def snapshot(server, db: int = 0) -> dict[bytes, tuple]:
-    """key -> (type, canonical value, absolute expiry ms or -1) for every key on every master."""
+    """key -> (type, canonical value, absolute expiry ms or -1) for every key on every master.
+
+    The same reads as `read_value` and `_expiry`, pipelined in batches (one round trip per step)."""
     result = {}
     for client in masters(server):
         if db:
             client = redis.Redis(connection_pool=redis.ConnectionPool(**{**client.connection_pool.connection_kwargs, "db": db},
                                                                        connection_class=client.connection_pool.connection_class))
-        for key in client.scan_iter(count=1000):
-            value = read_value(client, key)
-            if value is None:
-                continue
+        keys = list(dict.fromkeys(client.scan_iter(count=1000)))
+        for start in range(0, len(keys), _BATCH):
+            result.update(_read_batch(client, keys[start:start + _BATCH]))
+    return result
+
+
+_BATCH = 500
+_READS = {
+    "string": lambda p, k: [p.get(k)],
+    "hash": lambda p, k: [p.hgetall(k)],
+    "list": lambda p, k: [p.lrange(k, 0, -1)],
+    "set": lambda p, k: [p.smembers(k)],
+    "zset": lambda p, k: [p.zrange(k, 0, -1, withscores=True)],
+    "stream": lambda p, k: [p.xrange(k, "-", "+"), p.xinfo_groups(k)],
+}
+
+
+def _canonical(kind: str, replies: list):
+    if kind == "hash":
+        return sorted(replies[0].items())
+    if kind in ("set", "zset"):
+        return sorted(replies[0])
+    if kind == "stream":
+        return replies[0], sorted((g["name"], g["last-delivered-id"]) for g in replies[1])
+    return replies[0]
+
+
+def _read_batch(client: redis.Redis, keys: list[bytes]) -> dict[bytes, tuple]:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.type(key)
+    kinds = [kind.decode() for kind in pipe.execute()]
+    pipe = client.pipeline(transaction=False)
+    counts = []
+    for key, kind in zip(keys, kinds):
+        queued = _READS[kind](pipe, key) if kind in _READS else []
+        counts.append(len(queued))
+        pipe.pexpiretime(key)
+    replies = pipe.execute(raise_on_error=False)
+    result, pos = {}, 0
+    for key, kind, count in zip(keys, kinds, counts):
+        values, expiry = replies[pos:pos + count], replies[pos + count]
+        pos += count + 1
+        if kind == "none" or any(isinstance(v, Exception) for v in values):
+            continue  # gone since the scan (or changed type under our feet): as read_value would skip it
+        if isinstance(expiry, Exception):  # Redis 6.2 has no PEXPIRETIME
             expiry = _expiry(client, key)
-            result[key] = (*value, expiry)
+        if expiry == -2:
+            continue
+        result[key] = (kind, _canonical(kind, values) if kind in _READS else None, expiry)
     return result
 
 

@@ -1,0 +1,61 @@
+"""Witnesses: a few keys per replayed segment, checked later to catch a target that lost confirmed writes.
+
+A target node restarted without persistence (or failed over to a replica that lagged) comes back
+empty, or without its latest writes, and answers OK from then on. Replay would go on and finish
+"green" over the keys that were confirmed before the loss. So for each segment marked done, replay
+keeps the last-written key per target node (keys written last are the first a lagging replica
+loses), and checks that they still exist when a replay resumes and after any lost connection.
+
+Witnesses are stored in replay.json (escaped key names, like skipped keys), for the latest
+`KEEP` segments: a total loss shows in any of them, a partial one in the most recent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from .records import NO_EXPIRY, Record
+from .slots import key_slot
+
+KEEP = 64
+MAX_KEY = 512            # longer names are not worth storing in the ledger
+EXPIRY_MARGIN_MS = 600_000  # a witness must outlive the replay by this much, so that expiry is never "loss"
+
+
+def choose(records: list[Record], owners: list[int], now_ms: int | None = None) -> list[list]:
+    """The last key written to each target node, among keys that will not expire soon: [[hex, expire_at], ...]."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    chosen: dict[int, list] = {}
+    for record in reversed(records):
+        if len(record.key) > MAX_KEY or (record.expire_at != NO_EXPIRY and record.expire_at < now_ms + EXPIRY_MARGIN_MS):
+            continue
+        node = owners[key_slot(record.key)]
+        if node not in chosen:
+            chosen[node] = [record.key.hex(), record.expire_at]
+    return list(chosen.values())
+
+
+def remember(ledger_data: dict, segment: str, witnesses: list[list]) -> None:
+    """Add a done segment's witnesses, keeping the latest KEEP segments."""
+    kept = ledger_data.setdefault("witnesses", {})
+    kept.pop(segment, None)
+    if witnesses:
+        kept[segment] = witnesses
+    for name in list(kept)[:-KEEP]:
+        del kept[name]
+
+
+def missing(ledger_data: dict, exists: Callable[[list[bytes]], list[bool]], now_ms: int | None = None) -> list[bytes]:
+    """Witness keys the target no longer has (keys due to expire by now are not counted)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    keys = [bytes.fromhex(key) for key, expire_at in _all(ledger_data.get("witnesses", {}))
+            if expire_at == NO_EXPIRY or expire_at > now_ms + 5000]
+    if not keys:
+        return []
+    return [key for key, present in zip(keys, exists(keys)) if not present]
+
+
+def _all(kept: dict) -> Iterable[list]:
+    for witnesses in kept.values():
+        yield from witnesses
