@@ -14,7 +14,7 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
@@ -94,15 +94,15 @@ class Endpoint:
     def node_client(self, host: str | None = None, port: int | None = None, db: int | None = None) -> redis.Redis:
         """A client for one node (the URL's own, or a cluster member), with the same auth and TLS.
 
-        These clients only discover, probe and count: small, quick calls. redis-py runs the TLS
-        handshake under socket_timeout and retries a failed connect, so a TLS client talking to a
-        plain port that never answers would wait minutes; bound every call by the connect timeout
-        and report the first failure instead."""
+        These clients only discover, probe, count and sample: small, quick calls. redis-py runs the
+        TLS handshake under socket_timeout and retries timeouts, so a TLS client talking to a plain
+        port that never answers would wait minutes. So every call is bounded by the connect timeout,
+        and only a dropped connection is retried (a few times, quickly), never a timeout."""
         kwargs = self.connection_kwargs(db)
         if host is not None:
             kwargs["host"], kwargs["port"] = host, port
         kwargs["socket_timeout"] = self.connect_timeout
-        kwargs["retry"] = Retry(NoBackoff(), 0)
+        kwargs["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.1), 3, supported_errors=(redis.ConnectionError,))
         return redis.Redis(**kwargs)
 
 

@@ -15,10 +15,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
+import redis
+
 from . import dump as dump_module
 from . import replay as replay_module
 from .endpoints import Endpoint, Topology, discover, translated_errors
-from .errors import BadInput, MigrateError
+from .errors import BadInput, MigrateError, RuntimeFailure, Unreachable
 from .output import warn
 from .state import RunDir
 
@@ -82,7 +84,12 @@ def preflight(run_dir: RunDir, source_url: str, target_url: str, tls_insecure: b
     if run_dir.read("plan") is not None:
         return
     from .plan import plan
-    result = json.loads(json.dumps(plan(source_url, target_url, tls_insecure=tls_insecure), default=str))
+    try:
+        result = json.loads(json.dumps(plan(source_url, target_url, tls_insecure=tls_insecure), default=str))
+    except (Unreachable, RuntimeFailure, OSError, redis.ConnectionError, redis.TimeoutError) as exc:  # advisory: go on
+        warn(f"plan: the survey did not finish ({getattr(exc, 'message', exc)}); the stages' own checks "
+             f"still apply, and the next run tries the plan again")
+        return
     run_dir.write("plan", result)
     for blocker in result["blockers"]:
         warn(f"plan: {blocker['problem']} ({blocker['fix']})")
