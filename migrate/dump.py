@@ -371,23 +371,26 @@ class MasterDumper:
             try:
                 return self._run(progress)
             except (ConnectionError, TimeoutError, ssl.SSLError, Unreachable) as exc:
+                error = exc
+            if mark != (self.state["cursor"], self.state["next_seq"]):  # progress since the last drop
+                mark, deadline, delay = (self.state["cursor"], self.state["next_seq"]), None, 0.05
+            deadline = deadline or time.monotonic() + RECONNECT_SECONDS
+            self.reader.skipped_keys = []
+            while True:
                 self.wire.close()
-                if mark != (self.state["cursor"], self.state["next_seq"]):
-                    mark, deadline, delay = (self.state["cursor"], self.state["next_seq"]), None, 0.05
-                deadline = deadline or time.monotonic() + RECONNECT_SECONDS
                 if time.monotonic() > deadline:
                     raise RuntimeFailure(f"lost the connection to source {self.wire.name} and could not get it "
-                                         f"back in {RECONNECT_SECONDS}s ({type(exc).__name__}: {exc})",
+                                         f"back in {RECONNECT_SECONDS}s ({type(error).__name__}: {error})",
                                          "check the source's health and network path, then rerun the same "
                                          "command: it resumes from the last durable segment") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                self.reader.skipped_keys = []
                 try:
                     self.wire = self.reader.wire = Wire(self.endpoint, self.node.host, self.node.port,
                                                         self.options.db)
-                except Unreachable:
-                    continue  # still down: the next round waits longer
+                    break
+                except Unreachable as exc:  # still down: wait longer
+                    error = exc
 
     def _run(self, progress: Callable[[int], None]) -> None:
         pending = DumpCounts()

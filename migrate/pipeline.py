@@ -165,6 +165,10 @@ def _dump_child(run_dir, source, options, progress, errors) -> None:
     except MigrateError as exc:
         errors.put((type(exc).__name__, exc.message, exc.hint))
         raise SystemExit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - reported by the parent like the CLI would, never as a traceback
+        errors.put(("RuntimeFailure", f"unexpected {type(exc).__name__} in the dump process: {exc}",
+                    "rerun with --debug for details; the run directory is safe to resume"))
+        raise SystemExit(3)
 
 
 def _die_with_parent() -> None:
