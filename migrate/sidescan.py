@@ -1,0 +1,231 @@
+"""Full scans of one side, one worker process per master, folded into per-slot totals.
+
+Why processes: digesting is Python work, and the two sides (and each master of a cluster) are
+read at the same time, so each master gets its own process and both cores are used.
+
+Each worker SCANs its master with a large COUNT, reads every key with a KeyReader and folds
+xxh3_128(key, type, digest, expiry) into the XOR total of the key's slot. It keeps a compact
+entry per key (packed in a bytearray per slot), so that where the two sides' totals differ the
+parent can ask for the keys of just those slots. SCAN may return a key twice: XOR then cancels
+it, the slot's total differs from the other side's, and the key-by-key comparison (which
+deduplicates) settles it; the parent also takes the duplicate out of the counts.
+
+Expiry is folded only when both sides report exact absolute expiries (PEXPIRETIME, Redis 7+);
+with PTTL it jitters by the time between reads, so only "has a TTL" is folded and every slot
+holding keys with a TTL is compared key by key (the caller asks for them via `ttl_slots`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+from xxhash import xxh3_128_intdigest
+
+from . import errors
+from .digest import TYPE_CODE, TYPES
+from .endpoints import Endpoint, Node, translated_errors
+from .keyread import NO_EXPIRY, DigestReader, View
+from .slots import SLOT_COUNT, key_slot
+from .wire import Wire
+
+SCAN_COUNT = 1000
+PROGRESS_EVERY = 20_000
+_ENTRY = struct.Struct("<BQqI")  # type code, digest, expire_at, key length; the key follows
+_FOLD = struct.Struct("<BQq")
+HAS_TTL = -3  # folded instead of the expiry when expiries are not exact
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """What one worker reads: a master of an endpoint, and how to fold."""
+
+    endpoint: Endpoint
+    node: Node
+    exact_ttl: bool
+    fold_expiry: bool
+    db: int = 0
+    digest: bool = True  # False: type and expiry only (a census of the keys)
+
+
+@dataclass
+class ScanTotals:
+    """What a worker reports after its scan: per-slot XOR totals and counts."""
+
+    node: str
+    totals: list[int]
+    ttl_slots: bytes
+    keys: int = 0
+    with_ttl: int = 0
+    by_type: Counter = field(default_factory=Counter)
+
+
+def fold(key: bytes, view: View, fold_expiry: bool) -> int:
+    """A key's share of its slot's XOR total: name, type, digest and (exact) expiry."""
+    expire_at = view.expire_at if fold_expiry or view.expire_at == NO_EXPIRY else HAS_TTL
+    return xxh3_128_intdigest(key + _FOLD.pack(TYPE_CODE[view.type], view.digest, expire_at))
+
+
+def unpack_entries(buffer: bytes) -> list[tuple[bytes, View]]:
+    entries, pos, size = [], 0, _ENTRY.size
+    while pos < len(buffer):
+        code, digest, expire_at, key_len = _ENTRY.unpack_from(buffer, pos)
+        pos += size
+        entries.append((bytes(buffer[pos:pos + key_len]), View(TYPES[code], digest, expire_at, 0)))
+        pos += key_len
+    return entries
+
+
+class _Worker:
+    """The scan of one master, inside its own process."""
+
+    def __init__(self, job: ScanJob, pipe: Connection) -> None:
+        self.job = job
+        self.pipe = pipe
+        self.entries: dict[int, bytearray] = {}
+
+    def scan(self) -> ScanTotals:
+        job = self.job
+        wire = Wire(job.endpoint, job.node.host, job.node.port, job.db)
+        reader = DigestReader(wire, job.exact_ttl, digest=job.digest)
+        result = ScanTotals(job.node.name, [0] * SLOT_COUNT, b"")
+        ttl_slots = bytearray(SLOT_COUNT)
+        totals, entries, by_type = result.totals, self.entries, result.by_type
+        fold_expiry, pack = job.fold_expiry, _ENTRY.pack
+        cursor, reported = b"0", 0
+        while True:
+            cursor, keys = wire.call(b"SCAN", cursor, b"COUNT", b"%d" % SCAN_COUNT)
+            for key, view in zip(keys, reader.read(keys)):
+                if view.type == "none":
+                    continue
+                slot = key_slot(key)
+                code, expire_at = TYPE_CODE[view.type], view.expire_at
+                if expire_at != NO_EXPIRY:
+                    ttl_slots[slot] = 1
+                    result.with_ttl += 1
+                totals[slot] ^= fold(key, view, fold_expiry)
+                buffer = entries.get(slot)
+                if buffer is None:
+                    buffer = entries[slot] = bytearray()
+                buffer += pack(code, view.digest, expire_at, len(key))
+                buffer += key
+                by_type[view.type] += 1
+                result.keys += 1
+            if result.keys - reported >= PROGRESS_EVERY:
+                self.pipe.send(("progress", result.keys - reported))
+                reported = result.keys
+            if cursor == b"0":
+                break
+        wire.close()
+        self.pipe.send(("progress", result.keys - reported))
+        result.ttl_slots = bytes(ttl_slots)
+        return result
+
+    def serve(self) -> None:
+        """Answer requests for the entries of given slots until told to stop."""
+        while True:
+            request = self.pipe.recv()
+            if request[0] == "stop":
+                return
+            slots = request[1]
+            self.pipe.send(("entries", {slot: bytes(self.entries[slot]) for slot in slots if slot in self.entries}))
+
+
+def _worker_main(job: ScanJob, pipe: Connection) -> None:
+    worker = _Worker(job, pipe)
+    try:
+        with translated_errors(job.endpoint):
+            totals = worker.scan()
+        pipe.send(("done", totals))
+        worker.serve()
+    except errors.MigrateError as exc:
+        pipe.send(("error", type(exc).__name__, exc.message, exc.hint))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it there
+        pipe.send(("error", "RuntimeFailure", f"{job.endpoint.role} {job.node.name}: {type(exc).__name__}: {exc}",
+                   "rerun verify; if it fails again, report this message"))
+    finally:
+        pipe.close()
+
+
+def _context():
+    """forkserver: workers fork from a clean, preloaded server process, never from a threaded parent."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["migrate.sidescan"])
+    return ctx
+
+
+class SideScans:
+    """All the scan workers of a verify (every master of both sides), run concurrently."""
+
+    def __init__(self, jobs: dict[str, list[ScanJob]]) -> None:
+        ctx = _context()
+        self.workers: dict[str, list[tuple[ScanJob, Connection, multiprocessing.Process]]] = {}
+        for side, side_jobs in jobs.items():
+            self.workers[side] = []
+            for job in side_jobs:
+                parent, child = ctx.Pipe()
+                process = ctx.Process(target=_worker_main, args=(job, child), daemon=True,
+                                      name=f"verify-{side}-{job.node.name}")
+                process.start()
+                child.close()
+                self.workers[side].append((job, parent, process))
+
+    def totals(self, progress=None) -> dict[str, list[ScanTotals]]:
+        """Wait for every worker's scan; report progress in keys as they go."""
+        pending = {conn: (side, job) for side, workers in self.workers.items() for job, conn, _ in workers}
+        done: dict[str, list[ScanTotals]] = {side: [] for side in self.workers}
+        while pending:
+            for conn in wait(list(pending)):
+                side, job = pending[conn]
+                message = _receive(conn, job)
+                if message[0] == "progress":
+                    if progress:
+                        progress(message[1])
+                else:
+                    done[side].append(message[1])
+                    del pending[conn]
+        return done
+
+    def entries(self, side: str, slots: list[int]) -> list[list[tuple[bytes, View]]]:
+        """The entries of the given slots, one list per worker of the side."""
+        result = []
+        for job, conn, _ in self.workers[side]:
+            conn.send(("entries", slots))
+        for job, conn, _ in self.workers[side]:
+            buffers = _receive(conn, job)[1]
+            result.append([entry for slot in slots if slot in buffers for entry in unpack_entries(buffers[slot])])
+        return result
+
+    def close(self) -> None:
+        for workers in self.workers.values():
+            for _, conn, process in workers:
+                try:
+                    conn.send(("stop",))
+                except OSError:
+                    pass
+                conn.close()
+                process.join(5)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+
+    def __enter__(self) -> "SideScans":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _receive(conn: Connection, job: ScanJob):
+    try:
+        message = conn.recv()
+    except EOFError:
+        raise errors.RuntimeFailure(f"the verify worker for {job.endpoint.role} {job.node.name} died",
+                                    "rerun verify; if it dies again, check the machine's memory") from None
+    if message[0] == "error":
+        _, name, text, hint = message
+        raise getattr(errors, name, errors.RuntimeFailure)(text, hint)
+    return message
