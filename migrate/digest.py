@@ -32,9 +32,53 @@ TYPE_CODE = {name: code for code, name in enumerate(TYPES)}
 _COUNT_SUM = struct.Struct("<Q16s")
 
 
+_SEED = TYPE_CODE
+
+
+def _set_sum(members: list[bytes]) -> list[int]:
+    return list(map(xxh3_128_intdigest, members))
+
+
+def _hash_sum(flat: list[bytes]) -> list[int]:
+    """`flat` is field, value, field, value... as HGETALL/HSCAN return them."""
+    return list(map(xxh3_128_intdigest, flat[1::2], map(xxh3_64_intdigest, flat[0::2])))
+
+
+def _zset_sum(flat: list[bytes]) -> list[int]:
+    """`flat` is member, score, member, score... with scores as the server's strings."""
+    scores = flat[1::2]
+    seeds = struct.unpack(f"<{len(scores)}Q", struct.pack(f"<{len(scores)}d", *map(float, scores)))
+    return list(map(xxh3_128_intdigest, flat[0::2], seeds))
+
+
+def _finish_sum(type_name: str, count: int, total: int) -> int:
+    return xxh3_64_intdigest(_COUNT_SUM.pack(count, (total & MASK128).to_bytes(16, "little")), _SEED[type_name])
+
+
+# One-shot digests of a whole small value, equal to what the streaming classes below give.
+def digest_string(value: bytes) -> int:
+    return xxh3_64_intdigest(value, _SEED["string"])
+
+
+def digest_list(items: list[bytes]) -> int:
+    return xxh3_64_intdigest(b"".join(map(xxh3_64_digest, items)), _SEED["list"])
+
+
+def digest_set(members: list[bytes]) -> int:
+    return _finish_sum("set", len(members), sum(_set_sum(members)))
+
+
+def digest_hash(flat: list[bytes]) -> int:
+    return _finish_sum("hash", len(flat) // 2, sum(_hash_sum(flat)))
+
+
+def digest_zset(flat: list[bytes]) -> int:
+    return _finish_sum("zset", len(flat) // 2, sum(_zset_sum(flat)))
+
+
 class StringDigest:
     def __init__(self) -> None:
-        self._h = xxh3_64(seed=TYPE_CODE["string"])
+        self._h = xxh3_64(seed=_SEED["string"])
         self.length = 0
 
     def update(self, chunk: bytes) -> None:
@@ -47,7 +91,7 @@ class StringDigest:
 
 class ListDigest:
     def __init__(self) -> None:
-        self._h = xxh3_64(seed=TYPE_CODE["list"])
+        self._h = xxh3_64(seed=_SEED["list"])
         self.length = 0
 
     def update(self, items: list[bytes]) -> None:
@@ -63,53 +107,42 @@ class _SumDigest:
     window, because HSCAN/SSCAN may return an element twice across calls (never within one)."""
 
     type = "other"
+    _elements = staticmethod(_set_sum)
 
     def __init__(self, dedupe: bool = False) -> None:
         self._sum = 0
         self.length = 0
         self._seen: set[int] | None = set() if dedupe else None
 
-    def _add(self, digests: list[int]) -> None:
+    def update(self, chunk: list[bytes]) -> None:
+        digests = self._elements(chunk)
         if self._seen is not None:
-            fresh = [d for d in digests if d not in self._seen]
-            self._seen.update(fresh)
-            digests = fresh
+            digests = [d for d in digests if d not in self._seen]
+            self._seen.update(digests)
         self._sum += sum(digests)
         self.length += len(digests)
 
     def intdigest(self) -> int:
-        packed = _COUNT_SUM.pack(self.length, (self._sum & MASK128).to_bytes(16, "little"))
-        return xxh3_64_intdigest(packed, TYPE_CODE[self.type])
+        return _finish_sum(self.type, self.length, self._sum)
 
 
 class SetDigest(_SumDigest):
     type = "set"
 
-    def update(self, members: list[bytes]) -> None:
-        self._add(list(map(xxh3_128_intdigest, members)))
-
 
 class HashDigest(_SumDigest):
     type = "hash"
-
-    def update(self, flat: list[bytes]) -> None:
-        """`flat` is field, value, field, value... as HGETALL/HSCAN return them."""
-        self._add(list(map(xxh3_128_intdigest, flat[1::2], map(xxh3_64_intdigest, flat[0::2]))))
+    _elements = staticmethod(_hash_sum)
 
 
 class ZsetDigest(_SumDigest):
     type = "zset"
-
-    def update(self, flat: list[bytes]) -> None:
-        """`flat` is member, score, member, score... with scores as the server's strings."""
-        scores = flat[1::2]
-        seeds = struct.unpack(f"<{len(scores)}Q", struct.pack(f"<{len(scores)}d", *map(float, scores)))
-        self._add(list(map(xxh3_128_intdigest, flat[0::2], seeds)))
+    _elements = staticmethod(_zset_sum)
 
 
 class StreamDigest:
     def __init__(self) -> None:
-        self._entries = xxh3_64(seed=TYPE_CODE["stream"])
+        self._entries = xxh3_64(seed=_SEED["stream"])
         self._groups: dict[bytes, bytes] = {}
         self.length = 0
         self.last_id = b""
@@ -130,10 +163,10 @@ class StreamDigest:
         self._groups[name] = last_delivered_id
 
     def intdigest(self) -> int:
-        groups = xxh3_64(seed=TYPE_CODE["stream"])
+        groups = xxh3_64(seed=_SEED["stream"])
         for name in sorted(self._groups):
             groups.update(xxh3_64_digest(name) + xxh3_64_digest(self._groups[name]))
-        return xxh3_64_intdigest(self._entries.digest() + groups.digest(), TYPE_CODE["stream"])
+        return xxh3_64_intdigest(self._entries.digest() + groups.digest(), _SEED["stream"])
 
 
 class OtherDigest:
@@ -145,7 +178,7 @@ class OtherDigest:
         self.length = 0
 
     def update(self, payload: bytes) -> None:
-        self._value = xxh3_64_intdigest(payload[:-10], TYPE_CODE["other"])
+        self._value = xxh3_64_intdigest(payload[:-10], _SEED["other"])
         self.length = len(payload)
 
     def intdigest(self) -> int:

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
-from .digest import new_digest
+from .digest import TYPE_CODE, new_digest
 from .endpoints import Topology, translated_errors
 from .compare import Pass, compare_views, side_counts
 from .errors import BadInput
@@ -115,6 +115,8 @@ class DumpReference:
         self.structs = StructAssembler()
         self.suspects: set[bytes] = set()
         self.expired = 0
+        self.same_payload = 0   # keys settled by the fast path
+        self.decoded = 0        # payloads decoded in a scratch key on the target
         self.target_reader = SideReader(target)
         self.views: dict[bytes, View] = {}
 
@@ -167,6 +169,7 @@ class DumpReference:
                             self.suspects.add(key)
                         else:
                             self.suspects.discard(key)
+                            self.same_payload += 1
 
     # --- passes ---
 
@@ -183,7 +186,8 @@ class DumpReference:
         suspects = self.suspects | target_keys | in_slots | self._struct_suspects()
         candidates = compare_views(self.read(list(suspects)), self._target_views(suspects))
         counts = {"source": self._counts(), "target": side_counts(done, Counter()),
-                  "slots_compared_by_key": len(slots), "exact_ttl": exact, "dump_expired": self.expired}
+                  "slots_compared_by_key": len(slots), "exact_ttl": exact, "dump_expired": self.expired,
+                  "dump_same_payload": self.same_payload, "dump_decoded_on_target": self.decoded}
         return Pass(candidates, counts)
 
     def _differing_slots(self, done, exact: bool) -> list[int]:
@@ -193,7 +197,7 @@ class DumpReference:
         ttl_slots = bytearray(SLOT_COUNT)
         for key, entry in self.index.items():
             slot = key_slot(key)
-            totals[slot] ^= fold(key, View(entry.type, 0, entry.expire_at, 0), exact)
+            totals[slot] ^= fold(key, TYPE_CODE[entry.type], 0, entry.expire_at, exact)
             if entry.expire_at != NO_EXPIRY:
                 ttl_slots[slot] = 1
         for result in done:
@@ -271,6 +275,7 @@ class DumpReference:
         """RESTORE each payload into a scratch key, digest it with typed reads, delete it."""
         token = b"%d:%d:" % (os.getpid(), random.getrandbits(32))
         scratch = {SCRATCH_PREFIX + token + b"%d" % n: record for n, record in enumerate(records.values())}
+        self.decoded += len(scratch)
         views = {}
         with translated_errors(self.target.endpoint):
             for index, names in self.target_reader.by_owner(list(scratch)).items():

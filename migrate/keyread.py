@@ -14,7 +14,7 @@ import random
 import time
 from typing import NamedTuple
 
-from .digest import DIGESTS, new_digest
+from .digest import DIGESTS, digest_hash, digest_list, digest_set, digest_string, digest_zset, new_digest
 from .slots import key_slot
 from .wire import ReplyError, Wire
 
@@ -38,6 +38,7 @@ class View(NamedTuple):
 
 
 ABSENT = View("none", 0, NO_EXPIRY, 0)
+
 
 def bulk(arg: bytes) -> bytes:
     """One RESP bulk string; a key is packed once and reused by every command of its batch."""
@@ -71,6 +72,31 @@ _FIRST = {
                + _XINFO_GROUPS + b"%b",
 }
 _REPLIES = {b"stream": 2, b"none": 0}
+
+
+# The common case, a value that fits in its first window, digested in one call (no digest object).
+def _small_string(value: bytes):
+    return (digest_string(value), len(value)) if len(value) < STRING_WINDOW else None
+
+
+def _small_list(items: list):
+    return (digest_list(items), len(items)) if len(items) < WINDOW else None
+
+
+def _small_zset(flat: list):
+    return (digest_zset(flat), len(flat) // 2) if len(flat) < 2 * WINDOW else None
+
+
+def _small_set(reply: list):
+    return (digest_set(reply[1]), len(reply[1])) if reply[0] == b"0" else None
+
+
+def _small_hash(reply: list):
+    return (digest_hash(reply[1]), len(reply[1]) // 2) if reply[0] == b"0" else None
+
+
+_SMALL = {b"string": ("string", _small_string), b"list": ("list", _small_list), b"zset": ("zset", _small_zset),
+          b"set": ("set", _small_set), b"hash": ("hash", _small_hash)}
 
 
 def _type_name(reply: bytes) -> str:
@@ -114,11 +140,18 @@ class DigestReader:
             return [ABSENT if t == b"none" or e == -2 else View(_type_name(t), 0, e, 0) for t, e in zip(types, expires)]
         values = self._first_windows(bulks, types)
         views = []
-        for key, type_name, expire_at, value in zip(keys, types, expires, values):
-            if type_name == b"none" or expire_at == -2:
-                views.append(ABSENT)
-            else:
-                views.append(self._digest(key, type_name, expire_at, value))
+        append, small_values = views.append, _SMALL.get
+        for key, type_reply, expire_at, value in zip(keys, types, expires, values):
+            if type_reply == b"none" or expire_at == -2:
+                append(ABSENT)
+                continue
+            small = small_values(type_reply)
+            if small is not None and value.__class__ is not ReplyError:
+                done = small[1](value)
+                if done is not None:
+                    append(View(small[0], done[0], expire_at, done[1]))
+                    continue
+            append(self._digest(key, type_reply, expire_at, value))
         return views
 
     def _absolute(self, reply, now: int) -> int:

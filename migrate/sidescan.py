@@ -63,10 +63,11 @@ class ScanTotals:
     by_type: Counter = field(default_factory=Counter)
 
 
-def fold(key: bytes, view: View, fold_expiry: bool) -> int:
-    """A key's share of its slot's XOR total: name, type, digest and (exact) expiry."""
-    expire_at = view.expire_at if fold_expiry or view.expire_at == NO_EXPIRY else HAS_TTL
-    return xxh3_128_intdigest(key + _FOLD.pack(TYPE_CODE[view.type], view.digest, expire_at))
+def fold(key: bytes, code: int, digest: int, expire_at: int, fold_expiry: bool) -> int:
+    """A key's share of its slot's XOR total: name, type code, digest and (exact) expiry."""
+    if expire_at != NO_EXPIRY and not fold_expiry:
+        expire_at = HAS_TTL
+    return xxh3_128_intdigest(key + _FOLD.pack(code, digest, expire_at))
 
 
 def unpack_entries(buffer: bytes) -> list[tuple[bytes, View]]:
@@ -91,38 +92,47 @@ class _Worker:
         job = self.job
         wire = Wire(job.endpoint, job.node.host, job.node.port, job.db)
         reader = DigestReader(wire, job.exact_ttl, digest=job.digest)
-        result = ScanTotals(job.node.name, [0] * SLOT_COUNT, b"")
-        ttl_slots = bytearray(SLOT_COUNT)
-        totals, entries, by_type = result.totals, self.entries, result.by_type
-        fold_expiry, pack = job.fold_expiry, _ENTRY.pack
-        cursor, reported = b"0", 0
+        self.result = ScanTotals(job.node.name, [0] * SLOT_COUNT, b"")
+        self.ttl_slots = bytearray(SLOT_COUNT)
+        self.type_counts = [0] * len(TYPES)
+        cursor, scanned, reported = b"0", 0, 0
         while True:
             cursor, keys = wire.call(b"SCAN", cursor, b"COUNT", b"%d" % SCAN_COUNT)
-            for key, view in zip(keys, reader.read(keys)):
-                if view.type == "none":
-                    continue
-                slot = key_slot(key)
-                code, expire_at = TYPE_CODE[view.type], view.expire_at
-                if expire_at != NO_EXPIRY:
-                    ttl_slots[slot] = 1
-                    result.with_ttl += 1
-                totals[slot] ^= fold(key, view, fold_expiry)
-                buffer = entries.get(slot)
-                if buffer is None:
-                    buffer = entries[slot] = bytearray()
-                buffer += pack(code, view.digest, expire_at, len(key))
-                buffer += key
-                by_type[view.type] += 1
-                result.keys += 1
-            if result.keys - reported >= PROGRESS_EVERY:
-                self.pipe.send(("progress", result.keys - reported))
-                reported = result.keys
+            self._add(keys, reader.read(keys))
+            scanned += len(keys)
+            if scanned - reported >= PROGRESS_EVERY or cursor == b"0":
+                self.pipe.send(("progress", scanned - reported))
+                reported = scanned
             if cursor == b"0":
                 break
         wire.close()
-        self.pipe.send(("progress", result.keys - reported))
-        result.ttl_slots = bytes(ttl_slots)
+        result = self.result
+        result.ttl_slots = bytes(self.ttl_slots)
+        result.by_type = Counter({TYPES[code]: n for code, n in enumerate(self.type_counts) if n})
+        result.keys = sum(self.type_counts)
         return result
+
+    def _add(self, keys: list[bytes], views: list[View]) -> None:
+        """Fold each key into its slot's total and keep its entry (the hot loop: locals only)."""
+        totals, entries, ttl_slots, type_counts = self.result.totals, self.entries, self.ttl_slots, self.type_counts
+        fold_expiry, pack_entry, codes = self.job.fold_expiry, _ENTRY.pack, TYPE_CODE
+        with_ttl = 0
+        for key, (type_name, digest, expire_at, _) in zip(keys, views):
+            if type_name == "none":
+                continue
+            slot = key_slot(key)
+            code = codes[type_name]
+            if expire_at != NO_EXPIRY:
+                ttl_slots[slot] = 1
+                with_ttl += 1
+            totals[slot] ^= fold(key, code, digest, expire_at, fold_expiry)
+            buffer = entries.get(slot)
+            if buffer is None:
+                buffer = entries[slot] = bytearray()
+            buffer += pack_entry(code, digest, expire_at, len(key))
+            buffer += key
+            type_counts[code] += 1
+        self.result.with_ttl += with_ttl
 
     def serve(self) -> None:
         """Answer requests for the entries of given slots until told to stop."""
@@ -151,10 +161,9 @@ def _worker_main(job: ScanJob, pipe: Connection) -> None:
 
 
 def _context():
-    """forkserver: workers fork from a clean, preloaded server process, never from a threaded parent."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["migrate.sidescan"])
-    return ctx
+    """fork, as the data path does: workers start in milliseconds and need no importable __main__
+    (spawn and forkserver re-import the caller's script). A worker only touches its own sockets."""
+    return multiprocessing.get_context("fork")
 
 
 class SideScans:

@@ -140,6 +140,7 @@ def test_against_dump_with_the_source_stopped(standalone_source, serverless_targ
     code, result = verify(*args)
     assert code == 0, result
     assert result["source"] == "dump" and result["counts"]["source"]["keys"] == result["counts"]["target"]["keys"]
+    assert result["counts"]["dump_same_payload"] > 1000 and result["counts"]["dump_decoded_on_target"] > 0
     target = serverless_target.first.client()
     target.hset("hm:hash", "a", "changed")
     target.delete("big:audit:log")
@@ -200,5 +201,21 @@ def test_concurrent_writer_gives_changing_never_missing(standalone_source, serve
     finally:
         stop.set()
         thread.join()
-    assert code == 1
-    assert kinds(result) == {key.encode(): "changing" for key in hot}
+    assert code == 1 and kinds(result) == {key.encode(): "changing" for key in hot}, result
+
+
+def test_against_dump_of_struct_records_into_the_old_target(standalone_source, old_target, run_dir):
+    client = seeded(standalone_source, keys=800, short_ttl_keys=0)
+    client.xadd("hm:empty-stream", {"f": "v"}, id="5-1")
+    client.xdel("hm:empty-stream", "5-1")             # a stream with groups and no entries
+    client.xgroup_create("hm:empty-stream", "g", id="5-1")
+    copy(standalone_source, old_target, run_dir)     # 7.0 payloads cannot go into 6.2: all struct records
+    standalone_source.stop()
+    args = ("--target", old_target.url(), "--run-dir", run_dir, "--against-dump")
+    code, result = verify(*args)
+    assert code == 0, result
+    target = old_target.first.client()
+    target.xgroup_setid("{edge}:stream", "fulfillment", "0-0")
+    target.zadd("big:leaderboard:alltime", {"player:7": 1e9})
+    code, result = verify(*args)
+    assert code == 1 and kinds(result) == {b"{edge}:stream": "value", b"big:leaderboard:alltime": "value"}, result
