@@ -96,12 +96,13 @@ def side_counts(results: list, duplicates: Counter) -> dict:
             "masters": {r.node: r.keys for r in results}}
 
 
-def compare_views(ref: dict[bytes, View], tgt: dict[bytes, View]) -> dict[bytes, tuple[View, View]]:
-    """Keys whose type, digest or expiry differ at all (the tolerance is applied later, on fresh reads)."""
+def compare_views(ref: dict[bytes, View], tgt: dict[bytes, View], tolerance_ms: int) -> dict[bytes, tuple[View, View]]:
+    """Keys that differ, or that expired in between, at first sight: the ones to read again."""
     candidates = {}
+    now = now_ms()
     for key in ref.keys() | tgt.keys():
         pair = (ref.get(key, ABSENT), tgt.get(key, ABSENT))
-        if pair[0][:3] != pair[1][:3]:
+        if classify(*pair, now, tolerance_ms) is not None:
             candidates[key] = pair
     return candidates
 

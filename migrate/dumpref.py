@@ -28,9 +28,9 @@ from .digest import TYPE_CODE, new_digest
 from .endpoints import Topology, translated_errors
 from .compare import Pass, compare_views, side_counts
 from .errors import BadInput
-from .keyread import ABSENT, NO_EXPIRY, DigestReader, SideReader, View
+from .keyread import ABSENT, NO_EXPIRY, DigestReader, SideReader, View, has_pexpiretime
 from .records import DUMP, Record, read_segment
-from .sidescan import ScanJob, SideScans, fold
+from .sidescan import ScanJob, SideScans, combined, fold
 from .slots import SLOT_COUNT, key_slot
 from .state import RunDir
 from .store import list_segments
@@ -173,42 +173,35 @@ class DumpReference:
 
     # --- passes ---
 
-    def full_pass(self, progress=None):
-        exact = self.target.version_tuple >= (7, 0)
-        jobs = {"target": [ScanJob(self.target.endpoint, node, exact, exact, digest=False)
+    def full_pass(self, tolerance_ms: int, progress=None) -> Pass:
+        grid = max(tolerance_ms, 1)
+        jobs = {"target": [ScanJob(self.target.endpoint, node, has_pexpiretime(self.target), grid, digest=False)
                            for node in self.target.masters]}
         with SideScans(jobs) as census:
             self._load(fast_path=True, progress=progress)
             done = census.totals(progress)["target"]
-            slots = self._differing_slots(done, exact)
+            slots = self._differing_slots(combined(done), grid)
             target_keys = {key for entries in census.entries("target", slots) for key, _ in entries}
-        in_slots = {key for key in self.index if key_slot(key) in set(slots)}
-        suspects = self.suspects | target_keys | in_slots | self._struct_suspects()
-        candidates = compare_views(self.read(list(suspects)), self._target_views(suspects))
-        counts = {"source": self._counts(), "target": side_counts(done, Counter()),
-                  "slots_compared_by_key": len(slots), "exact_ttl": exact, "dump_expired": self.expired,
-                  "dump_same_payload": self.same_payload, "dump_decoded_on_target": self.decoded}
+        wanted = set(slots)
+        in_slots = {key for key in self.index if key_slot(key) in wanted}
+        suspects = list(self.suspects | target_keys | in_slots | self._struct_suspects())
+        candidates = compare_views(self.read(suspects), self._target_views(suspects), tolerance_ms)
+        counts = {"source": self._counts(), "target": side_counts(done, Counter()), "slots_compared_by_key": len(slots),
+                  "dump_expired": self.expired, "dump_same_payload": self.same_payload,
+                  "dump_decoded_on_target": self.decoded}
         return Pass(candidates, counts)
 
-    def _differing_slots(self, done, exact: bool) -> list[int]:
-        totals = [0] * SLOT_COUNT
-        for result in done:
-            totals = [a ^ b for a, b in zip(totals, result.totals)]
-        ttl_slots = bytearray(SLOT_COUNT)
+    def _differing_slots(self, totals: list[int], grid: int) -> list[int]:
+        """The target's census totals against the dump's names, types and expiries, folded alike."""
         for key, entry in self.index.items():
-            slot = key_slot(key)
-            totals[slot] ^= fold(key, TYPE_CODE[entry.type], 0, entry.expire_at, exact)
-            if entry.expire_at != NO_EXPIRY:
-                ttl_slots[slot] = 1
-        for result in done:
-            ttl_slots = bytearray(a | b for a, b in zip(ttl_slots, result.ttl_slots))
-        return [s for s in range(SLOT_COUNT) if totals[s] or (not exact and ttl_slots[s])]
+            totals[key_slot(key)] ^= fold(key, TYPE_CODE[entry.type], 0, entry.expire_at, grid)
+        return [slot for slot in range(SLOT_COUNT) if totals[slot]]
 
     def _struct_suspects(self) -> set[bytes]:
         """Struct keys whose assembled digest differs from the target's typed digest."""
         keys = [key for key, entry in self.index.items() if entry.struct]
-        target = self._target_views(keys)
-        return {key for key in keys if self.read([key])[key] != target[key]}
+        target, dumped = self._target_views(keys), self.read(keys)
+        return {key for key in keys if dumped[key][:3] != target[key][:3]}
 
     def _target_views(self, keys) -> dict[bytes, View]:
         with translated_errors(self.target.endpoint):

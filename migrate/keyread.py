@@ -24,6 +24,11 @@ STRING_WINDOW = 1 << 20    # bytes per read of a string
 NO_EXPIRY = -1
 
 
+def has_pexpiretime(topology) -> bool:
+    """PEXPIRETIME (Redis 7+) answers the absolute expiry itself; before it, PTTL only what is left."""
+    return topology.version_tuple >= (7, 0)
+
+
 class View(NamedTuple):
     """One side's reading of one key. type "none" means absent."""
 
@@ -252,7 +257,7 @@ class SideReader:
     def __init__(self, topology, db: int = 0, batch: int = WINDOW) -> None:
         self.topology = topology
         self.db = db
-        self.exact_ttl = topology.version_tuple >= (7, 0)
+        self.exact_ttl = has_pexpiretime(topology)
         self._owners = topology.slot_owners()
         self._readers: dict[int, DigestReader] = {}
         self._batch = batch

@@ -10,9 +10,11 @@ parent can ask for the keys of just those slots. SCAN may return a key twice: XO
 it, the slot's total differs from the other side's, and the key-by-key comparison (which
 deduplicates) settles it; the parent also takes the duplicate out of the counts.
 
-Expiry is folded only when both sides report exact absolute expiries (PEXPIRETIME, Redis 7+);
-with PTTL it jitters by the time between reads, so only "has a TTL" is folded and every slot
-holding keys with a TTL is compared key by key (the caller asks for them via `ttl_slots`).
+Expiries are folded on a grid as wide as the TTL tolerance (expire_at // tolerance): two expiries
+in different cells may differ by more than the tolerance, so the slot is compared key by key; two
+in the same cell differ by less, which is no difference. Exact copies (PEXPIRETIME on both sides,
+RESTORE ... ABSTTL) land in the same cell; PTTL-derived expiries (Redis < 7) jitter by a few ms,
+so only the rare key next to a cell border makes its slot be compared key by key.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ SCAN_COUNT = 1000
 PROGRESS_EVERY = 20_000
 _ENTRY = struct.Struct("<BQqI")  # type code, digest, expire_at, key length; the key follows
 _FOLD = struct.Struct("<BQq")
-HAS_TTL = -3  # folded instead of the expiry when expiries are not exact
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class ScanJob:
 
     endpoint: Endpoint
     node: Node
-    exact_ttl: bool
-    fold_expiry: bool
+    exact_ttl: bool       # PEXPIRETIME (Redis 7+), else PTTL
+    ttl_grid: int         # ms: expiries are folded as expire_at // ttl_grid
     db: int = 0
     digest: bool = True  # False: type and expiry only (a census of the keys)
 
@@ -57,17 +58,23 @@ class ScanTotals:
 
     node: str
     totals: list[int]
-    ttl_slots: bytes
     keys: int = 0
     with_ttl: int = 0
     by_type: Counter = field(default_factory=Counter)
 
 
-def fold(key: bytes, code: int, digest: int, expire_at: int, fold_expiry: bool) -> int:
-    """A key's share of its slot's XOR total: name, type code, digest and (exact) expiry."""
-    if expire_at != NO_EXPIRY and not fold_expiry:
-        expire_at = HAS_TTL
-    return xxh3_128_intdigest(key + _FOLD.pack(code, digest, expire_at))
+def fold(key: bytes, code: int, digest: int, expire_at: int, ttl_grid: int) -> int:
+    """A key's share of its slot's XOR total: name, type code, digest and expiry cell."""
+    cell = NO_EXPIRY if expire_at == NO_EXPIRY else expire_at // ttl_grid
+    return xxh3_128_intdigest(key + _FOLD.pack(code, digest, cell))
+
+
+def combined(results: list["ScanTotals"]) -> list[int]:
+    """One side's per-slot totals, over all of its masters."""
+    totals = [0] * SLOT_COUNT
+    for result in results:
+        totals = [a ^ b for a, b in zip(totals, result.totals)]
+    return totals
 
 
 def unpack_entries(buffer: bytes) -> list[tuple[bytes, View]]:
@@ -92,8 +99,7 @@ class _Worker:
         job = self.job
         wire = Wire(job.endpoint, job.node.host, job.node.port, job.db)
         reader = DigestReader(wire, job.exact_ttl, digest=job.digest)
-        self.result = ScanTotals(job.node.name, [0] * SLOT_COUNT, b"")
-        self.ttl_slots = bytearray(SLOT_COUNT)
+        self.result = ScanTotals(job.node.name, [0] * SLOT_COUNT)
         self.type_counts = [0] * len(TYPES)
         cursor, scanned, reported = b"0", 0, 0
         while True:
@@ -107,25 +113,22 @@ class _Worker:
                 break
         wire.close()
         result = self.result
-        result.ttl_slots = bytes(self.ttl_slots)
         result.by_type = Counter({TYPES[code]: n for code, n in enumerate(self.type_counts) if n})
         result.keys = sum(self.type_counts)
         return result
 
     def _add(self, keys: list[bytes], views: list[View]) -> None:
         """Fold each key into its slot's total and keep its entry (the hot loop: locals only)."""
-        totals, entries, ttl_slots, type_counts = self.result.totals, self.entries, self.ttl_slots, self.type_counts
-        fold_expiry, pack_entry, codes = self.job.fold_expiry, _ENTRY.pack, TYPE_CODE
+        totals, entries, type_counts = self.result.totals, self.entries, self.type_counts
+        ttl_grid, pack_entry, codes = self.job.ttl_grid, _ENTRY.pack, TYPE_CODE
         with_ttl = 0
         for key, (type_name, digest, expire_at, _) in zip(keys, views):
             if type_name == "none":
                 continue
             slot = key_slot(key)
             code = codes[type_name]
-            if expire_at != NO_EXPIRY:
-                ttl_slots[slot] = 1
-                with_ttl += 1
-            totals[slot] ^= fold(key, code, digest, expire_at, fold_expiry)
+            with_ttl += expire_at != NO_EXPIRY
+            totals[slot] ^= fold(key, code, digest, expire_at, ttl_grid)
             buffer = entries.get(slot)
             if buffer is None:
                 buffer = entries[slot] = bytearray()

@@ -27,8 +27,8 @@ from typing import Callable, Protocol
 from .endpoints import Topology, translated_errors
 from .errors import BadInput
 from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
-from .keyread import NO_EXPIRY, SideReader, View
-from .sidescan import ScanJob, ScanTotals, SideScans
+from .keyread import NO_EXPIRY, SideReader, View, has_pexpiretime
+from .sidescan import ScanJob, SideScans, combined
 from .slots import SLOT_COUNT
 from .state import RunDir, atomic_write
 from .wire import Wire, pack
@@ -128,38 +128,19 @@ class SourceReference:
 
 # --- passes: which keys differ at first sight ----------------------------------------------------
 
-def full_pass(source: Topology, target: Topology, db: int, progress: Progress | None) -> Pass:
+def full_pass(source: Topology, target: Topology, db: int, options: VerifyOptions, progress: Progress | None) -> Pass:
     """Both sides scanned at once, one process per master; keys compared only in slots whose totals differ."""
-    source_exact, target_exact = _exact_ttl(source), _exact_ttl(target)
-    exact = source_exact and target_exact
-    jobs = {"source": [ScanJob(source.endpoint, node, source_exact, exact, db) for node in source.masters],
-            "target": [ScanJob(target.endpoint, node, target_exact, exact) for node in target.masters]}
+    grid = max(options.ttl_tolerance_ms, 1)
+    jobs = {"source": [ScanJob(source.endpoint, node, has_pexpiretime(source), grid, db) for node in source.masters],
+            "target": [ScanJob(target.endpoint, node, has_pexpiretime(target), grid) for node in target.masters]}
     with SideScans(jobs) as scans:
         done = scans.totals(progress)
-        slots = differing_slots(done["source"], done["target"], exact)
+        source_totals, target_totals = combined(done["source"]), combined(done["target"])
+        slots = [slot for slot in range(SLOT_COUNT) if source_totals[slot] != target_totals[slot]]
         views = {side: _gather(scans.entries(side, slots)) for side in jobs}
     counts = {"source": side_counts(done["source"], views["source"][1]),
-              "target": side_counts(done["target"], views["target"][1]),
-              "slots_compared_by_key": len(slots), "exact_ttl": exact}
-    return Pass(compare_views(views["source"][0], views["target"][0]), counts)
-
-
-def _exact_ttl(topology: Topology) -> bool:
-    """PEXPIRETIME (Redis 7+) gives the absolute expiry itself; PTTL only what is left at some instant."""
-    return topology.version_tuple >= (7, 0)
-
-
-def differing_slots(source: list[ScanTotals], target: list[ScanTotals], exact_ttl: bool) -> list[int]:
-    """Slots whose XOR totals differ; without exact expiries, also every slot holding keys with a TTL."""
-    totals = {}
-    for side, results in (("source", source), ("target", target)):
-        combined = [0] * SLOT_COUNT
-        for result in results:
-            combined = [a ^ b for a, b in zip(combined, result.totals)]
-        totals[side] = combined
-    ttl_slots = [any(r.ttl_slots[s] for r in source + target) for s in range(SLOT_COUNT)] if not exact_ttl else None
-    return [slot for slot in range(SLOT_COUNT)
-            if totals["source"][slot] != totals["target"][slot] or (ttl_slots and ttl_slots[slot])]
+              "target": side_counts(done["target"], views["target"][1]), "slots_compared_by_key": len(slots)}
+    return Pass(compare_views(views["source"][0], views["target"][0], options.ttl_tolerance_ms), counts)
 
 
 def _gather(per_worker: list[list[tuple[bytes, View]]]) -> tuple[dict[bytes, View], Counter]:
@@ -177,12 +158,12 @@ def _gather(per_worker: list[list[tuple[bytes, View]]]) -> tuple[dict[bytes, Vie
     return views, duplicates
 
 
-def sample_pass(reference: Reference, target: SideReader, count: int) -> Pass:
+def sample_pass(reference: Reference, target: SideReader, count: int, tolerance_ms: int) -> Pass:
     """N random keys from each side (RANDOMKEY, weighted by each master's size), read on both."""
     with translated_errors(target.topology.endpoint):
         keys = list(dict.fromkeys(reference.sample(count) + target.sample(count)))
         ref, tgt = reference.read(keys), target.read(keys)
-    return Pass(compare_views(ref, tgt), {"sampled": len(keys)})
+    return Pass(compare_views(ref, tgt, tolerance_ms), {"sampled": len(keys)})
 
 
 # --- rounds: settle what differs -------------------------------------------------------------------
@@ -283,11 +264,11 @@ def run_verify(source: Topology | None, target: Topology, run_dir: RunDir | None
     repaired = None
     try:
         if options.sample:
-            first = sample_pass(reference, target_reader, options.sample)
+            first = sample_pass(reference, target_reader, options.sample, options.ttl_tolerance_ms)
         elif isinstance(reference, SourceReference):
-            first = full_pass(source, target, reference.db, progress)
+            first = full_pass(source, target, reference.db, options, progress)
         else:
-            first = reference.full_pass(progress)
+            first = reference.full_pass(options.ttl_tolerance_ms, progress)
         settled = settle(reference, target_reader, first.candidates, options)
         if options.repair and settled.differences:
             repaired = repair(reference, target, settled.differences, options)
@@ -338,7 +319,7 @@ def _report_path(run_dir: RunDir | None, options: VerifyOptions) -> Path | None:
 def write_report(path: Path, differences: list[Difference]) -> None:
     """One JSON line per difference, written atomically (a reader never sees half a report)."""
     now = now_ms()
-    lines = [json.dumps(d.to_dict(now), sort_keys=True) + "\n" for d in differences]
+    lines = [json.dumps(d.to_dict(now), sort_keys=True, ensure_ascii=False) + "\n" for d in differences]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -360,6 +341,13 @@ def _result(differences: list[Difference], counts: dict, source_label: str, targ
         report=str(report) if report else None, repaired=repaired)
 
 
+def _side_text(summary: dict | None) -> str:
+    if summary is None:
+        return "absent"
+    ttl = "no TTL" if summary["ttl_ms"] == NO_EXPIRY else f"TTL {summary['ttl_ms']} ms"
+    return f"{summary['type']} of {summary['length']}, {ttl}"
+
+
 def render(result: dict) -> str:
     """The result for a person: totals, then the first differences."""
     from .output import table
@@ -368,7 +356,8 @@ def render(result: dict) -> str:
     lines.append(table({k: result[k] for k in ("source", "target", "sample", "counts", "kinds", "repaired", "report")
                         if result.get(k) is not None}))
     for diff in result["first_differences"]:
-        lines.append(f"{diff['kind']:8} {diff['key_text']}  source={diff['source']}  target={diff['target']}")
+        lines.append(f"{diff['kind']:8} {diff['key_text']}  source: {_side_text(diff['source'])}  "
+                     f"target: {_side_text(diff['target'])}")
     if result["differences"] > len(result["first_differences"]):
         lines.append(f"... and {result['differences'] - len(result['first_differences'])} more in the report")
     return "\n".join(lines)

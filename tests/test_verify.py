@@ -115,7 +115,7 @@ def test_old_target_is_equal_despite_other_encodings(standalone_source, old_targ
     copy(standalone_source, old_target, run_dir)
     code, result = verify("--source", standalone_source.url(), "--target", old_target.url())
     assert code == 0, result
-    assert result["counts"]["exact_ttl"] is False  # 6.2 has no PEXPIRETIME: TTL keys compared one by one
+    assert result["counts"]["slots_compared_by_key"] < 100  # PTTL-derived expiries: few keys near a cell border
 
 
 def test_bad_input_exits_2_without_traceback_or_password(standalone_source, serverless_target, tmp_path):
