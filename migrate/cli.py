@@ -195,14 +195,19 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, tl
 @run_dir_option()
 @dump_options
 @replay_options
+@click.option("--redo", type=click.Choice(("dump", "replay", "verify")), multiple=True,
+              help="Do this stage (and the ones after it) again, even if the run dir says it is done.")
 @tls_insecure_option
 @json_option
 @handle_errors
 def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, mode, max_ops_per_sec,
-        allow_nonempty_target, tls_insecure, as_json):
-    """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume."""
+        allow_nonempty_target, redo, tls_insecure, as_json):
+    """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume.
+
+    Stages the run dir records as done are skipped; --redo STAGE does one again.
+    """
     from .endpoints import probe_rdb_version
-    from .pipeline import open_source, open_target, run_stages
+    from .pipeline import open_source, open_target, preflight, redo_stages, run_stages
     from .replay import ReplayOptions
     from .state import RunDir
     source = _endpoint("source", source_url, tls_insecure)
@@ -212,6 +217,8 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
     options = _dump_opts(source, db, match, types, scan_count, max_payload, mode, target_rdb)
     directory = RunDir(run_dir, create=True)
     with directory.lock():
+        redo_stages(directory, redo)
+        preflight(directory, source_url, target_url, tls_insecure)
         result = run_stages(directory, open_source(source, options.db), target_topology, options,
                             ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec,
                                           allow_nonempty_target=allow_nonempty_target), progress_bar)
@@ -223,10 +230,18 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
 @json_option
 @handle_errors
 def status(run_dir, as_json):
-    """Show every stage's state and counts from the run directory's ledgers."""
-    from .pipeline import summarize
+    """Show every stage's state, counts and timings, and the last verify and cutover."""
+    from .pipeline import status as run_status
     from .state import RunDir
-    emit(summarize(RunDir(run_dir)), as_json, _render_summary)
+    emit(run_status(RunDir(run_dir)), as_json, _render_status)
+
+
+def _render_status(result: dict) -> str:
+    lines = [f"{'stage':<8} {'state':<12} {'finished':<21} seconds"]
+    for name, stage in result["stages"].items():
+        lines.append(f"{name:<8} {stage['state']:<12} {stage.get('finished_at') or '-':<21} "
+                     f"{stage.get('seconds') or '-'}")
+    return "\n".join(lines) + "\n\n" + _render_summary(result["counts"])
 
 # --- verify ---
 
@@ -279,6 +294,89 @@ def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance,
         sys.exit(DifferencesFound.exit_code)
 
 # --- plan, cutover, rollback ---
+
+def _aws_clients():
+    """The boto3 clients for this invocation: whatever the caller put in click's context object, else the
+    standard chain's (built lazily, so only commands that reach AWS need credentials)."""
+    from .aws import Clients
+    return click.get_current_context().ensure_object(Clients)
+
+
+def _emit_and_exit(result: dict, as_json: bool, render, failed: bool) -> None:
+    """Print the result; exit 1 when it is a refusal or has blockers (a dry run that would be refused)."""
+    emit(result, as_json, render)
+    if failed:
+        sys.exit(1)
+
+
+def env_option(func):
+    return click.option("--env", required=True, help="Environment whose parameters to repoint, e.g. prod.")(func)
+
+
+def param_prefix_option(func):
+    return click.option("--param-prefix", default="/storefront/{env}/redis", show_default=True,
+                        help="SSM path holding <prefix>/endpoint and <prefix>/port; {env} is substituted.")(func)
+
+
+def switch_options(func):
+    """Options cutover and rollback share."""
+    func = click.option("--dry-run", is_flag=True, help="Show the before/after table and the checks; write nothing.")(func)
+    func = click.option("--redeploy", multiple=True, metavar="CLUSTER/SERVICE",
+                        help="Force a new ECS deployment afterwards, so the apps re-read SSM. Repeatable.")(func)
+    func = click.option("--force", is_flag=True, help="Go ahead although a safety check failed.")(func)
+    func = param_prefix_option(func)
+    func = run_dir_option(required=False)(func)
+    return env_option(json_option(func))
+
+
+@cli.command()
+@source_option
+@target_option
+@click.option("--serverless-cache", metavar="NAME", help="Check the target cache's limits and cost, and show its endpoint.")
+@click.option("--env", help="Also show the current SSM endpoint/port of this environment.")
+@param_prefix_option
+@click.option("--sample", default=5000, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Keys to sample for the type histogram, TTL share and largest keys.")
+@click.option("--storage-headroom", default=1.5, show_default=True, type=click.FloatRange(1.0),
+              help="The cache's storage maximum must hold the source data times this.")
+@tls_insecure_option
+@json_option
+@handle_errors
+def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, storage_headroom, tls_insecure, as_json):
+    """Read-only preflight: versions, replay mode, sizes, blockers, and a go / blockers verdict (exit 1)."""
+    from . import plan as planning
+    result = planning.plan(source_url, target_url, serverless_cache=serverless_cache, env=env, prefix=param_prefix,
+                           sample=sample, storage_headroom=storage_headroom, tls_insecure=tls_insecure,
+                           clients=_aws_clients())
+    _emit_and_exit(result, as_json, planning.render, result["verdict"] != "go")
+
+
+@cli.command()
+@click.option("--target", "target_url", metavar="URL", help="Cut over to this Redis URL's host and port.")
+@click.option("--serverless-cache", metavar="NAME", help="Cut over to this ElastiCache Serverless cache's endpoint.")
+@click.option("--max-verify-age", default="30m", show_default=True,
+              help="The run dir's passing verify must be newer than this (30m, 2h, 90s).")
+@switch_options
+@handle_errors
+def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify_age, force, redeploy, dry_run, as_json):
+    """Repoint the SSM endpoint/port at the target, after a fresh passing verify; recorded for rollback."""
+    from . import cutover as switching
+    result = switching.cutover(env, target_url=target_url, serverless_cache=serverless_cache, run_dir=run_dir,
+                               prefix=param_prefix, max_verify_age=max_verify_age, force=force, redeploy=redeploy,
+                               dry_run=dry_run, clients=_aws_clients())
+    _emit_and_exit(result, as_json, switching.render, bool(result["refused"]))
+
+
+@cli.command()
+@switch_options
+@handle_errors
+def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json):
+    """Put back the SSM values the cutover recorded (run dir, else the SSM labels)."""
+    from . import cutover as switching
+    result = switching.rollback(env, run_dir=run_dir, prefix=param_prefix, force=force, redeploy=redeploy,
+                                dry_run=dry_run, clients=_aws_clients())
+    _emit_and_exit(result, as_json, switching.render, bool(result["refused"]))
+
 
 if __name__ == "__main__":
     main()

@@ -17,9 +17,9 @@ import redis
 from redis.connection import parse_url
 
 from .errors import BadInput, MigrateError
-from .redact import redact_url, register_secret
+from .redact import redact_url, register_secret, scrub
+from .slots import SLOT_COUNT, key_slot
 
-SLOT_COUNT = 16384
 PROBE_KEY = b"__redis_migrate_probe__"
 
 
@@ -83,7 +83,7 @@ class Endpoint:
                 kwargs["ssl_cert_reqs"] = "none"
                 kwargs["ssl_check_hostname"] = False
             else:
-                kwargs.setdefault("ssl_check_hostname", False)
+                kwargs.setdefault("ssl_check_hostname", True)
         return kwargs
 
     def node_client(self, host: str | None = None, port: int | None = None, db: int | None = None) -> redis.Redis:
@@ -168,7 +168,6 @@ def translated_errors(endpoint: Endpoint) -> Iterator[None]:
 
 
 def _first_line(text: str) -> str:
-    from .redact import scrub
     return scrub(text.strip().splitlines()[0] if text.strip() else type(text).__name__)
 
 
@@ -260,7 +259,6 @@ def probe_rdb_version(topology: Topology) -> int:
 
 def _probe_key_for(node: Node) -> bytes:
     """A scratch key whose slot this node owns, so a cluster node never answers MOVED."""
-    from .slots import key_slot
     owned = node.slots or ((0, SLOT_COUNT - 1),)
     for suffix in range(100_000):
         key = PROBE_KEY + str(suffix).encode()

@@ -7,6 +7,7 @@ stages use both cores; each keeps its own ledger, so either can be killed and re
 from __future__ import annotations
 
 import ctypes
+import json
 import multiprocessing
 import signal
 import time
@@ -73,6 +74,18 @@ def _warn_other_databases(topology: Topology, db: int) -> None:
 def source_key_count(topology: Topology, db: int) -> int:
     with translated_errors(topology.endpoint):
         return sum(topology.client(node, db).dbsize() for node in topology.masters)
+
+
+def preflight(run_dir: RunDir, source_url: str, target_url: str, tls_insecure: bool) -> None:
+    """`run`'s first stage: the plan, recorded once per run dir. Its blockers are printed; the stages'
+    own gates (empty target, one database) enforce them, with the options that override them."""
+    if run_dir.read("plan") is not None:
+        return
+    from .plan import plan
+    result = json.loads(json.dumps(plan(source_url, target_url, tls_insecure=tls_insecure), default=str))
+    run_dir.write("plan", result)
+    for blocker in result["blockers"]:
+        warn(f"plan: {blocker['problem']} ({blocker['fix']})")
 
 
 def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
@@ -185,3 +198,72 @@ def summarize(run_dir: RunDir) -> dict:
         "bytes": dump_counts.bytes, "retries": replay_counts["retries"],
         "dump_done": "finished_at" in dump_ledger, "replay_done": "finished_at" in replay_ledger,
     }
+
+
+STAGES = ("dump", "replay", "verify")
+
+
+def redo_stages(run_dir: RunDir, stages: tuple[str, ...]) -> None:
+    """--redo: the earliest named stage decides what is forgotten."""
+    for stage in STAGES:
+        if stage in stages:
+            redo(run_dir, stage)
+            return
+
+
+def redo(run_dir: RunDir, stage: str) -> None:
+    """Forget a stage's progress (and everything downstream of it) so that `run` does it again.
+
+    Redoing the dump removes its segments: they hold customer data and would be stale. The replay
+    ledger keeps its start mark, so the target, which this run dir wrote to, is not refused as non-empty.
+    """
+    if stage == "dump":
+        for path in run_dir.segments.iterdir():
+            path.unlink()
+        _forget(run_dir, "dump")
+    if stage in ("dump", "replay"):
+        ledger = run_dir.read("replay")
+        if ledger is not None:
+            keep = {k: ledger[k] for k in ("started_at", "target_rdb") if k in ledger}
+            run_dir.write("replay", {"segments_done": [], "counts": replay_module.ReplayCounts().to_dict(), **keep})
+    _forget(run_dir, "verify")
+
+
+def _forget(run_dir: RunDir, name: str) -> None:
+    path = run_dir.path / f"{name}.json"
+    if path.exists():
+        path.unlink()
+
+
+def status(run_dir: RunDir) -> dict:
+    """Every stage's state, counts and timings, plus the last verify and cutover, from the ledgers alone."""
+    summary = summarize(run_dir)
+    stages = {}
+    for name in ("dump", "replay"):
+        ledger = run_dir.read(name) or {}
+        stages[name] = {"state": _state(ledger), "started_at": _when(ledger.get("started_at")),
+                        "finished_at": _when(ledger.get("finished_at")),
+                        "seconds": _duration(ledger)}
+    verify = run_dir.read("verify")
+    stages["verify"] = ({"state": "equal" if verify.get("equal") else "differences",
+                         "differences": verify.get("differences"), "finished_at": _when(verify.get("finished_at"))}
+                        if verify else {"state": "not started"})
+    cutover = run_dir.read("cutover")
+    stages["cutover"] = {"state": cutover.get("state", "recorded")} if cutover else {"state": "not started"}
+    return {"stages": stages, "counts": summary, "run": run_dir.read("run") or {}}
+
+
+def _state(ledger: dict) -> str:
+    if "finished_at" in ledger:
+        return "done"
+    return "started" if ledger.get("started_at") else "not started"
+
+
+def _when(timestamp: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp)) if timestamp else None
+
+
+def _duration(ledger: dict) -> float | None:
+    if ledger.get("started_at") and ledger.get("finished_at"):
+        return round(ledger["finished_at"] - ledger["started_at"], 2)
+    return None

@@ -75,23 +75,24 @@ def encode(record: Record) -> bytes:
 def decode_all(body: bytes, source: Path) -> list[Record]:
     """Every record of a segment body. Any inconsistency is a corrupt segment, never a silent skip."""
     records = []
-    view = memoryview(body)
+    append = records.append
+    unpack_dump = _DUMP_HEAD.unpack_from
+    head = _DUMP_HEAD.size
+    end = len(body)
     pos = 0
     try:
-        while pos < len(body):
+        while pos < end:
             if body[pos] == DUMP:
-                _, expire_at, key_len, payload_len = _DUMP_HEAD.unpack_from(body, pos)
-                pos += _DUMP_HEAD.size
-                key = bytes(view[pos:pos + key_len])
-                pos += key_len
-                payload = bytes(view[pos:pos + payload_len])
-                pos += payload_len
-                if len(key) != key_len or len(payload) != payload_len:
+                _, expire_at, key_len, payload_len = unpack_dump(body, pos)
+                key_start = pos + head
+                payload_start = key_start + key_len
+                pos = payload_start + payload_len
+                if pos > end:
                     raise ValueError("record runs past the end of the segment")
-                records.append(Record(key, expire_at, payload))
+                append(Record(body[key_start:payload_start], expire_at, body[payload_start:pos]))
             elif body[pos] == STRUCT:
-                record, pos = _decode_struct(body, view, pos)
-                records.append(record)
+                record, pos = _decode_struct(body, memoryview(body), pos)
+                append(record)
             else:
                 raise ValueError(f"unknown record kind {body[pos]} at byte {pos}")
     except (struct.error, ValueError, IndexError) as exc:
@@ -136,6 +137,14 @@ class SegmentWriter:
         self._parts.append(data)
         self.count += 1
         self.raw_bytes += len(data)
+
+    def add_dump(self, key: bytes, expire_at: int, payload: bytes) -> None:
+        """The dump hot path: a DUMP record encoded straight from the reply, no Record object."""
+        self._parts.append(_DUMP_HEAD.pack(DUMP, expire_at, len(key), len(payload)))
+        self._parts.append(key)
+        self._parts.append(payload)
+        self.count += 1
+        self.raw_bytes += _DUMP_HEAD.size + len(key) + len(payload)
 
     def finish(self) -> bytes:
         body = zstandard.ZstdCompressor(level=self._level).compress(b"".join(self._parts))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .endpoints import Topology, discover, probe_rdb_version
@@ -44,12 +44,11 @@ class ReplayCounts:
     skipped: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict:
-        return {"restored": self.restored, "struct_written": self.struct_written, "expired": self.expired,
-                "retries": self.retries, "skipped": dict(self.skipped)}
+        return {**asdict(self), "skipped": dict(self.skipped)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ReplayCounts":
-        return cls(data["restored"], data["struct_written"], data["expired"], data["retries"], Counter(data["skipped"]))
+        return cls(**{**data, "skipped": Counter(data["skipped"])})
 
 
 class RateLimiter:
@@ -180,12 +179,18 @@ class TargetWriter:
     def _attempt(self, records: list[Record], counts: ReplayCounts) -> list[Record]:
         """Send to every node, then read every node. Returns the records to retry, in order."""
         by_node: dict[int, list[Record]] = {}
+        owners = self.owners
         for record in records:
-            by_node.setdefault(self.owners[key_slot(record.key)], []).append(record)
+            node = owners[key_slot(record.key)]
+            if node in by_node:
+                by_node[node].append(record)
+            else:
+                by_node[node] = [record]
         sent: dict[int, list[list[tuple[bytes, bool]]]] = {}
         retry: list[Record] = []
         for index, node_records in by_node.items():
-            commands = [self._commands(r) for r in node_records]
+            commands = [[(pack_restore(r.key, r.expire_at, r.payload), False)] if r.kind == DUMP
+                        else struct_commands(r) for r in node_records]
             self.limiter.acquire(len(node_records))
             try:
                 self._wire(index).send(b"".join(c for cmds in commands for c, _ in cmds))
@@ -201,12 +206,6 @@ class TargetWriter:
             self._route(discover(self.topology.endpoint))
         return retry
 
-    @staticmethod
-    def _commands(record: Record) -> list[tuple[bytes, bool]]:
-        if record.kind == DUMP:
-            return [(pack_restore(record.key, record.expire_at, record.payload), False)]
-        return struct_commands(record)
-
     def _drop(self, index: int) -> None:
         wire = self.wires.pop(index, None)
         if wire:
@@ -218,6 +217,10 @@ class TargetWriter:
         except (OSError, ConnectionError, socket.timeout):
             self._drop(index)
             return records
+        if len(replies) == len(records) and replies.count(b"OK") == len(replies):
+            counts.restored += sum(r.kind == DUMP for r in records)  # the common case: one RESTORE each
+            counts.struct_written += sum(r.kind != DUMP and r.first for r in records)
+            return []
         pos = 0
         for position, (record, cmds) in enumerate(zip(records, commands)):
             errors = [r for r, (_, tolerate) in zip(replies[pos:pos + len(cmds)], cmds)

@@ -30,7 +30,7 @@ def pack(*args: bytes) -> bytes:
 
 def pack_restore(key: bytes, expire_at: int, payload: bytes) -> bytes:
     """RESTORE key <abs-ms> payload REPLACE ABSTTL, packed in one step (the replay hot path)."""
-    ttl = b"%d" % max(expire_at, 0)
+    ttl = b"0" if expire_at < 0 else b"%d" % expire_at
     return b"*6\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n" % (
         len(key), key, len(ttl), ttl, len(payload), payload)
 

@@ -231,14 +231,15 @@ class Cluster:
 
 
 def start_cluster(base: Path, masters: int, *, password: str | None = None, certs: Certs | None = None,
-                  restricted: bool = False, binary: str = "redis-server") -> Cluster:
+                  restricted: bool = False, binary: str = "redis-server", extra: tuple[str, ...] = ()) -> Cluster:
     """Start `masters` nodes, split the slots between them and join them with CLUSTER MEET."""
     nodes = []
     try:
         for index in range(masters):
             port = free_port()
             node = RedisServer(port, base / f"node{index}-{port}",
-                               server_args(port, password=password, certs=certs, cluster=True, restricted=restricted),
+                               server_args(port, password=password, certs=certs, cluster=True, restricted=restricted,
+                                           extra=extra),
                                binary=binary, password=password, certs=certs)
             nodes.append(node.start())
         cluster = Cluster(nodes, password, certs)

@@ -45,3 +45,206 @@ def test_cluster_to_cluster_is_exact(cluster_source, cluster_target, run_dir):
                        "--run-dir", run_dir)
     assert summary["dump_done"] and summary["replay_done"]
     assert_same(snapshot(cluster_source), snapshot(cluster_target))
+
+
+def test_old_target_takes_the_struct_path_and_is_exact(standalone_source, old_target, run_dir):
+    seed_data.seed(standalone_source.client(), 1500, seed=11, short_ttl_keys=0)
+    summary = run_json("run", "--source", standalone_source.url(), "--target", old_target.url(), "--run-dir", run_dir)
+    assert summary["restored"] == 0
+    assert summary["struct_written"] == summary["scanned"]
+    assert_same(snapshot(standalone_source), snapshot(old_target))
+
+
+def test_big_keys_are_chunked_and_exact(standalone_source, serverless_target, run_dir):
+    seed_data.seed(standalone_source.client(), 200, seed=5, short_ttl_keys=0)
+    summary = run_json("run", "--source", standalone_source.url(), "--target", serverless_target.url(),
+                       "--run-dir", run_dir, "--max-payload", 64 * 1024)
+    assert summary["struct_written"] >= 5  # the 2 MB and 1 MB strings, the 50k hash, 100k list, 30k zset
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))
+
+
+def test_binary_and_utf8_keys_with_ttls(standalone_source, serverless_target, run_dir):
+    client = standalone_source.client()
+    keys = [b"\x00\xff\xfe bin", "ключ:😀".encode(), b"with space\nand newline", b"{tag}a", b"{tag}b", b""]
+    for index, key in enumerate(keys):
+        client.set(key, b"v%d\x00" % index, px=3_600_123 + index if index % 2 else None)
+    run_json("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir)
+    assert_same(snapshot(standalone_source), snapshot(serverless_target), ttl_tolerance_ms=0)
+
+
+def test_select_database_and_warn_about_the_others(standalone_source, serverless_target, run_dir):
+    standalone_source.client(db=3).set("in-db-3", "x")
+    standalone_source.client(db=5).set("in-db-5", "y")
+    result = invoke("run", "--source", standalone_source.url(), "--target", serverless_target.url(),
+                    "--run-dir", run_dir, "--db", 3)
+    assert result.exit_code == 0, result.output
+    assert "db 5: 1 keys" in result.stderr
+    target = snapshot(serverless_target)
+    assert list(target) == [b"in-db-3"]
+
+
+def test_match_and_type_filters(standalone_source, serverless_target, run_dir):
+    client = standalone_source.client()
+    client.set("session:1", "a")
+    client.hset("session:2", "f", "v")
+    client.set("cart:1", "b")
+    run_json("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir,
+             "--match", "session:*", "--type", "string")
+    assert set(snapshot(serverless_target)) == {b"session:1"}
+
+
+def test_nonempty_target_is_refused_unless_allowed(standalone_source, serverless_target, run_dir, tmp_path):
+    standalone_source.client().set("a", "1")
+    serverless_target.first.client().set("already", "there")
+    refused = invoke("run", "--source", standalone_source.url(), "--target", serverless_target.url(),
+                     "--run-dir", run_dir)
+    assert refused.exit_code == 1
+    assert "already holds 1 keys" in refused.stderr
+    assert "--allow-nonempty-target" in refused.stderr
+    allowed = invoke("run", "--source", standalone_source.url(), "--target", serverless_target.url(),
+                     "--run-dir", tmp_path / "run2", "--allow-nonempty-target")
+    assert allowed.exit_code == 0, allowed.output
+    assert set(snapshot(serverless_target)) == {b"a", b"already"}
+
+
+def test_corrupt_segment_is_bad_input_naming_the_file(standalone_source, serverless_target, run_dir):
+    seed_data.seed(standalone_source.client(), 500, seed=2, big_keys=False)
+    assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
+    segment = sorted((run_dir / "segments").iterdir())[0]
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    segment.chmod(0o600)
+    segment.write_bytes(bytes(data))
+    result = invoke("replay", "--target", serverless_target.url(), "--run-dir", run_dir)
+    assert result.exit_code == 2
+    assert segment.name in result.stderr and "checksum" in result.stderr
+    assert "Traceback" not in result.output
+    assert serverless_target.first.client().dbsize() == 0  # nothing of a corrupt segment is written
+
+
+def test_second_run_on_a_locked_run_dir_is_refused(standalone_source, run_dir):
+    from migrate.state import RunDir
+    directory = RunDir(run_dir, create=True)
+    with directory.lock():
+        result = invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir)
+    assert result.exit_code == 2
+    assert f"locked by pid {os.getpid()}" in result.stderr
+
+
+def test_run_dir_of_another_source_is_refused(standalone_source, cluster_source, run_dir):
+    standalone_source.client().set("a", "1")
+    assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
+    result = invoke("dump", "--source", cluster_source.url(), "--run-dir", run_dir)
+    assert result.exit_code == 2
+    assert "was made for source" in result.stderr
+
+
+def test_passwords_never_appear_in_output_or_run_dir(standalone_source, serverless_target, run_dir):
+    seed_data.seed(standalone_source.client(), 300, seed=4, big_keys=False)
+    env = {"REDIS_MIGRATE_TARGET_PASSWORD": serverless_target.password}
+    result = invoke("run", "--source", standalone_source.url(), "--target", serverless_target.first.url(0, False),
+                    "--run-dir", run_dir, "--json", env=env)
+    assert result.exit_code == 0, result.output
+    wrong = invoke("dump", "--source", standalone_source.url().replace(standalone_source.password, "nope-wrong-pw"),
+                   "--run-dir", run_dir.parent / "other")
+    assert wrong.exit_code == 2 and "authentication failed" in wrong.stderr
+    texts = [result.output, wrong.output] + [p.read_bytes().decode("latin-1") for p in run_dir.rglob("*.json")]
+    for text in texts:
+        assert standalone_source.password not in text and serverless_target.password not in text
+        assert "nope-wrong-pw" not in text
+    assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in run_dir.rglob("*") if p.is_file())
+
+
+def test_kill_9_at_random_moments_then_resume_is_exact(standalone_source, serverless_target, run_dir):
+    seed_data.seed(standalone_source.client(), 40_000, seed=9, big_keys=False, short_ttl_keys=0)
+    command = [sys.executable, "-m", "migrate.cli", "run", "--source", standalone_source.url(),
+               "--target", serverless_target.url(), "--run-dir", str(run_dir), "--max-ops-per-sec", "40000",
+               "--scan-count", "500"]
+    kills = 0
+    for delay in (0.4, 0.7, 1.0, 1.3):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait()
+    final = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 3
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))
+
+
+def test_target_out_of_memory_stops_with_a_clear_message(standalone_source, bed_dir, certs, run_dir):
+    import testbed
+    small = testbed.start_cluster(bed_dir / "small-target", 1, password="small-pw", certs=certs,
+                                  extra=("--maxmemory", "3mb", "--maxmemory-policy", "noeviction"))
+    try:
+        seed_data.seed(standalone_source.client(), 3000, seed=1, big_keys=False)
+        result = invoke("run", "--source", standalone_source.url(), "--target", small.url(), "--run-dir", run_dir)
+        assert result.exit_code == 3
+        assert "out of memory" in result.stderr and "DataStorage" in result.stderr
+        assert "Traceback" not in result.output
+    finally:
+        small.stop()
+
+
+def test_rate_limiter_holds_writes_to_the_cap():
+    from migrate.replay import RateLimiter
+    limiter = RateLimiter(1000)
+    started = time.monotonic()
+    for _ in range(5):
+        limiter.acquire(100)
+    assert time.monotonic() - started >= 0.45  # 500 writes at 1000/s cannot finish sooner
+
+
+def test_status_reports_the_ledgers(standalone_source, serverless_target, run_dir):
+    seed_data.seed(standalone_source.client(), 200, seed=8, big_keys=False, short_ttl_keys=0)
+    run_json("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir)
+    status = run_json("status", "--run-dir", run_dir)
+    assert status["stages"]["dump"]["state"] == status["stages"]["replay"]["state"] == "done"
+    assert status["counts"]["restored"] == 200 == status["counts"]["scanned"]
+    human = invoke("status", "--run-dir", run_dir)
+    assert human.exit_code == 0 and "replay   done" in human.output
+
+
+def test_rerun_skips_done_stages_and_redo_dump_picks_up_changes(standalone_source, serverless_target, run_dir):
+    client = standalone_source.client()
+    client.set("a", "1")
+    args = ("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir)
+    run_json(*args)
+    client.set("a", "2")
+    client.set("b", "new")
+    again = run_json(*args)
+    assert again["restored"] == 1  # nothing redone: the run dir says both stages are done
+    assert serverless_target.first.client().get("a") == b"1"
+    run_json(*args, "--redo", "dump")
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))
+
+
+def test_segments_are_never_rewritten_after_a_crash_between_segment_and_ledger(standalone_source, run_dir):
+    """A segment that landed before its ledger update keeps its content; the resume writes a new one."""
+    seed_data.seed(standalone_source.client(), 300, seed=6, big_keys=False, short_ttl_keys=0)
+    assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
+    ledger = json.loads((run_dir / "dump.json").read_text())
+    master = next(iter(ledger["masters"].values()))
+    master.update(cursor=0, done=False, next_seq=0)  # as if the crash came before the ledger write
+    del ledger["finished_at"]
+    (run_dir / "dump.json").write_text(json.dumps(ledger))
+    first = (run_dir / "segments" / "m000-00000000.seg").read_bytes()
+    assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
+    assert (run_dir / "segments" / "m000-00000000.seg").read_bytes() == first
+    assert (run_dir / "segments" / "m000-00000001.seg").exists()
+
+
+def test_a_big_key_spills_over_several_segments_and_replays_exactly(standalone_source, serverless_target, run_dir,
+                                                                     monkeypatch):
+    from migrate import dump
+    monkeypatch.setattr(dump, "SEGMENT_BYTES", 64 * 1024)
+    client = standalone_source.client()
+    client.rpush("big:list", *[b"item-%06d" % i for i in range(20_000)])
+    client.hset("big:hash", mapping={f"f{i}": "x" * 20 for i in range(10_000)})
+    run_json("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir,
+             "--max-payload", 4096)
+    assert len(list((run_dir / "segments").iterdir())) > 4
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))

@@ -1,0 +1,545 @@
+"""SSM cutover and rollback: one code path that gates, records, writes, labels, reads back and can undo.
+
+Both commands are a *switch*: make the endpoint and port parameters hold new values, after recording what
+was in effect. A cutover switches to the target and labels the versions `pre-cutover` (before) and
+`cutover` (after); a rollback switches back to the recorded values, taken from the run dir's cutover.json
+or, without it, from those labels. A dry run is the same switch with a Writer that only records what it
+would write.
+
+Label policy: the two moving labels mark the versions in effect before and after the last cutover, for
+every parameter; each version a run writes also gets `<cutover|rollback>-<run id>`. A version therefore
+never collects more than a few labels (SSM allows 10), however many cutover/rollback cycles there are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from redis.connection import parse_url
+
+from .aws import MISSING_PARAMETER_HINT, Clients, History, Version, aws_errors, describe_serverless_cache, force_new_deployment, \
+    parameter_history, parse_service, read_parameter
+from .endpoints import Endpoint
+from .errors import BadInput, GateRefused, MigrateError, RuntimeFailure
+from .state import RunDir
+
+DEFAULT_PREFIX = "/storefront/{env}/redis"
+KEYS = ("endpoint", "port")  # write order: the endpoint first, so a failed port write leaves one value to undo
+LABEL_BEFORE = "pre-cutover"
+LABEL_AFTER = "cutover"
+_OWN_LABEL = re.compile(r"^(pre-cutover|cutover|rollback)(-[A-Za-z0-9_.-]+)?$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+VERIFY_HINT = ("run a full verify (no --sample) against this target with the same --run-dir, then cut over within "
+               "--max-verify-age; --force skips this gate")
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+def parameter_names(env: str, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
+    """`<prefix>/endpoint` and `<prefix>/port`, with {env} substituted."""
+    if not env or not re.fullmatch(r"[A-Za-z0-9_.-]+", env):
+        raise BadInput(f"--env {env!r} is not an environment name", "use e.g. --env prod (letters, digits, . _ -)")
+    resolved = prefix.replace("{env}", env).rstrip("/")
+    if not resolved.startswith("/") or "{" in resolved:
+        raise BadInput(f"--param-prefix {prefix!r} is not an SSM path", f"use e.g. --param-prefix {DEFAULT_PREFIX}")
+    return {key: f"{resolved}/{key}" for key in KEYS}
+
+
+def parse_duration(text: str) -> float:
+    """'30m', '2h', '90s', '1h30m' or plain seconds, in seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    if not text or _DURATION.sub("", text):
+        raise BadInput(f"duration {text!r} is not understood", "use e.g. 30m, 2h, 90s or 1h30m")
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION.findall(text))
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the parameters will point: a host and a port."""
+
+    host: str
+    port: int
+
+    @property
+    def values(self) -> dict[str, str]:
+        return {"endpoint": self.host, "port": str(self.port)}
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def resolve_target(target_url: str | None, serverless_cache: str | None, clients: Clients) -> Target:
+    """The target's host and port, from its URL or from the serverless cache's endpoint."""
+    if bool(target_url) == bool(serverless_cache):
+        raise BadInput("give exactly one of --target URL and --serverless-cache NAME",
+                       "--serverless-cache reads the endpoint from AWS; --target takes it from the URL")
+    if target_url:
+        parsed = parse_url(Endpoint.from_url("target", target_url).url)
+        if not parsed.get("host"):
+            raise BadInput("the --target URL has no host", "use rediss://host:port")
+        return Target(parsed["host"], int(parsed.get("port") or 6379))
+    cache = describe_serverless_cache(clients, serverless_cache)
+    if cache.status != "available" or not cache.host:
+        raise BadInput(f"serverless cache {cache.name} is {cache.status}, without an endpoint to cut over to",
+                       "wait until `aws elasticache describe-serverless-caches` shows it available")
+    return Target(cache.host, int(cache.port or 6379))
+
+
+# --- the gate ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    """A safety check's outcome; a failed one refuses the switch unless --force."""
+
+    passed: bool
+    reason: str
+    hint: str = ""
+
+
+def verify_gate(run_dir: RunDir | None, max_age: float, target: Target, now: float) -> Check:
+    """Pass only for a full, equal verify of this very target, newer than max_age."""
+    if run_dir is None:
+        return Check(False, "no --run-dir, so no verify to check",
+                     "pass the --run-dir that verify wrote; --force cuts over without one "
+                     "(rollback then relies on the SSM labels)")
+    verify = run_dir.read("verify")
+    if verify is None:
+        return Check(False, f"no verify in {run_dir.path}", VERIFY_HINT)
+    try:
+        age = now - float(verify["finished_at"])
+        differences = int(verify["differences"])
+        checked = urlsplit(verify["target"])
+        checked_at = (checked.hostname or "", checked.port or 6379)
+    except (KeyError, TypeError, ValueError):
+        return Check(False, f"verify.json in {run_dir.path} is incomplete", VERIFY_HINT)
+    if verify.get("equal") is not True or differences != 0:
+        return Check(False, f"the last verify found {differences} differences", VERIFY_HINT)
+    if verify.get("sample") is not None:
+        return Check(False, f"the last verify checked a sample of {verify['sample']} keys, not every key", VERIFY_HINT)
+    if age > max_age:
+        return Check(False, f"the last verify is {format_duration(age)} old (limit {format_duration(max_age)})", VERIFY_HINT)
+    if checked_at != (target.host.lower(), target.port):
+        return Check(False, f"the last verify checked {checked_at[0]}:{checked_at[1]}, not the cutover target {target}",
+                     VERIFY_HINT)
+    return Check(True, f"full verify {format_duration(max(age, 0))} ago: every key equal")
+
+
+# --- the writer: executes, or for a dry run only records -------------------------------------------
+
+class Writer:
+    """Every write goes through here. A dry run records it instead, so the caller's path is the same."""
+
+    def __init__(self, clients: Clients, dry_run: bool) -> None:
+        self.clients = clients
+        self.dry_run = dry_run
+        self.actions: list[str] = []
+        self.refusals: list[str] = []
+
+    def _act(self, description: str, call):
+        self.actions.append(description)
+        return None if self.dry_run else call()
+
+    def refuse(self, error: GateRefused) -> None:
+        """A live run stops here; a dry run notes the refusal and shows what it would have written."""
+        if not self.dry_run:
+            raise error
+        self.refusals.append(str(error))
+
+    def lock(self, run_dir: RunDir | None):
+        return run_dir.lock() if run_dir and not self.dry_run else contextlib.nullcontext()
+
+    def save(self, run_dir: RunDir | None, record: dict) -> None:
+        if run_dir is not None:
+            self._act(f"write {run_dir.path / 'cutover.json'}", lambda: run_dir.write("cutover", record))
+
+    def put(self, name: str, value: str) -> int | None:
+        def call():
+            with aws_errors(f"SSM parameter {name}"):
+                return int(self.clients.ssm.put_parameter(Name=name, Value=value, Overwrite=True)["Version"])
+        return self._act(f"put {name} = {value}", call)
+
+    def label(self, name: str, version: int | None, labels: list[str]) -> None:
+        def call():
+            with aws_errors(f"SSM parameter {name}"):
+                reply = self.clients.ssm.label_parameter_version(Name=name, ParameterVersion=version, Labels=labels)
+            if reply.get("InvalidLabels"):
+                raise RuntimeFailure(f"SSM refused labels {reply['InvalidLabels']} on {name}", "report this as a bug")
+        self._act(f"label {name} version {version or 'new'}: {', '.join(labels)}", call)
+
+    def unlabel(self, name: str, version: int, labels: list[str]) -> None:
+        def call():
+            with aws_errors(f"SSM parameter {name}"):
+                self.clients.ssm.unlabel_parameter_version(Name=name, ParameterVersion=version, Labels=labels)
+        self._act(f"unlabel {name} version {version} (the oldest of 100): {', '.join(labels)}", call)
+
+    def read_back(self, name: str, expected: str) -> None:
+        """What the applications will read must be what was written."""
+        if self.dry_run:
+            return
+        got = read_parameter(self.clients.ssm, name)
+        if got.value != expected:
+            raise RuntimeFailure(f"read back {name} = {got.value!r} (version {got.number}), expected {expected!r}",
+                                 "someone wrote the parameter at the same time: check its history, then rerun")
+
+    def redeploy(self, cluster: str, service: str) -> str | None:
+        return self._act(f"redeploy ECS {cluster}/{service}",
+                         lambda: force_new_deployment(self.clients, cluster, service))
+
+
+# --- the switch: the one code path --------------------------------------------------------------------
+
+class SwitchFailed(RuntimeFailure):
+    """A write failed part-way; `holding` says what each parameter holds now."""
+
+    def __init__(self, message: str, hint: str, holding: dict[str, str]) -> None:
+        super().__init__(message, hint)
+        self.holding = holding
+
+
+@dataclass
+class Switch:
+    """Make the parameters hold `desired`, labelling before/after versions; refusals stop it unless forced."""
+
+    kind: str  # "cutover" or "rollback"
+    env: str
+    names: dict[str, str]
+    histories: dict[str, History]
+    desired: dict[str, str]
+    pre_cutover: dict[str, Version]  # the versions in effect before the cutover: what a rollback restores
+    record: dict | None  # the run dir's cutover.json as found
+    checks: list[Check] = field(default_factory=list)
+    labels_before: tuple[str, ...] = ()
+    labels_after: tuple[str, ...] = ()
+    run_id: str = ""
+
+    @property
+    def changes(self) -> list[str]:
+        return [key for key in KEYS if self.histories[key].current.value != self.desired[key]]
+
+    @property
+    def done_state(self) -> str:
+        return "cut-over" if self.kind == "cutover" else "rolled-back"
+
+    @property
+    def run_label(self) -> str:
+        return f"{self.kind}-{self.run_id}"
+
+
+def run_switch(switch: Switch, writer: Writer, run_dir: RunDir | None, services: list[tuple[str, str]],
+               force: bool) -> dict:
+    """Gate, record, write, label, read back, redeploy, record: the same steps for cutover, rollback and dry runs."""
+    result = _result(switch, writer)
+    if not switch.changes:
+        result["gate"] = "not needed"
+        result["outcome"] = f"nothing to change: the parameters already hold the {switch.kind} values"
+        _redeploy(writer, run_dir, switch.record or {}, _pending_redeploys(switch, services), result)
+        return _finish(result, writer)
+    for check in switch.checks:
+        if not check.passed:
+            result["gate"] = "forced" if force else "refused"
+            if not force:
+                writer.refuse(GateRefused(f"{switch.kind} refused: {check.reason}", check.hint))
+    for key in switch.changes:
+        _refuse_foreign_labels_in_the_way(writer, switch.histories[key])
+    record = _new_record(switch)
+    writer.save(run_dir, record)  # the old values are durable before the first SSM write
+    try:
+        after = _write(switch, writer)
+    except SwitchFailed as exc:
+        record.update(state=f"{switch.kind}-failed", holding=exc.holding, error=exc.message)
+        writer.save(run_dir, record)
+        raise
+    record.update(state=switch.done_state, finished_at=time.time(), versions_after=after)
+    writer.save(run_dir, record)
+    for row in result["parameters"]:
+        row["after_version"] = after[row["key"]]
+    result["outcome"] = _done_message(switch)
+    _redeploy(writer, run_dir, record, services, result)
+    return _finish(result, writer)
+
+
+def _write(switch: Switch, writer: Writer) -> dict[str, int | None]:
+    """Make room, label the old versions, put and label each change, label the rest, read everything back."""
+    for key in switch.changes:
+        _make_room(writer, switch.histories[key])
+    for key in KEYS:
+        _label_missing(writer, switch.histories[key], switch.pre_cutover[key], switch.labels_before)
+    written: dict[str, int | None] = {}
+    for key in switch.changes:
+        name = switch.names[key]
+        try:
+            written[key] = writer.put(name, switch.desired[key])
+            writer.label(name, written[key], [switch.run_label, *switch.labels_after])
+        except MigrateError as exc:
+            raise _undo(switch, writer, written, key, exc) from None
+    after = {key: written.get(key, switch.histories[key].current.number) for key in KEYS}
+    for key in KEYS:
+        if key not in written:
+            _label_missing(writer, switch.histories[key], switch.histories[key].current, switch.labels_after)
+        writer.read_back(switch.names[key], switch.desired[key])
+    return after
+
+
+def _label_missing(writer: Writer, history: History, version: Version, labels: tuple[str, ...]) -> None:
+    missing = [label for label in labels if label not in version.labels]
+    if missing:
+        writer.label(history.name, version.number, missing)
+
+
+def _labels_in_the_way(history: History) -> list[str]:
+    """SSM refuses a 101st version while the oldest one carries a label: those labels."""
+    return list(history.oldest.labels) if history.full else []
+
+
+def _refuse_foreign_labels_in_the_way(writer: Writer, history: History) -> None:
+    """Labels this tool did not set are not ours to move: say how, before anything is written."""
+    foreign = [label for label in _labels_in_the_way(history) if not _OWN_LABEL.match(label)]
+    if foreign:
+        oldest = history.oldest.number
+        writer.refuse(GateRefused(
+            f"{history.name} has {len(history.versions)} versions and the oldest (version {oldest}) carries labels "
+            f"this tool did not set ({', '.join(foreign)}): SSM refuses a new version (ParameterMaxVersionLimitExceeded)",
+            f"move or remove them, e.g. aws ssm unlabel-parameter-version --name {history.name} "
+            f"--parameter-version {oldest} --labels {' '.join(foreign)}, then rerun"))
+
+
+def _make_room(writer: Writer, history: History) -> None:
+    """Our own labels on the oldest version mark long-finished runs (this run's are on newer versions): remove them."""
+    ours = [label for label in _labels_in_the_way(history) if _OWN_LABEL.match(label)]
+    if ours:
+        writer.unlabel(history.name, history.oldest.number, ours)
+
+
+def _undo(switch: Switch, writer: Writer, written: dict, failed_key: str, cause: MigrateError) -> SwitchFailed:
+    """Put back what this run wrote before the failure, and say exactly what the parameters hold now."""
+    holding = {key: switch.histories[key].current.value for key in KEYS}
+    holding.update({key: switch.desired[key] for key in written})
+    failed = switch.names[failed_key]
+    restored, undo_errors = [], []
+    for key in reversed(list(written)):
+        old = switch.histories[key].current.value
+        try:
+            writer.put(switch.names[key], old)
+            holding[key] = old
+            restored.append(f"{switch.names[key]} put back to {old}")
+        except MigrateError as exc:
+            undo_errors.append(f"putting {switch.names[key]} back failed: {exc.message}")
+    state = ", ".join(f"{switch.names[key]}={holding[key]}" for key in KEYS)
+    if undo_errors:
+        what, other_way = "; ".join(undo_errors) + ". The parameters are MIXED", ", or run rollback --force to go back"
+    else:
+        what, other_way = ("; ".join(restored) or "Nothing had been written") + \
+            ". All parameters hold what they held before this run", ""
+    return SwitchFailed(f"{switch.kind} failed writing {failed}: {cause.message}. {what}: {state}",
+                        f"fix the cause ({cause.hint or 'see above'}), then rerun the same command{other_way}", holding)
+
+
+def _pending_redeploys(switch: Switch, services: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """On a rerun with nothing to write, only the redeploys the recorded switch did not finish."""
+    record = switch.record or {}
+    if record.get("state") != switch.done_state or record.get("values_after") != switch.desired:
+        return []
+    done = set(record.get("redeployed", []))
+    return [s for s in services if "/".join(s) not in done]
+
+
+def _redeploy(writer: Writer, run_dir: RunDir | None, record: dict,
+              services: list[tuple[str, str]], result: dict) -> None:
+    """Force new ECS deployments, recording each, so that a rerun redeploys only what is left."""
+    for cluster, service in services:
+        name = f"{cluster}/{service}"
+        try:
+            deployment = writer.redeploy(cluster, service)
+        except MigrateError as exc:
+            raise RuntimeFailure(f"the parameters are switched, but redeploying {name} failed: {exc.message}",
+                                 f"{exc.hint}; then rerun the same command: it redeploys only what is left") from None
+        result["redeployed"].append({"service": name, "deployment": deployment})
+        if record:
+            record["redeployed"] = sorted({*record.get("redeployed", []), name})
+            writer.save(run_dir, record)
+
+
+def _new_record(switch: Switch) -> dict:
+    """cutover.json: what a rollback restores and what the cutover wrote (set by a cutover, kept by a rollback),
+    plus the latest switch's state and redeploys."""
+    if switch.kind == "cutover":
+        facts = {"before": {key: {"value": v.value, "version": v.number} for key, v in switch.pre_cutover.items()},
+                 "cutover_values": switch.desired, "run_id": switch.run_id}
+    else:
+        facts = {key: value for key, value in (switch.record or {}).items() if key in ("before", "cutover_values", "run_id")}
+    return {**facts, "env": switch.env, "parameters": switch.names, "state": f"{switch.kind}-started",
+            "values_after": switch.desired, "redeployed": [], "started_at": time.time(), "last_run_id": switch.run_id}
+
+
+def _result(switch: Switch, writer: Writer) -> dict:
+    return {
+        "command": switch.kind, "env": switch.env, "dry_run": writer.dry_run, "run_id": switch.run_id,
+        "checks": [{"passed": c.passed, "reason": c.reason} for c in switch.checks],
+        "gate": "pass",
+        "parameters": [{"key": key, "name": switch.names[key], "now": h.current.value, "now_version": h.current.number,
+                        "after": switch.desired[key], "after_version": h.current.number,
+                        "change": "write" if key in switch.changes else "unchanged"}
+                       for key, h in switch.histories.items()],
+        "redeployed": [], "actions": writer.actions, "refused": writer.refusals, "outcome": "",
+    }
+
+
+def _finish(result: dict, writer: Writer) -> dict:
+    if writer.dry_run:
+        verdict = "would be refused" if writer.refusals else "would go ahead"
+        result["outcome"] = f"dry run, nothing written; the {result['command']} {verdict}"
+    return result
+
+
+def _done_message(switch: Switch) -> str:
+    where = f"{switch.desired['endpoint']}:{switch.desired['port']}"
+    if switch.kind == "cutover":
+        return f"cut over to {where}; the apps use it once redeployed; undo with: redis-migrate rollback --env {switch.env}"
+    return f"rolled back to {where}; the apps use it once redeployed"
+
+
+# --- the commands ------------------------------------------------------------------------------------
+
+def read_histories(clients: Clients, names: dict[str, str]) -> dict[str, History]:
+    """Both parameters must exist: creating one nobody reads would make a typo look like a cutover."""
+    histories = {}
+    for key, name in names.items():
+        history = parameter_history(clients.ssm, name)
+        if history is None:
+            raise BadInput(f"SSM parameter {name} does not exist", MISSING_PARAMETER_HINT)
+        histories[key] = history
+    return histories
+
+
+def before_version(history: History) -> Version:
+    """The version in effect before the cutover: the current one, unless a cutover put it in effect
+    (a rerun after a partial failure, or a cutover to another target), then the one labelled pre-cutover."""
+    if LABEL_AFTER in history.current.labels:
+        return history.labelled(LABEL_BEFORE) or history.current
+    return history.current
+
+
+def new_run_id(now: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(2)
+
+
+def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
+            run_dir: str | None = None, prefix: str = DEFAULT_PREFIX, max_verify_age: str = "30m",
+            force: bool = False, redeploy: tuple[str, ...] = (), dry_run: bool = False,
+            clients: Clients | None = None, now: float | None = None) -> dict:
+    """Repoint the parameters at the target, gated by a fresh passing verify and recorded for rollback."""
+    clients = clients or Clients()
+    now = time.time() if now is None else now
+    names = parameter_names(env, prefix)
+    max_age = parse_duration(max_verify_age)
+    services = [parse_service(s) for s in redeploy]
+    rd = RunDir(run_dir) if run_dir else None
+    target = resolve_target(target_url, serverless_cache, clients)
+    writer = Writer(clients, dry_run)
+    with writer.lock(rd):
+        histories = read_histories(clients, names)
+        switch = Switch("cutover", env, names, histories, target.values,
+                        pre_cutover={key: before_version(h) for key, h in histories.items()},
+                        record=rd.read("cutover") if rd else None,
+                        checks=[verify_gate(rd, max_age, target, now)],
+                        labels_before=(LABEL_BEFORE,), labels_after=(LABEL_AFTER,), run_id=new_run_id(now))
+        return run_switch(switch, writer, rd, services, force)
+
+
+def rollback(env: str, *, run_dir: str | None = None, prefix: str = DEFAULT_PREFIX, force: bool = False,
+             redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
+             now: float | None = None) -> dict:
+    """Put back exactly the recorded values, refusing if someone else changed the parameters since."""
+    clients = clients or Clients()
+    now = time.time() if now is None else now
+    names = parameter_names(env, prefix)
+    services = [parse_service(s) for s in redeploy]
+    rd = RunDir(run_dir) if run_dir else None
+    writer = Writer(clients, dry_run)
+    with writer.lock(rd):
+        histories = read_histories(clients, names)
+        record = rd.read("cutover") if rd else None
+        restore, wrote, source = _rollback_values(record, histories, names)
+        switch = Switch("rollback", env, names, histories, {key: v.value for key, v in restore.items()},
+                        pre_cutover=restore, record=record, checks=[_unchanged_since_cutover(histories, restore, wrote, source)],
+                        run_id=new_run_id(now))
+        result = run_switch(switch, writer, rd, services, force)
+        result["restored_from"] = source
+        return result
+
+
+def _rollback_values(record: dict | None, histories: dict[str, History],
+                     names: dict[str, str]) -> tuple[dict[str, Version], dict[str, str], str]:
+    """(values to restore, values the cutover wrote, where they came from): the run dir, else the SSM labels."""
+    if record and "before" in record:
+        if record.get("parameters") != names:
+            raise BadInput(f"the run dir's cutover.json is for {sorted(record.get('parameters', {}).values())}, "
+                           f"not {sorted(names.values())}", "pass the --env and --param-prefix the cutover used")
+        restore = {key: Version(int(v["version"]), v["value"]) for key, v in record["before"].items()}
+        return restore, record["cutover_values"], "run dir cutover.json"
+    restore, wrote = {}, {}
+    for key, history in histories.items():
+        before, after = history.labelled(LABEL_BEFORE), history.labelled(LABEL_AFTER)
+        if before is None or after is None:
+            raise BadInput(f"{history.name} has no versions labelled {LABEL_BEFORE}/{LABEL_AFTER}, so no cutover "
+                           "by this tool is recorded in SSM",
+                           "pass the --run-dir of the cutover, or restore by hand with aws ssm put-parameter --overwrite")
+        restore[key], wrote[key] = before, after.value
+    return restore, wrote, "SSM labels pre-cutover/cutover"
+
+
+def _unchanged_since_cutover(histories: dict[str, History], restore: dict[str, Version],
+                             wrote: dict[str, str], source: str) -> Check:
+    """Each parameter must hold what the cutover wrote (or already the old value): anything else is someone else's."""
+    foreign = [f"{h.name}={h.current.value!r} (version {h.current.number}), cutover wrote {wrote[key]!r}"
+               for key, h in histories.items() if h.current.value not in (wrote[key], restore[key].value)]
+    if foreign:
+        return Check(False, "changed since the cutover by someone else: " + "; ".join(foreign),
+                     "find out who changed them and why; --force restores the recorded values anyway")
+    return Check(True, f"the parameters hold what the cutover wrote (recorded in {source})")
+
+
+# --- human output -----------------------------------------------------------------------------------
+
+def _after_cell(row: dict) -> str:
+    if row["change"] == "unchanged":
+        return f"{row['after']} (unchanged)"
+    return f"{row['after']} ({'v' + str(row['after_version']) if row['after_version'] else 'new version'})"
+
+
+def render(result: dict) -> str:
+    """A short table: the check verdicts, each parameter now and after, redeploys, and the outcome."""
+    head = f"{result['command']}  env {result['env']}  run {result['run_id']}"
+    lines = [head + ("  (DRY RUN: nothing written)" if result["dry_run"] else "")]
+    for check in result["checks"]:
+        verdict = "pass" if check["passed"] else result["gate"].upper()
+        lines.append(f"  check     {verdict}: {check['reason']}")
+    cells = [(row["name"], f"{row['now']} (v{row['now_version']})", _after_cell(row)) for row in result["parameters"]]
+    widths = [max(len(cell[i]) for cell in cells + [("parameter", "now", "")]) for i in (0, 1)]
+    for name, now, after in [("parameter", "now", "after"), *cells]:
+        lines.append(f"  {name.ljust(widths[0])}  {now.ljust(widths[1])}  {after}")
+    for deploy in result["redeployed"]:
+        lines.append(f"  redeploy  {deploy['service']}: {deploy['deployment'] or 'would force a new deployment'}")
+    for refusal in result["refused"]:
+        lines.append(f"  refused   {refusal}")
+    if result["dry_run"]:
+        lines += [f"  would     {action}" for action in result["actions"]]
+    lines.append(f"  result    {result['outcome']}")
+    return "\n".join(lines)

@@ -1,0 +1,321 @@
+"""Read-only preflight: what will be migrated, how, into what, and what would stop it.
+
+It never writes to the source. On the target it only DUMPs a scratch key (set and deleted at once) to learn
+the RDB version, which decides the replay mode. The verdict is "go" or "blockers"; each blocker says its fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import redis
+
+from .aws import Clients, describe_serverless_cache, parameter_history
+from .cutover import DEFAULT_PREFIX, LABEL_AFTER, LABEL_BEFORE, parameter_names
+from .endpoints import Endpoint, Node, Topology, discover, probe_rdb_version, rdb_version_of, translated_errors
+
+GB = 10**9  # the cache's DataStorage unit, read as the smaller decimal GB: the conservative choice
+ECPU_PRICE_PER_MILLION = 0.0034
+STORAGE_PRICE_GB_MONTH = 0.125
+ECPU_BYTES = 1024  # 1 ECPU per KB written, at least 1 per request
+LARGEST_SHOWN = 10
+ELEMENT_BYTES_GUESS = 64  # per collection member, where MEMORY USAGE is unavailable
+KEY_OVERHEAD_BYTES = 50
+_LENGTH_COMMAND = {"string": "STRLEN", "hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD", "stream": "XLEN"}
+
+
+@dataclass(frozen=True)
+class SampledKey:
+    key: bytes
+    node: Node
+    type: str
+    has_ttl: bool
+    size: int
+
+
+def plan(source_url: str, target_url: str, *, serverless_cache: str | None = None, env: str | None = None,
+         prefix: str = DEFAULT_PREFIX, sample: int = 5000, storage_headroom: float = 1.5,
+         tls_insecure: bool = False, clients: Clients | None = None) -> dict:
+    """Survey both sides (and the cache and SSM when named) and collect blockers with their fixes."""
+    clients = clients or Clients()
+    names = parameter_names(env, prefix) if env else None
+    source = discover(Endpoint.from_url("source", source_url, tls_insecure=tls_insecure))
+    target = discover(Endpoint.from_url("target", target_url, tls_insecure=tls_insecure))
+    blockers: list[dict] = []
+    warnings: list[str] = []
+
+    src = survey_source(source, sample, blockers, warnings)
+    tgt = {**_side(target), "keys": _key_count(target), "rdb_version": probe_rdb_version(target)}
+    if tgt["keys"]:
+        blockers.append(_blocker(f"the target already holds {tgt['keys']} keys",
+                                 "flush it if they are leftovers, or pass --allow-nonempty-target to replay if they "
+                                 "are meant to stay (a resumed replay, or data the apps already wrote there)"))
+    result = {"source": src, "target": tgt, "replay": _replay_mode(src["rdb_version"], tgt["rdb_version"])}
+    if serverless_cache:
+        result["serverless_cache"] = _cache_section(clients, serverless_cache, src, target, storage_headroom,
+                                                    blockers, warnings)
+    if names:
+        result["ssm"] = _ssm_section(clients, names, source, target, blockers, warnings)
+    result.update(verdict="blockers" if blockers else "go", blockers=blockers, warnings=warnings)
+    return result
+
+
+def _blocker(problem: str, fix: str) -> dict:
+    return {"problem": problem, "fix": fix}
+
+
+def _side(topology: Topology) -> dict:
+    described = topology.describe()
+    described["masters"] = {node.name: sum(end - start + 1 for start, end in node.slots) for node in topology.masters}
+    return described
+
+
+def _key_count(topology: Topology) -> int:
+    """DBSIZE summed over the masters (not atomic on a cluster: a preflight figure)."""
+    with translated_errors(topology.endpoint):
+        return sum(topology.client(node).dbsize() for node in topology.masters)
+
+
+# --- the source --------------------------------------------------------------------------------------
+
+def survey_source(source: Topology, sample: int, blockers: list[dict], warnings: list[str]) -> dict:
+    """Keys, memory, other databases and a bounded sample: histogram, TTL share, largest keys, data size."""
+    with translated_errors(source.endpoint):
+        keys_per_master = {node.name: source.client(node).dbsize() for node in source.masters}
+        used_memory = _used_memory(source)
+        other_dbs = _other_databases(source, warnings)
+        sampled, method = sample_keys(source, sample)
+        rdb = _source_rdb_version(source, sampled)
+    total = sum(keys_per_master.values())
+    if other_dbs:
+        listing = ", ".join(f"db{db}: {count} keys" for db, count in sorted(other_dbs.items()))
+        blockers.append(_blocker(
+            f"the source has data outside db{source.endpoint.db}, which is the only one migrated ({listing})",
+            "ElastiCache Serverless has only db 0: migrate each database in its own run into its own cache "
+            f"(source URL .../<db>), or move the keys into db{source.endpoint.db}, or flush those databases if unused"))
+    if not total:
+        warnings.append("the source is empty: there is nothing to migrate")
+    data_bytes = _extrapolate(sampled, total, lambda k: k.size)
+    return {
+        **_side(source), "rdb_version": rdb, "keys": total, "keys_per_master": keys_per_master,
+        "used_memory": used_memory, "data_bytes": data_bytes,
+        "ecpu_to_write": _extrapolate(sampled, total, lambda k: max(1, math.ceil(k.size / ECPU_BYTES))),
+        "sample": {
+            "keys": len(sampled), "size_method": method,
+            "types": dict(Counter(k.type for k in sampled).most_common()),
+            "ttl_share": round(sum(k.has_ttl for k in sampled) / len(sampled), 4) if sampled else 0.0,
+            "largest": [{"key": k.key.decode(errors="backslashreplace"), "type": k.type, "bytes": k.size}
+                        for k in sorted(sampled, key=lambda k: k.size, reverse=True)[:LARGEST_SHOWN]],
+        },
+    }
+
+
+def _extrapolate(sampled: list[SampledKey], total: int, measure) -> int:
+    """The sample's mean, scaled to every key."""
+    return round(sum(measure(k) for k in sampled) / len(sampled) * total) if sampled else 0
+
+
+def _used_memory(topology: Topology) -> int | None:
+    """INFO memory's used_memory summed over masters, or None where a server does not report it (serverless)."""
+    total = 0
+    for node in topology.masters:
+        try:
+            total += int(topology.client(node).info("memory")["used_memory"])
+        except (redis.ResponseError, KeyError, ValueError):
+            return None
+    return total
+
+
+def _other_databases(topology: Topology, warnings: list[str]) -> dict[int, int]:
+    """Keys per database other than the migrated one, from INFO keyspace (a cluster only ever shows db0)."""
+    found: dict[int, int] = {}
+    for node in topology.masters:
+        try:
+            keyspace = topology.client(node).info("keyspace")
+        except redis.ResponseError:
+            warnings.append(f"INFO keyspace is unavailable on {node.name}: other databases were not checked")
+            continue
+        for name, stats in keyspace.items():
+            db = int(name[2:]) if name.startswith("db") and name[2:].isdigit() else None
+            if db is not None and db != topology.endpoint.db and stats.get("keys"):
+                found[db] = found.get(db, 0) + int(stats["keys"])
+    return found
+
+
+def sample_keys(topology: Topology, limit: int) -> tuple[list[SampledKey], str]:
+    """Up to `limit` keys, spread over the masters, with type, TTL and size (MEMORY USAGE, else an estimate)."""
+    per_master = max(1, math.ceil(limit / len(topology.masters)))
+    sampled: list[SampledKey] = []
+    method = "memory-usage"
+    for node in topology.masters:
+        client = topology.client(node)
+        keys = list(dict.fromkeys(_scan_some(client, per_master)))  # SCAN may repeat a key
+        if keys and method == "memory-usage" and not _memory_usage_works(client, keys[0]):
+            method = "estimate"
+        sampled += _describe(client, node, keys, method)
+    return sampled, method
+
+
+def _scan_some(client: redis.Redis, limit: int) -> list[bytes]:
+    keys = []
+    for key in client.scan_iter(count=1000):
+        keys.append(key)
+        if len(keys) >= limit:
+            break
+    return keys
+
+
+def _memory_usage_works(client: redis.Redis, key: bytes) -> bool:
+    """MEMORY is refused on ElastiCache Serverless (and renamed away on restricted test nodes)."""
+    try:
+        client.memory_usage(key)
+        return True
+    except redis.ResponseError:
+        return False
+
+
+def _describe(client: redis.Redis, node: Node, keys: list[bytes], method: str) -> list[SampledKey]:
+    """TYPE and PTTL for each key in one pipeline, then the size in a second one."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.type(key)
+        pipe.pttl(key)
+    replies = pipe.execute()
+    kinds = [r.decode() if isinstance(r, bytes) else str(r) for r in replies[0::2]]
+    ttls = replies[1::2]
+    pipe = client.pipeline(transaction=False)
+    for key, kind in zip(keys, kinds):
+        if method == "memory-usage":
+            pipe.memory_usage(key)
+        else:
+            pipe.execute_command(_LENGTH_COMMAND.get(kind, "EXISTS"), key)
+    sizes = pipe.execute(raise_on_error=False)
+    result = []
+    for key, kind, ttl, size in zip(keys, kinds, ttls, sizes):
+        if kind == "none" or isinstance(size, Exception):  # gone since the scan
+            continue
+        if method != "memory-usage":
+            size = len(key) + KEY_OVERHEAD_BYTES + (size if kind == "string" else size * ELEMENT_BYTES_GUESS)
+        result.append(SampledKey(key, node, kind, ttl >= 0, int(size or 0)))
+    return result
+
+
+def _source_rdb_version(source: Topology, sampled: list[SampledKey]) -> int | None:
+    """The RDB version in the source's DUMP payloads, from the smallest sampled key (never writes to the source)."""
+    for key in sorted(sampled, key=lambda k: k.size)[:5]:
+        payload = source.client(key.node).dump(key.key)
+        if payload:
+            return rdb_version_of(payload)
+    return None
+
+
+def _replay_mode(source_rdb: int | None, target_rdb: int) -> dict:
+    if source_rdb is None or target_rdb >= source_rdb:
+        return {"mode": "restore", "why": f"target RDB {target_rdb} >= source RDB {source_rdb}: DUMP payloads RESTORE as they are"}
+    return {"mode": "struct", "why": f"target RDB {target_rdb} < source RDB {source_rdb}: RESTORE would refuse the "
+                                     "payloads, so replay writes each key type by type (slower)"}
+
+
+# --- the serverless cache and SSM ---------------------------------------------------------------------
+
+def _cache_section(clients: Clients, name: str, src: dict, target: Topology, headroom: float,
+                   blockers: list[dict], warnings: list[str]) -> dict:
+    """Storage fit with headroom, replay time and cost at the ECPU limits, and the endpoint to use as target."""
+    cache = describe_serverless_cache(clients, name)
+    section = cache.describe()
+    if cache.status != "available":
+        blockers.append(_blocker(f"serverless cache {name} is {cache.status}", "wait until it is available"))
+    needed = src["data_bytes"] * headroom
+    section["storage_needed_bytes"] = round(needed)
+    if cache.storage_max_gb is not None and needed > cache.storage_max_gb * GB:
+        blockers.append(_blocker(
+            f"serverless cache {name} stores at most {cache.storage_max_gb} GB, but the source data "
+            f"(~{src['data_bytes'] / GB:.2f} GB) with x{headroom} headroom needs {needed / GB:.2f} GB; "
+            "at the maximum it evicts keys, then refuses writes",
+            f"raise CacheUsageLimits DataStorage Maximum to at least {math.ceil(needed / GB)} GB "
+            f"(aws elasticache modify-serverless-cache --serverless-cache-name {name} --cache-usage-limits ...)"))
+    ecpu = src["ecpu_to_write"]
+    section["replay_ecpu"] = ecpu
+    section["replay_ecpu_cost_usd"] = round(ecpu / 1e6 * ECPU_PRICE_PER_MILLION, 6)
+    section["storage_cost_usd_per_month"] = round(src["data_bytes"] / GB * STORAGE_PRICE_GB_MONTH, 4)
+    section["replay_seconds_at_ecpu_max"] = round(ecpu / cache.ecpu_max, 1) if cache.ecpu_max else None
+    section["advice"] = (f"about an hour before the replay, raise ECPUPerSecond Minimum (now {cache.ecpu_min}) to the rate "
+                         f"replay should run at (at most the Maximum, {cache.ecpu_max}) so the cache has scaled out "
+                         "before the load; lower it again afterwards")
+    target_at = (target.masters[0].host, target.masters[0].port) if len(target.masters) == 1 else None
+    if cache.host and target_at != (cache.host, cache.port):
+        warnings.append(f"--target is not the endpoint of serverless cache {name} ({cache.host}:{cache.port})")
+    return section
+
+
+def _ssm_section(clients: Clients, names: dict[str, str], source: Topology, target: Topology,
+                 blockers: list[dict], warnings: list[str]) -> dict:
+    """The parameters cutover will repoint: their values now, and whether they exist at all."""
+    section = {}
+    for key, name in names.items():
+        history = parameter_history(clients.ssm, name)
+        if history is None:
+            section[name] = {"exists": False}
+            blockers.append(_blocker(f"SSM parameter {name} does not exist, so cutover has nothing to repoint",
+                                     "check --env/--param-prefix, or create it with the value the apps use now"))
+            continue
+        section[name] = {"exists": True, "value": history.current.value, "version": history.current.number,
+                         "earlier_cutover_labels": bool(history.labelled(LABEL_BEFORE) or history.labelled(LABEL_AFTER))}
+    endpoint = section[names["endpoint"]].get("value")
+    if endpoint is not None and endpoint not in {n.host for n in source.masters + target.masters}:
+        warnings.append(f"{names['endpoint']} is {endpoint}, which is neither the source's nor the target's host "
+                        "as given here (fine if those are different names for the same servers)")
+    return section
+
+
+# --- human output -----------------------------------------------------------------------------------
+
+def render(result: dict) -> str:
+    """One screen: both sides, the replay mode, the source's shape, the cache and SSM, blockers and warnings."""
+    src, tgt = result["source"], result["target"]
+    blocked = len(result["blockers"])
+    lines = [f"plan: BLOCKED ({blocked})" if blocked else "plan: GO"]
+    for role, side in (("source", src), ("target", tgt)):
+        slots = "/".join(str(n) for n in side["masters"].values())
+        lines.append(f"  {role:<8} {side['kind']}, {side['server']} {side['version']}, RDB {side['rdb_version']}, "
+                     f"{len(side['masters'])} master(s) ({slots} slots), TLS {'yes' if side['tls'] else 'no'}, "
+                     f"auth {'yes' if side['auth'] else 'no'}, {side['keys']} keys  {side['url']}")
+    lines.append(f"  replay   {result['replay']['mode']}: {result['replay']['why']}")
+    sample = src["sample"]
+    memory = _bytes(src["used_memory"]) if src["used_memory"] is not None else "n/a"
+    lines.append(f"  data     ~{_bytes(src['data_bytes'])} ({sample['size_method']} over {sample['keys']} sampled keys), "
+                 f"used_memory {memory}, {sample['ttl_share']:.0%} of keys with a TTL")
+    lines.append("  types    " + (", ".join(f"{t} {n}" for t, n in sample["types"].items()) or "-"))
+    for item in sample["largest"][:5]:
+        lines.append(f"  largest  {item['key']} ({item['type']}, {_bytes(item['bytes'])})")
+    cache = result.get("serverless_cache")
+    if cache:
+        seconds = cache["replay_seconds_at_ecpu_max"]
+        lines.append(f"  cache    {cache['name']} {cache['status']}, {cache['engine']}, endpoint {cache['endpoint']}")
+        lines.append(f"           storage max {cache['storage_max_gb']} GB, needs {_bytes(cache['storage_needed_bytes'])} "
+                     f"with headroom; ECPU/s {cache['ecpu_per_second_min']}..{cache['ecpu_per_second_max']}")
+        lines.append(f"           replay writes {cache['replay_ecpu']} ECPU: {_usd(cache['replay_ecpu_cost_usd'])}"
+                     f"{'' if seconds is None else f', at least {seconds} s at the ECPU maximum'}; "
+                     f"storage {_usd(cache['storage_cost_usd_per_month'])}/month")
+        lines.append(f"           {cache['advice']}")
+    for name, param in result.get("ssm", {}).items():
+        lines.append(f"  ssm      {name} = {param['value']} (v{param['version']})" if param["exists"]
+                     else f"  ssm      {name} MISSING")
+    for blocker in result["blockers"]:
+        lines += [f"  BLOCKER  {blocker['problem']}", f"           fix: {blocker['fix']}"]
+    lines += [f"  warning  {w}" for w in result["warnings"]]
+    return "\n".join(lines)
+
+
+def _usd(amount: float) -> str:
+    return f"${amount:.2f}" if amount >= 0.01 else "< $0.01"
+
+
+def _bytes(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return str(count)

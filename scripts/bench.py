@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Benchmark: redis-migrate against a naive copier and redis-cli --pipe, in the same invocation.
+
+Seeds N generator-like keys (70% 100-byte strings; the rest small hashes, lists, sets and zsets;
+30% with TTLs) into a standalone source, then times, into a 3-master TLS cluster:
+  naive   a pipelined SCAN/DUMP -> RESTORE copier through redis-py's cluster pipeline (below)
+  tool    `redis-migrate run` (dump + replay, durable segments), and its peak RSS
+  verify  `redis-migrate verify` of source vs target, when the verify stage is there
+and, into one TLS node, `redis-cli --pipe` of the same RESTORE commands: the single-client ceiling.
+
+    .venv/bin/python scripts/bench.py --keys 1000000 [--rss-keys 100000] [--skip-naive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import testbed  # noqa: E402
+from migrate.wire import Wire, pack, pack_restore  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def naive_copy(source: redis.Redis, target: redis.RedisCluster, batch: int = 1000) -> int:
+    """The baseline: what a careful engineer writes in an afternoon with redis-py."""
+    copied = 0
+    cursor = 0
+    while True:
+        cursor, keys = source.scan(cursor, count=batch)
+        if keys:
+            read = source.pipeline(transaction=False)
+            for key in keys:
+                read.pttl(key)
+                read.dump(key)
+            replies = read.execute()
+            write = target.pipeline(transaction=False)
+            for key, ttl, payload in zip(keys, replies[0::2], replies[1::2]):
+                if payload is not None and ttl != -2:
+                    write.restore(key, max(ttl, 0), payload, replace=True)
+                    copied += 1
+            write.execute()
+        if cursor == 0:
+            return copied
+
+
+def seed(server: testbed.RedisServer, keys: int, seed_number: int = 1) -> None:
+    """Fast seeding with hand-packed pipelines: the benchmark's data set, deterministic."""
+    rng = random.Random(seed_number)
+    wire = Wire(_endpoint(server.url()), "127.0.0.1", server.port)
+    batch = []
+    for index in range(keys):
+        kind = rng.random()
+        key = b"bench:%d" % index
+        if kind < 0.70:
+            batch.append(pack(b"SET", key, rng.randbytes(50).hex().encode()))
+        elif kind < 0.78:
+            batch.append(pack(b"HSET", key, *[b"f%d" % i if j == 0 else b"v%d" % rng.randrange(10**6)
+                                              for i in range(5) for j in range(2)]))
+        elif kind < 0.86:
+            batch.append(pack(b"RPUSH", key, *[b"item-%d" % rng.randrange(10**6) for _ in range(8)]))
+        elif kind < 0.93:
+            batch.append(pack(b"SADD", key, *[b"m%d" % rng.randrange(10**6) for _ in range(8)]))
+        else:
+            batch.append(pack(b"ZADD", key, *[part for _ in range(8)
+                                               for part in (b"%f" % rng.random(), b"p%d" % rng.randrange(10**6))]))
+        if rng.random() < 0.30:
+            batch.append(pack(b"PEXPIRE", key, b"%d" % rng.randrange(3_600_000, 86_400_000)))
+        if len(batch) >= 5000:
+            wire.send(b"".join(batch))
+            wire.read(len(batch))
+            batch = []
+    if batch:
+        wire.send(b"".join(batch))
+        wire.read(len(batch))
+    wire.close()
+
+
+def _endpoint(url: str):
+    from migrate.endpoints import Endpoint
+    return Endpoint.from_url("source", url)
+
+
+def timed(label: str, func) -> tuple[float, object]:
+    started = time.monotonic()
+    result = func()
+    seconds = time.monotonic() - started
+    print(f"  {label:<28} {seconds:8.2f} s", flush=True)
+    return seconds, result
+
+
+def run_tool(args: list[str]) -> tuple[float, int, dict]:
+    """Time one CLI invocation; peak RSS is the largest of its processes (parent or dump child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.monotonic()
+    done = subprocess.run([str(ROOT / ".venv/bin/redis-migrate"), *args, "--json"], capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"redis-migrate {args[0]} failed: {done.stderr}")
+    return seconds, max(peak_kb, before) // 1024, json.loads(done.stdout or "{}")
+
+
+def redis_cli_pipe(run_dir: Path, node: testbed.RedisServer, certs: testbed.Certs) -> float:
+    """Mass insertion of the dump's RESTORE commands into one TLS node with redis-cli --pipe."""
+    from migrate.records import read_segment
+    from migrate.state import RunDir
+    from migrate.store import list_segments
+    stream = run_dir.parent / "restore.resp"
+    with open(stream, "wb") as out:
+        for path in list_segments(RunDir(run_dir)):
+            out.write(b"".join(pack_restore(r.key, r.expire_at, r.payload) for r in read_segment(path)))
+    node.client().flushall()
+    command = ["redis-cli", "--tls", "--cacert", str(certs.ca), "-p", str(node.port), "--pipe"]
+    env = {**os.environ, "REDISCLI_AUTH": node.password or ""}
+    started = time.monotonic()
+    with open(stream, "rb") as data:
+        subprocess.run(command, stdin=data, check=True, capture_output=True, env=env)
+    return time.monotonic() - started
+
+
+def bench(keys: int, base: Path, certs: testbed.Certs, skip_naive: bool) -> dict:
+    print(f"\n== {keys:,} keys", flush=True)
+    source = testbed.start_standalone(base / f"src-{keys}", password="bench-source-pw")
+    target = testbed.start_cluster(base / f"tgt-{keys}", 3, password="bench-target-pw", certs=certs)
+    single = testbed.start_cluster(base / f"one-{keys}", 1, password="bench-target-pw", certs=certs)
+    try:
+        timed("seed", lambda: seed(source, keys))
+        result: dict = {"keys": source.client().dbsize()}
+        if not skip_naive:
+            result["naive_s"], _ = timed("naive copier", lambda: naive_copy(source.client(), target.cluster_client()))
+            target.flush()
+        run_dir = base / f"run-{keys}"
+        seconds, rss, summary = run_tool(["run", "--source", source.url(), "--target", target.url(),
+                                          "--run-dir", str(run_dir)])
+        print(f"  {'redis-migrate run':<28} {seconds:8.2f} s   peak RSS {rss} MB", flush=True)
+        result.update(tool_s=seconds, tool_rss_mb=rss, restored=summary.get("restored"))
+        if "verify" in _commands():
+            seconds, rss, _ = run_tool(["verify", "--source", source.url(), "--target", target.url()])
+            print(f"  {'redis-migrate verify':<28} {seconds:8.2f} s   peak RSS {rss} MB", flush=True)
+            result.update(verify_s=seconds, verify_rss_mb=rss)
+        result["redis_cli_pipe_s"], _ = timed("redis-cli --pipe (1 node)",
+                                              lambda: redis_cli_pipe(run_dir, single.first, certs))
+        return result
+    finally:
+        for server in (source, target, single):
+            server.stop()
+
+
+def _commands() -> set[str]:
+    from migrate.cli import cli
+    return set(cli.commands)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--rss-keys", type=int, default=100_000, help="a second, smaller run for RSS flatness")
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="redis-migrate-bench-"))
+    certs = testbed.Certs.make(base / "certs")
+    results = [bench(n, base, certs, args.skip_naive) for n in sorted({args.rss_keys, args.keys}) if n]
+    print("\n== results")
+    for result in results:
+        if "naive_s" in result:
+            result["tool_vs_naive"] = round(result["tool_s"] / result["naive_s"], 3)
+            if "verify_s" in result:
+                result["verify_vs_naive"] = round(result["verify_s"] / result["naive_s"], 3)
+        result["tool_vs_redis_cli"] = round(result["tool_s"] / result["redis_cli_pipe_s"], 2)
+        result["tool_keys_per_s"] = round(result["keys"] / result["tool_s"])
+        print(json.dumps(result))
+    testbed.remove(base)
+
+
+if __name__ == "__main__":
+    main()
