@@ -31,7 +31,7 @@ from .keyread import NO_EXPIRY, SideReader, View, has_pexpiretime
 from .sidescan import ScanJob, SideScans, combined
 from .slots import SLOT_COUNT
 from .state import RunDir, atomic_write
-from .wire import Wire, pack
+from .wire import pack
 
 REPORT_NAME = "verify-report.jsonl"
 Progress = Callable[[int], None]
@@ -82,7 +82,7 @@ class Reference(Protocol):
 
     def sample(self, count: int) -> list[bytes]: ...
 
-    def records(self, keys: list[bytes], target_rdb: int): ...
+    def records(self, keys: list[bytes], target_rdb: int) -> list: ...
 
     def close(self) -> None: ...
 
@@ -108,18 +108,10 @@ class SourceReference:
 
     def records(self, keys: list[bytes], target_rdb: int):
         """The keys as dump records (DUMP payloads, or struct chunks where the target is older),
-        read by the data path's own reader, so that repair copies exactly as replay does."""
-        from .dump import DumpCounts, DumpOptions, KeyReader
-        options = DumpOptions(db=self.db, target_rdb=target_rdb)
-        records, counts = [], DumpCounts()
+        read by the data path itself, so that repair copies exactly as replay does."""
+        from .dump import DumpOptions, read_records
         with translated_errors(self.topology.endpoint):
-            for index, group in self.reader.by_owner(keys).items():
-                node = self.topology.masters[index]
-                wire = Wire(self.topology.endpoint, node.host, node.port, self.db)
-                try:
-                    records += KeyReader(wire, self.topology, options).read(group, counts)
-                finally:
-                    wire.close()
+            records, _ = read_records(self.topology, keys, DumpOptions(db=self.db, target_rdb=target_rdb))
         return records
 
     def close(self) -> None:
