@@ -5,11 +5,11 @@ canonical digest of every key (digest) into XOR totals per slot. Only where a sl
 are the keys compared one by one. Every key found different is then read again on both sides, for
 `rounds` rounds, before it is reported, because the source may still take writes:
 
-    equal in some round           not a difference (it was in flight)
-    gone on both sides            vanished (or expired, if it had a TTL): accounted, not a difference
-    gone on one side, TTL due     expired: accounted, not a difference
-    still moving in the last round  changing
-    otherwise                     missing, extra, type, value or ttl
+    equal in some round             not a difference (it was in flight)
+    gone on both sides              vanished (or expired, if it had a TTL): accounted, not a difference
+    gone on one side, TTL due       expired: accounted, not a difference
+    same as in the previous read    missing, extra, type, value or ttl: reported
+    moved since the previous read   read again after a pause, up to `rounds` reads; then `changing`
 
 The result goes to `<run-dir>/verify.json` (the cutover gate reads it), the differences to a JSON
 lines report. `run_verify` raises nothing for differences: the CLI maps "not equal" to exit 1.
@@ -169,10 +169,13 @@ class Settled:
 
 def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tuple[View, View]],
            options: VerifyOptions) -> Settled:
-    """Re-read the differing keys on both sides, up to `rounds` times; see the module docstring."""
+    """Re-read the differing keys on both sides before reporting them; see the module docstring.
+
+    A key that reads the same as last time is settled: it is reported as it is. Only keys that moved
+    are read again, after `round_interval`, up to `rounds` reads; one still moving then is `changing`.
+    """
     settled = Settled([])
     pending = dict(candidates)
-    moving: set[bytes] = set()
     tolerance = options.ttl_tolerance_ms
     for round_number in range(max(options.rounds, 1)):
         if not pending:
@@ -184,7 +187,7 @@ def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tup
         with translated_errors(target.topology.endpoint):
             tgt = target.read(keys)
         now = now_ms()
-        still: dict[bytes, tuple[View, View]] = {}
+        moving: dict[bytes, tuple[View, View]] = {}
         for key in keys:
             before_ref, before_tgt = pending[key]
             pair = (ref[key], tgt[key])
@@ -196,16 +199,12 @@ def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tup
             elif kind == EXPIRED:
                 settled.expired += 1
             elif kind is not None:
-                still[key] = pair
                 if moved(before_ref, pair[0], tolerance) or moved(before_tgt, pair[1], tolerance):
-                    moving.add(key)
+                    moving[key] = pair
                 else:
-                    moving.discard(key)
-        pending = still
-    now = now_ms()
-    for key, (ref_view, tgt_view) in pending.items():
-        kind = "changing" if key in moving else classify(ref_view, tgt_view, now, tolerance)
-        settled.differences.append(Difference(key, kind, ref_view, tgt_view))
+                    settled.differences.append(Difference(key, kind, *pair))
+        pending = moving
+    settled.differences += [Difference(key, "changing", *pair) for key, pair in pending.items()]
     settled.differences.sort(key=lambda d: (KINDS.index(d.kind), d.key))
     return settled
 
