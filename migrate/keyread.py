@@ -115,38 +115,87 @@ def _unstable() -> int:
     return random.getrandbits(64)
 
 
-class DigestReader:
-    """Reads batches of keys on one node through a Wire."""
+class Batch:
+    """Keys on their way through a reader: probed (type, expiry), then their first windows read."""
 
-    def __init__(self, wire: Wire, exact_ttl: bool, digest: bool = True) -> None:
+    __slots__ = ("keys", "bulks", "types", "expires", "counts")
+
+    def __init__(self, keys: list[bytes]) -> None:
+        self.keys = keys
+        self.bulks = [bulk(key) for key in keys]
+        self.types: list = []
+        self.expires: list[int] = []
+        self.counts: list[int] = []
+
+
+class DigestReader:
+    """Reads batches of keys on one node through a Wire.
+
+    `read` does a batch in two round trips. A scan worker instead drives the stages itself
+    (probe, probed, windows, views) to keep the server busy while it digests the previous batch;
+    big values are then read on `side`, a second connection, since `wire` has replies in flight.
+    """
+
+    def __init__(self, wire: Wire, exact_ttl: bool, digest: bool = True, side: Wire | None = None) -> None:
         self.wire = wire
+        self.side = side or wire
         self._expiry = _PEXPIRETIME if exact_ttl else _PTTL
         self._exact_ttl = exact_ttl
-        self._with_digest = digest
+        self.with_digest = digest
 
     def _call(self, payload: bytes, count: int) -> list:
         self.wire.send(payload)
         return self.wire.read(count)
 
     def _one(self, *args: bytes | str | int):
-        return self.wire.call(*(a if isinstance(a, bytes) else str(a).encode() for a in args))
+        return self.side.call(*(a if isinstance(a, bytes) else str(a).encode() for a in args))
 
     def read(self, keys: list[bytes]) -> list[View]:
         """A View for each key, in order; ABSENT for a key that does not exist."""
         if not keys:
             return []
-        bulks = [bulk(key) for key in keys]
+        batch = Batch(keys)
+        self.probed(batch, self._call(*self.probe(batch)))
+        if not self.with_digest:
+            return self.census(batch)
+        return self.views(batch, self._call(*self.windows(batch)))
+
+    def probe(self, batch: Batch) -> tuple[bytes, int]:
+        """TYPE and PEXPIRETIME (or PTTL) of every key: the commands and their reply count."""
         expiry = self._expiry
-        replies = self._call(b"".join([_TYPE + b + expiry + b for b in bulks]), 2 * len(keys))
+        return b"".join([_TYPE + b + expiry + b for b in batch.bulks]), 2 * len(batch.keys)
+
+    def probed(self, batch: Batch, replies: list) -> None:
         now = int(time.time() * 1000)
-        types = replies[0::2]
-        expires = [self._absolute(e, now) for e in replies[1::2]]
-        if not self._with_digest:
-            return [ABSENT if t == b"none" or e == -2 else View(_type_name(t), 0, e, 0) for t, e in zip(types, expires)]
-        values = self._first_windows(bulks, types)
+        batch.types = replies[0::2]
+        batch.expires = [self._absolute(e, now) for e in replies[1::2]]
+
+    def census(self, batch: Batch) -> list[View]:
+        """Type and expiry only, no value read."""
+        return [ABSENT if t == b"none" or e == -2 else View(_type_name(t), 0, e, 0)
+                for t, e in zip(batch.types, batch.expires)]
+
+    def windows(self, batch: Batch) -> tuple[bytes, int]:
+        """The first window of each value, chosen by type: the commands and their reply count."""
+        parts, counts = [], []
+        for b, type_name in zip(batch.bulks, batch.types):
+            template = _FIRST.get(type_name)
+            if template is None:
+                template = b"" if type_name == b"none" else _DUMP + b"%b"
+            parts.append(template.replace(b"%b", b))
+            counts.append(_REPLIES.get(type_name, 1))
+        batch.counts = counts
+        return b"".join(parts), sum(counts)
+
+    def views(self, batch: Batch, replies: list) -> list[View]:
+        """Digest each key from its first window (reading on, on `side`, for a big value)."""
+        values, pos = [], 0
+        for count in batch.counts:
+            values.append(replies[pos] if count == 1 else tuple(replies[pos:pos + count]) if count else None)
+            pos += count
         views = []
         append, small_values = views.append, _SMALL.get
-        for key, type_reply, expire_at, value in zip(keys, types, expires, values):
+        for key, type_reply, expire_at, value in zip(batch.keys, batch.types, batch.expires, values):
             if type_reply == b"none" or expire_at == -2:
                 append(ABSENT)
                 continue
@@ -163,22 +212,6 @@ class DigestReader:
         if not isinstance(reply, int) or reply < 0:
             return reply if isinstance(reply, int) else NO_EXPIRY
         return reply if self._exact_ttl else now + reply
-
-    def _first_windows(self, bulks: list[bytes], types: list) -> list:
-        """The first window of each value, in one round trip; (first, groups) for a stream."""
-        parts, counts = [], []
-        for b, type_name in zip(bulks, types):
-            template = _FIRST.get(type_name)
-            if template is None:
-                template = b"" if type_name == b"none" else _DUMP + b"%b"
-            parts.append(template.replace(b"%b", b))
-            counts.append(_REPLIES.get(type_name, 1))
-        replies = self._call(b"".join(parts), sum(counts))
-        values, pos = [], 0
-        for count in counts:
-            values.append(replies[pos] if count == 1 else tuple(replies[pos:pos + count]) if count else None)
-            pos += count
-        return values
 
     def _digest(self, key: bytes, type_name: str, expire_at: int, value) -> View:
         type_name = _type_name(type_name)

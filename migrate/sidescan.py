@@ -30,9 +30,9 @@ from xxhash import xxh3_128_intdigest
 from . import errors
 from .digest import TYPE_CODE, TYPES
 from .endpoints import Endpoint, Node, translated_errors
-from .keyread import NO_EXPIRY, DigestReader, View
+from .keyread import NO_EXPIRY, Batch, DigestReader, View
 from .slots import SLOT_COUNT, key_slot
-from .wire import Wire
+from .wire import Wire, pack
 
 SCAN_COUNT = 1000
 PROGRESS_EVERY = 20_000
@@ -94,24 +94,47 @@ class _Worker:
         self.job = job
         self.pipe = pipe
         self.entries: dict[int, bytearray] = {}
+        self.scanned = self.reported = 0
 
     def scan(self) -> ScanTotals:
+        """SCAN, probe, first windows and digests as a pipeline: each round trip carries the windows
+        of one batch, the probe of the next and the SCAN after that, and the batch before is
+        digested while the server works. So the server and this process are busy at the same time."""
         job = self.job
         wire = Wire(job.endpoint, job.node.host, job.node.port, job.db)
-        reader = DigestReader(wire, job.exact_ttl, digest=job.digest)
+        side = Wire(job.endpoint, job.node.host, job.node.port, job.db)
+        reader = DigestReader(wire, job.exact_ttl, digest=job.digest, side=side)
         self.result = ScanTotals(job.node.name, [0] * SLOT_COUNT)
         self.type_counts = [0] * len(TYPES)
-        cursor, scanned, reported = b"0", 0, 0
-        while True:
-            cursor, keys = wire.call(b"SCAN", cursor, b"COUNT", b"%d" % SCAN_COUNT)
-            self._add(keys, reader.read(keys))
-            scanned += len(keys)
-            if scanned - reported >= PROGRESS_EVERY or cursor == b"0":
-                self.pipe.send(("progress", scanned - reported))
-                reported = scanned
-            if cursor == b"0":
-                break
+        cursor: bytes | None = b"0"
+        probing = windowing = None
+        digesting: tuple[Batch, list] | None = None
+        while cursor is not None or probing or windowing or digesting:
+            payload, counts = [], []
+            for batch, stage in ((windowing, reader.windows), (probing, reader.probe)):
+                part, count = stage(batch) if batch else (b"", 0)
+                payload.append(part)
+                counts.append(count)
+            if cursor is not None:
+                payload.append(pack(b"SCAN", cursor, b"COUNT", b"%d" % SCAN_COUNT))
+            wire.send(b"".join(payload))
+            if digesting:
+                self._add(digesting[0].keys, reader.views(*digesting))
+            replies = wire.read(sum(counts) + (cursor is not None))
+            digesting = (windowing, replies[:counts[0]]) if windowing else None
+            if probing:
+                reader.probed(probing, replies[counts[0]:counts[0] + counts[1]])
+                if not reader.with_digest:
+                    self._add(probing.keys, reader.census(probing))
+                    probing = None
+            windowing, probing = probing, None
+            if cursor is not None:
+                cursor, keys = replies[-1]
+                probing = Batch(keys)
+                cursor = None if cursor == b"0" else cursor
         wire.close()
+        side.close()
+        self.pipe.send(("progress", self.scanned - self.reported))
         result = self.result
         result.by_type = Counter({TYPES[code]: n for code, n in enumerate(self.type_counts) if n})
         result.keys = sum(self.type_counts)
@@ -119,6 +142,10 @@ class _Worker:
 
     def _add(self, keys: list[bytes], views: list[View]) -> None:
         """Fold each key into its slot's total and keep its entry (the hot loop: locals only)."""
+        self.scanned += len(keys)
+        if self.scanned - self.reported >= PROGRESS_EVERY:
+            self.pipe.send(("progress", self.scanned - self.reported))
+            self.reported = self.scanned
         totals, entries, type_counts = self.result.totals, self.entries, self.type_counts
         ttl_grid, pack_entry, codes = self.job.ttl_grid, _ENTRY.pack, TYPE_CODE
         with_ttl = 0
