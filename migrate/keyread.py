@@ -166,9 +166,11 @@ class DigestReader:
         return b"".join([_TYPE + b + expiry + b for b in batch.bulks]), 2 * len(batch.keys)
 
     def probed(self, batch: Batch, replies: list) -> None:
-        now = int(time.time() * 1000)
         batch.types = replies[0::2]
-        batch.expires = [self._absolute(e, now) for e in replies[1::2]]
+        batch.expires = replies[1::2]
+        if not self._exact_ttl or ReplyError in map(type, batch.expires):
+            now = int(time.time() * 1000)
+            batch.expires = [self._absolute(e, now) for e in batch.expires]
 
     def census(self, batch: Batch) -> list[View]:
         """Type and expiry only, no value read."""
@@ -189,13 +191,10 @@ class DigestReader:
 
     def views(self, batch: Batch, replies: list) -> list[View]:
         """Digest each key from its first window (reading on, on `side`, for a big value)."""
-        values, pos = [], 0
-        for count in batch.counts:
-            values.append(replies[pos] if count == 1 else tuple(replies[pos:pos + count]) if count else None)
-            pos += count
-        views = []
-        append, small_values = views.append, _SMALL.get
-        for key, type_reply, expire_at, value in zip(batch.keys, batch.types, batch.expires, values):
+        views: list[View] = []
+        append, small_values, next_reply = views.append, _SMALL.get, iter(replies).__next__
+        for key, type_reply, expire_at, count in zip(batch.keys, batch.types, batch.expires, batch.counts):
+            value = next_reply() if count == 1 else tuple(next_reply() for _ in range(count))
             if type_reply == b"none" or expire_at == -2:
                 append(ABSENT)
                 continue
