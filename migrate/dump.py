@@ -122,10 +122,15 @@ class RecordList(list):
 
 
 class KeyReader:
-    """Reads keys from one source node into records: DUMP payloads or struct chunks."""
+    """Reads keys from one source node into records: DUMP payloads or struct chunks.
 
-    def __init__(self, wire: Wire, topology: Topology, options: DumpOptions) -> None:
+    The batch script runs on its own connection (`bulk`) so that one batch can be in flight on the
+    server while the client stores the previous one; struct reads and fallbacks use `wire`.
+    """
+
+    def __init__(self, wire: Wire, bulk: Wire, topology: Topology, options: DumpOptions) -> None:
         self.wire = wire
+        self.bulk = bulk
         self.options = options
         self.has_pexpiretime = topology.version_tuple >= (7, 0)
         self.has_memory_usage = True
@@ -134,16 +139,29 @@ class KeyReader:
 
     def read(self, keys: list[bytes], counts: DumpCounts, sink: "RecordSink") -> None:
         """Records for these keys. Vanished and skipped keys are counted, never dropped silently."""
+        self.finish(keys, self.start(keys), counts, sink)
+
+    def start(self, keys: list[bytes]) -> bool:
+        """Send the batch script for these keys without waiting; True if it is in flight."""
+        admissible = [key for key in keys if len(key) <= MAX_KEY_BYTES]
+        if not (self.use_script and admissible):
+            return False
+        self.bulk.send(pack(b"EVAL", READ_SCRIPT, b"0", b"%d" % self.options.max_payload,
+                            b"1" if self.has_pexpiretime else b"0", *admissible))
+        return True
+
+    def finish(self, keys: list[bytes], in_flight: bool, counts: DumpCounts, sink: "RecordSink") -> None:
         keys = self._admissible(keys, counts)
-        if not keys:
-            return
-        if self.use_script:
-            replies = self.wire.call(b"EVAL", READ_SCRIPT, b"0", b"%d" % self.options.max_payload,
-                                     b"1" if self.has_pexpiretime else b"0", *keys, check=False)
+        if in_flight:
+            replies = self.bulk.read(1)[0]
             if not isinstance(replies, ReplyError):
                 self._scripted(keys, replies, counts, sink)
                 return
             self.use_script = False  # scripting or MEMORY is not allowed here: plain pipelines instead
+        if keys:
+            self._pipelined(keys, counts, sink)
+
+    def _pipelined(self, keys: list[bytes], counts: DumpCounts, sink: "RecordSink") -> None:
         small, large = [], []
         for key, expiry, size in zip(keys, *self._probe(keys)):
             if expiry == -2:
@@ -353,25 +371,39 @@ class MasterDumper:
         self.options = options
         self.ledger = ledger
         self.wire = Wire(topology.endpoint, node.host, node.port, options.db)
-        self.reader = KeyReader(self.wire, topology, options)
+        self.bulk = Wire(topology.endpoint, node.host, node.port, options.db)
+        self.reader = KeyReader(self.wire, self.bulk, topology, options)
+        self.writer = SegmentWriter()
+        self.pending = DumpCounts()
         # A segment written just before a crash may not be in the ledger yet; never reuse its number:
         # segments are immutable, and replay may already have applied it.
         written = [seq for master, seq in map(segment_id, list_segments(run_dir)) if master == index]
         state["next_seq"] = max([state["next_seq"], *(seq + 1 for seq in written)])
 
     def run(self, progress: Callable[[int], None]) -> None:
-        pending = DumpCounts()
+        """SCAN and send batch N+1 before storing batch N, so the server and this process work at once."""
         cursor = self.state["cursor"]
-        self.writer = SegmentWriter()
-        while not self.state["done"]:
-            cursor, keys = self._scan(cursor)
-            self.reader.read(keys, pending, self)
-            progress(len(keys))
-            finished = cursor == 0
-            if finished or self.writer.count >= SEGMENT_RECORDS or self.writer.raw_bytes >= SEGMENT_BYTES:
-                self._commit(pending, cursor, finished)
-                pending = DumpCounts()
+        scanning = not self.state["done"]
+        in_flight = None
+        while scanning or in_flight:
+            batch = None
+            if scanning:
+                cursor, keys = self._scan(cursor)
+                batch = (keys, self.reader.start(keys), cursor)
+                scanning = cursor != 0
+            if in_flight:
+                self._store(*in_flight, progress)
+            in_flight = batch
         self.wire.close()
+        self.bulk.close()
+
+    def _store(self, keys: list[bytes], sent: bool, cursor: int, progress: Callable[[int], None]) -> None:
+        self.reader.finish(keys, sent, self.pending, self)
+        progress(len(keys))
+        finished = cursor == 0
+        if finished or self.writer.count >= SEGMENT_RECORDS or self.writer.raw_bytes >= SEGMENT_BYTES:
+            self._commit(self.pending, cursor, finished)
+            self.pending = DumpCounts()
 
     # RecordSink: records go to the current segment, which is flushed early when a big key fills it.
     def add(self, record: Record) -> None:
@@ -491,7 +523,7 @@ def read_records(topology: Topology, keys: list[bytes], options: DumpOptions = D
         node = topology.masters[index]
         wire = Wire(topology.endpoint, node.host, node.port, options.db)
         try:
-            reader = KeyReader(wire, topology, options)
+            reader = KeyReader(wire, wire, topology, options)
             for start in range(0, len(node_keys), options.scan_count):
                 reader.read(node_keys[start:start + options.scan_count], counts, records)
         finally:

@@ -41,11 +41,11 @@ def warn(message: str) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None, unit: str = "keys", position: int = 0
+def progress_bar(description: str, total: int | None, unit: str = "keys", initial: int = 0
                  ) -> Iterator[ProgressCallback]:
     """A tqdm bar with rate and ETA on a TTY; silent otherwise (tqdm's disable=None does that)."""
-    bar = tqdm(total=total, desc=description, unit=unit, unit_scale=True, dynamic_ncols=True,
-               disable=None, file=sys.stderr, mininterval=0.5, position=position, leave=True)
+    bar = tqdm(total=total, desc=description, unit=unit, unit_scale=True, dynamic_ncols=True, initial=initial,
+               disable=None, file=sys.stderr, mininterval=0.5)
     try:
         yield bar.update
     finally:

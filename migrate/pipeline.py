@@ -93,14 +93,16 @@ def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptio
     run_dir.bind("source", {"url": source.endpoint.identity, "db": options.db})
     started = time.monotonic()
     total = source_key_count(source, options.db)
-    with progress("dump", total, position=0) as update:
+    with progress("dump", total) as update:
         with translated_errors(source.endpoint):
             ledger = dump_module.dump(run_dir, source, options, update)
     return {"dump": ledger.totals().to_dict(), "dump_done": ledger.done, "seconds": time.monotonic() - started}
 
 
 def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.ReplayOptions,
-                 progress: ProgressFactory = no_progress, dump_running: Callable[[], bool] = lambda: False) -> dict:
+                 progress: ProgressFactory = no_progress, dump_running: Callable[[], bool] = lambda: False,
+                 expected: int | None = None) -> dict:
+    """Replay what the dump holds; with `dump_running`, follow the dump as it writes (run)."""
     run_dir.bind("target", {"url": target.endpoint.identity})
     dump_ledger = run_dir.read("dump")
     if dump_ledger is None and not dump_running():
@@ -109,8 +111,12 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
         raise BadInput("--mode struct needs a dump made with --mode struct",
                        "dump again with --mode struct into a new --run-dir (or use `run --mode struct`)")
     started = time.monotonic()
-    total = sum(m["counts"]["dumped"] + m["counts"]["struct_keys"] for m in (dump_ledger or {}).get("masters", {}).values())
-    with progress("replay", total or None, position=1) as update:
+    if expected is None:
+        expected = sum(m["counts"]["dumped"] + m["counts"]["struct_keys"]
+                       for m in (dump_ledger or {}).get("masters", {}).values())
+    done = replay_module.ReplayCounts.from_dict((run_dir.read("replay") or {}).get("counts") or
+                                                replay_module.ReplayCounts().to_dict())
+    with progress("replay", expected or None, initial=done.restored + done.struct_written + done.expired) as update:
         with translated_errors(target.endpoint):
             ledger = replay_module.replay(run_dir, target, options, update, dump_running)
     dump_done = bool((run_dir.read("dump") or {}).get("finished_at"))
@@ -128,9 +134,10 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     started = time.monotonic()
     run_dir.bind("source", {"url": source.endpoint.identity, "db": dump_options.db})
     run_dir.bind("target", {"url": target.endpoint.identity})
-    child, errors = _start_dump_process(run_dir, source, dump_options, progress)
+    child, errors = _start_dump_process(run_dir, source, dump_options)  # one bar: the replay's
     try:
-        replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive)
+        replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
+                                expected=source_key_count(source, dump_options.db))
     finally:
         if child.is_alive():
             child.terminate()
@@ -142,19 +149,18 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     return summary
 
 
-def _start_dump_process(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
-                        progress: ProgressFactory):
+def _start_dump_process(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions):
     context = multiprocessing.get_context("fork")
     errors = context.Queue()
-    child = context.Process(target=_dump_child, args=(run_dir, source, options, progress, errors), daemon=True)
+    child = context.Process(target=_dump_child, args=(run_dir, source, options, errors), daemon=True)
     child.start()
     return child, errors
 
 
-def _dump_child(run_dir, source, options, progress, errors) -> None:
+def _dump_child(run_dir, source, options, errors) -> None:
     _die_with_parent()
     try:
-        dump_stage(run_dir, source, options, progress)
+        dump_stage(run_dir, source, options)
     except MigrateError as exc:
         errors.put((type(exc).__name__, exc.message, exc.hint))
         raise SystemExit(exc.exit_code)

@@ -7,14 +7,13 @@ not marked done is simply replayed again. A segment is marked done only when eve
 
 from __future__ import annotations
 
-import socket
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .endpoints import Topology, discover, probe_rdb_version
-from .errors import BadInput, GateRefused, RuntimeFailure
+from .errors import BadInput, GateRefused, MigrateError, RuntimeFailure
 from .records import DUMP, NO_EXPIRY, Record, read_segment
 from .slots import key_slot
 from .state import RunDir
@@ -118,6 +117,14 @@ def _stream_groups(key: bytes, items: list[bytes]) -> list[tuple[bytes, bool]]:
     return commands
 
 
+@dataclass
+class Sent:
+    """What one send left in flight: per node, the connection used, the records and their commands."""
+
+    nodes: list[tuple[int, Wire, list[Record], list]] = field(default_factory=list)
+    unsent: list[Record] = field(default_factory=list)
+
+
 class TargetWriter:
     """Routes records to the owning master and pipelines them; returns only when every reply is OK."""
 
@@ -144,6 +151,28 @@ class TargetWriter:
             wire.close()
 
     def write(self, records: list[Record], counts: ReplayCounts) -> None:
+        """Write every live record. One batch stays in flight while the next is packed and sent, so the
+        target nodes and this process work at the same time."""
+        live = self._live(records, counts)
+        in_flight: Sent | None = None
+        for start in range(0, len(live), BATCH_RECORDS):
+            batch = live[start:start + BATCH_RECORDS]
+            sent = self._send(batch)
+            if in_flight is not None:
+                retry = self._collect(in_flight, counts)
+                if retry:
+                    # Order matters for chunked keys: replay the failed records, then this batch again.
+                    self._collect(sent, ReplayCounts())
+                    self._write_batch(retry + batch, counts)
+                    sent = None
+            in_flight = sent
+        if in_flight is not None:
+            retry = self._collect(in_flight, counts)
+            if retry:
+                self._write_batch(retry, counts)
+
+    def _live(self, records: list[Record], counts: ReplayCounts) -> list[Record]:
+        """Records not yet expired; a key already expired is counted, never written."""
         now = int(time.time() * 1000)
         live = []
         for record in records:
@@ -152,8 +181,7 @@ class TargetWriter:
             else:
                 self._check_payload(record)
                 live.append(record)
-        for start in range(0, len(live), BATCH_RECORDS):
-            self._write_batch(live[start:start + BATCH_RECORDS], counts)
+        return live
 
     def _check_payload(self, record: Record) -> None:
         if record.kind == DUMP and record.rdb_version > self.target_rdb:
@@ -162,11 +190,12 @@ class TargetWriter:
                            "dump again with --mode struct (or use `run`, which probes the target and picks it)")
 
     def _write_batch(self, records: list[Record], counts: ReplayCounts) -> None:
+        """Send and confirm, retrying with backoff until every record is confirmed or time runs out."""
         deadline = time.monotonic() + self.options.retry_seconds
         pending = records
         delay = 0.05
         while pending:
-            pending = self._attempt(pending, counts)
+            pending = self._collect(self._send(pending), counts)
             if pending:
                 if time.monotonic() > deadline:
                     raise RuntimeFailure(f"the target kept failing for {self.options.retry_seconds:.0f}s "
@@ -176,8 +205,8 @@ class TargetWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _attempt(self, records: list[Record], counts: ReplayCounts) -> list[Record]:
-        """Send to every node, then read every node. Returns the records to retry, in order."""
+    def _send(self, records: list[Record]) -> "Sent":
+        """Pack each node's records and send them without waiting for the replies."""
         by_node: dict[int, list[Record]] = {}
         owners = self.owners
         for record in records:
@@ -186,22 +215,29 @@ class TargetWriter:
                 by_node[node].append(record)
             else:
                 by_node[node] = [record]
-        sent: dict[int, list[list[tuple[bytes, bool]]]] = {}
-        retry: list[Record] = []
+        sent = Sent()
         for index, node_records in by_node.items():
             commands = [[(pack_restore(r.key, r.expire_at, r.payload), False)] if r.kind == DUMP
                         else struct_commands(r) for r in node_records]
             self.limiter.acquire(len(node_records))
             try:
-                self._wire(index).send(b"".join(c for cmds in commands for c, _ in cmds))
-                sent[index] = commands
-            except (OSError, ConnectionError):
+                wire = self._wire(index)
+                wire.send(b"".join(c for cmds in commands for c, _ in cmds))
+                sent.nodes.append((index, wire, node_records, commands))
+            except (OSError, ConnectionError, MigrateError):
                 self._drop(index)
-                retry += node_records
-        self._reroute = False
-        for index, commands in sent.items():
-            retry += self._confirm(index, by_node[index], commands, counts)
-        if self._reroute:  # only after every node's replies are read, so no reply is left on a socket
+                sent.unsent += node_records
+        return sent
+
+    def _collect(self, sent: "Sent", counts: ReplayCounts) -> list[Record]:
+        """Read every node's replies; returns the records to retry (per node, in order)."""
+        retry = list(sent.unsent)
+        reroute = False
+        for index, wire, records, commands in sent.nodes:
+            node_retry, moved = self._confirm(index, wire, records, commands, counts)
+            retry += node_retry
+            reroute = reroute or moved
+        if reroute:  # only after every node's replies are read, so no reply is left on a socket
             self.close()
             self._route(discover(self.topology.endpoint))
         return retry
@@ -211,31 +247,31 @@ class TargetWriter:
         if wire:
             wire.close()
 
-    def _confirm(self, index: int, records: list[Record], commands: list, counts: ReplayCounts) -> list[Record]:
+    def _confirm(self, index: int, wire: Wire, records: list[Record], commands: list,
+                 counts: ReplayCounts) -> tuple[list[Record], bool]:
+        if self.wires.get(index) is not wire:
+            return records, False  # the connection was dropped after these were sent
         try:
-            replies = self._wire(index).read(sum(len(c) for c in commands))
-        except (OSError, ConnectionError, socket.timeout):
+            replies = wire.read(sum(len(c) for c in commands))
+        except (OSError, ConnectionError):
             self._drop(index)
-            return records
+            return records, False
         if len(replies) == len(records) and replies.count(b"OK") == len(replies):
             counts.restored += sum(r.kind == DUMP for r in records)  # the common case: one RESTORE each
             counts.struct_written += sum(r.kind != DUMP and r.first for r in records)
-            return []
+            return [], False
         pos = 0
         for position, (record, cmds) in enumerate(zip(records, commands)):
             errors = [r for r, (_, tolerate) in zip(replies[pos:pos + len(cmds)], cmds)
                       if isinstance(r, ReplyError) and not (tolerate and STREAM_ALREADY_WRITTEN in str(r))]
             pos += len(cmds)
             if errors and self._must_retry(record, str(errors[0]), counts):
-                return records[position:]  # keep chunk order: retry from here on
+                return records[position:], str(errors[0]).startswith(("MOVED", "ASK "))  # keep chunk order
             if not errors:
                 self._count(record, counts)
-        return []
+        return [], False
 
     def _must_retry(self, record: Record, error: str, counts: ReplayCounts) -> bool:
-        if error.startswith(("MOVED", "ASK ")):
-            self._reroute = True
-            return True
         if error.startswith(RETRYABLE) or "throttl" in error.lower():
             return True
         if error.startswith("OOM"):
