@@ -272,26 +272,30 @@ def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance,
     """Prove the target holds what the source (or the dump) holds. Exit 0 equal, 1 differences, 2 bad input."""
     from pathlib import Path
 
-    from .pipeline import open_source, open_target
+    from .pipeline import open_source, open_target, source_key_count
+    from .replay import target_key_count
     from .state import RunDir
     from .verify import VerifyOptions, render, run_verify
     if delete_extra and not repair:
         raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
+    directory = RunDir(run_dir, create=not against_dump) if run_dir else None
+    source, total = None, None
+    target = open_target(_endpoint("target", target_url, tls_insecure))
+    if source_url and not against_dump:
+        endpoint = _endpoint("source", source_url, tls_insecure)
+        db = endpoint.db if db is None else db
+        source = open_source(endpoint, db)
+        total = None if sample else source_key_count(source, db) + target_key_count(target)
     options = VerifyOptions(sample=sample, ttl_tolerance_ms=ttl_tolerance, rounds=rounds,
                             report=Path(report) if report else None, repair=repair, delete_extra=delete_extra,
                             against_dump=against_dump, db=db)
-    directory = RunDir(run_dir, create=not against_dump) if run_dir else None
-    source = None
-    if source_url and not against_dump:
-        endpoint = _endpoint("source", source_url, tls_insecure)
-        source = open_source(endpoint, endpoint.db if db is None else db)
-    target = open_target(_endpoint("target", target_url, tls_insecure))
     with directory.lock() if directory else contextlib.nullcontext():
-        with progress_bar("verify", None) as update:
+        with progress_bar("verify", total) as update:
             result = run_verify(source, target, directory, options, update)
     emit(result.to_dict(), as_json, render)
     if not result.equal:
         sys.exit(DifferencesFound.exit_code)
+
 
 # --- plan, cutover, rollback ---
 

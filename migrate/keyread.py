@@ -297,7 +297,8 @@ class SideReader:
     def reader(self, index: int) -> DigestReader:
         if index not in self._readers:
             node = self.topology.masters[index]
-            self._readers[index] = DigestReader(Wire(self.topology.endpoint, node.host, node.port, self.db), self.exact_ttl)
+            wire = Wire(self.topology.endpoint, node.host, node.port, self.db)
+            self._readers[index] = DigestReader(wire, self.exact_ttl)
         return self._readers[index]
 
     def owner(self, key: bytes) -> int:
