@@ -3,7 +3,7 @@
 Why processes: digesting is Python work, and the two sides (and each master of a cluster) are
 read at the same time, so each master gets its own process and both cores are used.
 
-Each worker SCANs its master with a large COUNT, reads every key with a KeyReader and folds
+Each worker SCANs its master with a large COUNT, reads every key with a DigestReader and folds
 xxh3_128(key, type, digest, expiry) into the XOR total of the key's slot. It keeps a compact
 entry per key (packed in a bytearray per slot), so that where the two sides' totals differ the
 parent can ask for the keys of just those slots. SCAN may return a key twice: XOR then cancels
