@@ -111,6 +111,8 @@ def test_cluster_source_to_cluster_target(cluster_source, cluster_target, run_di
     target.hset("hm:hash", "a", "changed")
     code, result = verify(*args, "--ttl-tolerance", 500)
     assert code == 1 and kinds(result) == {b"hm:hash": "value", b"hm:list": "ttl"}, result
+    code, result = verify(*args, "--ttl-tolerance", 500, "--repair")
+    assert code == 0 and result["repaired"]["recopied"] == 2, result
 
 
 def test_old_target_is_equal_despite_other_encodings(standalone_source, old_target, run_dir):
