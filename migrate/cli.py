@@ -138,11 +138,7 @@ def _check_match(match: str | None) -> None:
 
 
 def _render_summary(result: dict) -> str:
-    keys = result.get("restored", 0) + result.get("struct_written", 0)
-    seconds = result.get("seconds") or 0
     lines = [table({k: v for k, v in result.items() if k not in ("skipped_keys",)})]
-    if seconds:
-        lines.append(f"keys/s    {keys / seconds:,.0f}")
     for item in result.get("skipped_keys", []):
         lines.append(f"skipped: {item['key']!r}: {item['reason']}")
     return "\n".join(lines)
@@ -223,6 +219,8 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
                             ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec,
                                           allow_nonempty_target=allow_nonempty_target), progress_bar)
     emit(result, as_json, _render_summary)
+    if not result["verify"].get("equal"):
+        sys.exit(DifferencesFound.exit_code)
 
 
 @cli.command()
