@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 differences found or a safety gate refused; 2 bad input
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import traceback
@@ -13,7 +14,7 @@ import traceback
 import click
 
 from . import __version__
-from .errors import BadInput, MigrateError
+from .errors import BadInput, DifferencesFound, MigrateError
 from .output import emit, progress_bar, table, warn
 from .redact import scrub
 
@@ -162,11 +163,7 @@ def _check_match(match: str | None) -> None:
 
 
 def _render_summary(result: dict) -> str:
-    keys = result.get("restored", 0) + result.get("struct_written", 0)
-    seconds = result.get("seconds") or 0
     lines = [table({k: v for k, v in result.items() if k not in ("skipped_keys",)})]
-    if seconds:
-        lines.append(f"keys/s    {keys / seconds:,.0f}")
     for item in result.get("skipped_keys", []):
         lines.append(f"skipped: {item['key']!r}: {item['reason']}")
     return "\n".join(lines)
@@ -255,6 +252,8 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
                                           allow_nonempty_target=allow_nonempty_target), progress_bar)
     emit(result, as_json, _render_summary)
     _refuse_skipped(directory, skip_unsupported)
+    if not result["verify"].get("equal"):
+        sys.exit(DifferencesFound.exit_code)
 
 
 @cli.command()
@@ -276,6 +275,59 @@ def _render_status(result: dict) -> str:
     return "\n".join(lines) + "\n\n" + _render_summary(result["counts"])
 
 # --- verify ---
+
+@cli.command()
+@click.option("--source", "source_url", metavar="URL", default=None,
+              help="Source Redis URL, the reference (not needed with --against-dump). "
+                   "The password may come from REDIS_MIGRATE_SOURCE_PASSWORD instead.")
+@target_option
+@run_dir_option(required=False)
+@click.option("--against-dump", is_flag=True,
+              help="Use the run dir's dump as the reference instead of the source (works with the source stopped).")
+@click.option("--sample", type=click.IntRange(1), default=None, metavar="N",
+              help="Check about N random keys of each side instead of all keys (a quick look).")
+@click.option("--ttl-tolerance", "ttl_tolerance", type=click.IntRange(0), default=2000, show_default=True,
+              metavar="MS", help="Expiries that differ by at most this many ms are equal.")
+@click.option("--rounds", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Re-read differing keys this many times before reporting them (the source may be live).")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="JSON lines file of the differences [default: <run-dir>/verify-report.jsonl].")
+@click.option("--repair", is_flag=True, help="Recopy every differing key, then verify those keys again.")
+@click.option("--delete-extra", is_flag=True, help="With --repair: delete keys that exist only on the target.")
+@click.option("--db", type=click.IntRange(0), default=None, help="Source database (default: the URL's, else 0).")
+@tls_insecure_option
+@json_option
+@handle_errors
+def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance, rounds, report, repair,
+           delete_extra, db, tls_insecure, as_json):
+    """Prove the target holds what the source (or the dump) holds. Exit 0 equal, 1 differences, 2 bad input."""
+    from pathlib import Path
+
+    from .pipeline import open_source, open_target, source_key_count
+    from .replay import target_key_count
+    from .state import RunDir
+    from .verify import VerifyOptions, render, run_verify
+    if delete_extra and not repair:
+        raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
+    directory = RunDir(run_dir, create=not against_dump) if run_dir else None
+    source, total = None, None
+    target = open_target(_endpoint("target", target_url, tls_insecure))
+    if source_url and not against_dump:
+        endpoint = _endpoint("source", source_url, tls_insecure)
+        db = endpoint.db if db is None else db
+        source = open_source(endpoint, db)
+        total = None if sample else source_key_count(source, db) + target_key_count(target)
+    options = VerifyOptions(sample=sample, ttl_tolerance_ms=ttl_tolerance, rounds=rounds,
+                            report=Path(report) if report else None, repair=repair, delete_extra=delete_extra,
+                            against_dump=against_dump, db=db)
+    with directory.lock() if directory else contextlib.nullcontext():
+        with progress_bar("verify", total) as update:
+            result = run_verify(source, target, directory, options, update)
+    emit(result.to_dict(), as_json, render)
+    if not result.equal:
+        sys.exit(DifferencesFound.exit_code)
+
+
 # --- plan, cutover, rollback ---
 
 def _aws_clients():

@@ -150,10 +150,36 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
             child.terminate()
         child.join()
     _raise_child_error(child, errors)
-    replayed = replay_stage(run_dir, target, replay_options) if not replayed["replay_done"] else replayed
+    if not replayed["replay_done"]:
+        replay_stage(run_dir, target, replay_options)
+    copied = time.monotonic() - started
+    verify_stage(run_dir, source, target, dump_options, progress)
     summary = summarize(run_dir)
-    summary["seconds"] = time.monotonic() - started
+    summary["verify"] = _verify_summary(run_dir.read("verify"))
+    summary.update(seconds=round(time.monotonic() - started, 3), copy_seconds=round(copied, 3),
+                   keys_per_s=round((summary["restored"] + summary["struct_written"]) / max(copied, 1e-9)))
     return summary
+
+
+def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_options: dump_module.DumpOptions,
+                 progress: ProgressFactory = no_progress) -> None:
+    """`run`'s last stage. Skipped when a passing verify is newer than the replay; a dump limited by
+    --match/--type is verified against the dump itself, since the source holds more than was copied."""
+    from .verify import VerifyOptions, run_verify
+    last, replayed = run_dir.read("verify"), run_dir.read("replay") or {}
+    if last and last.get("equal") and last["finished_at"] >= replayed.get("finished_at", 0):
+        return
+    filtered = bool(dump_options.match or dump_options.types)
+    options = VerifyOptions(db=dump_options.db, against_dump=filtered)
+    with progress("verify", None) as update:
+        with translated_errors(target.endpoint):
+            run_verify(None if filtered else source, target, run_dir, options, update)
+
+
+def _verify_summary(result: dict | None) -> dict:
+    if not result:
+        return {}
+    return {key: result.get(key) for key in ("equal", "differences", "kinds", "first_differences", "report", "seconds")}
 
 
 def _start_dump_process(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions):

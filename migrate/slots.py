@@ -9,6 +9,8 @@ SLOT_COUNT = 16384
 
 def key_slot(key: bytes) -> int:
     """The hash slot of a key, honouring {hash tags}."""
+    if b"{" not in key:
+        return crc_hqx(key, 0) % SLOT_COUNT
     start = key.find(b"{")
     if start != -1:
         end = key.find(b"}", start + 1)

@@ -103,8 +103,9 @@ def test_nonempty_target_is_refused_unless_allowed(standalone_source, serverless
     assert "--allow-nonempty-target" in refused.stderr
     allowed = invoke("run", "--source", standalone_source.url(), "--target", serverless_target.url(),
                      "--run-dir", tmp_path / "run2", "--allow-nonempty-target")
-    assert allowed.exit_code == 0, allowed.output
+    assert allowed.exit_code == 1, allowed.output  # the merge is done, and verify names the key the source lacks
     assert set(snapshot(serverless_target)) == {b"a", b"already"}
+    assert "extra" in allowed.stdout
 
 
 def test_corrupt_segment_is_bad_input_naming_the_file(standalone_source, serverless_target, run_dir):

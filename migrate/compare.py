@@ -1,0 +1,109 @@
+"""One key's two views compared: the kinds of difference, and how a difference is reported."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .keyread import ABSENT, NO_EXPIRY, View
+
+KINDS = ("missing", "extra", "type", "value", "ttl", "changing")
+EXPIRED = "expired"
+
+
+@dataclass
+class Difference:
+    key: bytes
+    kind: str
+    source: View
+    target: View
+
+    def to_dict(self, now_ms: int) -> dict:
+        return {"key": base64.b64encode(self.key).decode(), "key_text": printable(self.key), "kind": self.kind,
+                "source": _summary(self.source, now_ms), "target": _summary(self.target, now_ms)}
+
+
+def printable(key: bytes) -> str:
+    """The key as text a person can read: UTF-8 where it is, backslash escapes for the rest."""
+    text = key.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _summary(view: View, now_ms: int) -> dict | None:
+    """Type, length and TTL of one side: never the value."""
+    if not view.present:
+        return None
+    ttl = NO_EXPIRY if view.expire_at == NO_EXPIRY else max(view.expire_at - now_ms, 0)
+    return {"type": view.type, "length": view.length, "ttl_ms": ttl}
+
+
+def classify(ref: View, tgt: View, now_ms: int, tolerance_ms: int) -> str | None:
+    """The kind of difference between the reference and the target, EXPIRED, or None if equal."""
+    if not ref.present and not tgt.present:
+        return None
+    if not ref.present:
+        return EXPIRED if _due(tgt, now_ms, tolerance_ms) else "extra"
+    if not tgt.present:
+        return EXPIRED if _due(ref, now_ms, tolerance_ms) else "missing"
+    if ref.type != tgt.type:
+        return "type"
+    if ref.digest != tgt.digest:
+        return "value"
+    if (ref.expire_at == NO_EXPIRY) != (tgt.expire_at == NO_EXPIRY):
+        return "ttl"
+    if abs(ref.expire_at - tgt.expire_at) > tolerance_ms:
+        return "ttl"
+    return None
+
+
+def _due(view: View, now_ms: int, tolerance_ms: int) -> bool:
+    """A key whose expiry is past, or within the tolerance: the other side may already have dropped it."""
+    return view.expire_at != NO_EXPIRY and view.expire_at <= now_ms + tolerance_ms
+
+
+def moved(before: View, after: View, tolerance_ms: int) -> bool:
+    if (before.type, before.digest) != (after.type, after.digest):
+        return True
+    if (before.expire_at == NO_EXPIRY) != (after.expire_at == NO_EXPIRY):
+        return True
+    return abs(before.expire_at - after.expire_at) > tolerance_ms
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Pass:
+    """What the first look found: keys that differ (with both views) and the counts."""
+
+    candidates: dict[bytes, tuple[View, View]]
+    counts: dict = field(default_factory=dict)
+
+
+def side_counts(results: list, duplicates: Counter) -> dict:
+    """Keys per master, with/without TTL and by type, from the scan workers' totals."""
+    by_type: Counter = Counter()
+    for result in results:
+        by_type.update(result.by_type)
+    by_type.subtract({k: v for k, v in duplicates.items() if k != "with_ttl"})
+    keys = sum(by_type.values())
+    with_ttl = sum(r.with_ttl for r in results) - duplicates["with_ttl"]
+    return {"keys": keys, "with_ttl": with_ttl, "without_ttl": keys - with_ttl,
+            "by_type": dict(sorted((k, v) for k, v in by_type.items() if v)),
+            "masters": {r.node: r.keys for r in results}}
+
+
+def compare_views(ref: dict[bytes, View], tgt: dict[bytes, View], tolerance_ms: int) -> dict[bytes, tuple[View, View]]:
+    """Keys that differ, or that expired in between, at first sight: the ones to read again."""
+    candidates = {}
+    now = now_ms()
+    for key in ref.keys() | tgt.keys():
+        pair = (ref.get(key, ABSENT), tgt.get(key, ABSENT))
+        if classify(*pair, now, tolerance_ms) is not None:
+            candidates[key] = pair
+    return candidates
+
+

@@ -1,0 +1,355 @@
+"""Verify: prove that the target holds what the source (or the dump) holds, list what differs, repair it.
+
+The full check reads both sides at once, one worker process per master (sidescan), and folds a
+canonical digest of every key (digest) into XOR totals per slot. Only where a slot's totals differ
+are the keys compared one by one. Every key found different is then read again on both sides, for
+`rounds` rounds, before it is reported, because the source may still take writes:
+
+    equal in some round             not a difference (it was in flight)
+    gone on both sides              vanished (or expired, if it had a TTL): accounted, not a difference
+    gone on one side, TTL due       expired: accounted, not a difference
+    same as in the previous read    missing, extra, type, value or ttl: reported
+    moved since the previous read   read again after a pause, up to `rounds` reads; then `changing`
+
+The result goes to `<run-dir>/verify.json` (the cutover gate reads it), the differences to a JSON
+lines report. `run_verify` raises nothing for differences: the CLI maps "not equal" to exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from .endpoints import Topology, translated_errors
+from .errors import BadInput
+from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
+from .keyread import NO_EXPIRY, SideReader, View, has_pexpiretime
+from .sidescan import ScanJob, SideScans, combined
+from .slots import SLOT_COUNT
+from .state import RunDir, atomic_write
+from .wire import pack
+
+REPORT_NAME = "verify-report.jsonl"
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    sample: int | None = None          # check N random keys instead of all
+    ttl_tolerance_ms: int = 2000       # clock skew plus the time between the two sides' reads
+    rounds: int = 3                    # re-reads of the differing keys before they are reported
+    round_interval: float = 0.5        # seconds between rounds, so that in-flight writes land
+    report: Path | None = None         # default: <run-dir>/verify-report.jsonl
+    repair: bool = False
+    delete_extra: bool = False
+    against_dump: bool = False
+    db: int | None = None              # source db; default the source URL's
+    listed: int = 20                   # differences kept in the result (the report has them all)
+
+
+@dataclass
+class VerifyResult:
+    equal: bool
+    differences: int
+    kinds: dict[str, int]
+    first: list[dict]
+    counts: dict
+    sample: int | None
+    source: str
+    target: str
+    seconds: float
+    finished_at: float
+    report: str | None = None
+    repaired: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"finished_at": self.finished_at, "equal": self.equal, "differences": self.differences,
+                "sample": self.sample, "source": self.source, "target": self.target, "counts": self.counts,
+                "seconds": round(self.seconds, 3), "kinds": self.kinds, "first_differences": self.first,
+                "report": self.report, "repaired": self.repaired}
+
+
+class Reference(Protocol):
+    """The side the target must match: the live source, or the dump in the run dir."""
+
+    label: str
+
+    def read(self, keys: list[bytes]) -> dict[bytes, View]: ...
+
+    def sample(self, count: int) -> list[bytes]: ...
+
+    def records(self, keys: list[bytes], target_rdb: int) -> list: ...
+
+    def close(self) -> None: ...
+
+
+# --- the source as reference -------------------------------------------------------------------
+
+class SourceReference:
+    """The live source: keys are read on the master that owns them."""
+
+    def __init__(self, topology: Topology, db: int) -> None:
+        self.topology = topology
+        self.db = db
+        self.label = topology.endpoint.redacted
+        self.reader = SideReader(topology, db)
+
+    def read(self, keys: list[bytes]) -> dict[bytes, View]:
+        with translated_errors(self.topology.endpoint):
+            return self.reader.read(keys)
+
+    def sample(self, count: int) -> list[bytes]:
+        with translated_errors(self.topology.endpoint):
+            return self.reader.sample(count)
+
+    def records(self, keys: list[bytes], target_rdb: int):
+        """The keys as dump records (DUMP payloads, or struct chunks where the target is older),
+        read by the data path itself, so that repair copies exactly as replay does."""
+        from .dump import DumpOptions, read_records
+        with translated_errors(self.topology.endpoint):
+            records, _ = read_records(self.topology, keys, DumpOptions(db=self.db, target_rdb=target_rdb))
+        return records
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+# --- passes: which keys differ at first sight ----------------------------------------------------
+
+def full_pass(source: Topology, target: Topology, db: int, options: VerifyOptions, progress: Progress | None) -> Pass:
+    """Both sides scanned at once, one process per master; keys compared only in slots whose totals differ."""
+    grid = max(options.ttl_tolerance_ms, 1)
+    jobs = {"source": [ScanJob(source.endpoint, node, has_pexpiretime(source), grid, db) for node in source.masters],
+            "target": [ScanJob(target.endpoint, node, has_pexpiretime(target), grid) for node in target.masters]}
+    with SideScans(jobs) as scans:
+        done = scans.totals(progress)
+        source_totals, target_totals = combined(done["source"]), combined(done["target"])
+        slots = [slot for slot in range(SLOT_COUNT) if source_totals[slot] != target_totals[slot]]
+        views = {side: _gather(scans.entries(side, slots)) for side in jobs}
+    counts = {"source": side_counts(done["source"], views["source"][1]),
+              "target": side_counts(done["target"], views["target"][1]), "slots_compared_by_key": len(slots)}
+    return Pass(compare_views(views["source"][0], views["target"][0], options.ttl_tolerance_ms), counts)
+
+
+def _gather(per_worker: list[list[tuple[bytes, View]]]) -> tuple[dict[bytes, View], Counter]:
+    """One view per key; a key that a worker's SCAN returned twice is counted once."""
+    views: dict[bytes, View] = {}
+    duplicates: Counter = Counter()
+    for entries in per_worker:
+        seen: set[bytes] = set()
+        for key, view in entries:
+            if key in seen:
+                duplicates[view.type] += 1
+                duplicates["with_ttl"] += view.expire_at != NO_EXPIRY
+            seen.add(key)
+            views[key] = view
+    return views, duplicates
+
+
+def sample_pass(reference: Reference, target: SideReader, count: int, tolerance_ms: int) -> Pass:
+    """N random keys from each side (RANDOMKEY, weighted by each master's size), read on both."""
+    with translated_errors(target.topology.endpoint):
+        keys = list(dict.fromkeys(reference.sample(count) + target.sample(count)))
+        ref, tgt = reference.read(keys), target.read(keys)
+    return Pass(compare_views(ref, tgt, tolerance_ms), {"sampled": len(keys)})
+
+
+# --- rounds: settle what differs -------------------------------------------------------------------
+
+@dataclass
+class Settled:
+    differences: list[Difference]
+    expired: int = 0
+    vanished: int = 0
+
+
+def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tuple[View, View]],
+           options: VerifyOptions) -> Settled:
+    """Re-read the differing keys on both sides before reporting them; see the module docstring.
+
+    A key that reads the same as last time is settled: it is reported as it is. Only keys that moved
+    are read again, after `round_interval`, up to `rounds` reads; one still moving then is `changing`.
+    """
+    settled = Settled([])
+    pending = dict(candidates)
+    tolerance = options.ttl_tolerance_ms
+    for round_number in range(max(options.rounds, 1)):
+        if not pending:
+            break
+        if round_number:
+            time.sleep(options.round_interval)
+        keys = list(pending)
+        ref = reference.read(keys)
+        with translated_errors(target.topology.endpoint):
+            tgt = target.read(keys)
+        now = now_ms()
+        moving: dict[bytes, tuple[View, View]] = {}
+        for key in keys:
+            before_ref, before_tgt = pending[key]
+            pair = (ref[key], tgt[key])
+            kind = classify(*pair, now, tolerance)
+            if kind is None and not pair[0].present:
+                had_ttl = before_ref.expire_at != NO_EXPIRY or before_tgt.expire_at != NO_EXPIRY
+                settled.expired += had_ttl
+                settled.vanished += not had_ttl
+            elif kind == EXPIRED:
+                settled.expired += 1
+            elif kind is not None:
+                if moved(before_ref, pair[0], tolerance) or moved(before_tgt, pair[1], tolerance):
+                    moving[key] = pair
+                else:
+                    settled.differences.append(Difference(key, kind, *pair))
+        pending = moving
+    settled.differences += [Difference(key, "changing", *pair) for key, pair in pending.items()]
+    settled.differences.sort(key=lambda d: (KINDS.index(d.kind), d.key))
+    return settled
+
+
+# --- repair ------------------------------------------------------------------------------------------
+
+def repair(reference: Reference, target: Topology, differences: list[Difference], options: VerifyOptions) -> dict:
+    """Recopy every differing key from the reference as replay would; delete extras only if asked."""
+    from .replay import ReplayCounts, ReplayOptions, TargetWriter
+    recopy = [d.key for d in differences if d.kind != "extra"]
+    extras = [d.key for d in differences if d.kind == "extra"]
+    counts = ReplayCounts()
+    with translated_errors(target.endpoint):
+        writer = TargetWriter(target, ReplayOptions(allow_nonempty_target=True))
+        try:
+            records = reference.records(recopy, writer.target_rdb) if recopy else []
+            writer.write(records, counts)
+        finally:
+            writer.close()
+        deleted = delete_keys(target, extras) if options.delete_extra else 0
+    return {"recopied": counts.restored + counts.struct_written, "deleted": deleted,
+            "expired": counts.expired, "extra_kept": 0 if options.delete_extra else len(extras)}
+
+
+def delete_keys(topology: Topology, keys: list[bytes]) -> int:
+    """DEL each key on the master that owns it; returns how many existed."""
+    reader = SideReader(topology)
+    deleted = 0
+    try:
+        for index, group in reader.by_owner(keys).items():
+            wire = reader.reader(index).wire
+            wire.send(b"".join(pack(b"DEL", key) for key in group))
+            deleted += sum(r for r in wire.read(len(group)) if isinstance(r, int))
+    finally:
+        reader.close()
+    return deleted
+
+
+# --- the whole verify ----------------------------------------------------------------------------------
+
+def run_verify(source: Topology | None, target: Topology, run_dir: RunDir | None, options: VerifyOptions,
+               progress: Progress | None = None) -> VerifyResult:
+    """Compare, settle, optionally repair, then write the report and `verify.json`. Never raises for
+    differences; BadInput for a missing source/run dir, RuntimeFailure when a side fails mid-way."""
+    started = time.monotonic()
+    reference = _reference(source, target, run_dir, options)
+    target_reader = SideReader(target)
+    repaired = None
+    try:
+        if options.sample:
+            first = sample_pass(reference, target_reader, options.sample, options.ttl_tolerance_ms)
+        elif isinstance(reference, SourceReference):
+            first = full_pass(source, target, reference.db, options, progress)
+        else:
+            first = reference.full_pass(options.ttl_tolerance_ms, progress)
+        settled = settle(reference, target_reader, first.candidates, options)
+        if options.repair and settled.differences:
+            repaired = repair(reference, target, settled.differences, options)
+            repaired["found"] = len(settled.differences)
+            again = settle(reference, target_reader, _fresh(reference, target_reader, settled.differences), options)
+            settled = Settled(again.differences, settled.expired + again.expired, settled.vanished + again.vanished)
+    finally:
+        reference.close()
+        target_reader.close()
+    counts = dict(first.counts, expired=settled.expired, vanished=settled.vanished)
+    report = _report_path(run_dir, options)
+    if report:
+        write_report(report, settled.differences)
+    result = _result(settled.differences, counts, reference.label, target, options, report, repaired, started)
+    if run_dir is not None:
+        run_dir.write("verify", result.to_dict())
+    return result
+
+
+def _reference(source: Topology | None, target: Topology, run_dir: RunDir | None, options: VerifyOptions) -> Reference:
+    if options.against_dump:
+        if run_dir is None:
+            raise BadInput("--against-dump needs --run-dir: the dump in it is the reference",
+                           "pass the --run-dir that dump (or run) wrote")
+        from .dumpref import DumpReference
+        return DumpReference(run_dir, target)
+    if source is None:
+        raise BadInput("verify needs --source (or --against-dump with --run-dir)",
+                       "give the source URL to compare against, or --against-dump to use the run dir's dump")
+    return SourceReference(source, source.endpoint.db if options.db is None else options.db)
+
+
+def _fresh(reference: Reference, target: SideReader, differences: list[Difference]) -> dict[bytes, tuple[View, View]]:
+    """After a repair the target changed on purpose: the rounds start from new reads, not the old views."""
+    keys = [d.key for d in differences]
+    ref = reference.read(keys)
+    with translated_errors(target.topology.endpoint):
+        tgt = target.read(keys)
+    return {key: (ref[key], tgt[key]) for key in keys}
+
+
+def _report_path(run_dir: RunDir | None, options: VerifyOptions) -> Path | None:
+    if options.report is not None:
+        return Path(options.report)
+    return run_dir.path / REPORT_NAME if run_dir is not None else None
+
+
+def write_report(path: Path, differences: list[Difference]) -> None:
+    """One JSON line per difference, written atomically (a reader never sees half a report)."""
+    now = now_ms()
+    lines = [json.dumps(d.to_dict(now), sort_keys=True, ensure_ascii=False) + "\n" for d in differences]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot create the report's directory {path.parent}: {exc.strerror}",
+                       "give --report a path in a writable directory") from None
+    atomic_write(path, "".join(lines).encode())
+
+
+def _result(differences: list[Difference], counts: dict, source_label: str, target: Topology,
+            options: VerifyOptions, report: Path | None, repaired: dict | None, started: float) -> VerifyResult:
+    kinds = Counter(d.kind for d in differences)
+    now = now_ms()
+    return VerifyResult(
+        equal=not differences, differences=len(differences),
+        kinds={kind: kinds[kind] for kind in KINDS if kinds[kind]},
+        first=[d.to_dict(now) for d in differences[:options.listed]],
+        counts=counts, sample=options.sample, source=source_label, target=target.endpoint.redacted,
+        seconds=time.monotonic() - started, finished_at=time.time(),
+        report=str(report) if report else None, repaired=repaired)
+
+
+def _side_text(summary: dict | None) -> str:
+    if summary is None:
+        return "absent"
+    ttl = "no TTL" if summary["ttl_ms"] == NO_EXPIRY else f"TTL {summary['ttl_ms']} ms"
+    return f"{summary['type']} of {summary['length']}, {ttl}"
+
+
+def render(result: dict) -> str:
+    """The result for a person: totals, then the first differences."""
+    from .output import table
+    lines = [("EQUAL" if result["equal"] else f"DIFFERENT: {result['differences']} differences")
+             + f" ({result['seconds']:.1f}s)"]
+    lines.append(table({k: result[k] for k in ("source", "target", "sample", "counts", "kinds", "repaired", "report")
+                        if result.get(k) is not None}))
+    for diff in result["first_differences"]:
+        lines.append(f"{diff['kind']:8} {diff['key_text']}  source: {_side_text(diff['source'])}  "
+                     f"target: {_side_text(diff['target'])}")
+    if result["differences"] > len(result["first_differences"]):
+        lines.append(f"... and {result['differences'] - len(result['first_differences'])} more in the report")
+    return "\n".join(lines)
+
