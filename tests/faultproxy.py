@@ -133,6 +133,11 @@ class FaultProxy:
             self.cuts += cut
         return cut
 
+    def live(self) -> int:
+        """How many connections are open through the proxy now."""
+        with self._lock:
+            return len(self._pairs)
+
     def set_latency(self, ms: float) -> None:
         self.latency = self.upstream_latency = ms / 1000.0
 

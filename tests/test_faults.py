@@ -207,18 +207,18 @@ def test_connections_cut_on_the_target_side(standalone_source, proxied_target, r
 
 def test_cut_all_connections_on_demand_during_replay(standalone_source, proxied_target, run_dir):
     node, proxy, target_url = proxied_target
-    seed_data.seed(standalone_source.client(), 20_000, seed=43, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(standalone_source.client(), 30_000, seed=43, big_keys=False, short_ttl_keys=0)
     process = popen("run", "--source", standalone_source.url(), "--target", target_url, "--run-dir", run_dir,
                     "--max-ops-per-sec", 8_000)
     try:
         deadline = time.monotonic() + 60
-        while not ledger(run_dir, "replay").get("segments_done") and time.monotonic() < deadline:
-            time.sleep(0.02)
-        for _ in range(5):
+        while not (ledger(run_dir, "replay").get("started_at") and proxy.live()) and time.monotonic() < deadline:
+            time.sleep(0.01)  # replay is writing: its connections are open through the proxy
+        for _ in range(6):
             if process.poll() is not None:
                 break
             proxy.cut_all()
-            time.sleep(0.25)
+            time.sleep(0.3)
         out, err = process.communicate(timeout=RUN_TIMEOUT)
     finally:
         if process.poll() is None:
