@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import xxhash
+
 from .errors import BadInput, RuntimeFailure
 
 DIR_MODE = 0o700
@@ -45,6 +47,18 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise disk_error(path, exc) from None
+
+
+CHECKSUM_FIELD = "_xxh3"
+
+
+def _checksum(data: dict) -> str:
+    return xxhash.xxh3_64_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _corrupt(path: Path, why: str) -> BadInput:
+    return BadInput(f"ledger {path} is corrupt ({why})",
+                    f"do not edit ledgers; move {path.name} aside and rerun the stage: it starts that stage afresh")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -90,18 +104,31 @@ class RunDir:
         return self.path / "segments"
 
     def read(self, name: str) -> dict | None:
-        """A stage's ledger, or None when the stage never wrote one."""
+        """A stage's ledger, or None when the stage never wrote one.
+
+        A ledger carries a checksum of its content: a changed digit in a cursor is still valid JSON,
+        and resuming from it would skip keys without a word. A ledger without one (written by hand or
+        by an older version) is taken as it is."""
         path = self.path / f"{name}.json"
         try:
-            return json.loads(path.read_bytes())
+            data = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
         except (ValueError, UnicodeDecodeError):
-            raise BadInput(f"ledger {path} is corrupt (not valid JSON)",
-                           f"move {path.name} aside and rerun the stage: it starts that stage afresh") from None
+            raise _corrupt(path, "not valid JSON") from None
+        except OSError as exc:
+            raise BadInput(f"cannot read ledger {path}: {exc.strerror}", "check the run directory's permissions") from None
+        if not isinstance(data, dict):
+            raise _corrupt(path, "not a JSON object")
+        check = data.pop(CHECKSUM_FIELD, None)
+        if check is not None and check != _checksum(data):
+            raise _corrupt(path, "checksum mismatch: it was changed after it was written")
+        return data
 
     def write(self, name: str, data: dict) -> None:
-        atomic_write(self.path / f"{name}.json", json.dumps(data, indent=1, sort_keys=True).encode())
+        body = {key: value for key, value in data.items() if key != CHECKSUM_FIELD}
+        sealed = {**body, CHECKSUM_FIELD: _checksum(body)}
+        atomic_write(self.path / f"{name}.json", json.dumps(sealed, indent=1, sort_keys=True).encode())
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

@@ -227,11 +227,12 @@ def test_segments_are_never_rewritten_after_a_crash_between_segment_and_ledger(s
     """A segment that landed before its ledger update keeps its content; the resume writes a new one."""
     seed_data.seed(standalone_source.client(), 300, seed=6, big_keys=False, short_ttl_keys=0)
     assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
-    ledger = json.loads((run_dir / "dump.json").read_text())
+    from migrate.state import RunDir
+    ledger = RunDir(run_dir).read("dump")  # ledgers are checksummed: edit through RunDir
     master = next(iter(ledger["masters"].values()))
     master.update(cursor=0, done=False, next_seq=0)  # as if the crash came before the ledger write
     del ledger["finished_at"]
-    (run_dir / "dump.json").write_text(json.dumps(ledger))
+    RunDir(run_dir).write("dump", ledger)
     first = (run_dir / "segments" / "m000-00000000.seg").read_bytes()
     assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
     assert (run_dir / "segments" / "m000-00000000.seg").read_bytes() == first
