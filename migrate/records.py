@@ -84,6 +84,8 @@ def decode_all(body: bytes, source: Path) -> list[Record]:
         while pos < end:
             if body[pos] == DUMP:
                 _, expire_at, key_len, payload_len = unpack_dump(body, pos)
+                if expire_at < NO_EXPIRY:
+                    raise ValueError(f"a record has expiry {expire_at}")
                 key_start = pos + head
                 payload_start = key_start + key_len
                 pos = payload_start + payload_len
@@ -113,8 +115,29 @@ def _decode_struct(body: bytes, view: memoryview, pos: int) -> tuple[Record, int
         pos += length
     if pos > len(body) or len(key) != key_len:
         raise ValueError("record runs past the end of the segment")
-    return Record(key, expire_at, kind=STRUCT, type=TYPES[type_code], offset=offset, first=bool(first),
-                  items=items), pos
+    kind = TYPES[type_code]
+    _check_items(kind, items)
+    if expire_at < NO_EXPIRY:
+        raise ValueError(f"record for key {key[:60]!r} has expiry {expire_at}")
+    return Record(key, expire_at, kind=STRUCT, type=kind, offset=offset, first=bool(first), items=items), pos
+
+
+def _check_items(kind: str, items: list[bytes]) -> None:
+    """A struct chunk's items have the shape its writer needs; anything else is a corrupt segment."""
+    if kind == "string" and len(items) != 1:
+        raise ValueError(f"a string chunk holds {len(items)} items, not 1")
+    if kind in ("hash", "zset") and len(items) % 2:
+        raise ValueError(f"a {kind} chunk holds an odd number of items")
+    if kind == "stream-group" and not len(items) % 2:
+        raise ValueError("a stream-group record needs the last ID, then name/ID pairs")
+    if kind == "stream":
+        pos = 0
+        while pos < len(items):
+            if pos + 1 >= len(items) or not items[pos + 1].isdigit():
+                raise ValueError("a stream chunk has an entry without its field count")
+            pos += 2 + 2 * int(items[pos + 1])
+        if pos != len(items):
+            raise ValueError("a stream chunk's last entry is cut short")
 
 
 def corrupt(path: Path, why: str) -> BadInput:

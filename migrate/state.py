@@ -107,8 +107,8 @@ class RunDir:
         """A stage's ledger, or None when the stage never wrote one.
 
         A ledger carries a checksum of its content: a changed digit in a cursor is still valid JSON,
-        and resuming from it would skip keys without a word. A ledger without one (written by hand or
-        by an older version) is taken as it is."""
+        and resuming from it would skip keys without a word. So a ledger whose checksum is missing or
+        wrong is refused: it was edited, or it is not one that redis-migrate wrote."""
         path = self.path / f"{name}.json"
         try:
             data = json.loads(path.read_bytes())
@@ -121,8 +121,9 @@ class RunDir:
         if not isinstance(data, dict):
             raise _corrupt(path, "not a JSON object")
         check = data.pop(CHECKSUM_FIELD, None)
-        if check is not None and check != _checksum(data):
-            raise _corrupt(path, "checksum mismatch: it was changed after it was written")
+        if check != _checksum(data):
+            raise _corrupt(path, "checksum mismatch: it was changed after it was written" if check is not None
+                           else "it has no checksum: it was edited, or not written by redis-migrate")
         return data
 
     def write(self, name: str, data: dict) -> None:
