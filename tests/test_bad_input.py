@@ -411,3 +411,12 @@ def test_module_typed_key_is_skipped_and_named(module_source, serverless_target,
         "--run-dir", tmp_path / "struct", needles=("mtypetest", "mod:1", "--skip-unsupported"))
     accepted = invoke("status", "--run-dir", tmp_path / "struct", "--json")
     assert accepted.exit_code == 0 and "mod:1" in accepted.stdout
+
+
+# --- cutover parameters ------------------------------------------------------------------------------------
+
+def test_unknown_env_parameter_path(aws, serverless_target):
+    """No SSM parameters under the environment's path: bad input naming the path, nothing written."""
+    bad("cutover", "--env", "nosuch", "--target", serverless_target.url(), "--force",
+        needles=("/storefront/nosuch/redis",))
+    bad("rollback", "--env", "nosuch", "--force", needles=("/storefront/nosuch/redis",))

@@ -135,10 +135,10 @@ def test_kill_9_at_ten_random_moments_then_resume_is_exact(proxied_source, serve
 def test_target_restarted_mid_replay(standalone_source, restartable_target, run_dir, keeps_data):
     node = restartable_target.first
     node.flush()
-    seed_data.seed(standalone_source.client(), 40_000, seed=17, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(standalone_source.client(), 32_000, seed=17, big_keys=False, short_ttl_keys=0)
     dumped = spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir)
     assert dumped.exit_code == 0, str(dumped)
-    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 8000)
+    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 10_000)
     try:
         deadline = time.monotonic() + 60
         while len(ledger(run_dir, "replay").get("segments_done", [])) < 2:
@@ -209,7 +209,7 @@ def test_connections_cut_on_the_target_side(standalone_source, proxied_target, r
 
 def test_cut_all_connections_on_demand_during_replay(standalone_source, proxied_target, run_dir):
     node, proxy, target_url = proxied_target
-    seed_data.seed(standalone_source.client(), 30_000, seed=43, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(standalone_source.client(), 20_000, seed=43, big_keys=False, short_ttl_keys=0)
     process = popen("run", "--source", standalone_source.url(), "--target", target_url, "--run-dir", run_dir,
                     "--max-ops-per-sec", 8_000)
     try:
@@ -244,13 +244,13 @@ def test_20ms_latency_on_the_target(standalone_source, proxied_target, run_dir):
 
 @pytest.mark.parametrize("side", ["source", "target"])
 def test_a_black_hole_is_escaped_by_socket_timeouts(standalone_source, proxied_target, certs, run_dir, side):
-    """The link forwards nothing for 6 s, mid-dump or mid-replay: only a socket timeout (2 s here, from the
+    """The link forwards nothing for 4 s, mid-dump or mid-replay: only a socket timeout (1 s here, from the
     URL) gets the run out, and it reconnects and finishes exact."""
     node, target_proxy, _ = proxied_target
     seed_data.seed(standalone_source.client(), 20_000, seed=45, big_keys=False, short_ttl_keys=0)
     with FaultProxy(standalone_source.port, latency_ms=2, max_seconds=300) as source_proxy:
-        source_url = plain_url(source_proxy.port, SOURCE_PASSWORD, socket_timeout=2)
-        target_url = tls_url(target_proxy.port, TARGET_PASSWORD, certs, socket_timeout=2)
+        source_url = plain_url(source_proxy.port, SOURCE_PASSWORD, socket_timeout=1)
+        target_url = tls_url(target_proxy.port, TARGET_PASSWORD, certs, socket_timeout=1)
         process = popen("run", "--source", source_url, "--target", target_url, "--run-dir", run_dir,
                         "--max-ops-per-sec", 8_000, "--scan-count", 100)
         started = time.monotonic()
@@ -260,7 +260,7 @@ def test_a_black_hole_is_escaped_by_socket_timeouts(standalone_source, proxied_t
             while not ready() and time.monotonic() - started < 60:
                 time.sleep(0.02)
             stalled_in = phase(run_dir)
-            (source_proxy if side == "source" else target_proxy).stall(6)
+            (source_proxy if side == "source" else target_proxy).stall(4)
             out, err = process.communicate(timeout=RUN_TIMEOUT)
         finally:
             if process.poll() is None:

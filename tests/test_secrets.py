@@ -130,6 +130,15 @@ def test_no_secret_anywhere(standalone_source, serverless_target, iam_user, aws,
     scan.run("plan", "--source", bare_source, "--target", iam_url(serverless_target, False), env=env_both | env_token,
              code=None)
     assert_same(snapshot(standalone_source), snapshot(serverless_target))
+    scan.run("verify", "--source", source_url, "--target", iam_url(serverless_target, True), "--run-dir",
+             runs["token-url"], "--json")
+    serverless_target.first.client().delete(next(iter(snapshot(serverless_target))))  # a difference to report
+    scan.run("verify", "--source", bare_source, "--target", iam_url(serverless_target, False), "--run-dir",
+             runs["token-env"], env=env_both | env_token, code=1)
+    scan.run("verify", "--source", bare_source, "--target", bare_target, "--run-dir", runs["env"], "--repair",
+             "--json", env=env_both)
+    scan.run("verify", "--source", source_url, "--target", target_url, "--against-dump", "--run-dir", runs["url"],
+             "--sample", 50, code=None)
 
     # 4. failures whose texts must not carry the secret either, --debug tracebacks included
     wrong_token = IAM_TOKEN.replace(SIGNATURE, SIGNATURE[::-1])
@@ -171,7 +180,7 @@ def test_no_secret_anywhere(standalone_source, serverless_target, iam_user, aws,
     for run_dir in runs.values():
         if run_dir.exists():
             scan.add_run_dir(run_dir)
-    assert scan.runs >= 25
+    assert scan.runs >= 30
     assert scan.found() == [], scan.found()
 
 
