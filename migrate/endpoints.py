@@ -14,7 +14,9 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.connection import parse_url
+from redis.retry import Retry
 
 from .errors import BadInput, MigrateError
 from .redact import redact_url, register_secret, scrub
@@ -77,6 +79,7 @@ class Endpoint:
         kwargs["db"] = self.db if db is None else db
         kwargs["socket_timeout"] = self.socket_timeout
         kwargs["socket_connect_timeout"] = self.connect_timeout
+        kwargs["retry"] = Retry(NoBackoff(), 0)  # fail fast: the stages retry what is worth retrying
         if self.tls:
             kwargs["ssl"] = True
             if self.tls_insecure:
