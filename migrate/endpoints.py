@@ -14,7 +14,7 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
@@ -82,6 +82,7 @@ class Endpoint:
         kwargs["db"] = self.db if db is None else db
         kwargs["socket_timeout"] = self.socket_timeout
         kwargs["socket_connect_timeout"] = self.connect_timeout
+        kwargs["retry"] = Retry(NoBackoff(), 0)  # fail fast: the stages retry what is worth retrying
         if self.tls:
             kwargs["ssl"] = True
             if self.tls_insecure:
@@ -95,14 +96,12 @@ class Endpoint:
         """A client for one node (the URL's own, or a cluster member), with the same auth and TLS.
 
         These clients only discover, probe, count and sample: small, quick calls. redis-py runs the
-        TLS handshake under socket_timeout and retries timeouts, so a TLS client talking to a plain
-        port that never answers would wait minutes. So every call is bounded by the connect timeout,
-        and only a dropped connection is retried (a few times, quickly), never a timeout."""
+        TLS handshake under socket_timeout, so a TLS client talking to a plain port that never answers
+        would wait a long time: every call here is bounded by the connect timeout instead."""
         kwargs = self.connection_kwargs(db)
         if host is not None:
             kwargs["host"], kwargs["port"] = host, port
         kwargs["socket_timeout"] = self.connect_timeout
-        kwargs["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.1), 3, supported_errors=(redis.ConnectionError,))
         return redis.Redis(**kwargs)
 
 
