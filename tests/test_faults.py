@@ -97,20 +97,15 @@ def restartable_target(bed_dir, certs):
 
 # --- kill -9 -----------------------------------------------------------------------------------------
 
-def test_kill_9_at_ten_random_moments_then_resume_is_exact(proxied_source, serverless_target, run_dir):
-    """12 kills at seeded random moments across dump and replay; big keys go through struct chunks."""
-    source, proxy, source_url = proxied_source
-    proxy.configure(latency_ms=2)  # stretches the dump so that kills land in it too
-    seed_data.seed(source.client(), 25_000, seed=31, big_keys=True, short_ttl_keys=0)
-    args = ("run", "--source", source_url, "--target", serverless_target.url(), "--run-dir", run_dir,
-            "--max-ops-per-sec", 6000, "--scan-count", 200, "--max-payload", 256 * 1024)
-    rng = random.Random(20261126)
+def kill_repeatedly(args, run_dir: Path, count: int, rng: random.Random, early: tuple[float, float],
+                    late: tuple[float, float]) -> list[tuple[float, str]]:
+    """Start `args`, kill -9 it after a random delay, `count` times (the first four early in the run)."""
     kills: list[tuple[float, str]] = []
     attempts = 0
-    while len(kills) < 12 and attempts < 30:
+    while len(kills) < count and attempts < count * 3:
         attempts += 1
         process = popen(*args)
-        delay = rng.uniform(0.4, 1.4) if len(kills) < 4 else rng.uniform(0.4, 2.2)
+        delay = rng.uniform(*early) if len(kills) < 4 else rng.uniform(*late)
         try:
             process.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -121,12 +116,41 @@ def test_kill_9_at_ten_random_moments_then_resume_is_exact(proxied_source, serve
         out, err = process.communicate()
         assert process.returncode == 0, err
         break  # it finished before the kill: the rest is the final run
+    return kills
+
+
+def test_kill_9_at_ten_random_moments_then_resume_is_exact(proxied_source, serverless_target, run_dir):
+    """12 kills at seeded random moments across dump and replay; big keys go through struct chunks."""
+    source, proxy, source_url = proxied_source
+    proxy.configure(latency_ms=2)  # stretches the dump so that kills land in it too
+    seed_data.seed(source.client(), 25_000, seed=31, big_keys=True, short_ttl_keys=0)
+    args = ("run", "--source", source_url, "--target", serverless_target.url(), "--run-dir", run_dir,
+            "--max-ops-per-sec", 6000, "--scan-count", 200, "--max-payload", 256 * 1024)
+    kills = kill_repeatedly(args, run_dir, 12, random.Random(20261126), (0.4, 1.4), (0.4, 2.2))
     final = spawn(*args, timeout=RUN_TIMEOUT)
     assert final.exit_code == 0, str(final)
     assert len(kills) >= 10, kills
     phases = [p for _, p in kills]
     assert phases.count("dump") >= 2 and phases.count("replay") >= 2, kills
     assert_same(snapshot(source), snapshot(serverless_target))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_soak_kills_and_cuts_on_both_sides(standalone_source, proxied_target, run_dir, seed):
+    """Soak (minutes): 40 kills at random moments while the proxies cut connections on both sides."""
+    node, target_proxy, target_url = proxied_target
+    target_proxy.configure(seed=seed, cut_after_bytes=(200_000, 2_000_000), max_cuts=60)
+    seed_data.seed(standalone_source.client(), 150_000, seed=90 + seed, big_keys=True, short_ttl_keys=0)
+    with FaultProxy(standalone_source.port, seed=seed, cut_after_bytes=(200_000, 2_000_000), max_cuts=60,
+                    max_seconds=1500) as source_proxy:
+        args = ("run", "--source", plain_url(source_proxy.port, SOURCE_PASSWORD), "--target", target_url,
+                "--run-dir", run_dir, "--max-ops-per-sec", 15_000, "--max-payload", 256 * 1024)
+        kills = kill_repeatedly(args, run_dir, 40, random.Random(seed), (0.5, 2.0), (0.5, 4.0))
+        final = spawn(*args, timeout=900)
+    assert final.exit_code == 0, str(final)
+    assert len(kills) >= 30, kills
+    assert_same(snapshot(standalone_source), snapshot(node))
 
 
 # --- a target restarted mid-replay -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ checksum whose values changed type.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import xxhash
 import zstandard
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import seed_data
@@ -34,7 +35,10 @@ from migrate.state import CHECKSUM_FIELD
 from reliability import invoke
 from snapshot import assert_same, snapshot
 
-FUZZ = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 60)), deadline=None, derandomize=not __import__("os").environ.get("FUZZ_EXAMPLES"), database=None,
+# 60 fixed (derandomized) examples per CLI-level test keep the file under a minute; FUZZ_EXAMPLES=400
+# runs a longer, randomized hunt.
+HUNT = int(os.environ.get("FUZZ_EXAMPLES", "0"))
+FUZZ = settings(max_examples=HUNT or 60, deadline=None, derandomize=not HUNT, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
 
