@@ -6,10 +6,9 @@ stages use both cores; each keeps its own ledger, so either can be killed and re
 
 from __future__ import annotations
 
-import ctypes
 import json
+import os
 import multiprocessing
-import signal
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from . import replay as replay_module
 from .endpoints import Endpoint, Topology, discover, translated_errors
 from .errors import BadInput, MigrateError, RuntimeFailure, Unreachable
 from .output import warn
+from .procs import die_with_parent
 from .state import RunDir
 
 ProgressFactory = Callable[..., AbstractContextManager[Callable[[int], None]]]
@@ -185,13 +185,13 @@ def _verify_summary(result: dict | None) -> dict:
 def _start_dump_process(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions):
     context = multiprocessing.get_context("fork")
     errors = context.Queue()
-    child = context.Process(target=_dump_child, args=(run_dir, source, options, errors), daemon=True)
+    child = context.Process(target=_dump_child, args=(run_dir, source, options, errors, os.getpid()), daemon=True)
     child.start()
     return child, errors
 
 
-def _dump_child(run_dir, source, options, errors) -> None:
-    _die_with_parent()
+def _dump_child(run_dir, source, options, errors, parent_pid: int | None = None) -> None:
+    die_with_parent(parent_pid)
     try:
         dump_stage(run_dir, source, options)
     except MigrateError as exc:
@@ -201,14 +201,6 @@ def _dump_child(run_dir, source, options, errors) -> None:
         errors.put(("RuntimeFailure", f"unexpected {type(exc).__name__} in the dump process: {exc}",
                     "rerun with --debug for details; the run directory is safe to resume"))
         raise SystemExit(3)
-
-
-def _die_with_parent() -> None:
-    """A killed `run` must not leave its dump child running (and holding the run lock)."""
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def _raise_child_error(child, errors) -> None:

@@ -20,6 +20,7 @@ so only the rare key next to a cell border makes its slot be compared key by key
 from __future__ import annotations
 
 import multiprocessing
+import os
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from . import errors
 from .digest import TYPE_CODE, TYPES
 from .endpoints import Endpoint, Node, translated_errors
 from .keyread import NO_EXPIRY, Batch, DigestReader, View
+from .procs import die_with_parent
 from .slots import SLOT_COUNT, key_slot
 from .wire import Wire, pack
 
@@ -174,7 +176,8 @@ class _Worker:
             self.pipe.send(("entries", {slot: bytes(self.entries[slot]) for slot in slots if slot in self.entries}))
 
 
-def _worker_main(job: ScanJob, pipe: Connection) -> None:
+def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) -> None:
+    die_with_parent(parent_pid)  # a killed verify or run must not leave its scans (and their lock fd) behind
     worker = _Worker(job, pipe)
     try:
         with translated_errors(job.endpoint):
@@ -206,7 +209,7 @@ class SideScans:
             self.workers[side] = []
             for job in side_jobs:
                 parent, child = ctx.Pipe()
-                process = ctx.Process(target=_worker_main, args=(job, child), daemon=True,
+                process = ctx.Process(target=_worker_main, args=(job, child, os.getpid()), daemon=True,
                                       name=f"verify-{side}-{job.node.name}")
                 process.start()
                 child.close()

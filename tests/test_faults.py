@@ -135,6 +135,36 @@ def test_kill_9_at_ten_random_moments_then_resume_is_exact(proxied_source, serve
     assert_same(snapshot(source), snapshot(serverless_target))
 
 
+@pytest.mark.parametrize("when", ["dump", "verify"])
+def test_kill_9_leaves_no_child_and_no_lock_behind(standalone_source, serverless_target, run_dir, when):
+    """`run` forks a dump process and verify's scan workers. Killed with SIGKILL, it cannot stop them:
+    they must die with it, or they keep scanning, keep the caller's pipes open, and hold the run lock
+    (their fork inherited it), so that the rerun is refused as locked."""
+    import psutil
+    seed_data.seed(standalone_source.client(), 30_000, seed=33, big_keys=False, short_ttl_keys=0)
+    args = ("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir)
+    process = popen(*args)
+    deadline = time.monotonic() + 120
+    children: list = []
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            children = psutil.Process(process.pid).children(recursive=True)
+            if children and (phase(run_dir) == "dump" if when == "dump" else phase(run_dir) == "verify"):
+                break
+            time.sleep(0.005)
+        assert process.poll() is None and children, f"never saw the {when} stage's children"
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)  # returns only once no child holds the pipes
+    finally:
+        if process.poll() is None:
+            process.kill()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive
+    rerun = spawn(*args, timeout=RUN_TIMEOUT)
+    assert rerun.exit_code == 0, str(rerun)
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_soak_kills_and_cuts_on_both_sides(standalone_source, proxied_target, run_dir, seed):
