@@ -13,7 +13,7 @@ Segment file layout (immutable once renamed into place):
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
@@ -48,12 +48,12 @@ class Record:
     type: str = ""                # struct records: the Redis type
     offset: int = 0               # struct records: element (list) or byte (string) offset of this chunk
     first: bool = True            # struct records: the first chunk deletes the key before writing
-    items: list[bytes] = field(default_factory=list)  # struct records: members, flattened pairs for hash/zset
+    items: list[bytes] | tuple = ()  # struct records: members, flattened pairs for hash/zset
 
     @property
     def rdb_version(self) -> int:
         """A DUMP payload ends with a 2-byte little-endian RDB version, then an 8-byte CRC64."""
-        return int.from_bytes(self.payload[-10:-8], "little") if self.kind == DUMP else 0
+        return self.payload[-10] | self.payload[-9] << 8 if self.kind == DUMP else 0
 
     @property
     def size(self) -> int:

@@ -105,6 +105,12 @@ def struct_commands(record: Record) -> list[tuple[bytes, bool]]:
     return commands
 
 
+def record_commands(records: list[Record]) -> list[list[tuple[bytes, bool]]]:
+    """Each record's commands: one RESTORE for a DUMP record, native commands for a struct chunk."""
+    return [[(pack_restore(r.key, r.expire_at, r.payload), False)] if r.kind == DUMP else struct_commands(r)
+            for r in records]
+
+
 def _stream_entries(key: bytes, items: list[bytes], tolerate: bool) -> list[tuple[bytes, bool]]:
     commands, pos = [], 0
     while pos < len(items):
@@ -132,7 +138,7 @@ def _stream_groups(key: bytes, items: list[bytes]) -> list[tuple[bytes, bool]]:
 class Sent:
     """What one send left in flight: per node, the connection used, the records and their commands."""
 
-    nodes: list[tuple[int, Wire, list[Record], list]] = field(default_factory=list)
+    nodes: list[tuple[int, Wire, list[Record], list | None]] = field(default_factory=list)  # None: all RESTOREs
     unsent: list[Record] = field(default_factory=list)
 
 
@@ -229,12 +235,16 @@ class TargetWriter:
                 by_node[node] = [record]
         sent = Sent()
         for index, node_records in by_node.items():
-            commands = [[(pack_restore(r.key, r.expire_at, r.payload), False)] if r.kind == DUMP
-                        else struct_commands(r) for r in node_records]
+            if all(r.kind == DUMP for r in node_records):  # the hot path: one RESTORE per record
+                commands = None
+                data = b"".join([pack_restore(r.key, r.expire_at, r.payload) for r in node_records])
+            else:
+                commands = record_commands(node_records)
+                data = b"".join(c for cmds in commands for c, _ in cmds)
             self.limiter.acquire(len(node_records))
             try:
                 wire = self._wire(index)
-                wire.send(b"".join(c for cmds in commands for c, _ in cmds))
+                wire.send(data)
                 sent.nodes.append((index, wire, node_records, commands))
             except (OSError, ConnectionError, MigrateError):
                 self._drop(index)
@@ -308,14 +318,14 @@ class TargetWriter:
         if self.wires.get(index) is not wire:
             return records, False  # the connection was dropped after these were sent
         try:
-            replies = wire.read(sum(len(c) for c in commands))
+            replies = wire.read(len(records) if commands is None else sum(len(c) for c in commands))
         except (OSError, ConnectionError):
             self._drop(index)
             return records, False
-        if len(replies) == len(records) and replies.count(b"OK") == len(replies):
-            counts.restored += sum(r.kind == DUMP for r in records)  # the common case: one RESTORE each
-            counts.struct_written += sum(r.kind != DUMP and r.first for r in records)
+        if commands is None and replies.count(b"OK") == len(replies):
+            counts.restored += len(records)  # the common case: every RESTORE answered OK
             return [], False
+        commands = commands or record_commands(records)
         pos = 0
         for position, (record, cmds) in enumerate(zip(records, commands)):
             errors = [r for r, (_, tolerate) in zip(replies[pos:pos + len(cmds)], cmds)
