@@ -14,14 +14,14 @@ from __future__ import annotations
 import ssl
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 from .endpoints import Node, Topology
 from .errors import BadInput, RuntimeFailure, Unreachable
 from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter
 from .slots import key_slot
-from .state import RunDir
+from .state import LedgerCounts, RunDir
 from .store import list_segments, segment_id, write_segment
 from .wire import ReplyError, Wire, pack
 
@@ -81,7 +81,7 @@ class DumpOptions:
 
 
 @dataclass
-class DumpCounts:
+class DumpCounts(LedgerCounts):
     scanned: int = 0
     dumped: int = 0
     struct_keys: int = 0
@@ -97,12 +97,6 @@ class DumpCounts:
         self.bytes += other.bytes
         self.skipped.update(other.skipped)
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "skipped": dict(self.skipped)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DumpCounts":
-        return cls(**{**data, "skipped": Counter(data["skipped"])})
 
 
 class RecordSink(Protocol):

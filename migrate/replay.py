@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .endpoints import Topology, discover, probe_rdb_version
@@ -18,7 +18,7 @@ from .errors import BadInput, GateRefused, MigrateError, RuntimeFailure, Unreach
 from .output import warn
 from .records import DUMP, NO_EXPIRY, Record, read_segment
 from .slots import key_slot
-from .state import RunDir
+from .state import LedgerCounts, RunDir
 from .store import list_segments
 from .wire import ReplyError, Wire, pack, pack_restore
 
@@ -39,7 +39,7 @@ class ReplayOptions:
 
 
 @dataclass
-class ReplayCounts:
+class ReplayCounts(LedgerCounts):
     restored: int = 0
     struct_written: int = 0
     expired: int = 0
@@ -47,12 +47,6 @@ class ReplayCounts:
     skipped: Counter = field(default_factory=Counter)
     skipped_keys: list = field(default_factory=list)  # the first skipped keys by name, for the report
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "skipped": dict(self.skipped)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ReplayCounts":
-        return cls(**{**data, "skipped": Counter(data["skipped"])})
 
     def skip(self, key: bytes, reason: str, limit: int = 1000) -> None:
         self.skipped[reason] += 1

@@ -13,6 +13,8 @@ Layout (0700, files 0600):
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
+from dataclasses import asdict
 import errno
 import fcntl
 import json
@@ -77,6 +79,17 @@ def disk_error(path: Path, exc: OSError) -> RuntimeFailure:
                               "same command: it resumes from the last durable segment")
     return RuntimeFailure(f"cannot write {path}: {exc.strerror or exc}",
                           "check the run directory's permissions and free space, then rerun to resume")
+
+
+class LedgerCounts:
+    """to_dict/from_dict for the counts dataclasses kept in ledgers, whose `skipped` is a Counter by reason."""
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "skipped": dict(self.skipped)}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(**{**data, "skipped": Counter(data["skipped"])})
 
 
 class RunDir:
