@@ -482,6 +482,16 @@ class MasterDumper:
         self.ledger.save()
 
 
+def _same_selection(recorded: dict | None, wanted: dict) -> bool:
+    """A dump made without knowing the target (plain `dump`) can be resumed by `run`, which knows it:
+    its payloads are kept, and replay refuses any that the target's RDB version cannot take."""
+    if recorded is None:
+        return False
+    if recorded.get("target_rdb") is None:
+        wanted = {**wanted, "target_rdb": None}
+    return recorded == wanted
+
+
 class DumpLedger:
     """dump.json: per-master cursor, next segment number, counts; plus the keys skipped and why."""
 
@@ -489,7 +499,7 @@ class DumpLedger:
         self.run_dir = run_dir
         data = run_dir.read("dump")
         names = [node.name for node in topology.masters]
-        if data is None or data.get("options") != options.fingerprint():
+        if data is None or not _same_selection(data.get("options"), options.fingerprint()):
             if data is not None and any(m["counts"]["scanned"] for m in data["masters"].values()):
                 raise BadInput(f"run directory {run_dir.path} holds a dump made with other options "
                                f"({data.get('options')})",

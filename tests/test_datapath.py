@@ -250,3 +250,11 @@ def test_a_big_key_spills_over_several_segments_and_replays_exactly(standalone_s
              "--max-payload", 4096)
     assert len(list((run_dir / "segments").iterdir())) > 4
     assert_same(snapshot(standalone_source), snapshot(serverless_target))
+
+
+def test_run_resumes_a_dump_made_by_the_dump_command(standalone_source, serverless_target, run_dir):
+    seed_data.seed(standalone_source.client(), 400, seed=12, big_keys=False, short_ttl_keys=0)
+    assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
+    summary = run_json("run", "--source", standalone_source.url(), "--target", serverless_target.url(),
+                       "--run-dir", run_dir)
+    assert summary["verify"]["equal"] and summary["restored"] == 400
