@@ -6,10 +6,8 @@ started it, even after kill -9; `stop()` ends it cleanly. Nothing here mocks Red
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,18 +19,14 @@ from pathlib import Path
 
 import redis
 
+from migrate.procs import die_with_parent
+
 SLOT_COUNT = 16384
 MAX_PORT = 55535
 RESTRICTED_COMMANDS = (
     "CONFIG", "DEBUG", "MIGRATE", "SYNC", "PSYNC", "REPLICAOF", "SLAVEOF", "SAVE", "BGSAVE",
     "BGREWRITEAOF", "SHUTDOWN", "MODULE", "KEYS", "MONITOR", "OBJECT", "MEMORY", "SWAPDB", "MOVE",
 )
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask the kernel to kill it when the parent dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def stop_process(process: subprocess.Popen | None) -> None:
@@ -132,7 +126,7 @@ class RedisServer:
         log = open(self.directory / "server.log", "ab")
         self.process = subprocess.Popen(
             [self.binary, *self.args], cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._wait_ready()
         return self
@@ -312,7 +306,7 @@ class MotoServer:
         log = open(self.directory / "moto.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
