@@ -303,8 +303,7 @@ def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance,
     """Prove the target holds what the source (or the dump) holds. Exit 0 equal, 1 differences, 2 bad input."""
     from pathlib import Path
 
-    from .pipeline import open_source, open_target, source_key_count
-    from .replay import target_key_count
+    from .pipeline import open_source, open_target
     from .state import RunDir
     from .verify import VerifyOptions, render, run_verify
     if delete_extra and not repair:
@@ -316,7 +315,7 @@ def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance,
         endpoint = _endpoint("source", source_url, tls_insecure)
         db = endpoint.db if db is None else db
         source = open_source(endpoint, db)
-        total = None if sample else source_key_count(source, db) + target_key_count(target)
+        total = None if sample else source.key_count(db) + target.key_count()
     options = VerifyOptions(sample=sample, ttl_tolerance_ms=ttl_tolerance, rounds=rounds,
                             report=Path(report) if report else None, repair=repair, delete_extra=delete_extra,
                             against_dump=against_dump, db=db)

@@ -7,7 +7,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .keyread import ABSENT, NO_EXPIRY, View
+from .keyread import ABSENT, View
+from .records import NO_EXPIRY
 
 KINDS = ("missing", "extra", "type", "value", "ttl", "changing")
 EXPIRED = "expired"

@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
-from .endpoints import Node, Topology
+from .endpoints import Node, Topology, rdb_version_of
 from .errors import BadInput, RuntimeFailure, Unreachable
-from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter
+from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter, skipped_entry
 from .slots import key_slot
 from .state import LedgerCounts, RunDir
 from .store import list_segments, segment_id, write_segment
@@ -89,14 +89,13 @@ class DumpCounts(LedgerCounts):
     bytes: int = 0
     skipped: Counter = field(default_factory=Counter)
 
-    def add(self, other: "DumpCounts") -> None:
-        self.scanned += other.scanned
-        self.dumped += other.dumped
-        self.struct_keys += other.struct_keys
-        self.vanished += other.vanished
-        self.bytes += other.bytes
-        self.skipped.update(other.skipped)
 
+def dump_totals(ledger_data: dict) -> DumpCounts:
+    """The counts of every master in a dump ledger, added up."""
+    total = DumpCounts()
+    for master in ledger_data.get("masters", {}).values():
+        total.add(DumpCounts.from_dict(master["counts"]))
+    return total
 
 
 class RecordSink(Protocol):
@@ -128,7 +127,7 @@ class KeyReader:
         self.wire = wire
         self.bulk = bulk
         self.options = options
-        self.has_pexpiretime = topology.version_tuple >= (7, 0)
+        self.has_pexpiretime = topology.has_pexpiretime
         self.has_memory_usage = True
         self.use_script = not options.struct_all
         self.skipped_keys: list[tuple[bytes, str]] = []
@@ -177,7 +176,7 @@ class KeyReader:
                 counts.vanished += 1
             elif isinstance(value, int):
                 large.append((key, expiry))
-            elif target_rdb is not None and _payload_rdb(value) > target_rdb:
+            elif target_rdb is not None and rdb_version_of(value) > target_rdb:
                 too_new.append((key, expiry))
             else:
                 counts.dumped += 1
@@ -236,7 +235,7 @@ class KeyReader:
                 counts.vanished += 1
             elif isinstance(payload, ReplyError):
                 self._skip(key, f"DUMP refused: {payload}", counts)
-            elif self.options.target_rdb is not None and _payload_rdb(payload) > self.options.target_rdb:
+            elif self.options.target_rdb is not None and rdb_version_of(payload) > self.options.target_rdb:
                 too_new.append((key, expiry))
             else:
                 counts.dumped += 1
@@ -276,10 +275,6 @@ def _absolute(reply, is_pexpiretime: bool, sent_at: int) -> int:
     if reply == -1:
         return NO_EXPIRY
     return reply if is_pexpiretime else sent_at + reply
-
-
-def _payload_rdb(payload: bytes) -> int:
-    return int.from_bytes(payload[-10:-8], "little")
 
 
 def _text(reply) -> str:
@@ -521,13 +516,10 @@ class DumpLedger:
         """Keep the first skipped keys by name (escaped), so the report can name them."""
         room = limit - len(self.data["skipped_keys"])
         for key, reason in skipped[:max(room, 0)]:
-            self.data["skipped_keys"].append({"key": key.decode("utf-8", "backslashreplace")[:200], "reason": reason})
+            self.data["skipped_keys"].append(skipped_entry(key, reason))
 
     def totals(self) -> DumpCounts:
-        total = DumpCounts()
-        for master in self.data["masters"].values():
-            total.add(DumpCounts.from_dict(master["counts"]))
-        return total
+        return dump_totals(self.data)
 
     @property
     def done(self) -> bool:

@@ -28,8 +28,8 @@ from .digest import TYPE_CODE, new_digest
 from .endpoints import Topology, translated_errors
 from .compare import Pass, compare_views, side_counts
 from .errors import BadInput
-from .keyread import ABSENT, NO_EXPIRY, DigestReader, SideReader, View, has_pexpiretime
-from .records import DUMP, Record, read_segment
+from .keyread import ABSENT, DigestReader, SideReader, View
+from .records import DUMP, NO_EXPIRY, Record, read_segment
 from .sidescan import ScanJob, SideScans, combined, fold
 from .slots import SLOT_COUNT, key_slot
 from .state import RunDir
@@ -175,7 +175,7 @@ class DumpReference:
 
     def full_pass(self, tolerance_ms: int, progress=None) -> Pass:
         grid = max(tolerance_ms, 1)
-        jobs = {"target": [ScanJob(self.target.endpoint, node, has_pexpiretime(self.target), grid, digest=False)
+        jobs = {"target": [ScanJob(self.target.endpoint, node, self.target.has_pexpiretime, grid, digest=False)
                            for node in self.target.masters]}
         with SideScans(jobs) as census:
             self._load(fast_path=True, progress=progress)

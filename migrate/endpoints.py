@@ -141,6 +141,34 @@ class Topology:
     def version_tuple(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.version.split(".")[:3] if p.isdigit())
 
+    @property
+    def has_pexpiretime(self) -> bool:
+        """PEXPIRETIME (Redis 7+) answers the absolute expiry itself; before it, PTTL only what is left."""
+        return self.version_tuple >= (7, 0)
+
+    def key_count(self, db: int | None = None) -> int:
+        """DBSIZE summed over the masters (not atomic on a cluster: a progress and preflight figure)."""
+        with translated_errors(self.endpoint):
+            return sum(self.client(node, db).dbsize() for node in self.masters)
+
+    def other_databases(self, db: int) -> tuple[dict[int, int], list[str]]:
+        """Keys per database other than `db` (INFO keyspace; a cluster only ever shows db0), and the
+        masters where INFO keyspace is unavailable, so that nothing goes unchecked silently."""
+        found: dict[int, int] = {}
+        unavailable = []
+        for node in self.masters:
+            try:
+                with translated_errors(self.endpoint):
+                    keyspace = self.client(node).info("keyspace")
+            except redis.ResponseError:
+                unavailable.append(node.name)
+                continue
+            for name, stats in keyspace.items():
+                number = int(name[2:]) if name.startswith("db") and name[2:].isdigit() else None
+                if number is not None and number != db and stats.get("keys"):
+                    found[number] = found.get(number, 0) + int(stats["keys"])
+        return dict(sorted(found.items())), unavailable
+
     def client(self, node: Node, db: int | None = None) -> redis.Redis:
         return self.endpoint.node_client(node.host, node.port, db)
 

@@ -15,18 +15,13 @@ import time
 from typing import NamedTuple
 
 from .digest import DIGESTS, digest_hash, digest_list, digest_set, digest_string, digest_zset, new_digest
+from .records import NO_EXPIRY
 from .slots import key_slot
 from .wire import ReplyError, Wire
 
 WINDOW = 1000              # elements in the first read of a collection
 BIG_WINDOW = 10_000        # elements per read of the rest of a big collection
 STRING_WINDOW = 1 << 20    # bytes per read of a string
-NO_EXPIRY = -1
-
-
-def has_pexpiretime(topology) -> bool:
-    """PEXPIRETIME (Redis 7+) answers the absolute expiry itself; before it, PTTL only what is left."""
-    return topology.version_tuple >= (7, 0)
 
 
 class View(NamedTuple):
@@ -289,7 +284,7 @@ class SideReader:
     def __init__(self, topology, db: int = 0, batch: int = WINDOW) -> None:
         self.topology = topology
         self.db = db
-        self.exact_ttl = has_pexpiretime(topology)
+        self.exact_ttl = topology.has_pexpiretime
         self._owners = topology.slot_owners()
         self._readers: dict[int, DigestReader] = {}
         self._batch = batch

@@ -11,7 +11,6 @@ import os
 import multiprocessing
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Callable
 
 import redis
@@ -31,14 +30,6 @@ def no_progress(*_args, **_kwargs) -> AbstractContextManager[Callable[[int], Non
     return nullcontext(lambda n: None)
 
 
-@dataclass(frozen=True)
-class Sides:
-    """Source and target as the operator gave them."""
-
-    source: Endpoint | None = None
-    target: Endpoint | None = None
-
-
 def open_source(endpoint: Endpoint, db: int) -> Topology:
     topology = discover(endpoint)
     if topology.is_cluster and db != 0:
@@ -55,27 +46,12 @@ def open_target(endpoint: Endpoint) -> Topology:
     return discover(endpoint)
 
 
-def other_databases(topology: Topology, db: int) -> dict[int, int]:
-    """Databases other than `db` that hold keys, with their key counts (standalone sources only)."""
-    if topology.is_cluster:
-        return {}
-    with translated_errors(topology.endpoint):
-        keyspace = topology.client(topology.masters[0]).info("keyspace")
-    found = {int(name[2:]): int(stats["keys"]) for name, stats in keyspace.items() if name.startswith("db")}
-    return {number: keys for number, keys in sorted(found.items()) if number != db and keys}
-
-
 def _warn_other_databases(topology: Topology, db: int) -> None:
-    others = other_databases(topology, db)
+    others, _ = topology.other_databases(db)
     if others:
         listed = ", ".join(f"db {n}: {k} keys" for n, k in others.items())
         warn(f"the source has keys in databases that are not migrated ({listed}); ElastiCache Serverless has "
              f"only db 0: migrate each with its own --db into its own cache, or merge them first")
-
-
-def source_key_count(topology: Topology, db: int) -> int:
-    with translated_errors(topology.endpoint):
-        return sum(topology.client(node, db).dbsize() for node in topology.masters)
 
 
 def preflight(run_dir: RunDir, source_url: str, target_url: str, tls_insecure: bool) -> None:
@@ -99,7 +75,7 @@ def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptio
                progress: ProgressFactory = no_progress) -> dict:
     run_dir.bind("source", {"url": source.endpoint.identity, "db": options.db})
     started = time.monotonic()
-    total = source_key_count(source, options.db)
+    total = source.key_count(options.db)
     with progress("dump", total) as update:
         with translated_errors(source.endpoint):
             ledger = dump_module.dump(run_dir, source, options, update)
@@ -119,8 +95,8 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
                        "dump again with --mode struct into a new --run-dir (or use `run --mode struct`)")
     started = time.monotonic()
     if expected is None:
-        expected = sum(m["counts"]["dumped"] + m["counts"]["struct_keys"]
-                       for m in (dump_ledger or {}).get("masters", {}).values())
+        totals = dump_module.dump_totals(dump_ledger or {})
+        expected = totals.dumped + totals.struct_keys
     done = replay_module.ReplayCounts.from_dict((run_dir.read("replay") or {}).get("counts") or
                                                 replay_module.ReplayCounts().to_dict())
     with progress("replay", expected or None, initial=done.restored + done.struct_written + done.expired) as update:
@@ -144,7 +120,7 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     child, errors = _start_dump_process(run_dir, source, dump_options)  # one bar: the replay's
     try:
         replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
-                                expected=source_key_count(source, dump_options.db))
+                                expected=source.key_count(dump_options.db))
     finally:
         if child.is_alive():
             child.terminate()
@@ -218,9 +194,7 @@ def summarize(run_dir: RunDir) -> dict:
     """The numbers an operator asks for, from the ledgers alone."""
     dump_ledger = run_dir.read("dump") or {}
     replay_ledger = run_dir.read("replay") or {}
-    dump_counts = dump_module.DumpCounts()
-    for master in dump_ledger.get("masters", {}).values():
-        dump_counts.add(dump_module.DumpCounts.from_dict(master["counts"]))
+    dump_counts = dump_module.dump_totals(dump_ledger)
     replay_counts = replay_ledger.get("counts", replay_module.ReplayCounts().to_dict())
     skipped = dict(dump_counts.skipped)
     for reason, count in replay_counts["skipped"].items():

@@ -47,7 +47,7 @@ def plan(source_url: str, target_url: str, *, serverless_cache: str | None = Non
     warnings: list[str] = []
 
     src = survey_source(source, sample, blockers, warnings)
-    tgt = {**_side(target), "keys": _key_count(target), "rdb_version": probe_rdb_version(target)}
+    tgt = {**_side(target), "keys": target.key_count(), "rdb_version": probe_rdb_version(target)}
     if tgt["keys"]:
         blockers.append(_blocker(f"the target already holds {tgt['keys']} keys",
                                  "flush it if they are leftovers, or pass --allow-nonempty-target to replay if they "
@@ -72,12 +72,6 @@ def _side(topology: Topology) -> dict:
     return described
 
 
-def _key_count(topology: Topology) -> int:
-    """DBSIZE summed over the masters (not atomic on a cluster: a preflight figure)."""
-    with translated_errors(topology.endpoint):
-        return sum(topology.client(node).dbsize() for node in topology.masters)
-
-
 # --- the source --------------------------------------------------------------------------------------
 
 def survey_source(source: Topology, sample: int, blockers: list[dict], warnings: list[str]) -> dict:
@@ -85,10 +79,11 @@ def survey_source(source: Topology, sample: int, blockers: list[dict], warnings:
     with translated_errors(source.endpoint):
         keys_per_master = {node.name: source.client(node).dbsize() for node in source.masters}
         used_memory = _used_memory(source)
-        other_dbs = _other_databases(source, warnings)
+        other_dbs, unavailable = source.other_databases(source.endpoint.db)
         sampled, method = sample_keys(source, sample)
         rdb = _source_rdb_version(source, sampled)
     total = sum(keys_per_master.values())
+    warnings += [f"INFO keyspace is unavailable on {name}: other databases were not checked" for name in unavailable]
     if other_dbs:
         listing = ", ".join(f"db{db}: {count} keys" for db, count in sorted(other_dbs.items()))
         blockers.append(_blocker(
@@ -126,22 +121,6 @@ def _used_memory(topology: Topology) -> int | None:
         except (redis.ResponseError, KeyError, ValueError):
             return None
     return total
-
-
-def _other_databases(topology: Topology, warnings: list[str]) -> dict[int, int]:
-    """Keys per database other than the migrated one, from INFO keyspace (a cluster only ever shows db0)."""
-    found: dict[int, int] = {}
-    for node in topology.masters:
-        try:
-            keyspace = topology.client(node).info("keyspace")
-        except redis.ResponseError:
-            warnings.append(f"INFO keyspace is unavailable on {node.name}: other databases were not checked")
-            continue
-        for name, stats in keyspace.items():
-            db = int(name[2:]) if name.startswith("db") and name[2:].isdigit() else None
-            if db is not None and db != topology.endpoint.db and stats.get("keys"):
-                found[db] = found.get(db, 0) + int(stats["keys"])
-    return found
 
 
 def sample_keys(topology: Topology, limit: int) -> tuple[list[SampledKey], str]:

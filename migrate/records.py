@@ -60,6 +60,11 @@ class Record:
         return len(self.key) + len(self.payload) + sum(len(item) for item in self.items)
 
 
+def skipped_entry(key: bytes, reason: str) -> dict:
+    """How a skipped key is named in ledgers and reports: escaped text, cut at 200 characters."""
+    return {"key": key.decode("utf-8", "backslashreplace")[:200], "reason": reason}
+
+
 def encode(record: Record) -> bytes:
     if record.kind == DUMP:
         return b"".join((_DUMP_HEAD.pack(DUMP, record.expire_at, len(record.key), len(record.payload)),

@@ -16,7 +16,7 @@ from .endpoints import Topology, discover, probe_rdb_version
 from . import witness
 from .errors import BadInput, GateRefused, MigrateError, RuntimeFailure, Unreachable
 from .output import warn
-from .records import DUMP, NO_EXPIRY, Record, read_segment
+from .records import DUMP, NO_EXPIRY, Record, read_segment, skipped_entry
 from .slots import key_slot
 from .state import LedgerCounts, RunDir
 from .store import list_segments
@@ -47,10 +47,9 @@ class ReplayCounts(LedgerCounts):
     skipped: Counter = field(default_factory=Counter)
     skipped_keys: list = field(default_factory=list)  # the first skipped keys by name, for the report
 
-
     def skip(self, key: bytes, reason: str, limit: int = 1000) -> None:
         self.skipped[reason] += 1
-        item = {"key": key.decode("utf-8", "backslashreplace")[:200], "reason": reason}
+        item = skipped_entry(key, reason)
         if len(self.skipped_keys) < limit and item not in self.skipped_keys:
             self.skipped_keys.append(item)
 
@@ -393,10 +392,6 @@ class ReplayLedger:
         self.run_dir.write("replay", self.data)
 
 
-def target_key_count(topology: Topology) -> int:
-    return sum(topology.client(node).dbsize() for node in topology.masters)
-
-
 def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
            progress: Callable[[int], None] = lambda n: None,
            dump_running: Callable[[], bool] = lambda: False) -> ReplayLedger:
@@ -439,15 +434,10 @@ def _write_segment(writer: TargetWriter, records: list[Record], ledger: ReplayLe
         counts = ReplayCounts()
         writer.disturbed = False
         writer.write(records, counts)
-        ledger.counts.retries += counts.retries
         if not writer.disturbed:
-            ledger.counts.restored += counts.restored
-            ledger.counts.struct_written += counts.struct_written
-            ledger.counts.expired += counts.expired
-            ledger.counts.skipped.update(counts.skipped)
-            ledger.counts.skipped_keys += [item for item in counts.skipped_keys
-                                           if item not in ledger.counts.skipped_keys][:1000]
+            ledger.counts.add(counts)
             return True
+        ledger.counts.retries += counts.retries
         if guard.lost():
             return False
     raise RuntimeFailure(f"the target's connections kept dropping while segment {name} was written "
@@ -480,7 +470,7 @@ class LossGuard:
 
 
 def _refuse_nonempty_target(topology: Topology, options: ReplayOptions) -> None:
-    count = target_key_count(topology)
+    count = topology.key_count()
     if count and not options.allow_nonempty_target:
         raise GateRefused(f"the target {topology.endpoint.redacted} already holds {count} keys",
                           "replay into an empty cache, or pass --allow-nonempty-target to merge "

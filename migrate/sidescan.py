@@ -31,7 +31,8 @@ from xxhash import xxh3_128_intdigest
 from . import errors
 from .digest import TYPE_CODE, TYPES
 from .endpoints import Endpoint, Node, translated_errors
-from .keyread import NO_EXPIRY, Batch, DigestReader, View
+from .keyread import Batch, DigestReader, View
+from .records import NO_EXPIRY
 from .procs import die_with_parent
 from .slots import SLOT_COUNT, key_slot
 from .wire import Wire, pack

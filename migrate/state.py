@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, fields
 import errno
 import fcntl
 import json
@@ -82,7 +82,21 @@ def disk_error(path: Path, exc: OSError) -> RuntimeFailure:
 
 
 class LedgerCounts:
-    """to_dict/from_dict for the counts dataclasses kept in ledgers, whose `skipped` is a Counter by reason."""
+    """to_dict/from_dict/add for the counts dataclasses kept in ledgers, whose `skipped` is a Counter by reason."""
+
+    SKIPPED_KEYS_KEPT = 1000
+
+    def add(self, other: "LedgerCounts") -> None:
+        """Sum the counters; keep the first skipped keys by name, once each."""
+        for item in fields(self):
+            mine, theirs = getattr(self, item.name), getattr(other, item.name)
+            if isinstance(mine, Counter):
+                mine.update(theirs)
+            elif isinstance(mine, list):
+                room = self.SKIPPED_KEYS_KEPT - len(mine)
+                mine.extend([entry for entry in theirs if entry not in mine][:max(room, 0)])
+            else:
+                setattr(self, item.name, mine + theirs)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "skipped": dict(self.skipped)}

@@ -27,7 +27,8 @@ from typing import Callable, Protocol
 from .endpoints import Topology, translated_errors
 from .errors import BadInput
 from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
-from .keyread import NO_EXPIRY, SideReader, View, has_pexpiretime
+from .keyread import SideReader, View
+from .records import NO_EXPIRY
 from .sidescan import ScanJob, SideScans, combined
 from .slots import SLOT_COUNT
 from .state import RunDir, atomic_write
@@ -123,8 +124,8 @@ class SourceReference:
 def full_pass(source: Topology, target: Topology, db: int, options: VerifyOptions, progress: Progress | None) -> Pass:
     """Both sides scanned at once, one process per master; keys compared only in slots whose totals differ."""
     grid = max(options.ttl_tolerance_ms, 1)
-    jobs = {"source": [ScanJob(source.endpoint, node, has_pexpiretime(source), grid, db) for node in source.masters],
-            "target": [ScanJob(target.endpoint, node, has_pexpiretime(target), grid) for node in target.masters]}
+    jobs = {"source": [ScanJob(source.endpoint, node, source.has_pexpiretime, grid, db) for node in source.masters],
+            "target": [ScanJob(target.endpoint, node, target.has_pexpiretime, grid) for node in target.masters]}
     with SideScans(jobs) as scans:
         done = scans.totals(progress)
         source_totals, target_totals = combined(done["source"]), combined(done["target"])

@@ -6,7 +6,6 @@ from empty servers. Everything started is stopped at the end, even when a test f
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 

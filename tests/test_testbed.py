@@ -6,7 +6,6 @@ import boto3
 import pytest
 import redis
 
-import testbed
 
 
 def covered_slots(node_client: redis.Redis) -> int:

@@ -7,7 +7,6 @@ import json
 import threading
 import time
 
-import pytest
 from click.testing import CliRunner
 
 import seed_data
