@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Protocol
 
 from .endpoints import Node, Topology, rdb_version_of
 from .errors import BadInput, RuntimeFailure, Unreachable
-from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter, skipped_entry
+from .records import DUMP, NO_EXPIRY, STRUCT, Record, SegmentWriter, skipped_entry
 from .slots import key_slot
 from .state import LedgerCounts, RunDir
 from .store import list_segments, segment_id, write_segment
@@ -41,25 +41,46 @@ _BYTES_PER_ITEM_ESTIMATE = 128
 # One round trip per batch: expiry, size and (for keys under the bound) the DUMP payload, read by the
 # server itself. The client then parses one nested reply in C (hiredis) instead of three per key.
 # PTTL plus the server's own TIME gives the absolute expiry on servers without PEXPIRETIME.
+# The last element says whether every key was plain (there, dumped, and within the target's RDB
+# version): then the client stores the batch as it is, with no Python step per key.
 READ_SCRIPT = b"""
+local call = redis.call
 local limit = tonumber(ARGV[1])
 local has_pexpiretime = ARGV[2] == '1'
-local now = redis.call('TIME')
+local target_rdb = tonumber(ARGV[3])
+local argv = ARGV
+local now = call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local out = {}
-for i = 3, #ARGV do
-  local key = ARGV[i]
+local n = 0
+local plain = 1
+for i = 4, #argv do
+  local key = argv[i]
   local expiry
   if has_pexpiretime then
-    expiry = redis.call('PEXPIRETIME', key)
+    expiry = call('PEXPIRETIME', key)
   else
-    expiry = redis.call('PTTL', key)
+    expiry = call('PTTL', key)
     if expiry >= 0 then expiry = now_ms + expiry end
   end
-  local size = redis.call('MEMORY', 'USAGE', key)
-  out[#out + 1] = expiry
-  if size and size <= limit then out[#out + 1] = redis.call('DUMP', key) else out[#out + 1] = size end
+  local size = call('MEMORY', 'USAGE', key)
+  if expiry == -2 then plain = 0 end
+  out[n + 1] = expiry
+  n = n + 2
+  if size and size <= limit then
+    local payload = call('DUMP', key)
+    out[n] = payload
+    if not payload then
+      plain = 0
+    elseif target_rdb > 0 and string.byte(payload, -10) + 256 * string.byte(payload, -9) > target_rdb then
+      plain = 0
+    end
+  else
+    out[n] = size
+    plain = 0
+  end
 end
+out[n + 1] = plain
 return out
 """
 
@@ -103,7 +124,7 @@ class RecordSink(Protocol):
 
     def add(self, record: Record) -> None: ...
 
-    def add_dump(self, key: bytes, expire_at: int, payload: bytes) -> None: ...
+    def add_dumps(self, keys: list[bytes], expiries: list[int], payloads: list[bytes]) -> None: ...
 
 
 class RecordList(list):
@@ -112,8 +133,8 @@ class RecordList(list):
     def add(self, record: Record) -> None:
         self.append(record)
 
-    def add_dump(self, key: bytes, expire_at: int, payload: bytes) -> None:
-        self.append(Record(key, expire_at, payload))
+    def add_dumps(self, keys: list[bytes], expiries: list[int], payloads: list[bytes]) -> None:
+        self.extend(map(Record, keys, expiries, payloads))
 
 
 class KeyReader:
@@ -138,11 +159,12 @@ class KeyReader:
 
     def start(self, keys: list[bytes]) -> bool:
         """Send the batch script for these keys without waiting; True if it is in flight."""
-        admissible = [key for key in keys if len(key) <= MAX_KEY_BYTES]
+        admissible = _admissible_names(keys)
         if not (self.use_script and admissible):
             return False
         self.bulk.send(pack(b"EVAL", READ_SCRIPT, b"0", b"%d" % self.options.max_payload,
-                            b"1" if self.has_pexpiretime else b"0", *admissible))
+                            b"1" if self.has_pexpiretime else b"0", b"%d" % (self.options.target_rdb or 0),
+                            *admissible))
         return True
 
     def finish(self, keys: list[bytes], in_flight: bool, counts: DumpCounts, sink: "RecordSink") -> None:
@@ -169,29 +191,34 @@ class KeyReader:
         self._read_structs(large, counts, sink)
 
     def _scripted(self, keys: list[bytes], replies: list, counts: DumpCounts, sink: "RecordSink") -> None:
-        large, too_new = [], []
+        expiries, values = replies[0:-1:2], replies[1:-1:2]
+        if replies[-1] == 1:  # every key plain: the batch goes to the segment as it is
+            counts.dumped += len(keys)
+            counts.bytes += sum(map(len, values))
+            sink.add_dumps(keys, expiries, values)
+            return
+        plain, large = ([], [], []), []
         target_rdb = self.options.target_rdb
-        for key, expiry, value in zip(keys, replies[0::2], replies[1::2]):
+        for key, expiry, value in zip(keys, expiries, values):
             if expiry == -2 or value is None:
                 counts.vanished += 1
-            elif isinstance(value, int):
-                large.append((key, expiry))
-            elif target_rdb is not None and rdb_version_of(value) > target_rdb:
-                too_new.append((key, expiry))
+            elif isinstance(value, int) or (target_rdb is not None and rdb_version_of(value) > target_rdb):
+                large.append((key, expiry))  # over the bound, or newer than the target: type by type
             else:
-                counts.dumped += 1
-                counts.bytes += len(value)
-                sink.add_dump(key, expiry, value)
-        self._read_structs(large + too_new, counts, sink)
+                for column, item in zip(plain, (key, expiry, value)):
+                    column.append(item)
+        counts.dumped += len(plain[0])
+        counts.bytes += sum(map(len, plain[2]))
+        sink.add_dumps(*plain)
+        self._read_structs(large, counts, sink)
 
     def _admissible(self, keys: list[bytes], counts: DumpCounts) -> list[bytes]:
         counts.scanned += len(keys)
-        admissible = []
-        for key in keys:
-            if len(key) > MAX_KEY_BYTES:
-                self._skip(key, "key name over 4 KiB (ElastiCache Serverless limit)", counts)
-            else:
-                admissible.append(key)
+        admissible = _admissible_names(keys)
+        if len(admissible) < len(keys):
+            for key in keys:
+                if len(key) > MAX_KEY_BYTES:
+                    self._skip(key, "key name over 4 KiB (ElastiCache Serverless limit)", counts)
         return admissible
 
     def _skip(self, key: bytes, reason: str, counts: DumpCounts) -> None:
@@ -240,7 +267,7 @@ class KeyReader:
             else:
                 counts.dumped += 1
                 counts.bytes += len(payload)
-                sink.add_dump(key, expiry, payload)
+                sink.add(Record(key, expiry, payload))
         self._read_structs(too_new, counts, sink)
 
     def _read_structs(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: "RecordSink") -> None:
@@ -266,6 +293,13 @@ class KeyReader:
             counts.vanished += 1
         else:
             counts.struct_keys += 1
+
+
+def _admissible_names(keys: list[bytes]) -> list[bytes]:
+    """The keys whose names the target accepts (usually all of them: checked in one step)."""
+    if not keys or max(map(len, keys)) <= MAX_KEY_BYTES:
+        return keys
+    return [key for key in keys if len(key) <= MAX_KEY_BYTES]
 
 
 def _absolute(reply, is_pexpiretime: bool, sent_at: int) -> int:
@@ -362,9 +396,7 @@ class MasterDumper:
         self.options = options
         self.ledger = ledger
         self.endpoint, self.node = topology.endpoint, node
-        self.wire = Wire(topology.endpoint, node.host, node.port, options.db)
-        self.bulk = Wire(topology.endpoint, node.host, node.port, options.db)
-        self.reader = KeyReader(self.wire, self.bulk, topology, options)
+        self.reader = KeyReader(*self._connect(), topology, options)
         self.writer = SegmentWriter()
         self.pending = DumpCounts()
         # A segment written just before a crash may not be in the ledger yet; never reuse its number:
@@ -387,23 +419,27 @@ class MasterDumper:
             deadline = deadline or time.monotonic() + RECONNECT_SECONDS
             self.reader.skipped_keys, self.writer, self.pending = [], SegmentWriter(), DumpCounts()
             while True:
-                self.wire.close()
-                self.bulk.close()
+                self._close()
                 if time.monotonic() > deadline:
-                    raise RuntimeFailure(f"lost the connection to source {self.wire.name} and could not get it "
+                    raise RuntimeFailure(f"lost the connection to source {self.node.name} and could not get it "
                                          f"back in {RECONNECT_SECONDS}s ({type(error).__name__}: {error})",
                                          "check the source's health and network path, then rerun the same "
                                          "command: it resumes from the last durable segment") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 try:
-                    self.wire = self.reader.wire = Wire(self.endpoint, self.node.host, self.node.port,
-                                                        self.options.db)
-                    self.bulk = self.reader.bulk = Wire(self.endpoint, self.node.host, self.node.port,
-                                                        self.options.db)
+                    self.reader.wire, self.reader.bulk = self._connect()
                     break
                 except Unreachable as exc:  # still down: wait longer
                     error = exc
+
+    def _connect(self) -> tuple[Wire, Wire]:
+        """Two connections: `wire` for SCAN and struct reads, `bulk` for the batch scripts."""
+        return tuple(Wire(self.endpoint, self.node.host, self.node.port, self.options.db) for _ in range(2))
+
+    def _close(self) -> None:
+        self.reader.wire.close()
+        self.reader.bulk.close()
 
     def _run(self, progress: Callable[[int], None]) -> None:
         """SCAN and send batch N+1 before storing batch N, so the server and this process work at once."""
@@ -419,8 +455,7 @@ class MasterDumper:
             if in_flight:
                 self._store(*in_flight, progress)
             in_flight = batch
-        self.wire.close()
-        self.bulk.close()
+        self._close()
 
     def _store(self, keys: list[bytes], sent: bool, cursor: int, progress: Callable[[int], None]) -> None:
         self.reader.finish(keys, sent, self.pending, self)
@@ -432,13 +467,18 @@ class MasterDumper:
 
     # RecordSink: records go to the current segment, which is flushed early when a big key fills it.
     def add(self, record: Record) -> None:
+        if record.kind == DUMP:
+            self.add_dumps([record.key], [record.expire_at], [record.payload])
+            return
         self.writer.add(record)
         if self.writer.raw_bytes >= SEGMENT_BYTES:
             self._flush_segment()
             self.ledger.save()
 
-    def add_dump(self, key: bytes, expire_at: int, payload: bytes) -> None:
-        self.writer.add_dump(key, expire_at, payload)
+    def add_dumps(self, keys: list[bytes], expiries: list[int], payloads: list[bytes]) -> None:
+        if self.writer.holds_struct_of(keys):  # a key read again (SCAN may repeat): keep its order
+            self._flush_segment()
+        self.writer.add_dumps(keys, expiries, payloads)
 
     def _flush_segment(self) -> None:
         """Write the segment without moving the cursor: a crash rescans the batch, and the repeated
@@ -454,15 +494,15 @@ class MasterDumper:
             args += [b"MATCH", self.options.match.encode()]
         if len(self.options.types) == 1:
             args += [b"TYPE", self.options.types[0].encode()]
-        next_cursor, keys = self.wire.call(*args)
+        next_cursor, keys = self.reader.wire.call(*args)
         if len(self.options.types) > 1:
             keys = self._keep_types(keys)
         return int(next_cursor), keys
 
     def _keep_types(self, keys: list[bytes]) -> list[bytes]:
-        self.wire.send(b"".join(pack(b"TYPE", key) for key in keys))
+        self.reader.wire.send(b"".join(pack(b"TYPE", key) for key in keys))
         wanted = set(self.options.types)
-        return [key for key, kind in zip(keys, self.wire.read(len(keys))) if _text(kind) in wanted]
+        return [key for key, kind in zip(keys, self.reader.wire.read(len(keys))) if _text(kind) in wanted]
 
     def _commit(self, pending: DumpCounts, cursor: int, finished: bool) -> None:
         """Segment first (durable), then the cursor that it covers."""

@@ -4,27 +4,41 @@ A record is one key: either a DUMP payload (restored as is), or one chunk of the
 ("struct" records, used for big keys and for targets with an older RDB version). A struct chunk
 carries its offset, so replaying it twice never doubles a list or a string.
 
+A segment stores its DUMP records column by column, each with its key's hash slot, so that replay
+groups them by node and builds their RESTOREs without a Python step per key. Replay order is the
+DUMP records in the order read (per node), then the struct records in the order read. The dump never
+lets a key's DUMP record follow its struct record in one segment.
+
 Segment file layout (immutable once renamed into place):
     MAGIC (8 bytes)
-    body: one zstd frame holding the records
+    body: one zstd frame holding
+        counts: DUMP records n, struct records m (u32 each)
+        slots (u16 x n), expiries (i64 x n), key lengths (u32 x n), payload lengths (u32 x n)
+        every key, then every payload
+        the struct records, one after the other
     trailer: body length (u64), xxh3-64 of the body (u64), record count (u64), END (8 bytes)
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+import sys
+from array import array
+from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import xxhash
 import zstandard
 
 from .errors import BadInput
+from .slots import key_slots
 
-MAGIC = b"RMSEG\x01\n\x00"
-END = b"RMEND\x01\n\x00"
+MAGIC = b"RMSEG\x02\n\x00"
+END = b"RMEND\x02\n\x00"
 TRAILER = struct.Struct("<QQQ8s")
 NO_EXPIRY = -1
+MIN_PAYLOAD = 10  # a DUMP payload ends with its RDB version (2 bytes) and a CRC64 (8 bytes)
 
 DUMP = 0
 STRUCT = 1
@@ -32,9 +46,11 @@ STRUCT = 1
 TYPES = ("string", "hash", "list", "set", "zset", "stream", "stream-group")
 TYPE_CODES = {name: code for code, name in enumerate(TYPES)}
 
-_DUMP_HEAD = struct.Struct("<BqII")     # kind, expire_at, key length, payload length
+_COUNTS = struct.Struct("<II")
 _STRUCT_HEAD = struct.Struct("<BqIBQBI")  # kind, expire_at, key length, type, offset, first, item count
 _LEN = struct.Struct("<I")
+_COLUMNS = (("H", 2), ("q", 8), ("I", 4), ("I", 4))  # slots, expiries, key lengths, payload lengths
+_SWAP = sys.byteorder != "little"
 
 
 @dataclass(slots=True)
@@ -65,10 +81,94 @@ def skipped_entry(key: bytes, reason: str) -> dict:
     return {"key": key.decode("utf-8", "backslashreplace")[:200], "reason": reason}
 
 
-def encode(record: Record) -> bytes:
-    if record.kind == DUMP:
-        return b"".join((_DUMP_HEAD.pack(DUMP, record.expire_at, len(record.key), len(record.payload)),
-                         record.key, record.payload))
+Indices = range | list[int]
+
+
+@dataclass
+class Segment:
+    """A decoded segment: the DUMP records as columns (see the module docstring), then struct records."""
+
+    slots: array
+    expiries: array
+    keys: bytes
+    key_ends: list[int]
+    payloads: bytes
+    payload_ends: list[int]
+    structs: list[Record] = field(default_factory=list)
+    _groups: tuple = ()
+    _soonest: int | None = None
+
+    def __post_init__(self) -> None:
+        self.key_starts = [0, *self.key_ends[:-1]]
+        self.payload_starts = [0, *self.payload_ends[:-1]]
+
+    @property
+    def dump_count(self) -> int:
+        return len(self.slots)
+
+    @property
+    def key_count(self) -> int:
+        """Keys (not chunks) in the segment, for progress."""
+        return self.dump_count + sum(record.first for record in self.structs)
+
+    def groups(self, owners: list[int]) -> list[tuple[int, Indices]]:
+        """The DUMP records of each node (owners: node per slot), in segment order."""
+        if self._groups and self._groups[0] is owners:
+            return self._groups[1]
+        nodes = list(map(owners.__getitem__, self.slots))
+        if not nodes:
+            groups = []
+        elif nodes.count(nodes[0]) == len(nodes):  # one node (a serverless cache): no sorting out at all
+            groups = [(nodes[0], range(len(nodes)))]
+        else:  # a stable sort by node, cut where each node's records end
+            order = sorted(range(len(nodes)), key=nodes.__getitem__)
+            groups, start = [], 0
+            for node in sorted(set(nodes)):
+                end = start + nodes.count(node)
+                groups.append((node, order[start:end]))
+                start = end
+        self._groups = (owners, groups)
+        return groups
+
+    def key_at(self, index: int) -> bytes:
+        return self.keys[self.key_starts[index]:self.key_ends[index]]
+
+    def keys_at(self, indices: Indices) -> list[bytes]:
+        return _pick(self.keys, self.key_starts, self.key_ends, indices)
+
+    def payloads_at(self, indices: Indices) -> list[bytes]:
+        return _pick(self.payloads, self.payload_starts, self.payload_ends, indices)
+
+    def expiries_at(self, indices: Indices) -> array | list[int]:
+        if isinstance(indices, range):
+            return self.expiries[indices.start:indices.stop]
+        return list(map(self.expiries.__getitem__, indices))
+
+    def dump_records(self, indices: Indices | None = None) -> list[Record]:
+        indices = range(self.dump_count) if indices is None else indices
+        return list(map(Record, self.keys_at(indices), self.expiries_at(indices), self.payloads_at(indices)))
+
+    def records(self) -> list[Record]:
+        """Every record, in replay order."""
+        return self.dump_records() + self.structs
+
+    @property
+    def soonest_expiry(self) -> int:
+        """The earliest expiry among the DUMP records (2**64 - 1 if none expires)."""
+        if self._soonest is None:
+            self._soonest = min(array("Q", self.expiries.tobytes()), default=2**64 - 1)  # NO_EXPIRY: the largest
+        return self._soonest
+
+
+def _pick(blob: bytes, starts: list[int], ends: list[int], indices: Indices) -> list[bytes]:
+    """The pieces of `blob` at these indices: piece i is blob[starts[i]:ends[i]]."""
+    if isinstance(indices, range):
+        return list(map(blob.__getitem__, map(slice, starts[indices.start:indices.stop],
+                                              ends[indices.start:indices.stop])))
+    return list(map(blob.__getitem__, map(slice, map(starts.__getitem__, indices), map(ends.__getitem__, indices))))
+
+
+def encode_struct(record: Record) -> bytes:
     parts = [_STRUCT_HEAD.pack(STRUCT, record.expire_at, len(record.key), TYPE_CODES[record.type], record.offset,
                                record.first, len(record.items)), record.key]
     for item in record.items:
@@ -77,38 +177,57 @@ def encode(record: Record) -> bytes:
     return b"".join(parts)
 
 
-def decode_all(body: bytes, source: Path) -> list[Record]:
-    """Every record of a segment body. Any inconsistency is a corrupt segment, never a silent skip."""
-    records = []
-    append = records.append
-    unpack_dump = _DUMP_HEAD.unpack_from
-    head = _DUMP_HEAD.size
-    end = len(body)
-    pos = 0
+def decode_body(body: bytes, source: Path) -> Segment:
+    """A segment body, checked. Any inconsistency is a corrupt segment, never a silent skip."""
     try:
-        while pos < end:
-            if body[pos] == DUMP:
-                _, expire_at, key_len, payload_len = unpack_dump(body, pos)
-                if expire_at < NO_EXPIRY:
-                    raise ValueError(f"a record has expiry {expire_at}")
-                key_start = pos + head
-                payload_start = key_start + key_len
-                pos = payload_start + payload_len
-                if pos > end:
-                    raise ValueError("record runs past the end of the segment")
-                append(Record(body[key_start:payload_start], expire_at, body[payload_start:pos]))
-            elif body[pos] == STRUCT:
-                record, pos = _decode_struct(body, memoryview(body), pos)
-                append(record)
-            else:
-                raise ValueError(f"unknown record kind {body[pos]} at byte {pos}")
-    except (struct.error, ValueError, IndexError) as exc:
+        dump_count, struct_count = _COUNTS.unpack_from(body, 0)
+        pos = _COUNTS.size
+        columns = []
+        for code, width in _COLUMNS:
+            column = array(code, body[pos:pos + width * dump_count])
+            if len(column) != dump_count:
+                raise ValueError("the segment ends inside its record table")
+            if _SWAP:
+                column.byteswap()
+            columns.append(column)
+            pos += width * dump_count
+        slots, expiries, key_lengths, payload_lengths = columns
+        _check_columns(slots, expiries, payload_lengths)
+        key_ends = list(accumulate(key_lengths))
+        payload_ends = list(accumulate(payload_lengths))
+        keys_size = key_ends[-1] if dump_count else 0
+        payloads_size = payload_ends[-1] if dump_count else 0
+        keys, pos = body[pos:pos + keys_size], pos + keys_size
+        payloads, pos = body[pos:pos + payloads_size], pos + payloads_size
+        if len(payloads) != payloads_size:
+            raise ValueError("record runs past the end of the segment")
+        view = memoryview(body)
+        structs = []
+        for _ in range(struct_count):
+            record, pos = _decode_struct(body, view, pos)
+            structs.append(record)
+        if pos != len(body):
+            raise ValueError(f"{len(body) - pos} bytes after the last record")
+    except (struct.error, ValueError, IndexError, OverflowError) as exc:
         raise corrupt(source, str(exc)) from None
-    return records
+    return Segment(slots, expiries, keys, key_ends, payloads, payload_ends, structs)
+
+
+def _check_columns(slots: array, expiries: array, payload_lengths: array) -> None:
+    if not slots:
+        return
+    if max(slots) >= 16384:
+        raise ValueError("the slot column is out of range")
+    if min(expiries) < NO_EXPIRY:
+        raise ValueError(f"a record has expiry {min(expiries)}")
+    if min(payload_lengths) < MIN_PAYLOAD:
+        raise ValueError("a DUMP payload is too short to be one")
 
 
 def _decode_struct(body: bytes, view: memoryview, pos: int) -> tuple[Record, int]:
-    _, expire_at, key_len, type_code, offset, first, count = _STRUCT_HEAD.unpack_from(body, pos)
+    kind_code, expire_at, key_len, type_code, offset, first, count = _STRUCT_HEAD.unpack_from(body, pos)
+    if kind_code != STRUCT:
+        raise ValueError(f"unknown record kind {kind_code} at byte {pos}")
     pos += _STRUCT_HEAD.size
     key = bytes(view[pos:pos + key_len])
     pos += key_len
@@ -152,41 +271,66 @@ def corrupt(path: Path, why: str) -> BadInput:
 
 
 class SegmentWriter:
-    """Accumulates encoded records for one segment; `finish()` returns the file's bytes."""
+    """Accumulates one segment's records; `finish()` returns the file's bytes."""
 
     def __init__(self, level: int = 1) -> None:
-        self._parts: list[bytes] = []
+        self._slots: list[int] = []
+        self._expiries: list[int] = []
+        self._keys: list[bytes] = []
+        self._payloads: list[bytes] = []
+        self._structs: list[bytes] = []
+        self._struct_keys: set[bytes] = set()
         self.count = 0
         self.raw_bytes = 0
         self._level = level
 
+    def add_dumps(self, keys: list[bytes], expiries: list[int], payloads: list[bytes]) -> None:
+        """The dump hot path: a batch of DUMP records, with no Python step per key."""
+        self._slots += key_slots(keys)
+        self._keys += keys
+        self._expiries += expiries
+        self._payloads += payloads
+        self.count += len(keys)
+        self.raw_bytes += 18 * len(keys) + sum(map(len, keys)) + sum(map(len, payloads))
+
     def add(self, record: Record) -> None:
-        data = encode(record)
-        self._parts.append(data)
+        if record.kind == DUMP:
+            self.add_dumps([record.key], [record.expire_at], [record.payload])
+            return
+        data = encode_struct(record)
+        self._structs.append(data)
+        self._struct_keys.add(record.key)
         self.count += 1
         self.raw_bytes += len(data)
 
-    def add_dump(self, key: bytes, expire_at: int, payload: bytes) -> None:
-        """The dump hot path: a DUMP record encoded straight from the reply, no Record object."""
-        self._parts.append(_DUMP_HEAD.pack(DUMP, expire_at, len(key), len(payload)))
-        self._parts.append(key)
-        self._parts.append(payload)
-        self.count += 1
-        self.raw_bytes += _DUMP_HEAD.size + len(key) + len(payload)
+    def holds_struct_of(self, keys: list[bytes]) -> bool:
+        """Whether one of these keys has a struct record here: its DUMP record must then go to a later
+        segment, since replay writes a segment's DUMP records before its struct records."""
+        return bool(self._struct_keys) and not self._struct_keys.isdisjoint(keys)
 
     def finish(self) -> bytes:
-        body = zstandard.ZstdCompressor(level=self._level).compress(b"".join(self._parts))
+        columns = [array("H", self._slots), array("q", self._expiries), array("I", map(len, self._keys)),
+                   array("I", map(len, self._payloads))]
+        if _SWAP:
+            for column in columns:
+                column.byteswap()
+        raw = b"".join([_COUNTS.pack(len(self._slots), len(self._structs)), *columns, *self._keys, *self._payloads,
+                        *self._structs])
+        body = zstandard.ZstdCompressor(level=self._level).compress(raw)
         trailer = TRAILER.pack(len(body), xxhash.xxh3_64_intdigest(body), self.count, END)
         return MAGIC + body + trailer
 
 
-def read_segment(path: Path) -> list[Record]:
+def load_segment(path: Path) -> Segment:
     """Check the segment's framing and checksum before decoding it, so a bad file never half-replays."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise BadInput(f"cannot read dump segment {path}: {exc.strerror}",
                        "check the run directory's permissions") from None
+    if data[:5] == MAGIC[:5] and data[5:8] != MAGIC[5:]:
+        raise BadInput(f"dump segment {path} was written by another version of redis-migrate",
+                       "dump again into a new --run-dir with this version")
     if len(data) < len(MAGIC) + TRAILER.size or not data.startswith(MAGIC):
         raise corrupt(path, "not a redis-migrate segment (bad header or truncated)")
     body_len, checksum, count, end = TRAILER.unpack_from(data, len(data) - TRAILER.size)
@@ -199,7 +343,12 @@ def read_segment(path: Path) -> list[Record]:
         raw = zstandard.ZstdDecompressor().decompress(body)
     except zstandard.ZstdError as exc:
         raise corrupt(path, f"cannot decompress: {exc}") from None
-    records = decode_all(raw, path)
-    if len(records) != count:
-        raise corrupt(path, f"holds {len(records)} records, its trailer says {count}")
-    return records
+    segment = decode_body(raw, path)
+    if segment.dump_count + len(segment.structs) != count:
+        raise corrupt(path, f"holds {segment.dump_count + len(segment.structs)} records, its trailer says {count}")
+    return segment
+
+
+def read_segment(path: Path) -> list[Record]:
+    """Every record of a segment, in replay order."""
+    return load_segment(path).records()

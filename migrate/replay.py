@@ -3,6 +3,10 @@
 DUMP records become `RESTORE key <abs-ms> payload REPLACE ABSTTL`; struct records become native
 commands (chunks of at most 1,000 members). Both are idempotent, so a segment that was started but
 not marked done is simply replayed again. A segment is marked done only when every reply is OK.
+
+A segment stores its DUMP records as columns with each key's slot, so they are grouped by node and
+sent in runs (`Span`), packed and confirmed without a Python step per key; a run with any reply that
+is not OK falls back to the per-record path, which retries, reroutes and reports key by key.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Callable
 
 from .endpoints import Topology, discover, probe_rdb_version
 from . import witness
 from .errors import BadInput, GateRefused, MigrateError, RuntimeFailure, Unreachable
 from .output import warn
-from .records import DUMP, NO_EXPIRY, Record, read_segment, skipped_entry
+from .records import DUMP, NO_EXPIRY, Indices, Record, Segment, load_segment, skipped_entry
 from .slots import key_slot
 from .state import LedgerCounts, RunDir
 from .store import list_segments
@@ -127,11 +132,42 @@ def _stream_groups(key: bytes, items: list[bytes]) -> list[tuple[bytes, bool]]:
     return commands
 
 
+@dataclass(frozen=True)
+class Span:
+    """Some of a segment's DUMP records (by index), all owned by one node."""
+
+    node: int
+    segment: Segment
+    indices: Indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def packed(self) -> bytes:
+        segment, indices = self.segment, self.indices
+        return b"".join(map(pack_restore, segment.keys_at(indices), segment.expiries_at(indices),
+                            segment.payloads_at(indices)))
+
+    def expired(self, now_ms: int) -> int:
+        """Records already expired: RESTORE with a past ABSTTL answers OK and writes nothing."""
+        if self.segment.soonest_expiry > now_ms:
+            return 0
+        expiries = self.segment.expiries_at(self.indices)
+        return sum(map(now_ms.__ge__, expiries)) - expiries.count(NO_EXPIRY)
+
+    def records(self) -> list[Record]:
+        return self.segment.dump_records(self.indices)
+
+
+def _records_of(batch: "list[Record] | Span") -> list[Record]:
+    return batch.records() if isinstance(batch, Span) else batch
+
+
 @dataclass
 class Sent:
     """What one send left in flight: per node, the connection used, the records and their commands."""
 
-    nodes: list[tuple[int, Wire, list[Record], list | None]] = field(default_factory=list)  # None: all RESTOREs
+    nodes: list[tuple[int, Wire, "list[Record] | Span", list | None]] = field(default_factory=list)  # None: RESTOREs
     unsent: list[Record] = field(default_factory=list)
 
 
@@ -161,20 +197,34 @@ class TargetWriter:
         for wire in self.wires.values():
             wire.close()
 
+    def write_segment(self, segment: Segment, counts: ReplayCounts) -> None:
+        """The DUMP records in runs per node (interleaved, so every node works), then the struct records."""
+        self._pipeline(self._spans(segment), counts)
+        self.write(segment.structs, counts)
+
+    def _spans(self, segment: Segment) -> list[Span]:
+        """Runs of at most BATCH_RECORDS records per node, taking the nodes in turn."""
+        per_node = [[Span(node, segment, indices[at:at + BATCH_RECORDS]) for at in range(0, len(indices), BATCH_RECORDS)]
+                    for node, indices in segment.groups(self.owners)]
+        return [span for turn in zip_longest(*per_node) for span in turn if span is not None]
+
     def write(self, records: list[Record], counts: ReplayCounts) -> None:
-        """Write every live record. One batch stays in flight while the next is packed and sent, so the
-        target nodes and this process work at the same time."""
+        """Write every live record."""
         live = self._live(records, counts)
+        self._pipeline([live[start:start + BATCH_RECORDS] for start in range(0, len(live), BATCH_RECORDS)], counts)
+
+    def _pipeline(self, batches: "list[list[Record] | Span]", counts: ReplayCounts) -> None:
+        """One batch stays in flight while the next is packed and sent, so the target nodes and this
+        process work at the same time."""
         in_flight: Sent | None = None
-        for start in range(0, len(live), BATCH_RECORDS):
-            batch = live[start:start + BATCH_RECORDS]
+        for batch in batches:
             sent = self._send(batch)
             if in_flight is not None:
                 retry = self._collect(in_flight, counts)
                 if retry:
                     # Order matters for chunked keys: replay the failed records, then this batch again.
                     self._collect(sent, ReplayCounts())
-                    self._write_batch(retry + batch, counts)
+                    self._write_batch(retry + _records_of(batch), counts)
                     sent = None
             in_flight = sent
         if in_flight is not None:
@@ -190,13 +240,13 @@ class TargetWriter:
             if record.expire_at != NO_EXPIRY and record.expire_at <= now:
                 counts.expired += record.first
             else:
-                self._check_payload(record)
+                self._check_rdb_version(record.rdb_version)
                 live.append(record)
         return live
 
-    def _check_payload(self, record: Record) -> None:
-        if record.kind == DUMP and record.rdb_version > self.target_rdb:
-            raise BadInput(f"the dump holds RDB version {record.rdb_version} payloads, and the target only "
+    def _check_rdb_version(self, version: int) -> None:
+        if version > self.target_rdb:
+            raise BadInput(f"the dump holds RDB version {version} payloads, and the target only "
                            f"accepts up to {self.target_rdb}",
                            "dump again with --mode struct (or use `run`, which probes the target and picks it)")
 
@@ -216,33 +266,41 @@ class TargetWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _send(self, records: list[Record]) -> "Sent":
+    def _send(self, batch: "list[Record] | Span") -> "Sent":
         """Pack each node's records and send them without waiting for the replies."""
+        sent = Sent()
+        for index, part, commands, data in self._packed(batch):
+            self.limiter.acquire(len(part))
+            try:
+                wire = self._wire(index)
+                wire.send(data)
+                sent.nodes.append((index, wire, part, commands))
+            except (OSError, ConnectionError, MigrateError):
+                self._drop(index)
+                sent.unsent += _records_of(part)
+        return sent
+
+    def _packed(self, batch: "list[Record] | Span") -> list[tuple[int, "list[Record] | Span", list | None, bytes]]:
+        """Per node: its part of the batch, its commands (None: one RESTORE per record) and their bytes."""
+        if isinstance(batch, Span):
+            return [(batch.node, batch, None, batch.packed())]
         by_node: dict[int, list[Record]] = {}
         owners = self.owners
-        for record in records:
+        for record in batch:
             node = owners[key_slot(record.key)]
             if node in by_node:
                 by_node[node].append(record)
             else:
                 by_node[node] = [record]
-        sent = Sent()
+        packed = []
         for index, node_records in by_node.items():
-            if all(r.kind == DUMP for r in node_records):  # the hot path: one RESTORE per record
-                commands = None
-                data = b"".join([pack_restore(r.key, r.expire_at, r.payload) for r in node_records])
+            if all(r.kind == DUMP for r in node_records):
+                packed.append((index, node_records, None,
+                               b"".join([pack_restore(r.key, r.expire_at, r.payload) for r in node_records])))
             else:
                 commands = record_commands(node_records)
-                data = b"".join(c for cmds in commands for c, _ in cmds)
-            self.limiter.acquire(len(node_records))
-            try:
-                wire = self._wire(index)
-                wire.send(data)
-                sent.nodes.append((index, wire, node_records, commands))
-            except (OSError, ConnectionError, MigrateError):
-                self._drop(index)
-                sent.unsent += node_records
-        return sent
+                packed.append((index, node_records, commands, b"".join(c for cmds in commands for c, _ in cmds)))
+        return packed
 
     def _collect(self, sent: "Sent", counts: ReplayCounts) -> list[Record]:
         """Read every node's replies; returns the records to retry (per node, in order)."""
@@ -306,18 +364,23 @@ class TargetWriter:
                 present[position] = bool(reply)
         return present
 
-    def _confirm(self, index: int, wire: Wire, records: list[Record], commands: list,
+    def _confirm(self, index: int, wire: Wire, part: "list[Record] | Span", commands: list | None,
                  counts: ReplayCounts) -> tuple[list[Record], bool]:
         if self.wires.get(index) is not wire:
-            return records, False  # the connection was dropped after these were sent
+            return _records_of(part), False  # the connection was dropped after these were sent
         try:
-            replies = wire.read(len(records) if commands is None else sum(len(c) for c in commands))
+            replies = wire.read_ok(len(part)) if commands is None else wire.read(sum(len(c) for c in commands))
         except (OSError, ConnectionError):
             self._drop(index)
-            return records, False
-        if commands is None and replies.count(b"OK") == len(replies):
-            counts.restored += len(records)  # the common case: every RESTORE answered OK
+            return _records_of(part), False
+        now_ms = int(time.time() * 1000)
+        if replies is True:  # the common case: every RESTORE answered OK
+            expired = part.expired(now_ms) if isinstance(part, Span) else sum(
+                NO_EXPIRY != r.expire_at <= now_ms for r in part)
+            counts.expired += expired
+            counts.restored += len(part) - expired
             return [], False
+        records = _records_of(part)
         commands = commands or record_commands(records)
         pos = 0
         for position, (record, cmds) in enumerate(zip(records, commands)):
@@ -327,12 +390,14 @@ class TargetWriter:
             if errors and self._must_retry(record, str(errors[0]), counts):
                 return records[position:], str(errors[0]).startswith(("MOVED", "ASK "))  # keep chunk order
             if not errors:
-                self._count(record, counts)
+                self._count(record, counts, now_ms)
         return [], False
 
     def _must_retry(self, record: Record, error: str, counts: ReplayCounts) -> bool:
         if error.startswith(RETRYABLE) or "throttl" in error.lower():
             return True
+        if record.kind == DUMP and record.rdb_version > self.target_rdb:
+            self._check_rdb_version(record.rdb_version)  # refused as too new: say how to get past it
         if error.startswith("OOM"):
             raise RuntimeFailure("the target is out of memory: its storage limit was reached",
                                  "raise the cache's DataStorage maximum (or maxmemory), then rerun to resume")
@@ -343,8 +408,10 @@ class TargetWriter:
                              "see the RUNBOOK's troubleshooting section for this message; rerun resumes")
 
     @staticmethod
-    def _count(record: Record, counts: ReplayCounts) -> None:
-        if record.kind == DUMP:
+    def _count(record: Record, counts: ReplayCounts, now_ms: int) -> None:
+        if record.kind == DUMP and NO_EXPIRY != record.expire_at <= now_ms:
+            counts.expired += 1  # sent in a span: RESTORE with a past ABSTTL wrote nothing
+        elif record.kind == DUMP:
             counts.restored += 1
         elif record.first:
             counts.struct_written += 1
@@ -409,21 +476,21 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
             running = dump_running()
             todo = [path for path in list_segments(run_dir) if path.name not in ledger.done]
             for path in todo:
-                records = read_segment(path)
-                if not _write_segment(writer, records, ledger, guard, path.name):
+                segment = load_segment(path)
+                if not _write_segment(writer, segment, ledger, guard, path.name):
                     break  # the target lost confirmed keys: start again from the first segment
-                ledger.mark_done(path.name, witness.choose(records, writer.owners))
-                progress(sum(r.first for r in records))
+                ledger.mark_done(path.name, witness.choose(segment, writer.owners))
+                progress(segment.key_count)
             if not todo and not running:
                 break
             if not todo:
-                time.sleep(0.05)
+                time.sleep(0.01)
     finally:
         writer.close()
     return ledger
 
 
-def _write_segment(writer: TargetWriter, records: list[Record], ledger: ReplayLedger, guard: "LossGuard",
+def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger, guard: "LossGuard",
                    name: str) -> bool:
     """Write one segment until every reply is OK with no connection lost on the way.
 
@@ -433,7 +500,7 @@ def _write_segment(writer: TargetWriter, records: list[Record], ledger: ReplayLe
     for _ in range(MAX_SEGMENT_REWRITES):
         counts = ReplayCounts()
         writer.disturbed = False
-        writer.write(records, counts)
+        writer.write_segment(segment, counts)
         if not writer.disturbed:
             ledger.counts.add(counts)
             return True

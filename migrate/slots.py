@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from binascii import crc_hqx
+from itertools import repeat
 
 SLOT_COUNT = 16384
 
@@ -17,3 +18,10 @@ def key_slot(key: bytes) -> int:
         if end > start + 1:
             key = key[start + 1:end]
     return crc_hqx(key, 0) % SLOT_COUNT
+
+
+def key_slots(keys: list[bytes]) -> list[int]:
+    """The slot of each key; without hash tags in the batch, computed without a Python step per key."""
+    if b"{" in b"".join(keys):
+        return list(map(key_slot, keys))
+    return [crc & (SLOT_COUNT - 1) for crc in map(crc_hqx, keys, repeat(0))]

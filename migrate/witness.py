@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
-from .records import NO_EXPIRY, Record
+from .records import NO_EXPIRY, Segment
 from .slots import key_slot
 
 KEEP = 64
@@ -23,16 +23,27 @@ MAX_KEY = 512            # longer names are not worth storing in the ledger
 EXPIRY_MARGIN_MS = 600_000  # a witness must outlive the replay by this much, so that expiry is never "loss"
 
 
-def choose(records: list[Record], owners: list[int], now_ms: int | None = None) -> list[list]:
-    """The last key written to each target node, among keys that will not expire soon: [[hex, expire_at], ...]."""
+def choose(segment: Segment, owners: list[int], now_ms: int | None = None) -> list[list]:
+    """The last key written to each target node, among keys that will not expire soon: [[hex, expire_at], ...].
+
+    Replay writes a segment's DUMP records node by node, then its struct records."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     chosen: dict[int, list] = {}
-    for record in reversed(records):
-        if len(record.key) > MAX_KEY or (record.expire_at != NO_EXPIRY and record.expire_at < now_ms + EXPIRY_MARGIN_MS):
-            continue
+
+    def usable(key: bytes, expire_at: int) -> bool:
+        return len(key) <= MAX_KEY and (expire_at == NO_EXPIRY or expire_at >= now_ms + EXPIRY_MARGIN_MS)
+
+    for record in reversed(segment.structs):
         node = owners[key_slot(record.key)]
-        if node not in chosen:
+        if node not in chosen and usable(record.key, record.expire_at):
             chosen[node] = [record.key.hex(), record.expire_at]
+    for node, indices in segment.groups(owners):
+        for index in reversed(indices):
+            if node in chosen:
+                break
+            key, expire_at = segment.key_at(index), segment.expiries[index]
+            if usable(key, expire_at):
+                chosen[node] = [key.hex(), expire_at]
     return list(chosen.values())
 
 

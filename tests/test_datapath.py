@@ -257,3 +257,38 @@ def test_run_resumes_a_dump_made_by_the_dump_command(standalone_source, serverle
     summary = run_json("run", "--source", standalone_source.url(), "--target", serverless_target.url(),
                        "--run-dir", run_dir)
     assert summary["verify"]["equal"] and summary["restored"] == 400
+
+
+def test_plain_replay_of_newer_payloads_into_an_old_target_is_refused_before_writing(standalone_source, old_target,
+                                                                                      run_dir):
+    """A `dump` made without knowing the target holds Redis 7 payloads; an RDB 9 target cannot take them."""
+    seed_data.seed(standalone_source.client(), 300, seed=13, big_keys=False, short_ttl_keys=0)
+    assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
+    outcome = invoke("replay", "--target", old_target.url(), "--run-dir", run_dir)
+    assert outcome.exit_code == 2, outcome.output
+    assert "RDB version" in outcome.stderr and "--mode struct" in outcome.stderr
+    assert old_target.first.client().dbsize() == 0
+
+
+def test_a_key_read_as_struct_then_dumped_again_ends_with_the_later_value(standalone_source, serverless_target,
+                                                                          run_dir):
+    """SCAN may return a key twice. Replay writes a segment's DUMP records before its struct records, so
+    a DUMP record that follows the same key's struct record must go to a later segment."""
+    from migrate.dump import DumpCounts, DumpLedger, DumpOptions, MasterDumper
+    from migrate.endpoints import Endpoint, discover
+    from migrate.records import STRUCT, Record, read_segment
+    from migrate.state import RunDir
+    client = standalone_source.client()
+    client.set("twice", "the later value")
+    payload = client.dump("twice")
+    topology = discover(Endpoint.from_url("source", standalone_source.url()))
+    directory = RunDir(run_dir, create=True)
+    ledger = DumpLedger(directory, topology, DumpOptions())
+    node = topology.masters[0]
+    dumper = MasterDumper(directory, topology, 0, node, ledger.data["masters"][node.name], DumpOptions(), ledger)
+    dumper.add(Record(b"twice", -1, kind=STRUCT, type="string", items=[b"the earlier, big value"]))
+    dumper.add_dumps([b"twice"], [-1], [payload])
+    dumper._commit(DumpCounts(scanned=1, dumped=1), cursor=0, finished=True)
+    assert [len(read_segment(path)) for path in sorted((run_dir / "segments").iterdir())] == [1, 1]
+    assert invoke("replay", "--target", serverless_target.url(), "--run-dir", run_dir).exit_code == 0
+    assert serverless_target.first.client().get("twice") == b"the later value"
