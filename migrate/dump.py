@@ -14,12 +14,13 @@ from __future__ import annotations
 import ssl
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 from .endpoints import Node, Topology, rdb_version_of
 from .errors import BadInput, RuntimeFailure, Unreachable
-from .records import DUMP, NO_EXPIRY, STRUCT, Record, SegmentWriter, skipped_entry
+from .records import DUMP, NO_EXPIRY, STRUCT, Record, SegmentWriter, seal, skipped_entry
 from .slots import key_slot
 from .state import LedgerCounts, RunDir
 from .store import list_segments, segment_id, write_segment
@@ -403,17 +404,31 @@ class MasterDumper:
         # segments are immutable, and replay may already have applied it.
         written = [seq for master, seq in map(segment_id, list_segments(run_dir)) if master == index]
         state["next_seq"] = max([state["next_seq"], *(seq + 1 for seq in written)])
+        self._next_seq = state["next_seq"]
+        # Compressing, writing and fsyncing a segment, then the ledger, happen on a thread of their own,
+        # in order, while this one keeps the source busy. Only that thread touches the ledger.
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-writer")
+        self._queued: list[Future] = []
+        self._write_failed = False
 
     def run(self, progress: Callable[[int], None]) -> None:
+        try:
+            self._run_reconnecting(progress)
+        finally:
+            self._disk.shutdown()  # queued writes finish first: what was read before a failure stays durable
+
+    def _run_reconnecting(self, progress: Callable[[int], None]) -> None:
         """Scan to the end. A dropped or timed-out source connection is reopened, and the scan goes on
         from the last checkpoint (what was read since is read again), for up to RECONNECT_SECONDS
         without progress."""
         deadline, mark = None, None
         while True:
             try:
-                return self._run(progress)
+                self._run(progress)
+                return self._settle()
             except (ConnectionError, TimeoutError, ssl.SSLError, Unreachable) as exc:
                 error = exc
+            self._settle()  # the checkpoint to go on from (and a full disk outranks a lost connection)
             if mark != (self.state["cursor"], self.state["next_seq"]):  # progress since the last drop
                 mark, deadline, delay = (self.state["cursor"], self.state["next_seq"]), None, 0.05
             deadline = deadline or time.monotonic() + RECONNECT_SECONDS
@@ -473,7 +488,7 @@ class MasterDumper:
         self.writer.add(record)
         if self.writer.raw_bytes >= SEGMENT_BYTES:
             self._flush_segment()
-            self.ledger.save()
+            self._in_background(self.ledger.save)
 
     def add_dumps(self, keys: list[bytes], expiries: list[int], payloads: list[bytes]) -> None:
         if self.writer.holds_struct_of(keys):  # a key read again (SCAN may repeat): keep its order
@@ -484,9 +499,37 @@ class MasterDumper:
         """Write the segment without moving the cursor: a crash rescans the batch, and the repeated
         records are harmless (replay is idempotent, later segments win)."""
         if self.writer.count:
-            write_segment(self.run_dir, self.index, self.state["next_seq"], self.writer.finish())
-            self.state["next_seq"] += 1
+            body, count, seq = self.writer.body(), self.writer.count, self._next_seq
+            self._next_seq += 1
+            self._in_background(lambda: self._write_segment(seq, body, count))
         self.writer = SegmentWriter()
+
+    def _write_segment(self, seq: int, body: bytes, count: int) -> None:  # on the writer thread
+        write_segment(self.run_dir, self.index, seq, seal(body, count))
+        self.state["next_seq"] = seq + 1
+
+    def _in_background(self, task: Callable[[], None]) -> None:
+        """Queue `task` on the writer thread. At most two tasks wait there, so memory stays bounded; an
+        error of an earlier one (a full disk) is raised here."""
+        while len(self._queued) >= 2:
+            self._queued.pop(0).result()
+        self._queued.append(self._disk.submit(self._unless_a_write_failed, task))
+
+    def _unless_a_write_failed(self, task: Callable[[], None]) -> None:  # on the writer thread
+        """After a failed write nothing queued behind it runs: a checkpoint must never pass a segment
+        that did not reach the disk."""
+        if self._write_failed:
+            return
+        try:
+            task()
+        except BaseException:
+            self._write_failed = True
+            raise
+
+    def _settle(self) -> None:
+        """Wait until every queued write is done; an error of one of them is raised here."""
+        while self._queued:
+            self._queued.pop(0).result()
 
     def _scan(self, cursor: int) -> tuple[int, list[bytes]]:
         args = [b"SCAN", b"%d" % cursor, b"COUNT", b"%d" % self.options.scan_count]
@@ -505,15 +548,18 @@ class MasterDumper:
         return [key for key, kind in zip(keys, self.reader.wire.read(len(keys))) if _text(kind) in wanted]
 
     def _commit(self, pending: DumpCounts, cursor: int, finished: bool) -> None:
-        """Segment first (durable), then the cursor that it covers."""
+        """Segment first (durable), then the cursor that it covers: the writer thread keeps that order."""
         self._flush_segment()
+        skipped, self.reader.skipped_keys = self.reader.skipped_keys, []
+        self._in_background(lambda: self._checkpoint(pending, cursor, finished, skipped))
+
+    def _checkpoint(self, pending: DumpCounts, cursor: int, finished: bool, skipped: list) -> None:  # writer thread
         self.state["cursor"] = cursor
         self.state["done"] = finished
         counts = DumpCounts.from_dict(self.state["counts"])
         counts.add(pending)
         self.state["counts"] = counts.to_dict()
-        self.ledger.record_skipped(self.reader.skipped_keys)
-        self.reader.skipped_keys = []
+        self.ledger.record_skipped(skipped)
         self.ledger.save()
 
 

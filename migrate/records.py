@@ -308,17 +308,24 @@ class SegmentWriter:
         segment, since replay writes a segment's DUMP records before its struct records."""
         return bool(self._struct_keys) and not self._struct_keys.isdisjoint(keys)
 
-    def finish(self) -> bytes:
+    def body(self) -> bytes:
+        """The segment's records, uncompressed (see the module docstring)."""
         columns = [array("H", self._slots), array("q", self._expiries), array("I", map(len, self._keys)),
                    array("I", map(len, self._payloads))]
         if _SWAP:
             for column in columns:
                 column.byteswap()
-        raw = b"".join([_COUNTS.pack(len(self._slots), len(self._structs)), *columns, *self._keys, *self._payloads,
-                        *self._structs])
-        body = zstandard.ZstdCompressor(level=self._level).compress(raw)
-        trailer = TRAILER.pack(len(body), xxhash.xxh3_64_intdigest(body), self.count, END)
-        return MAGIC + body + trailer
+        return b"".join([_COUNTS.pack(len(self._slots), len(self._structs)), *columns, *self._keys,
+                         *self._payloads, *self._structs])
+
+    def finish(self) -> bytes:
+        return seal(self.body(), self.count, self._level)
+
+
+def seal(body: bytes, count: int, level: int = 1) -> bytes:
+    """A segment file's bytes: the compressed body framed by MAGIC and a checksummed trailer."""
+    packed = zstandard.ZstdCompressor(level=level).compress(body)
+    return MAGIC + packed + TRAILER.pack(len(packed), xxhash.xxh3_64_intdigest(packed), count, END)
 
 
 def load_segment(path: Path) -> Segment:
