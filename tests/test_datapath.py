@@ -289,6 +289,7 @@ def test_a_key_read_as_struct_then_dumped_again_ends_with_the_later_value(standa
     dumper.add(Record(b"twice", -1, kind=STRUCT, type="string", items=[b"the earlier, big value"]))
     dumper.add_dumps([b"twice"], [-1], [payload])
     dumper._commit(DumpCounts(scanned=1, dumped=1), cursor=0, finished=True)
+    dumper._settle()  # the writer thread has written both segments and the ledger
     assert [len(read_segment(path)) for path in sorted((run_dir / "segments").iterdir())] == [1, 1]
     assert invoke("replay", "--target", serverless_target.url(), "--run-dir", run_dir).exit_code == 0
     assert serverless_target.first.client().get("twice") == b"the later value"
