@@ -16,11 +16,11 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from .endpoints import Node, Topology, rdb_version_of
 from .errors import BadInput, RuntimeFailure, Unreachable
-from .records import DUMP, NO_EXPIRY, STRUCT, Record, SegmentWriter, seal, skipped_entry
+from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter, seal, skipped_entry
 from .slots import key_slot
 from .state import LedgerCounts, RunDir
 from .store import list_segments, segment_id, write_segment
@@ -123,7 +123,7 @@ def dump_totals(ledger_data: dict) -> DumpCounts:
 class RecordSink(Protocol):
     """Where read records go: a segment being written, or a plain list (repair)."""
 
-    def add(self, record: Record) -> None: ...
+    def add(self, record: Record) -> None: ...  # one struct chunk
 
     def add_dumps(self, keys: list[bytes], expiries: list[int], payloads: list[bytes]) -> None: ...
 
@@ -194,24 +194,28 @@ class KeyReader:
     def _scripted(self, keys: list[bytes], replies: list, counts: DumpCounts, sink: "RecordSink") -> None:
         expiries, values = replies[0:-1:2], replies[1:-1:2]
         if replies[-1] == 1:  # every key plain: the batch goes to the segment as it is
-            counts.dumped += len(keys)
-            counts.bytes += sum(map(len, values))
-            sink.add_dumps(keys, expiries, values)
-            return
-        plain, large = ([], [], []), []
+            return _keep(keys, expiries, values, counts, sink)
+        self._read_structs(self._store_payloads(zip(keys, expiries, values), counts, sink), counts, sink)
+
+    def _store_payloads(self, entries: Iterable[tuple[bytes, int, object]], counts: DumpCounts,
+                        sink: "RecordSink") -> list[tuple[bytes, int]]:
+        """Store the DUMP payloads the target can take, counting the keys gone meanwhile. Returns the keys
+        to read type by type instead: over the size bound (a size, not a payload) or newer than the target."""
+        keys, expiries, payloads, by_type = [], [], [], []
         target_rdb = self.options.target_rdb
-        for key, expiry, value in zip(keys, expiries, values):
-            if expiry == -2 or value is None:
+        for key, expiry, payload in entries:
+            if expiry == -2 or payload is None:
                 counts.vanished += 1
-            elif isinstance(value, int) or (target_rdb is not None and rdb_version_of(value) > target_rdb):
-                large.append((key, expiry))  # over the bound, or newer than the target: type by type
+            elif isinstance(payload, ReplyError):
+                self._skip(key, f"DUMP refused: {payload}", counts)
+            elif isinstance(payload, int) or (target_rdb is not None and rdb_version_of(payload) > target_rdb):
+                by_type.append((key, expiry))
             else:
-                for column, item in zip(plain, (key, expiry, value)):
-                    column.append(item)
-        counts.dumped += len(plain[0])
-        counts.bytes += sum(map(len, plain[2]))
-        sink.add_dumps(*plain)
-        self._read_structs(large, counts, sink)
+                keys.append(key)
+                expiries.append(expiry)
+                payloads.append(payload)
+        _keep(keys, expiries, payloads, counts, sink)
+        return by_type
 
     def _admissible(self, keys: list[bytes], counts: DumpCounts) -> list[bytes]:
         counts.scanned += len(keys)
@@ -256,20 +260,10 @@ class KeyReader:
     def _dump(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: "RecordSink") -> None:
         if not keys:
             return
-        too_new = []
         self.wire.send(b"".join(pack(b"DUMP", key) for key, _ in keys))
-        for (key, expiry), payload in zip(keys, self.wire.read(len(keys))):
-            if payload is None:
-                counts.vanished += 1
-            elif isinstance(payload, ReplyError):
-                self._skip(key, f"DUMP refused: {payload}", counts)
-            elif self.options.target_rdb is not None and rdb_version_of(payload) > self.options.target_rdb:
-                too_new.append((key, expiry))
-            else:
-                counts.dumped += 1
-                counts.bytes += len(payload)
-                sink.add(Record(key, expiry, payload))
-        self._read_structs(too_new, counts, sink)
+        payloads = self.wire.read(len(keys))
+        entries = ((key, expiry, payload) for (key, expiry), payload in zip(keys, payloads))
+        self._read_structs(self._store_payloads(entries, counts, sink), counts, sink)
 
     def _read_structs(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: "RecordSink") -> None:
         if not keys:
@@ -294,6 +288,13 @@ class KeyReader:
             counts.vanished += 1
         else:
             counts.struct_keys += 1
+
+
+def _keep(keys: list[bytes], expiries: list[int], payloads: list[bytes], counts: DumpCounts,
+          sink: "RecordSink") -> None:
+    counts.dumped += len(keys)
+    counts.bytes += sum(map(len, payloads))
+    sink.add_dumps(keys, expiries, payloads)
 
 
 def _admissible_names(keys: list[bytes]) -> list[bytes]:
@@ -482,9 +483,6 @@ class MasterDumper:
 
     # RecordSink: records go to the current segment, which is flushed early when a big key fills it.
     def add(self, record: Record) -> None:
-        if record.kind == DUMP:
-            self.add_dumps([record.key], [record.expire_at], [record.payload])
-            return
         self.writer.add(record)
         if self.writer.raw_bytes >= SEGMENT_BYTES:
             self._flush_segment()

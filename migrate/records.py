@@ -31,6 +31,7 @@ from pathlib import Path
 import xxhash
 import zstandard
 
+from .endpoints import rdb_version_of
 from .errors import BadInput
 from .slots import key_slots
 
@@ -49,7 +50,7 @@ TYPE_CODES = {name: code for code, name in enumerate(TYPES)}
 _COUNTS = struct.Struct("<II")
 _STRUCT_HEAD = struct.Struct("<BqIBQBI")  # kind, expire_at, key length, type, offset, first, item count
 _LEN = struct.Struct("<I")
-_COLUMNS = (("H", 2), ("q", 8), ("I", 4), ("I", 4))  # slots, expiries, key lengths, payload lengths
+_COLUMNS = "HqII"  # array type codes: slots, expiries, key lengths, payload lengths
 _SWAP = sys.byteorder != "little"
 
 
@@ -68,8 +69,7 @@ class Record:
 
     @property
     def rdb_version(self) -> int:
-        """A DUMP payload ends with a 2-byte little-endian RDB version, then an 8-byte CRC64."""
-        return self.payload[-10] | self.payload[-9] << 8 if self.kind == DUMP else 0
+        return rdb_version_of(self.payload) if self.kind == DUMP else 0
 
     @property
     def size(self) -> int:
@@ -183,7 +183,8 @@ def decode_body(body: bytes, source: Path) -> Segment:
         dump_count, struct_count = _COUNTS.unpack_from(body, 0)
         pos = _COUNTS.size
         columns = []
-        for code, width in _COLUMNS:
+        for code in _COLUMNS:
+            width = array(code).itemsize
             column = array(code, body[pos:pos + width * dump_count])
             if len(column) != dump_count:
                 raise ValueError("the segment ends inside its record table")
@@ -310,8 +311,8 @@ class SegmentWriter:
 
     def body(self) -> bytes:
         """The segment's records, uncompressed (see the module docstring)."""
-        columns = [array("H", self._slots), array("q", self._expiries), array("I", map(len, self._keys)),
-                   array("I", map(len, self._payloads))]
+        columns = [array(code, values) for code, values in zip(_COLUMNS, (
+            self._slots, self._expiries, map(len, self._keys), map(len, self._payloads)))]
         if _SWAP:
             for column in columns:
                 column.byteswap()

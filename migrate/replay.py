@@ -396,7 +396,7 @@ class TargetWriter:
     def _must_retry(self, record: Record, error: str, counts: ReplayCounts) -> bool:
         if error.startswith(RETRYABLE) or "throttl" in error.lower():
             return True
-        if record.kind == DUMP and record.rdb_version > self.target_rdb:
+        if record.kind == DUMP:
             self._check_rdb_version(record.rdb_version)  # refused as too new: say how to get past it
         if error.startswith("OOM"):
             raise RuntimeFailure("the target is out of memory: its storage limit was reached",
