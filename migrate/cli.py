@@ -10,6 +10,7 @@ import contextlib
 import functools
 import sys
 import traceback
+from typing import Callable
 
 import click
 
@@ -124,6 +125,16 @@ def skip_unsupported_option(func):
                              "were skipped. They are always counted and named in the report.")(func)
 
 
+def _locked_stage(directory, work: Callable[[], dict], as_json: bool, skip_unsupported: bool,
+                  render: Callable[[dict], str] | None = None) -> dict:
+    """Run copy stages under the run dir's lock, print their result, then refuse skipped keys."""
+    with directory.lock():
+        result = work()
+    emit(result, as_json, render)
+    _refuse_skipped(directory, skip_unsupported)
+    return result
+
+
 def _refuse_skipped(directory, skip_unsupported: bool) -> None:
     """A stage that left keys behind does not end green unless the operator said that is fine."""
     from .pipeline import summarize
@@ -187,10 +198,8 @@ def dump(source_url, run_dir, db, match, types, scan_count, max_payload, mode, s
     endpoint = _endpoint("source", source_url, tls_insecure)
     options = _dump_opts(endpoint, db, match, types, scan_count, max_payload, mode)
     directory = RunDir(run_dir, create=True)
-    with directory.lock():
-        result = dump_stage(directory, open_source(endpoint, options.db), options, progress_bar)
-    emit(result, as_json)
-    _refuse_skipped(directory, skip_unsupported)
+    _locked_stage(directory, lambda: dump_stage(directory, open_source(endpoint, options.db), options, progress_bar),
+                  as_json, skip_unsupported)
 
 
 @cli.command()
@@ -210,10 +219,8 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, sk
     endpoint = _endpoint("target", target_url, tls_insecure)
     directory = RunDir(run_dir)
     options = ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec, allow_nonempty_target=allow_nonempty_target)
-    with directory.lock():
-        result = replay_stage(directory, open_target(endpoint), options, progress_bar)
-    emit(result, as_json)
-    _refuse_skipped(directory, skip_unsupported)
+    _locked_stage(directory, lambda: replay_stage(directory, open_target(endpoint), options, progress_bar),
+                  as_json, skip_unsupported)
 
 
 @cli.command()
@@ -244,14 +251,15 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
     target_rdb = probe_rdb_version(target_topology) if mode == "auto" else None
     options = _dump_opts(source, db, match, types, scan_count, max_payload, mode, target_rdb)
     directory = RunDir(run_dir, create=True)
-    with directory.lock():
+
+    def stages() -> dict:
         redo_stages(directory, redo)
         preflight(directory, source_url, target_url, tls_insecure)
-        result = run_stages(directory, open_source(source, options.db), target_topology, options,
-                            ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec,
-                                          allow_nonempty_target=allow_nonempty_target), progress_bar)
-    emit(result, as_json, _render_summary)
-    _refuse_skipped(directory, skip_unsupported)
+        return run_stages(directory, open_source(source, options.db), target_topology, options,
+                          ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec,
+                                        allow_nonempty_target=allow_nonempty_target), progress_bar)
+
+    result = _locked_stage(directory, stages, as_json, skip_unsupported, _render_summary)
     if not result["verify"].get("equal"):
         sys.exit(DifferencesFound.exit_code)
 
