@@ -242,7 +242,7 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
     Stages the run dir records as done are skipped; --redo STAGE does one again.
     """
     from .endpoints import probe_rdb_version
-    from .pipeline import open_source, open_target, preflight, redo_stages, run_stages
+    from .pipeline import bind_endpoints, open_source, open_target, preflight, redo_stages, run_stages
     from .replay import ReplayOptions
     from .state import RunDir
     source = _endpoint("source", source_url, tls_insecure)
@@ -253,9 +253,11 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
     directory = RunDir(run_dir, create=True)
 
     def stages() -> dict:
+        source_topology = open_source(source, options.db)
+        bind_endpoints(directory, source, target, options.db)  # a wrong endpoint is refused before --redo forgets
         redo_stages(directory, redo)
         preflight(directory, source_url, target_url, tls_insecure)
-        return run_stages(directory, open_source(source, options.db), target_topology, options,
+        return run_stages(directory, source_topology, target_topology, options,
                           ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec,
                                         allow_nonempty_target=allow_nonempty_target), progress_bar)
 

@@ -71,9 +71,17 @@ def preflight(run_dir: RunDir, source_url: str, target_url: str, tls_insecure: b
         warn(f"plan: {blocker['problem']} ({blocker['fix']})")
 
 
+def bind_endpoints(run_dir: RunDir, source: Endpoint | None, target: Endpoint | None, db: int = 0) -> None:
+    """Tie the run dir to its source and target, or refuse one made for others: before anything in it changes."""
+    if source is not None:
+        run_dir.bind("source", {"url": source.identity, "db": db})
+    if target is not None:
+        run_dir.bind("target", {"url": target.identity})
+
+
 def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
                progress: ProgressFactory = no_progress) -> dict:
-    run_dir.bind("source", {"url": source.endpoint.identity, "db": options.db})
+    bind_endpoints(run_dir, source.endpoint, None, options.db)
     started = time.monotonic()
     total = source.key_count(options.db)
     with progress("dump", total) as update:
@@ -86,7 +94,7 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
                  progress: ProgressFactory = no_progress, dump_running: Callable[[], bool] = lambda: False,
                  expected: int | None = None) -> dict:
     """Replay what the dump holds; with `dump_running`, follow the dump as it writes (run)."""
-    run_dir.bind("target", {"url": target.endpoint.identity})
+    bind_endpoints(run_dir, None, target.endpoint)
     dump_ledger = run_dir.read("dump")
     if dump_ledger is None and not dump_running():
         raise BadInput(f"run directory {run_dir.path} holds no dump", "run `redis-migrate dump` (or `run`) first")
@@ -115,8 +123,7 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
                replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress) -> dict:
     """Dump in a child process while this one replays; both resume from their ledgers."""
     started = time.monotonic()
-    run_dir.bind("source", {"url": source.endpoint.identity, "db": dump_options.db})
-    run_dir.bind("target", {"url": target.endpoint.identity})
+    bind_endpoints(run_dir, source.endpoint, target.endpoint, dump_options.db)
     child, errors = _start_dump_process(run_dir, source, dump_options)  # one bar: the replay's
     try:
         replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,

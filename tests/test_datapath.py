@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import seed_data
 from migrate.cli import cli
 from snapshot import assert_same, snapshot
+from testbed import free_port
 
 
 def invoke(*args, env=None):
@@ -293,3 +294,27 @@ def test_a_key_read_as_struct_then_dumped_again_ends_with_the_later_value(standa
     assert [len(read_segment(path)) for path in sorted((run_dir / "segments").iterdir())] == [1, 1]
     assert invoke("replay", "--target", serverless_target.url(), "--run-dir", run_dir).exit_code == 0
     assert serverless_target.first.client().get("twice") == b"the later value"
+
+
+def _run_dir_state(run_dir) -> dict:
+    """Every file of the run dir but the lock, with its bytes: what a refused command must leave as it was."""
+    return {str(path.relative_to(run_dir)): path.read_bytes() for path in sorted(run_dir.rglob("*"))
+            if path.is_file() and path.name != "lock"}
+
+
+def test_redo_with_a_mistyped_source_is_refused_before_anything_is_forgotten(standalone_source, cluster_source,
+                                                                             serverless_target, run_dir):
+    """`run --redo dump` is the RUNBOOK's T-0 command: a wrong source must not cost the run dir its progress."""
+    seed_data.seed(standalone_source.client(), 300, seed=9, big_keys=False, short_ttl_keys=0)
+    target = ("--target", serverless_target.url(), "--run-dir", run_dir)
+    run_json("run", "--source", standalone_source.url(), *target)
+    before = _run_dir_state(run_dir)
+    assert {"dump.json", "replay.json", "verify.json"} <= set(before) and any(k.startswith("segments/") for k in before)
+    wrong_redis = invoke("run", "--source", cluster_source.url(), *target, "--redo", "dump")
+    nobody_there = invoke("run", "--source", f"redis://:x@127.0.0.1:{free_port()}/0", *target, "--redo", "dump")
+    wrong_password = invoke("run", "--source", standalone_source.url().replace("src-", "bad-"), *target,
+                            "--redo", "dump")
+    for refused in (wrong_redis, nobody_there, wrong_password):
+        assert refused.exit_code == 2, refused.output
+        assert "Traceback" not in refused.output
+    assert _run_dir_state(run_dir) == before
