@@ -31,6 +31,7 @@ RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED
 STREAM_ALREADY_WRITTEN = "equal or smaller than the target stream top item"
 MODULE_RDB_TYPES = (6, 7)
 BATCH_RECORDS = 2000
+MEMBERS_PER_COMMAND = 1000  # keeps every write under ElastiCache Serverless's 3,999 arguments
 MAX_SEGMENT_REWRITES = 10
 MAX_LOSS_RESETS = 3
 
@@ -84,16 +85,16 @@ def struct_commands(record: Record) -> list[tuple[bytes, bool]]:
         commands.append((pack(b"SET", key, items[0]) if record.first and record.offset == 0
                          else pack(b"SETRANGE", key, b"%d" % record.offset, items[0]), False))
     elif record.type == "hash":
-        commands.append((pack(b"HSET", key, *items), False))
+        commands += _in_parts(b"HSET", key, items, 2)
     elif record.type == "set":
-        commands.append((pack(b"SADD", key, *items), False))
+        commands += _in_parts(b"SADD", key, items, 1)
     elif record.type == "zset":
         pairs = [part for i in range(0, len(items), 2) for part in (items[i + 1], items[i])]
-        commands.append((pack(b"ZADD", key, *pairs), False))
+        commands += _in_parts(b"ZADD", key, pairs, 2)
     elif record.type == "list":
         if not record.first:  # a chunk replayed twice: cut the list back to where this chunk starts
             commands.append((pack(b"LTRIM", key, b"0", b"%d" % (record.offset - 1)), False))
-        commands.append((pack(b"RPUSH", key, *items), False))
+        commands += _in_parts(b"RPUSH", key, items, 1)
     elif record.type == "stream":
         commands += _stream_entries(key, items, tolerate=not record.first)
     elif record.type == "stream-group":
@@ -101,6 +102,13 @@ def struct_commands(record: Record) -> list[tuple[bytes, bool]]:
     if record.expire_at != NO_EXPIRY:
         commands.append((pack(b"PEXPIREAT", key, b"%d" % record.expire_at), False))
     return commands
+
+
+def _in_parts(command: bytes, key: bytes, items: list[bytes], per_member: int) -> list[tuple[bytes, bool]]:
+    """One command per MEMBERS_PER_COMMAND members: a compact hash, set or zset is read whole by one
+    HSCAN/SSCAN/ZSCAN, and ElastiCache Serverless refuses commands of more than 3,999 arguments."""
+    step = MEMBERS_PER_COMMAND * per_member
+    return [(pack(command, key, *items[start:start + step]), False) for start in range(0, len(items), step)]
 
 
 def record_commands(records: list[Record]) -> list[list[tuple[bytes, bool]]]:

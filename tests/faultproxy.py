@@ -4,7 +4,9 @@ It forwards bytes both ways, and on demand or at random it:
   - cuts every live connection (`cut_all`), with a FIN or an RST (SO_LINGER 0), as a dropped link does;
   - cuts each connection after a random number of forwarded bytes (`cut_after_bytes=(lo, hi)`), drawn
     from a seeded RNG, so a fault lands at a reproducible point of the traffic, up to `max_cuts` times;
-  - adds latency to every chunk it forwards (`latency_ms`, per direction).
+  - adds latency to every chunk it forwards (`latency_ms`, per direction);
+  - rewrites what clients send through a per-connection filter (`client_filter`), e.g. `ArgumentLimit`,
+    which makes the server refuse commands over ElastiCache Serverless's argument limit.
 
 It is bounded: at most `max_connections` at once, and it stops itself after `max_seconds`, so a
 forgotten proxy never outlives its test. Only 127.0.0.1 is ever listened on or connected to.
@@ -17,6 +19,7 @@ import socket
 import struct
 import threading
 import time
+from typing import Callable
 
 _CHUNK = 64 * 1024
 _TICK = 0.1
@@ -29,6 +32,7 @@ class _Pair:
         self.client = client
         self.upstream = upstream
         self.budget = budget  # bytes left before this connection is cut (None: never)
+        self.client_filter: "Callable[[bytes], bytes] | None" = None
         self.closed = False
         self.lock = threading.Lock()
 
@@ -56,8 +60,10 @@ class FaultProxy:
     def __init__(self, upstream_port: int, *, seed: int = 0, latency_ms: float = 0.0,
                  upstream_latency_ms: float | None = None, cut_after_bytes: tuple[int, int] | None = None,
                  max_cuts: int = 0, max_connections: int = 256, max_seconds: float = 300.0,
-                 listen: socket.socket | None = None) -> None:
+                 listen: socket.socket | None = None,
+                 client_filter: "Callable[[], Callable[[bytes], bytes]] | None" = None) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
+        self.client_filter = client_filter
         self.rng = random.Random(seed)
         self.latency = latency_ms / 1000.0                     # added to chunks going to the client
         self.upstream_latency = (latency_ms if upstream_latency_ms is None else upstream_latency_ms) / 1000.0
@@ -189,6 +195,7 @@ class FaultProxy:
                 sock.settimeout(_TICK)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pair = _Pair(client, upstream, self._budget())
+            pair.client_filter = self.client_filter() if self.client_filter else None
             with self._lock:
                 self._pairs.add(pair)
                 self.connections += 1
@@ -218,6 +225,8 @@ class FaultProxy:
                 time.sleep(_TICK)
             if self._spend(pair, len(data)) and self._cut(pair):
                 return
+            if src is pair.client and pair.client_filter:
+                data = pair.client_filter(data)
             try:
                 dst.sendall(data)
             except OSError:
@@ -246,3 +255,59 @@ class FaultProxy:
         with self._lock:
             self._pairs.discard(pair)
         pair.close(False)
+
+
+class ArgumentLimit:
+    """A client filter factory: a command with more than `limit` arguments (name included) reaches the server
+    as an unknown command, so it is refused in order, as ElastiCache Serverless refuses it. Counts the
+    refusals and the largest command seen over every connection."""
+
+    def __init__(self, limit: int = 3999) -> None:
+        self.limit = limit
+        self.refused = 0
+        self.largest = 0
+
+    def __call__(self) -> Callable[[bytes], bytes]:
+        return _CommandStream(self).feed
+
+
+class _CommandStream:
+    """One connection's RESP stream from the client, cut into whole commands."""
+
+    REFUSED = b"*1\r\n$23\r\nOVER-3999-ARGUMENTS-ERR\r\n"
+
+    def __init__(self, limit: ArgumentLimit) -> None:
+        self.limit = limit
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out, pos = bytearray(), 0
+        while (end := self._command_end(pos)) is not None:
+            stop, count = end
+            self.limit.largest = max(self.limit.largest, count)
+            if count > self.limit.limit:
+                self.limit.refused += 1
+                out += self.REFUSED
+            else:
+                out += self.buffer[pos:stop]
+            pos = stop
+        del self.buffer[:pos]
+        return bytes(out)
+
+    def _command_end(self, pos: int) -> tuple[int, int] | None:
+        """Where the RESP array starting at `pos` ends, and its argument count; None if it is not all here."""
+        line = self.buffer.find(b"\r\n", pos)
+        if line < 0:
+            return None
+        assert self.buffer[pos:pos + 1] == b"*", "the tool sends RESP arrays only"
+        count = int(self.buffer[pos + 1:line])
+        pos = line + 2
+        for _ in range(count):
+            line = self.buffer.find(b"\r\n", pos)
+            if line < 0:
+                return None
+            pos = line + 2 + int(self.buffer[pos + 1:line]) + 2
+            if pos > len(self.buffer):
+                return None
+        return pos, count

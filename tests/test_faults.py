@@ -21,7 +21,7 @@ import pytest
 import seed_data
 import testbed
 from conftest import SOURCE_PASSWORD, TARGET_PASSWORD
-from faultproxy import FaultProxy
+from faultproxy import ArgumentLimit, FaultProxy
 from migrate.records import read_segment
 from reliability import assert_clean_error, popen, spawn
 from snapshot import assert_same, snapshot
@@ -429,3 +429,54 @@ def test_source_under_concurrent_writes(standalone_source, serverless_target, ru
     final = spawn("verify", *sides, timeout=RUN_TIMEOUT)
     assert final.exit_code == 0, str(final)
     assert_same(snapshot(standalone_source), snapshot(serverless_target))
+
+
+# --- ElastiCache Serverless's argument limit ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def argument_limited_target(bed_dir):
+    """A plain serverless-like node behind a proxy that refuses any command over 3,999 arguments."""
+    listener = FaultProxy.listener()
+    port = listener.getsockname()[1]
+    node = testbed.start_cluster(bed_dir / f"argument-limited-{port}", 1, password=TARGET_PASSWORD, restricted=True,
+                                 extra=("--cluster-announce-port", str(port)))
+    limit = ArgumentLimit(3999)
+    proxy = FaultProxy(node.first.port, listen=listener, max_seconds=1800, client_filter=limit).start()
+    yield node, limit, plain_url(port, TARGET_PASSWORD)
+    proxy.stop()
+    node.stop()
+
+
+@pytest.fixture
+def compact_collections(standalone_source):
+    """A source whose hashes, sets and zsets of thousands of members stay compact, so HSCAN/SSCAN/ZSCAN return
+    each whole in one reply whatever the COUNT (as a source with raised *-max-listpack-entries does)."""
+    client = standalone_source.client()
+    settings = {"hash-max-listpack-entries": 10000, "zset-max-listpack-entries": 10000,
+                "set-max-intset-entries": 10000}
+    before = {name: client.config_get(name)[name] for name in settings}
+    for name, value in settings.items():
+        client.config_set(name, value)
+    yield client
+    for name, value in before.items():
+        client.config_set(name, value)
+
+
+def test_type_by_type_writes_stay_under_the_serverless_argument_limit(standalone_source, compact_collections,
+                                                                      argument_limited_target, run_dir):
+    client = compact_collections
+    client.hset("h", mapping={f"field-{i}": i for i in range(3000)})
+    client.zadd("z", {f"member-{i}": i for i in range(3000)})
+    client.sadd("s", *range(3000))
+    client.rpush("l", *range(4500))
+    client.set("plain", "x", px=3_600_000)
+    assert client.object("encoding", "h") == b"listpack" and client.object("encoding", "s") == b"intset"
+    assert len(client.hscan("h", 0, count=10)[1]) == 3000  # the whole hash in one reply
+    node, limit, url = argument_limited_target
+    node.flush()
+    outcome = spawn("run", "--source", standalone_source.url(), "--target", url, "--run-dir", run_dir,
+                    "--mode", "struct", timeout=RUN_TIMEOUT)
+    assert outcome.exit_code == 0, str(outcome)
+    assert limit.refused == 0
+    assert 1000 < limit.largest <= 3999  # big commands went through, each under the limit
+    assert_same(snapshot(standalone_source), snapshot(node))
