@@ -23,7 +23,7 @@ from .errors import BadInput, RuntimeFailure, Unreachable
 from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter, seal, skipped_entry
 from .slots import key_slot
 from .state import LedgerCounts, RunDir
-from .store import list_segments, segment_id, write_segment
+from .store import list_segments, segment_id, segment_path, write_segment
 from .wire import ReplyError, Wire, pack
 
 DEFAULT_MAX_PAYLOAD = 64 << 20
@@ -402,10 +402,11 @@ class MasterDumper:
         self.writer = SegmentWriter()
         self.pending = DumpCounts()
         # A segment written just before a crash may not be in the ledger yet; never reuse its number:
-        # segments are immutable, and replay may already have applied it.
+        # segments are immutable, and replay may already have applied it. Its keys are read again from the
+        # checkpointed cursor, so the ledger marks it superseded: replay's counts leave it out.
         written = [seq for master, seq in map(segment_id, list_segments(run_dir)) if master == index]
-        state["next_seq"] = max([state["next_seq"], *(seq + 1 for seq in written)])
-        self._next_seq = state["next_seq"]
+        self._next_seq = max([state["next_seq"], *(seq + 1 for seq in written)])
+        ledger.supersede(index, [seq for seq in written if seq >= state["next_seq"]])
         # Compressing, writing and fsyncing a segment, then the ledger, happen on a thread of their own,
         # in order, while this one keeps the source busy. Only that thread touches the ledger.
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-writer")
@@ -430,6 +431,8 @@ class MasterDumper:
             except (ConnectionError, TimeoutError, ssl.SSLError, Unreachable) as exc:
                 error = exc
             self._settle()  # the checkpoint to go on from (and a full disk outranks a lost connection)
+            since_checkpoint = list(range(self.state["next_seq"], self._next_seq))
+            self._in_background(lambda: self.ledger.supersede(self.index, since_checkpoint))
             if mark != (self.state["cursor"], self.state["next_seq"]):  # progress since the last drop
                 mark, deadline, delay = (self.state["cursor"], self.state["next_seq"]), None, 0.05
             deadline = deadline or time.monotonic() + RECONNECT_SECONDS
@@ -504,7 +507,6 @@ class MasterDumper:
 
     def _write_segment(self, seq: int, body: bytes, count: int) -> None:  # on the writer thread
         write_segment(self.run_dir, self.index, seq, seal(body, count))
-        self.state["next_seq"] = seq + 1
 
     def _in_background(self, task: Callable[[], None]) -> None:
         """Queue `task` on the writer thread. At most two tasks wait there, so memory stays bounded; an
@@ -549,10 +551,14 @@ class MasterDumper:
         """Segment first (durable), then the cursor that it covers: the writer thread keeps that order."""
         self._flush_segment()
         skipped, self.reader.skipped_keys = self.reader.skipped_keys, []
-        self._in_background(lambda: self._checkpoint(pending, cursor, finished, skipped))
+        next_seq = self._next_seq
+        self._in_background(lambda: self._checkpoint(pending, cursor, next_seq, finished, skipped))
 
-    def _checkpoint(self, pending: DumpCounts, cursor: int, finished: bool, skipped: list) -> None:  # writer thread
+    def _checkpoint(self, pending: DumpCounts, cursor: int, next_seq: int, finished: bool,
+                    skipped: list) -> None:  # writer thread
+        """The cursor and the first segment number it does not cover move together."""
         self.state["cursor"] = cursor
+        self.state["next_seq"] = next_seq
         self.state["done"] = finished
         counts = DumpCounts.from_dict(self.state["counts"])
         counts.add(pending)
@@ -595,6 +601,15 @@ class DumpLedger:
 
     def index(self, name: str) -> int:
         return self.data["order"].index(name)
+
+    def supersede(self, index: int, seqs: list[int]) -> None:
+        """Segments written past the last checkpoint, whose keys are read again: replay still applies them
+        (harmless, and in order), but its key counts leave them out, so a resumed run counts each key once."""
+        if seqs:
+            names = self.data.setdefault("superseded", [])
+            names.extend(name for name in (segment_path(self.run_dir, index, seq).name for seq in seqs)
+                         if name not in names)
+            self.save()
 
     def record_skipped(self, skipped: list[tuple[bytes, str]], limit: int = 1000) -> None:
         """Keep the first skipped keys by name (escaped), so the report can name them."""

@@ -206,15 +206,28 @@ def summarize(run_dir: RunDir) -> dict:
     skipped = dict(dump_counts.skipped)
     for reason, count in replay_counts["skipped"].items():
         skipped[reason] = skipped.get(reason, 0) + count
+    restored, struct_written, expired, rewritten = _distinct_key_counts(dump_ledger, replay_ledger, replay_counts)
     return {
         "scanned": dump_counts.scanned, "dumped": dump_counts.dumped + dump_counts.struct_keys,
-        "vanished": dump_counts.vanished, "expired": replay_counts["expired"],
-        "restored": replay_counts["restored"], "struct_written": replay_counts["struct_written"],
+        "vanished": dump_counts.vanished, "expired": expired,
+        "restored": restored, "struct_written": struct_written, "rewritten": rewritten,
         "skipped": skipped,
         "skipped_keys": (dump_ledger.get("skipped_keys", []) + replay_counts.get("skipped_keys", []))[:20],
         "bytes": dump_counts.bytes, "retries": replay_counts["retries"],
         "dump_done": "finished_at" in dump_ledger, "replay_done": "finished_at" in replay_ledger,
     }
+
+
+def _distinct_key_counts(dump_ledger: dict, replay_ledger: dict, replay_counts: dict) -> tuple[int, int, int, int]:
+    """Restored, written type by type and expired keys, each key once: the segments a resumed dump
+    superseded (their keys were read again) are left out and counted as `rewritten` writes instead."""
+    restored, struct_written, expired = (replay_counts[name] for name in ("restored", "struct_written", "expired"))
+    by_segment = replay_ledger.get("keys_by_segment", {})
+    superseded = [by_segment[name] for name in dump_ledger.get("superseded", []) if name in by_segment]
+    rewritten = sum(map(sum, superseded))
+    for keys in superseded:
+        restored, struct_written, expired = restored - keys[0], struct_written - keys[1], expired - keys[2]
+    return restored, struct_written, expired, rewritten
 
 
 STAGES = ("dump", "replay", "verify")

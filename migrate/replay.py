@@ -447,9 +447,12 @@ class ReplayLedger:
         self.data["target_rdb"] = target_rdb
         self.save()
 
-    def mark_done(self, name: str, witnesses: list | None = None) -> None:
+    def mark_done(self, name: str, witnesses: list | None = None, keys: "ReplayCounts | None" = None) -> None:
+        """A segment confirmed, with its key counts (so that a superseded segment can be left out of them)."""
         self.done.add(name)
         self.data["segments_done"] = sorted(self.done)
+        if keys is not None:
+            self.data.setdefault("keys_by_segment", {})[name] = [keys.restored, keys.struct_written, keys.expired]
         witness.remember(self.data, name, witnesses or [])
         self.save()
 
@@ -458,6 +461,7 @@ class ReplayLedger:
         self.done = set()
         self.data["segments_done"] = []
         self.data["witnesses"] = {}
+        self.data["keys_by_segment"] = {}
         self.data["target_losses"] = self.data.get("target_losses", 0) + 1
         self.counts = ReplayCounts(retries=self.counts.retries)
         self.save()
@@ -485,9 +489,10 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
             todo = [path for path in list_segments(run_dir) if path.name not in ledger.done]
             for path in todo:
                 segment = load_segment(path)
-                if not _write_segment(writer, segment, ledger, guard, path.name):
+                written = _write_segment(writer, segment, ledger, guard, path.name)
+                if written is None:
                     break  # the target lost confirmed keys: start again from the first segment
-                ledger.mark_done(path.name, witness.choose(segment, writer.owners))
+                ledger.mark_done(path.name, witness.choose(segment, writer.owners), written)
                 progress(segment.key_count)
             if not todo and not running:
                 break
@@ -499,11 +504,11 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
 
 
 def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger, guard: "LossGuard",
-                   name: str) -> bool:
-    """Write one segment until every reply is OK with no connection lost on the way.
+                   name: str) -> ReplayCounts | None:
+    """Write one segment until every reply is OK with no connection lost on the way; its counts.
 
     A connection lost mid-segment may mean a node restarted: the keys it confirmed before are then
-    gone. So the done segments' witnesses are checked (False: the target lost them), and the whole
+    gone. So the done segments' witnesses are checked (None: the target lost them), and the whole
     segment is written again, which is idempotent."""
     for _ in range(MAX_SEGMENT_REWRITES):
         counts = ReplayCounts()
@@ -511,10 +516,10 @@ def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger,
         writer.write_segment(segment, counts)
         if not writer.disturbed:
             ledger.counts.add(counts)
-            return True
+            return counts
         ledger.counts.retries += counts.retries
         if guard.lost():
-            return False
+            return None
     raise RuntimeFailure(f"the target's connections kept dropping while segment {name} was written "
                          f"({MAX_SEGMENT_REWRITES} tries)",
                          "check the target's health and network path, then rerun the same command to resume")

@@ -73,6 +73,7 @@ class FaultProxy:
         self.max_seconds = max_seconds
         self.cuts = 0
         self.connections = 0
+        self.forwarded = 0  # bytes sent on to clients: how far the traffic through the proxy has got
         self._pairs: set[_Pair] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -227,6 +228,8 @@ class FaultProxy:
                 return
             if src is pair.client and pair.client_filter:
                 data = pair.client_filter(data)
+            if src is pair.upstream:
+                self.forwarded += len(data)
             try:
                 dst.sendall(data)
             except OSError:

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -97,26 +98,48 @@ def restartable_target(bed_dir, certs):
 
 # --- kill -9 -----------------------------------------------------------------------------------------
 
-def kill_repeatedly(args, run_dir: Path, count: int, rng: random.Random, early: tuple[float, float],
-                    late: tuple[float, float]) -> list[tuple[float, str]]:
-    """Start `args`, kill -9 it after a random delay, `count` times (the first four early in the run)."""
-    kills: list[tuple[float, str]] = []
-    attempts = 0
-    while len(kills) < count and attempts < count * 3:
-        attempts += 1
+def kill_repeatedly(args, run_dir: Path, count: int, moment: Callable[[subprocess.Popen, int], None]
+                    ) -> list[tuple[str, str]]:
+    """Start `args` and kill -9 it when `moment` returns, `count` times; returns (moment, phase) per kill."""
+    kills: list[tuple[str, str]] = []
+    for _ in range(count):
         process = popen(*args)
-        delay = rng.uniform(*early) if len(kills) < 4 else rng.uniform(*late)
+        when = moment(process, len(kills))
+        if process.poll() is not None:
+            out, err = process.communicate()
+            assert process.returncode == 0, err
+            break  # it finished before the kill: the rest is the final run
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+        kills.append((when, phase(run_dir)))
+    return kills
+
+
+def after_random_delays(rng: random.Random, early: tuple[float, float], late: tuple[float, float]):
+    """Kill moments in wall time: the first four early in the run (a soak's random mix)."""
+    def moment(process: subprocess.Popen, index: int) -> str:
+        delay = rng.uniform(*early) if index < 4 else rng.uniform(*late)
         try:
             process.wait(timeout=delay)
         except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.communicate(timeout=30)
-            kills.append((round(delay, 2), phase(run_dir)))
-            continue
-        out, err = process.communicate()
-        assert process.returncode == 0, err
-        break  # it finished before the kill: the rest is the final run
-    return kills
+            pass
+        return f"{delay:.2f}s"
+    return moment
+
+
+def after_observed_progress(rng: random.Random, run_dir: Path, count: int, source_bytes: Callable[[], int],
+                            target_commands: Callable[[], int]):
+    """Kill moments from the stages' own progress, whatever the machine's speed: the first half of the kills
+    once the dump has read a random number of bytes from the source, the rest once the replay (after the
+    dump) has sent a random number of commands to the target."""
+    def moment(process: subprocess.Popen, index: int) -> str:
+        wanted = "dump" if index < count // 2 else "replay"
+        progress = source_bytes if wanted == "dump" else target_commands
+        start, goal = progress(), rng.randint(150_000, 2_000_000) if wanted == "dump" else rng.randint(300, 6000)
+        while process.poll() is None and not (phase(run_dir) == wanted and progress() - start >= goal):
+            time.sleep(0.005)
+        return f"{wanted}+{goal}"
+    return moment
 
 
 def test_kill_9_at_ten_random_moments_then_resume_is_exact(proxied_source, serverless_target, run_dir):
@@ -126,13 +149,18 @@ def test_kill_9_at_ten_random_moments_then_resume_is_exact(proxied_source, serve
     seed_data.seed(source.client(), 25_000, seed=31, big_keys=True, short_ttl_keys=0)
     args = ("run", "--source", source_url, "--target", serverless_target.url(), "--run-dir", run_dir,
             "--max-ops-per-sec", 6000, "--scan-count", 200, "--max-payload", 256 * 1024)
-    kills = kill_repeatedly(args, run_dir, 12, random.Random(20261126), (0.4, 1.4), (0.4, 2.2))
+    target = serverless_target.first.client()
+    moment = after_observed_progress(random.Random(20261126), run_dir, 12, lambda: proxy.forwarded,
+                                     lambda: target.info("stats")["total_commands_processed"])
+    kills = kill_repeatedly(args, run_dir, 12, moment)
     final = spawn(*args, timeout=RUN_TIMEOUT)
     assert final.exit_code == 0, str(final)
     assert len(kills) >= 10, kills
     phases = [p for _, p in kills]
     assert phases.count("dump") >= 2 and phases.count("replay") >= 2, kills
     assert_same(snapshot(source), snapshot(serverless_target))
+    counts = json.loads(spawn("status", "--run-dir", run_dir, "--json").stdout)["counts"]
+    assert counts["restored"] + counts["struct_written"] == 25_000, counts  # each key once, resumes or not
 
 
 @pytest.mark.parametrize("when", ["dump", "verify"])
@@ -176,7 +204,7 @@ def test_soak_kills_and_cuts_on_both_sides(standalone_source, proxied_target, ru
                     max_seconds=1500) as source_proxy:
         args = ("run", "--source", plain_url(source_proxy.port, SOURCE_PASSWORD), "--target", target_url,
                 "--run-dir", run_dir, "--max-ops-per-sec", 15_000, "--max-payload", 256 * 1024)
-        kills = kill_repeatedly(args, run_dir, 40, random.Random(seed), (0.5, 2.0), (0.5, 4.0))
+        kills = kill_repeatedly(args, run_dir, 40, after_random_delays(random.Random(seed), (0.5, 2.0), (0.5, 4.0)))
         final = spawn(*args, timeout=900)
     assert final.exit_code == 0, str(final)
     assert len(kills) >= 30, kills
