@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Benchmark: redis-migrate against a naive copier and redis-cli --pipe, in the same invocation.
 
-Seeds N generator-like keys (70% 100-byte strings; the rest small hashes, lists, sets and zsets;
-30% with TTLs) into a standalone source, then times, into a 3-master TLS cluster:
+Seeds N generator-like keys into a standalone source, in one of two mixes:
+  mixed   70% 100-byte strings; the rest small hashes, lists, sets and zsets; 30% with TTLs
+  tiny    mostly strings of 0-300 bytes (per-key costs weigh most here); 30% with TTLs
+then times, into a 3-master TLS cluster:
   naive   a pipelined SCAN/DUMP -> RESTORE copier through redis-py's cluster pipeline (below)
-  tool    `redis-migrate run`: its dump + replay time (durable segments), its total with the
-          closing verify, and its peak RSS
+  tool    `redis-migrate run`, clocked from outside as a user waits for it: process start until the
+          target holds every key (copy), and until the process exits (with the closing verify); the peak
+          of the summed RSS of all its processes (parent, dump child, verify workers)
   verify  `redis-migrate verify` of source vs target, when the verify stage is there
 and, into one TLS node, `redis-cli --pipe` of the same RESTORE commands: the single-client ceiling.
 
-    .venv/bin/python scripts/bench.py --keys 1000000 [--rss-keys 100000] [--skip-naive]
+    .venv/bin/python scripts/bench.py --keys 1000000 [--rss-keys 100000] [--mix mixed|tiny]... [--skip-naive]
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,7 +61,7 @@ def naive_copy(source: redis.Redis, target: redis.RedisCluster, batch: int = 100
             return copied
 
 
-def seed(server: testbed.RedisServer, keys: int, seed_number: int = 1) -> None:
+def seed(server: testbed.RedisServer, keys: int, mix: str = "mixed", seed_number: int = 1) -> None:
     """Fast seeding with hand-packed pipelines: the benchmark's data set, deterministic."""
     rng = random.Random(seed_number)
     wire = Wire(_endpoint(server.url()), "127.0.0.1", server.port)
@@ -65,7 +69,11 @@ def seed(server: testbed.RedisServer, keys: int, seed_number: int = 1) -> None:
     for index in range(keys):
         kind = rng.random()
         key = b"bench:%d" % index
-        if kind < 0.70:
+        if mix == "tiny" and kind < 0.92:
+            batch.append(pack(b"SET", key, rng.randbytes(rng.randrange(0, 151)).hex().encode()))
+        elif mix == "tiny":
+            batch.append(pack(b"HSET", key, b"f", b"%d" % rng.randrange(10**6)))
+        elif kind < 0.70:
             batch.append(pack(b"SET", key, rng.randbytes(50).hex().encode()))
         elif kind < 0.78:
             batch.append(pack(b"HSET", key, *[b"f%d" % i if j == 0 else b"v%d" % rng.randrange(10**6)
@@ -102,16 +110,50 @@ def timed(label: str, func) -> tuple[float, object]:
     return seconds, result
 
 
-def run_tool(args: list[str]) -> tuple[float, int, dict]:
-    """Time one CLI invocation; peak RSS is the largest of its processes (parent or dump child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.monotonic()
-    done = subprocess.run([str(ROOT / ".venv/bin/redis-migrate"), *args, "--json"], capture_output=True, text=True)
-    seconds = time.monotonic() - started
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if done.returncode not in (0, 1):
-        raise SystemExit(f"redis-migrate {args[0]} failed: {done.stderr}")
-    return seconds, max(peak_kb, before) // 1024, json.loads(done.stdout or "{}")
+class Watch:
+    """Samples, while a command runs: the summed RSS and PSS of its process tree, and (given a target) when the
+    target first holds `expected` keys. Every 20 ms, from outside the tool."""
+
+    def __init__(self, pid: int, target: list[redis.Redis] | None = None, expected: int = 0) -> None:
+        self.process = psutil.Process(pid)
+        self.target, self.expected = target or [], expected
+        self.started = time.monotonic()
+        self.peak_rss = self.peak_pss = 0
+        self.all_keys_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                tree = [self.process, *self.process.children(recursive=True)]
+                memory = [p.memory_full_info() for p in tree if p.is_running()]
+                self.peak_rss = max(self.peak_rss, sum(m.rss for m in memory))
+                self.peak_pss = max(self.peak_pss, sum(m.pss for m in memory))  # pages shared after fork once
+            except psutil.Error:
+                pass
+            if self.target and self.all_keys_at is None and sum(c.dbsize() for c in self.target) >= self.expected:
+                self.all_keys_at = time.monotonic() - self.started
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_tool(args: list[str], target: list[redis.Redis] | None = None, expected: int = 0) -> dict:
+    """One CLI invocation clocked from outside: total seconds, seconds until the target held every key,
+    and the peak of the summed RSS of its processes."""
+    process = subprocess.Popen([str(ROOT / ".venv/bin/redis-migrate"), *args, "--json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    watch = Watch(process.pid, target, expected)
+    out, err = process.communicate()
+    seconds = time.monotonic() - watch.started
+    watch.stop()
+    if process.returncode not in (0, 1):
+        raise SystemExit(f"redis-migrate {args[0]} failed: {err}")
+    return {"seconds": seconds, "copy_seconds": watch.all_keys_at, "rss_mb": watch.peak_rss >> 20, "pss_mb": watch.peak_pss >> 20,
+            "summary": json.loads(out or "{}")}
 
 
 def redis_cli_pipe(run_dir: Path, node: testbed.RedisServer, certs: testbed.Certs) -> float:
@@ -132,29 +174,32 @@ def redis_cli_pipe(run_dir: Path, node: testbed.RedisServer, certs: testbed.Cert
     return time.monotonic() - started
 
 
-def bench(keys: int, base: Path, certs: testbed.Certs, skip_naive: bool) -> dict:
-    print(f"\n== {keys:,} keys", flush=True)
+def bench(keys: int, mix: str, base: Path, certs: testbed.Certs, skip_naive: bool) -> dict:
+    print(f"\n== {keys:,} keys, {mix} mix", flush=True)
+    base = base / mix
     source = testbed.start_standalone(base / f"src-{keys}", password="bench-source-pw")
     target = testbed.start_cluster(base / f"tgt-{keys}", 3, password="bench-target-pw", certs=certs)
     single = testbed.start_cluster(base / f"one-{keys}", 1, password="bench-target-pw", certs=certs)
     try:
-        timed("seed", lambda: seed(source, keys))
-        result: dict = {"keys": source.client().dbsize()}
+        timed("seed", lambda: seed(source, keys, mix))
+        result: dict = {"keys": source.client().dbsize(), "mix": mix}
         if not skip_naive:
             result["naive_s"], _ = timed("naive copier", lambda: naive_copy(source.client(), target.cluster_client()))
             target.flush()
         run_dir = base / f"run-{keys}"
-        seconds, rss, summary = run_tool(["run", "--source", source.url(), "--target", target.url(),
-                                          "--run-dir", str(run_dir)])
-        copy = summary["copy_seconds"]
-        print(f"  {'redis-migrate run':<28} {seconds:8.2f} s   (dump+replay {copy:.2f} s, then verify)"
-              f"   peak RSS {rss} MB", flush=True)
-        result.update(tool_s=copy, run_total_s=seconds, tool_rss_mb=rss, restored=summary.get("restored"),
-                      run_verify_equal=summary["verify"].get("equal"))
+        run = run_tool(["run", "--source", source.url(), "--target", target.url(), "--run-dir", str(run_dir)],
+                       [node.client() for node in target.nodes], result["keys"])
+        copy = run["copy_seconds"]
+        print(f"  {'redis-migrate run':<28} {run['seconds']:8.2f} s   (every key on the target after {copy:.2f} s,"
+              f" then verify)   peak RSS {run['rss_mb']} MB, PSS {run['pss_mb']} MB (all processes)", flush=True)
+        result.update(tool_s=copy, run_total_s=run["seconds"], tool_rss_mb=run["rss_mb"], tool_pss_mb=run["pss_mb"],
+                      restored=run["summary"].get("restored"),
+                      run_verify_equal=run["summary"].get("verify", {}).get("equal"))
         if "verify" in _commands():
-            seconds, rss, _ = run_tool(["verify", "--source", source.url(), "--target", target.url()])
-            print(f"  {'redis-migrate verify':<28} {seconds:8.2f} s   peak RSS {rss} MB", flush=True)
-            result.update(verify_s=seconds, verify_rss_mb=rss)
+            verify = run_tool(["verify", "--source", source.url(), "--target", target.url()])
+            print(f"  {'redis-migrate verify':<28} {verify['seconds']:8.2f} s   peak RSS {verify['rss_mb']} MB",
+                  flush=True)
+            result.update(verify_s=verify["seconds"], verify_rss_mb=verify["rss_mb"])
         result["redis_cli_pipe_s"], _ = timed("redis-cli --pipe (1 node)",
                                               lambda: redis_cli_pipe(run_dir, single.first, certs))
         return result
@@ -172,11 +217,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--rss-keys", type=int, default=100_000, help="a second, smaller run for RSS flatness")
+    parser.add_argument("--mix", choices=("mixed", "tiny"), action="append",
+                        help="data mix (repeatable; default: both)")
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="redis-migrate-bench-"))
     certs = testbed.Certs.make(base / "certs")
-    results = [bench(n, base, certs, args.skip_naive) for n in sorted({args.rss_keys, args.keys}) if n]
+    results = [bench(n, mix, base, certs, args.skip_naive) for mix in args.mix or ("mixed", "tiny")
+               for n in sorted({args.rss_keys, args.keys}) if n]
     print("\n== results")
     for result in results:
         if "naive_s" in result:
