@@ -219,7 +219,7 @@ def not_redis(endpoint: Endpoint, detail: str) -> BadInput:
 def no_such_database(endpoint: Endpoint, db: int, host: str | None = None, port: int | None = None) -> BadInput:
     """SELECT refused: say how many databases the server has, when it lets us ask (CONFIG GET databases)."""
     count = database_count(endpoint, host, port)
-    has = f" (it has {count}: 0 to {count - 1})" if count else ""
+    has = f" (it has {count} databases: 0 to {count - 1})" if count else ""
     return BadInput(f"{endpoint.role} {endpoint.redacted}: db {db} does not exist on that server{has}",
                     f"pick an existing database with --db or the URL's /N{f' (0-{count - 1})' if count else ''}; "
                     "a cluster and ElastiCache Serverless have only db 0")
