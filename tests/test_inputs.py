@@ -18,7 +18,7 @@ import testbed
 from aws_helpers import own_client
 from conftest import SOURCE_PASSWORD, TARGET_PASSWORD
 from faultproxy import FaultProxy
-from reliability import assert_clean_error, invoke, popen
+from reliability import Outcome, assert_clean_error, invoke, popen
 from snapshot import assert_same, snapshot
 
 ROTATED = "Rotated-Pa55-e71c"
@@ -48,7 +48,6 @@ def finish(process, timeout: float = REFUSED_WITHIN):
         if process.poll() is None:
             process.kill()
             process.communicate()
-    from reliability import Outcome
     return Outcome(process.returncode, out, err)
 
 
@@ -275,16 +274,19 @@ def test_standalone_replica_is_still_refused(standalone_source, tmp_path, run_di
 
 # --- item 8: a db that does not exist, a port that is not Redis ----------------------------------------------
 
-def test_db_out_of_range(standalone_source, serverless_target, run_dir, tmp_path):
+@pytest.mark.parametrize("command", ["dump --db 16", "plan /99", "run /99", "verify --db 99"])
+def test_db_out_of_range(standalone_source, serverless_target, run_dir, command):
     standalone_source.client().set("k", "v")
-    source, target = standalone_source.url(), serverless_target.url()
-    needles = ("does not exist", "16 databases", "0-15")
-    for args in (["dump", "--source", source, "--run-dir", run_dir, "--db", 16],
-                 ["plan", "--source", standalone_source.url(99), "--target", target],
-                 ["run", "--source", standalone_source.url(99), "--target", target, "--run-dir", tmp_path / "r2"],
-                 ["verify", "--source", source, "--target", target, "--db", 99]):
-        outcome = invoke(*args)
-        assert_clean_error(outcome, 2, f"db {args[-1] if args[-2] == '--db' else 99}", *needles, secrets=SECRETS)
+    name, how = command.split(" ", 1)
+    db = int(how.split()[-1].strip("/"))
+    source = standalone_source.url(db if how.startswith("/") else 0)
+    args = {"dump": ["--source", source, "--run-dir", run_dir],
+            "plan": ["--source", source, "--target", serverless_target.url()],
+            "run": ["--source", source, "--target", serverless_target.url(), "--run-dir", run_dir],
+            "verify": ["--source", source, "--target", serverless_target.url()]}[name]
+    if how.startswith("--db"):
+        args += ["--db", db]
+    assert_clean_error(invoke(name, *args), 2, f"db {db} does not exist", "16 databases", "0-15", secrets=SECRETS)
 
 
 @pytest.fixture(scope="module")
