@@ -109,6 +109,21 @@ def dump_options(func):
     return func
 
 
+def source_check_options(func):
+    func = click.option("--ignore-other-dbs", is_flag=True,
+                        help="Copy only this database although others hold keys (they are NOT migrated; the run dir "
+                             "records it and cutover shows it).")(func)
+    func = click.option("--allow-empty-source", is_flag=True,
+                        help="Go on although the source database holds no keys (refused by default: a wrong URL or "
+                             "db, or a Redis restarted without its data).")(func)
+    return func
+
+
+def _source_checks(ignore_other_dbs: bool, allow_empty_source: bool):
+    from .pipeline import SourceChecks
+    return SourceChecks(ignore_other_dbs=ignore_other_dbs, allow_empty=allow_empty_source)
+
+
 def replay_options(func):
     func = click.option("--mode", type=click.Choice(("auto", "restore", "struct")), default="auto", show_default=True,
                         help="auto: RESTORE payloads the target accepts, type-by-type writes for the rest.")(func)
@@ -186,20 +201,22 @@ def _render_summary(result: dict) -> str:
 @dump_options
 @click.option("--mode", type=click.Choice(("auto", "struct")), default="auto", show_default=True,
               help="struct: read every key type by type (for a target with an older RDB version).")
+@source_check_options
 @skip_unsupported_option
 @tls_insecure_option
 @json_option
 @handle_errors
-def dump(source_url, run_dir, db, match, types, scan_count, max_payload, mode, skip_unsupported, tls_insecure,
-         as_json):
+def dump(source_url, run_dir, db, match, types, scan_count, max_payload, mode, ignore_other_dbs, allow_empty_source,
+         skip_unsupported, tls_insecure, as_json):
     """Scan every source master and write keys with absolute expiries to durable segments."""
     from .pipeline import dump_stage, open_source
     from .state import RunDir
     endpoint = _endpoint("source", source_url, tls_insecure)
     options = _dump_opts(endpoint, db, match, types, scan_count, max_payload, mode)
+    checks = _source_checks(ignore_other_dbs, allow_empty_source)
     directory = RunDir(run_dir, create=True)
-    _locked_stage(directory, lambda: dump_stage(directory, open_source(endpoint, options.db), options, progress_bar),
-                  as_json, skip_unsupported)
+    _locked_stage(directory, lambda: dump_stage(directory, open_source(endpoint, options.db), options, progress_bar,
+                                                checks), as_json, skip_unsupported)
 
 
 @cli.command()
@@ -231,18 +248,19 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, sk
 @replay_options
 @click.option("--redo", type=click.Choice(("dump", "replay", "verify")), multiple=True,
               help="Do this stage (and the ones after it) again, even if the run dir says it is done.")
+@source_check_options
 @skip_unsupported_option
 @tls_insecure_option
 @json_option
 @handle_errors
 def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, mode, max_ops_per_sec,
-        allow_nonempty_target, redo, skip_unsupported, tls_insecure, as_json):
+        allow_nonempty_target, redo, ignore_other_dbs, allow_empty_source, skip_unsupported, tls_insecure, as_json):
     """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume.
 
     Stages the run dir records as done are skipped; --redo STAGE does one again.
     """
     from .endpoints import probe_rdb_version
-    from .pipeline import bind_endpoints, open_source, open_target, preflight, redo_stages, run_stages
+    from .pipeline import admit_source, open_source, open_target, preflight, redo_stages, run_stages
     from .replay import ReplayOptions
     from .state import RunDir
     source = _endpoint("source", source_url, tls_insecure)
@@ -254,9 +272,10 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
 
     def stages() -> dict:
         source_topology = open_source(source, options.db)
-        bind_endpoints(directory, source, target, options.db)  # a wrong endpoint is refused before --redo forgets
+        admit_source(directory, source_topology, target, options.db,  # refused before --redo forgets
+                     _source_checks(ignore_other_dbs, allow_empty_source))
         redo_stages(directory, redo)
-        preflight(directory, source_url, target_url, tls_insecure)
+        preflight(directory, source_url, target_url, tls_insecure, options.db)
         return run_stages(directory, source_topology, target_topology, options,
                           ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec,
                                         allow_nonempty_target=allow_nonempty_target), progress_bar)

@@ -111,6 +111,7 @@ class Check:
     passed: bool
     reason: str
     hint: str = ""
+    warning: bool = False  # passed, but the operator should read it before switching
 
 
 def verify_gate(run_dir: RunDir | None, max_age: float, target: Target, now: float) -> Check:
@@ -139,6 +140,17 @@ def verify_gate(run_dir: RunDir | None, max_age: float, target: Target, now: flo
         return Check(False, f"the last verify checked {checked_at[0]}:{checked_at[1]}, not the cutover target {target}",
                      VERIFY_HINT)
     return Check(True, f"full verify {format_duration(max(age, 0))} ago: every key equal")
+
+
+def ignored_databases_check(run_dir: RunDir | None) -> list[Check]:
+    """A warning (never a refusal) when dump/run copied one database with --ignore-other-dbs: the
+    apps reading the others lose them at the switch."""
+    ignored = ((run_dir.read("run") or {}).get("ignored_databases") if run_dir else None)
+    if not ignored:
+        return []
+    listed = ", ".join(f"db{n}: {k} keys" for n, k in ignored["others"].items())
+    return [Check(True, f"only db{ignored['db']} was migrated: the source also held {listed}, left behind on purpose "
+                        "(--ignore-other-dbs)", warning=True)]
 
 
 # --- the writer: executes, or for a dry run only records -------------------------------------------
@@ -391,7 +403,8 @@ def _new_record(switch: Switch) -> dict:
 def _result(switch: Switch, writer: Writer) -> dict:
     return {
         "command": switch.kind, "env": switch.env, "dry_run": writer.dry_run, "run_id": switch.run_id,
-        "checks": [{"passed": c.passed, "reason": c.reason} for c in switch.checks],
+        "checks": [{"passed": c.passed, "reason": c.reason, **({"warning": True} if c.warning else {})}
+                   for c in switch.checks],
         "gate": "pass",
         "parameters": [{"key": key, "name": switch.names[key], "now": h.current.value, "now_version": h.current.number,
                         "after": switch.desired[key], "after_version": h.current.number,
@@ -458,7 +471,7 @@ def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | 
         switch = Switch("cutover", env, names, histories, target.values,
                         pre_cutover={key: before_version(h) for key, h in histories.items()},
                         record=rd.read("cutover") if rd else None,
-                        checks=[verify_gate(rd, max_age, target, now)],
+                        checks=[verify_gate(rd, max_age, target, now), *ignored_databases_check(rd)],
                         labels_before=(LABEL_BEFORE,), labels_after=(LABEL_AFTER,), run_id=new_run_id(now))
         return run_switch(switch, writer, rd, services, force)
 
@@ -529,7 +542,7 @@ def render(result: dict) -> str:
     head = f"{result['command']}  env {result['env']}  run {result['run_id']}"
     lines = [head + ("  (DRY RUN: nothing written)" if result["dry_run"] else "")]
     for check in result["checks"]:
-        verdict = "pass" if check["passed"] else result["gate"].upper()
+        verdict = ("WARNING" if check.get("warning") else "pass") if check["passed"] else result["gate"].upper()
         lines.append(f"  check     {verdict}: {check['reason']}")
     cells = [(row["name"], f"{row['now']} (v{row['now_version']})", _after_cell(row)) for row in result["parameters"]]
     widths = [max(len(cell[i]) for cell in cells + [("parameter", "now", "")]) for i in (0, 1)]

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Iterator
 from urllib.parse import urlsplit
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
-from .errors import BadInput, MigrateError, Unreachable
+from .errors import AuthenticationFailed, BadInput, MigrateError, Unreachable
 from .redact import redact_url, register_secret, scrub
 from .slots import SLOT_COUNT, key_slot
 
@@ -192,6 +193,47 @@ class Topology:
         }
 
 
+# What servers answer to a refused login, on AUTH or on the first command of a connection without AUTH.
+AUTH_REFUSALS = ("WRONGPASS", "NOAUTH", "invalid username-password pair", "invalid password",
+                 "no password is set", "without any password configured")
+
+
+def is_auth_refusal(text: str) -> bool:
+    return any(marker.lower() in text.lower() for marker in AUTH_REFUSALS)
+
+
+def authentication_failed(endpoint: Endpoint, reply: str) -> AuthenticationFailed:
+    """The one error for a refused login, wherever a connection is opened (start, reconnect, worker)."""
+    return AuthenticationFailed(
+        f"{endpoint.role} {endpoint.redacted}: authentication failed ({_first_line(reply)})",
+        f"check the password (or IAM token) and user in the URL or REDIS_MIGRATE_{endpoint.role.upper()}_PASSWORD: "
+        "a password rotated or a token expired since the run started needs the new one; rerun to resume")
+
+
+def not_redis(endpoint: Endpoint, detail: str) -> BadInput:
+    return BadInput(f"{endpoint.role} {endpoint.redacted} does not speak the Redis protocol: is this the right "
+                    f"port? ({_first_line(detail)[:120]})",
+                    "point the URL at the Redis port (6379 for ElastiCache), not at a web or other service")
+
+
+def no_such_database(endpoint: Endpoint, db: int, host: str | None = None, port: int | None = None) -> BadInput:
+    """SELECT refused: say how many databases the server has, when it lets us ask (CONFIG GET databases)."""
+    count = database_count(endpoint, host, port)
+    has = f" (it has {count} databases: 0 to {count - 1})" if count else ""
+    return BadInput(f"{endpoint.role} {endpoint.redacted}: db {db} does not exist on that server{has}",
+                    f"pick an existing database with --db or the URL's /N{f' (0-{count - 1})' if count else ''}; "
+                    "a cluster and ElastiCache Serverless have only db 0")
+
+
+def database_count(endpoint: Endpoint, host: str | None = None, port: int | None = None) -> int | None:
+    """The server's `databases` setting, or None where CONFIG is refused (ElastiCache) or the call fails."""
+    try:
+        reply = endpoint.node_client(host, port, db=0).config_get("databases")
+        return int(reply["databases"])
+    except (redis.RedisError, KeyError, ValueError, OSError):
+        return None
+
+
 @contextlib.contextmanager
 def translated_errors(endpoint: Endpoint) -> Iterator[None]:
     """Turn redis-py and socket failures into errors that name the endpoint and the fix."""
@@ -200,18 +242,23 @@ def translated_errors(endpoint: Endpoint) -> Iterator[None]:
         yield
     except MigrateError:
         raise
-    except redis.AuthenticationError:
-        raise BadInput(f"{where}: authentication failed (wrong password or user)",
-                       f"check the URL's user and password, or REDIS_MIGRATE_{endpoint.role.upper()}_PASSWORD") from None
+    except redis.AuthenticationError as exc:
+        raise authentication_failed(endpoint, str(exc) or "wrong password or user") from None
     except redis.exceptions.NoPermissionError as exc:  # redis-py strips the NOPERM prefix
         raise BadInput(f"{where}: not authorised ({_first_line(str(exc))})",
                        "use a user allowed to run SCAN, TYPE, DUMP, PEXPIRETIME, EVAL on the source, or RESTORE and the "
                        "write commands on the target") from None
+    except (redis.exceptions.InvalidResponse, hiredis.ProtocolError) as exc:
+        raise not_redis(endpoint, str(exc)) from None
     except redis.ResponseError as exc:
         text = str(exc)
-        if "NOAUTH" in text or "WRONGPASS" in text or "NOPERM" in text:
+        if is_auth_refusal(text):
+            raise authentication_failed(endpoint, text) from None
+        if "NOPERM" in text:
             raise BadInput(f"{where}: not authorised ({_first_line(text)})",
-                           "give a password in the URL or the environment, and a user allowed to run the scan/dump/restore commands") from None
+                           "give a user allowed to run the scan/dump/restore commands") from None
+        if "DB index is out of range" in text or "SELECT is not allowed in cluster mode" in text:
+            raise no_such_database(endpoint, endpoint.db) from None
         raise
     except (redis.ConnectionError, redis.TimeoutError, ssl.SSLError, OSError) as exc:
         raise Unreachable(f"{where}: cannot connect ({_first_line(str(exc))})",
@@ -237,12 +284,14 @@ def _connection_hint(endpoint: Endpoint, text: str) -> str:
 
 
 def discover(endpoint: Endpoint) -> Topology:
-    """Connect, authenticate and find the masters. Refuses replicas and clusters with uncovered slots."""
-    client = endpoint.node_client()
+    """Connect, authenticate and find the masters. Refuses standalone replicas and clusters with uncovered
+    slots. A cluster node that is a replica is fine: its slot map names every master (an ElastiCache
+    configuration endpoint may resolve to any node). Discovery reads db 0; the stages check their own db."""
+    client = endpoint.node_client(db=0)
     with translated_errors(endpoint):
         client.ping()
         server, version, mode, role = _hello(client)
-        if role not in ("master", "primary"):
+        if role not in ("master", "primary") and mode != "cluster":
             raise BadInput(f"{endpoint.role} {endpoint.redacted} is a replica (role {role})",
                            "point at the primary endpoint: a replica cannot be the target, and scanning "
                            "one can miss recent writes")

@@ -27,6 +27,11 @@ class BadInput(MigrateError):
     exit_code = 2
 
 
+class AuthenticationFailed(BadInput):
+    """A server refused the login: a wrong or rotated password, an expired IAM token, an unknown user.
+    At the start or on any reconnect, it is never retried: waiting cannot fix a credential."""
+
+
 class Unreachable(BadInput):
     """A server could not be reached or the connection failed. Bad input when a stage starts (wrong host,
     port or TLS); mid-stage, dump and replay reconnect and retry instead."""

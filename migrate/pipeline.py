@@ -11,13 +11,14 @@ import os
 import multiprocessing
 import time
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Callable
 
 import redis
 
 from . import dump as dump_module
 from . import replay as replay_module
-from .endpoints import Endpoint, Topology, discover, translated_errors
+from .endpoints import Endpoint, Topology, discover, no_such_database, translated_errors
 from .errors import BadInput, MigrateError, RuntimeFailure, Unreachable
 from .output import warn
 from .procs import die_with_parent
@@ -31,12 +32,25 @@ def no_progress(*_args, **_kwargs) -> AbstractContextManager[Callable[[int], Non
 
 
 def open_source(endpoint: Endpoint, db: int) -> Topology:
+    """Discover the source and check that `db` exists there (a cluster has only db 0)."""
     topology = discover(endpoint)
     if topology.is_cluster and db != 0:
         raise BadInput(f"source {endpoint.redacted} is a cluster, which has only db 0, but db {db} was asked for",
                        "drop --db (or use /0 in the URL)")
-    _warn_other_databases(topology, db)
+    if db != 0:
+        _check_database(topology, db)
     return topology
+
+
+def _check_database(topology: Topology, db: int) -> None:
+    node = topology.masters[0]
+    with translated_errors(topology.endpoint):
+        try:
+            topology.client(node, db).ping()
+        except redis.ResponseError as exc:
+            if "DB index is out of range" in str(exc):
+                raise no_such_database(topology.endpoint, db, node.host, node.port) from None
+            raise
 
 
 def open_target(endpoint: Endpoint) -> Topology:
@@ -46,22 +60,50 @@ def open_target(endpoint: Endpoint) -> Topology:
     return discover(endpoint)
 
 
-def _warn_other_databases(topology: Topology, db: int) -> None:
-    others, _ = topology.other_databases(db)
+@dataclass(frozen=True)
+class SourceChecks:
+    """What the operator said is fine about the source: keys left in other databases, or no keys at all."""
+
+    ignore_other_dbs: bool = False
+    allow_empty: bool = False
+
+
+def check_source(run_dir: RunDir, source: Topology, db: int, checks: SourceChecks) -> None:
+    """dump's and run's refusals of a source that would copy too little: keys in databases that are not
+    copied (plan calls them a blocker), and an empty database (a wrong URL or a Redis restarted empty).
+    Keys deliberately left in other databases are recorded in run.json, for the cutover to show."""
+    others, unavailable = source.other_databases(db)
+    for name in unavailable:
+        warn(f"INFO keyspace is unavailable on {name}: other databases were not checked")
     if others:
-        listed = ", ".join(f"db {n}: {k} keys" for n, k in others.items())
-        warn(f"the source has keys in databases that are not migrated ({listed}); ElastiCache Serverless has "
-             f"only db 0: migrate each with its own --db into its own cache, or merge them first")
+        listed = ", ".join(f"db{n}: {k} keys" for n, k in others.items())
+        if not checks.ignore_other_dbs:
+            raise BadInput(f"the source has data outside db{db}, which is the only one migrated ({listed})",
+                           "ElastiCache Serverless has only db 0: migrate each database in its own run into its own "
+                           f"cache (--db N or the URL's /N), or move the keys into db{db}, or flush those databases if "
+                           "unused; --ignore-other-dbs copies only this one anyway")
+        warn(f"--ignore-other-dbs: the source's other databases are not migrated ({listed})")
+        _record_ignored_databases(run_dir, db, others)
+    if not checks.allow_empty and source.key_count(db) == 0:
+        raise BadInput(f"the source {source.endpoint.redacted} holds no keys in db{db}: there is nothing to migrate",
+                       "check the URL and --db (a wrong host, port or database?), and whether the source Redis was "
+                       "just restarted without its data; pass --allow-empty-source if an empty copy is really meant")
 
 
-def preflight(run_dir: RunDir, source_url: str, target_url: str, tls_insecure: bool) -> None:
+def _record_ignored_databases(run_dir: RunDir, db: int, others: dict[int, int]) -> None:
+    run = run_dir.read("run") or {"created": time.time()}
+    run["ignored_databases"] = {"db": db, "others": {str(n): k for n, k in others.items()}, "at": time.time()}
+    run_dir.write("run", run)
+
+
+def preflight(run_dir: RunDir, source_url: str, target_url: str, tls_insecure: bool, db: int | None = None) -> None:
     """`run`'s first stage: the plan, recorded once per run dir. Its blockers are printed; the stages'
-    own gates (empty target, one database) enforce them, with the options that override them."""
+    own gates (empty target, one database, empty source) enforce them, with the options that override them."""
     if run_dir.read("plan") is not None:
         return
     from .plan import plan
     try:
-        result = json.loads(json.dumps(plan(source_url, target_url, tls_insecure=tls_insecure), default=str))
+        result = json.loads(json.dumps(plan(source_url, target_url, tls_insecure=tls_insecure, db=db), default=str))
     except (Unreachable, RuntimeFailure, OSError, redis.ConnectionError, redis.TimeoutError) as exc:  # advisory: go on
         warn(f"plan: the survey did not finish ({getattr(exc, 'message', exc)}); the stages' own checks "
              f"still apply, and the next run tries the plan again")
@@ -79,9 +121,21 @@ def bind_endpoints(run_dir: RunDir, source: Endpoint | None, target: Endpoint | 
         run_dir.bind("target", {"url": target.identity})
 
 
+def admit_source(run_dir: RunDir, source: Topology, target: Endpoint | None, db: int, checks: SourceChecks) -> None:
+    """The run dir's own endpoints, and a source that would not copy too little: refused before any stage
+    (or `--redo`) changes the run dir. Idempotent, so `run` may admit before it redoes, then again per stage."""
+    bind_endpoints(run_dir, source.endpoint, target, db)
+    check_source(run_dir, source, db, checks)
+
+
 def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
-               progress: ProgressFactory = no_progress) -> dict:
-    bind_endpoints(run_dir, source.endpoint, None, options.db)
+               progress: ProgressFactory = no_progress, checks: SourceChecks = SourceChecks()) -> dict:
+    admit_source(run_dir, source, None, options.db, checks)
+    return _dump(run_dir, source, options, progress)
+
+
+def _dump(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
+          progress: ProgressFactory = no_progress) -> dict:
     started = time.monotonic()
     total = source.key_count(options.db)
     with progress("dump", total) as update:
@@ -121,9 +175,9 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
 
 def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: dump_module.DumpOptions,
                replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress) -> dict:
-    """Dump in a child process while this one replays; both resume from their ledgers."""
+    """Dump in a child process while this one replays; both resume from their ledgers. The caller has
+    admitted the source (`admit_source`) before anything, --redo included, changed the run dir."""
     started = time.monotonic()
-    bind_endpoints(run_dir, source.endpoint, target.endpoint, dump_options.db)
     child, errors = _start_dump_process(run_dir, source, dump_options)  # one bar: the replay's
     try:
         replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
@@ -176,7 +230,7 @@ def _start_dump_process(run_dir: RunDir, source: Topology, options: dump_module.
 def _dump_child(run_dir, source, options, errors, parent_pid: int | None = None) -> None:
     die_with_parent(parent_pid)
     try:
-        dump_stage(run_dir, source, options)
+        _dump(run_dir, source, options)  # the parent checked the source before it started this process
     except MigrateError as exc:
         errors.put((type(exc).__name__, exc.message, exc.hint))
         raise SystemExit(exc.exit_code)

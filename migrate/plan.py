@@ -6,6 +6,7 @@ the RDB version, which decides the replay mode. The verdict is "go" or "blockers
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import redis
 
 from .aws import Clients, describe_serverless_cache, parameter_history
 from .cutover import DEFAULT_PREFIX, LABEL_AFTER, LABEL_BEFORE, parameter_names
-from .endpoints import Endpoint, Node, Topology, discover, probe_rdb_version, rdb_version_of, translated_errors
+from .endpoints import Endpoint, Node, Topology, probe_rdb_version, rdb_version_of, translated_errors
 
 GB = 10**9  # the cache's DataStorage unit, read as the smaller decimal GB: the conservative choice
 ECPU_PRICE_PER_MILLION = 0.0034
@@ -37,16 +38,20 @@ class SampledKey:
 
 def plan(source_url: str, target_url: str, *, serverless_cache: str | None = None, env: str | None = None,
          prefix: str = DEFAULT_PREFIX, sample: int = 5000, storage_headroom: float = 1.5,
-         tls_insecure: bool = False, clients: Clients | None = None) -> dict:
-    """Survey both sides (and the cache and SSM when named) and collect blockers with their fixes."""
+         tls_insecure: bool = False, clients: Clients | None = None, db: int | None = None) -> dict:
+    """Survey both sides (and the cache and SSM when named) and collect blockers with their fixes.
+    `db` is the source database to survey (run's --db); by default the source URL's."""
+    from .pipeline import open_source, open_target
     clients = clients or Clients()
     names = parameter_names(env, prefix) if env else None
-    source = discover(Endpoint.from_url("source", source_url, tls_insecure=tls_insecure))
-    target = discover(Endpoint.from_url("target", target_url, tls_insecure=tls_insecure))
+    source_endpoint = Endpoint.from_url("source", source_url, tls_insecure=tls_insecure)
+    db = source_endpoint.db if db is None else db
+    source = open_source(source_endpoint, db)
+    target = open_target(Endpoint.from_url("target", target_url, tls_insecure=tls_insecure))
     blockers: list[dict] = []
     warnings: list[str] = []
 
-    src = survey_source(source, sample, blockers, warnings)
+    src = survey_source(source, db, sample, blockers, warnings)
     tgt = {**_side(target), "keys": target.key_count(), "rdb_version": probe_rdb_version(target)}
     if tgt["keys"]:
         blockers.append(_blocker(f"the target already holds {tgt['keys']} keys",
@@ -74,28 +79,35 @@ def _side(topology: Topology) -> dict:
 
 # --- the source --------------------------------------------------------------------------------------
 
-def survey_source(source: Topology, sample: int, blockers: list[dict], warnings: list[str]) -> dict:
-    """Keys, memory, other databases and a bounded sample: histogram, TTL share, largest keys, data size."""
+def survey_source(source: Topology, db: int, sample: int, blockers: list[dict], warnings: list[str]) -> dict:
+    """Keys, memory, other databases and a random sample: histogram, TTL share, largest keys, data size."""
     with translated_errors(source.endpoint):
-        keys_per_master = {node.name: source.client(node).dbsize() for node in source.masters}
-        used_memory = _used_memory(source)
-        other_dbs, unavailable = source.other_databases(source.endpoint.db)
-        sampled, method = sample_keys(source, sample)
-        rdb = _source_rdb_version(source, sampled)
+        keys_per_master = {node.name: source.client(node, db).dbsize() for node in source.masters}
+        memory = _memory(source)
+        other_dbs, unavailable = source.other_databases(db)
+        sampled, method = sample_keys(source, sample, db)
+        rdb = _source_rdb_version(source, sampled, db)
     total = sum(keys_per_master.values())
     warnings += [f"INFO keyspace is unavailable on {name}: other databases were not checked" for name in unavailable]
     if other_dbs:
-        listing = ", ".join(f"db{db}: {count} keys" for db, count in sorted(other_dbs.items()))
+        listing = ", ".join(f"db{n}: {count} keys" for n, count in sorted(other_dbs.items()))
         blockers.append(_blocker(
-            f"the source has data outside db{source.endpoint.db}, which is the only one migrated ({listing})",
+            f"the source has data outside db{db}, which is the only one migrated ({listing})",
             "ElastiCache Serverless has only db 0: migrate each database in its own run into its own cache "
-            f"(source URL .../<db>), or move the keys into db{source.endpoint.db}, or flush those databases if unused"))
+            f"(--db N or the source URL's /N), or move the keys into db{db}, or flush those databases if unused; "
+            "dump and run refuse this unless --ignore-other-dbs"))
     if not total:
-        warnings.append("the source is empty: there is nothing to migrate")
-    data_bytes = _extrapolate(sampled, total, lambda k: k.size)
+        blockers.append(_blocker(
+            f"the source holds no keys in db{db}: there is nothing to migrate",
+            "check the URL and db (a wrong host, port or database?), and whether the source Redis was just "
+            "restarted without its data; dump and run refuse an empty source unless --allow-empty-source"))
+    sampled_bytes = _extrapolate(sampled, total, lambda k: k.size)
+    memory_bytes = _data_in_memory(memory, total, sum(other_dbs.values()))
     return {
-        **_side(source), "rdb_version": rdb, "keys": total, "keys_per_master": keys_per_master,
-        "used_memory": used_memory, "data_bytes": data_bytes,
+        **_side(source), "rdb_version": rdb, "db": db, "keys": total, "keys_per_master": keys_per_master,
+        "used_memory": memory and memory["used_memory"],
+        "data_bytes": max(sampled_bytes, memory_bytes or 0),
+        "data_bytes_sampled": sampled_bytes, "data_bytes_memory": memory_bytes,
         "ecpu_to_write": _extrapolate(sampled, total, lambda k: max(1, math.ceil(k.size / ECPU_BYTES))),
         "sample": {
             "keys": len(sampled), "size_method": method,
@@ -112,38 +124,74 @@ def _extrapolate(sampled: list[SampledKey], total: int, measure) -> int:
     return round(sum(measure(k) for k in sampled) / len(sampled) * total) if sampled else 0
 
 
-def _used_memory(topology: Topology) -> int | None:
-    """INFO memory's used_memory summed over masters, or None where a server does not report it (serverless)."""
-    total = 0
+def _memory(topology: Topology) -> dict[str, int] | None:
+    """INFO memory summed over the masters, or None where a server does not report it (serverless)."""
+    total: Counter = Counter()
     for node in topology.masters:
         try:
-            total += int(topology.client(node).info("memory")["used_memory"])
-        except (redis.ResponseError, KeyError, ValueError):
+            info = topology.client(node).info("memory")
+            total.update({name: int(info[name]) for name in ("used_memory", "used_memory_startup", "used_memory_dataset")
+                          if name in info})
+        except (redis.ResponseError, ValueError):
             return None
-    return total
+        if "used_memory" not in info:
+            return None
+    return dict(total)
 
 
-def sample_keys(topology: Topology, limit: int) -> tuple[list[SampledKey], str]:
-    """Up to `limit` keys, spread over the masters, with type, TTL and size (MEMORY USAGE, else an estimate)."""
-    per_master = max(1, math.ceil(limit / len(topology.masters)))
+def _data_in_memory(memory: dict[str, int] | None, keys: int, other_keys: int) -> int | None:
+    """What the data takes in the source's memory: used_memory less what the server used empty at start
+    (else used_memory_dataset). Other databases share that memory: they are taken out by their share of
+    the keys. A sample can miss the few huge keys that hold most of the bytes; this figure cannot."""
+    if not memory:
+        return None
+    if "used_memory_startup" in memory:
+        data = memory["used_memory"] - memory["used_memory_startup"]
+    elif "used_memory_dataset" in memory:
+        data = memory["used_memory_dataset"]
+    else:
+        return None
+    return round(max(data, 0) * keys / (keys + other_keys)) if keys else 0
+
+
+def sample_keys(topology: Topology, limit: int, db: int = 0) -> tuple[list[SampledKey], str]:
+    """Up to about `limit` keys drawn at random over the whole keyspace (RANDOMKEY), shared between the
+    masters by their key counts, with type, TTL and size (MEMORY USAGE, else an estimate). The first keys
+    a SCAN returns are no sample: their sizes can be anything but typical. A master with no more keys than
+    its share is read whole."""
+    clients = [topology.client(node, db) for node in topology.masters]
+    sizes = [client.dbsize() for client in clients]
+    total = sum(sizes)
     sampled: list[SampledKey] = []
     method = "memory-usage"
-    for node in topology.masters:
-        client = topology.client(node)
-        keys = list(dict.fromkeys(_scan_some(client, per_master)))  # SCAN may repeat a key
+    for node, client, size in zip(topology.masters, clients, sizes):
+        share = min(size, -(-limit * size // total)) if total else 0
+        keys = _scan_all(client) if share >= size else _random_keys(client, share)
         if keys and method == "memory-usage" and not _memory_usage_works(client, keys[0]):
             method = "estimate"
         sampled += _describe(client, node, keys, method)
     return sampled, method
 
 
-def _scan_some(client: redis.Redis, limit: int) -> list[bytes]:
-    keys = []
-    for key in client.scan_iter(count=1000):
-        keys.append(key)
-        if len(keys) >= limit:
-            break
-    return keys
+def _scan_all(client: redis.Redis) -> list[bytes]:
+    return list(dict.fromkeys(client.scan_iter(count=1000)))  # SCAN may repeat a key
+
+
+def _random_keys(client: redis.Redis, count: int, batch: int = 1000) -> list[bytes]:
+    """`count` distinct keys from RANDOMKEY, pipelined (a key drawn twice counts once; at most 3x the draws)."""
+    keys: dict[bytes, None] = {}
+    draws = 0
+    try:
+        while len(keys) < count and draws < 3 * count:
+            pipe = client.pipeline(transaction=False)
+            for _ in range(min(batch, count - len(keys))):
+                pipe.randomkey()
+            replies = pipe.execute()
+            draws += len(replies)
+            keys.update(dict.fromkeys(key for key in replies if key is not None))
+    except redis.ResponseError:  # RANDOMKEY refused: the first scanned keys are all there is to go on
+        return list(itertools.islice(dict.fromkeys(client.scan_iter(count=1000)), count))
+    return list(keys)
 
 
 def _memory_usage_works(client: redis.Redis, key: bytes) -> bool:
@@ -181,10 +229,10 @@ def _describe(client: redis.Redis, node: Node, keys: list[bytes], method: str) -
     return result
 
 
-def _source_rdb_version(source: Topology, sampled: list[SampledKey]) -> int | None:
+def _source_rdb_version(source: Topology, sampled: list[SampledKey], db: int) -> int | None:
     """The RDB version in the source's DUMP payloads, from the smallest sampled key (never writes to the source)."""
     for key in sorted(sampled, key=lambda k: k.size)[:5]:
-        payload = source.client(key.node).dump(key.key)
+        payload = source.client(key.node, db).dump(key.key)
         if payload:
             return rdb_version_of(payload)
     return None
@@ -264,11 +312,15 @@ def render(result: dict) -> str:
     lines.append(f"  replay   {result['replay']['mode']}: {result['replay']['why']}")
     sample = src["sample"]
     memory = _bytes(src["used_memory"]) if src["used_memory"] is not None else "n/a"
-    lines.append(f"  data     ~{_bytes(src['data_bytes'])} ({sample['size_method']} over {sample['keys']} sampled keys), "
-                 f"used_memory {memory}, {sample['ttl_share']:.0%} of keys with a TTL")
+    in_memory = _bytes(src["data_bytes_memory"]) if src["data_bytes_memory"] is not None else "n/a"
+    lines.append(f"  data     ~{_bytes(src['data_bytes'])} in db{src['db']}: the larger of {_bytes(src['data_bytes_sampled'])} "
+                 f"from {sample['keys']} random keys ({sample['size_method']}) and {in_memory} from INFO memory "
+                 f"(used_memory {memory}); {sample['ttl_share']:.0%} of keys with a TTL")
     lines.append("  types    " + (", ".join(f"{t} {n}" for t, n in sample["types"].items()) or "-"))
+    if sample["largest"]:
+        lines.append(f"  largest  of the {sample['keys']} sampled keys (a bigger one may be outside the sample):")
     for item in sample["largest"][:5]:
-        lines.append(f"  largest  {item['key']} ({item['type']}, {_bytes(item['bytes'])})")
+        lines.append(f"           {item['key']} ({item['type']}, {_bytes(item['bytes'])})")
     cache = result.get("serverless_cache")
     if cache:
         seconds = cache["replay_seconds_at_ecpu_max"]

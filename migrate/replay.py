@@ -19,7 +19,7 @@ from typing import Callable
 
 from .endpoints import Topology, discover, probe_rdb_version
 from . import witness
-from .errors import BadInput, GateRefused, MigrateError, RuntimeFailure, Unreachable
+from .errors import BadInput, GateRefused, RuntimeFailure, Unreachable
 from .output import warn
 from .records import DUMP, NO_EXPIRY, Indices, Record, Segment, load_segment, skipped_entry
 from .slots import key_slot
@@ -283,7 +283,7 @@ class TargetWriter:
                 wire = self._wire(index)
                 wire.send(data)
                 sent.nodes.append((index, wire, part, commands))
-            except (OSError, ConnectionError, MigrateError):
+            except (OSError, ConnectionError, Unreachable):  # a refused login is not retried: it propagates
                 self._drop(index)
                 sent.unsent += _records_of(part)
         return sent

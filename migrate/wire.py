@@ -13,8 +13,7 @@ import ssl
 import hiredis
 import redis
 
-from .endpoints import Endpoint, translated_errors
-from .errors import BadInput
+from .endpoints import Endpoint, authentication_failed, is_auth_refusal, no_such_database, translated_errors
 
 ReplyError = hiredis.ReplyError
 _RECV = 1 << 20
@@ -63,18 +62,30 @@ class Wire:
         self.sock = sock
         self.reader = hiredis.Reader()
         self._unparsed = b""  # bytes received by read_ok and not yet given to the reader
+        self._handshake()
+
+    def _handshake(self) -> None:
+        """AUTH and SELECT in one round trip (PING when neither is needed, so that a server that wants a
+        password says so here). A refused login is `AuthenticationFailed` on every (re)connect: the
+        retry loops give up at once instead of retrying a credential that time cannot fix."""
         kwargs = self.endpoint.connection_kwargs(self.db)
+        commands = []
         if kwargs.get("password"):
             user = kwargs.get("username")
-            auth = (b"AUTH", user.encode(), kwargs["password"].encode()) if user else (b"AUTH", kwargs["password"].encode())
-            reply = self.call(*auth, check=False)
-            if isinstance(reply, ReplyError):
-                raise redis.AuthenticationError(str(reply))
+            commands.append((b"AUTH", user.encode(), kwargs["password"].encode()) if user
+                            else (b"AUTH", kwargs["password"].encode()))
         if self.db:
-            reply = self.call(b"SELECT", b"%d" % self.db, check=False)
-            if isinstance(reply, ReplyError):
-                raise BadInput(f"{self.endpoint.role} {self.endpoint.redacted}: cannot select db {self.db} ({reply})",
-                               "a cluster, and ElastiCache Serverless, have only db 0")
+            commands.append((b"SELECT", b"%d" % self.db))
+        commands = commands or [(b"PING",)]
+        self.send(b"".join(pack(*command) for command in commands))
+        for command, reply in zip(commands, self.read(len(commands))):
+            if not isinstance(reply, ReplyError):
+                continue
+            if command[0] == b"AUTH" or is_auth_refusal(str(reply)):
+                raise authentication_failed(self.endpoint, str(reply))
+            if command[0] == b"SELECT":
+                raise no_such_database(self.endpoint, self.db, *self.address)
+            raise redis.ResponseError(str(reply))
 
     def reconnect(self) -> None:
         self.close()

@@ -206,6 +206,7 @@ class Cluster:
     nodes: list[RedisServer]
     password: str | None = None
     certs: Certs | None = None
+    replicas: list[RedisServer] = field(default_factory=list)  # read-only copies: not flushed, not in `nodes`
 
     @property
     def first(self) -> RedisServer:
@@ -225,29 +226,62 @@ class Cluster:
             node.client().flushall()
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.replicas + self.nodes:
             node.stop()
 
 
 def start_cluster(base: Path, masters: int, *, password: str | None = None, certs: Certs | None = None,
-                  restricted: bool = False, binary: str = "redis-server", extra: tuple[str, ...] = ()) -> Cluster:
-    """Start `masters` nodes, split the slots between them and join them with CLUSTER MEET."""
-    nodes = []
+                  restricted: bool = False, binary: str = "redis-server", extra: tuple[str, ...] = (),
+                  replicas: int = 0) -> Cluster:
+    """Start `masters` nodes, split the slots between them and join them with CLUSTER MEET; then `replicas`
+    more nodes, each made a replica of a master in turn (CLUSTER REPLICATE)."""
+    nodes: list[RedisServer] = []
+
+    def start_node(name: str) -> RedisServer:
+        port = free_port()
+        node = RedisServer(port, base / f"{name}-{port}",
+                           server_args(port, password=password, certs=certs, cluster=True, restricted=restricted,
+                                       extra=extra),
+                           binary=binary, password=password, certs=certs)
+        nodes.append(node)
+        return node.start()
+
     try:
-        for index in range(masters):
-            port = free_port()
-            node = RedisServer(port, base / f"node{index}-{port}",
-                               server_args(port, password=password, certs=certs, cluster=True, restricted=restricted,
-                                           extra=extra),
-                               binary=binary, password=password, certs=certs)
-            nodes.append(node.start())
-        cluster = Cluster(nodes, password, certs)
+        cluster = Cluster([start_node(f"node{index}") for index in range(masters)], password, certs)
         _assign_slots(cluster)
+        for index in range(replicas):
+            cluster.replicas.append(start_node(f"replica{index}"))
+            _replicate(cluster, cluster.replicas[-1], cluster.nodes[index % masters])
         return cluster
     except BaseException:
         for node in nodes:
             node.stop()
         raise
+
+
+def _replicate(cluster: Cluster, replica: RedisServer, master: RedisServer, timeout: float = 30.0) -> None:
+    """Join `replica` to the cluster and make it a replica of `master`, synced."""
+    master_id = master.client().execute_command("CLUSTER MYID")
+    master_id = master_id.decode() if isinstance(master_id, bytes) else master_id
+    replica.client().execute_command("CLUSTER MEET", "127.0.0.1", master.port)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            replica.client().execute_command("CLUSTER REPLICATE", master_id)
+            break
+        except redis.ResponseError:  # the replica does not know the master yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    while replica.client().info("replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"replica {replica.port} did not sync with {master.port}")
+        time.sleep(0.1)
+    total = len(cluster.nodes) + len(cluster.replicas)
+    while not all(int(n.client().cluster("INFO")["cluster_known_nodes"]) == total for n in cluster.nodes + cluster.replicas):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cluster did not learn of its replica")
+        time.sleep(0.1)
 
 
 def _assign_slots(cluster: Cluster) -> None:

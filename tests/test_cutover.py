@@ -343,6 +343,7 @@ def test_iam_actions_match_the_runbook(ssm, ecs_service, aws_calls, standalone_s
     from aws_helpers import runbook_actions
 
     cache = stubbed_elasticache(cache_response("storefront-test", "127.0.0.1", int(target["port"])), "storefront-test")
+    standalone_source.client().set("k", "v")  # an empty source is a plan blocker
     invoke("plan", "--source", standalone_source.url(), "--target", target["url"], "--serverless-cache",
            "storefront-test", "--env", ENV, obj=Clients(elasticache=cache))
     write_verify(run_dir, target["url"])

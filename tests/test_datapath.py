@@ -76,9 +76,9 @@ def test_select_database_and_warn_about_the_others(standalone_source, serverless
     standalone_source.client(db=3).set("in-db-3", "x")
     standalone_source.client(db=5).set("in-db-5", "y")
     result = invoke("run", "--source", standalone_source.url(), "--target", serverless_target.url(),
-                    "--run-dir", run_dir, "--db", 3)
+                    "--run-dir", run_dir, "--db", 3, "--ignore-other-dbs")
     assert result.exit_code == 0, result.output
-    assert "db 5: 1 keys" in result.stderr
+    assert "not migrated (db5: 1 keys)" in result.stderr
     target = snapshot(serverless_target)
     assert list(target) == [b"in-db-3"]
 
