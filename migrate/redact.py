@@ -27,7 +27,7 @@ _WORD = re.compile(r"\w")
 
 
 def _mask_url_passwords(text: str) -> str:
-    """`scheme://user:PASSWORD@` becomes `scheme://user:***@`, in time linear in the text.
+    r"""`scheme://user:PASSWORD@` becomes `scheme://user:***@`, in time linear in the text.
 
     Same matches as re.sub(r"(\w+://[^:/@\s]*:)[^@\s]+@", r"\1***@"), which is quadratic on a long run
     of word characters (a 1 MB key name took hours). A password ends at the first @ or blank, so only
