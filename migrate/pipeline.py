@@ -219,8 +219,8 @@ def judge_skipped(run_dir: RunDir, accepted: bool) -> BadInput | None:
     from .keynames import readable
     reasons = "; ".join(f"{count} {reason}" for reason, count in sorted(summary["skipped"].items()))
     names = ", ".join(readable(item["key"]) for item in summary["skipped_keys"][:5])
-    return BadInput(f"{total} key{'s' if total != 1 else ''} could not be migrated and {'was' if total == 1 else 'were'}"
-                    f" skipped: {reasons}" + (f" (e.g. {names})" if names else ""),
+    keys = "1 key could not be migrated and was" if total == 1 else f"{total} keys could not be migrated and were"
+    return BadInput(f"{keys} skipped: {reasons}" + (f" (e.g. {names})" if names else ""),
                     "rename or remove those keys on the source (or load the module on the target) and rerun the same "
                     "command, or pass --skip-unsupported to accept the copy without them")
 
