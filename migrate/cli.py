@@ -142,31 +142,15 @@ def skip_unsupported_option(func):
 
 def _locked_stage(directory, work: Callable[[], dict], as_json: bool, skip_unsupported: bool,
                   render: Callable[[dict], str] | None = None) -> dict:
-    """Run copy stages under the run dir's lock, print their result, then refuse skipped keys."""
+    """Run copy stages under the run dir's lock, print their result, then refuse skipped keys unless accepted."""
+    from .pipeline import judge_skipped
     with directory.lock():
         result = work()
+        refusal = judge_skipped(directory, skip_unsupported)
     emit(result, as_json, render)
-    _refuse_skipped(directory, skip_unsupported)
+    if refusal is not None:
+        raise refusal
     return result
-
-
-def _refuse_skipped(directory, skip_unsupported: bool) -> None:
-    """A stage that left keys behind does not end green unless the operator said that is fine."""
-    from .pipeline import summarize
-    summary = summarize(directory)
-    total = sum(summary["skipped"].values())
-    if not total or skip_unsupported:
-        return
-    reasons = "; ".join(f"{count} {reason}" for reason, count in sorted(summary["skipped"].items()))
-    names = ", ".join(_short_key(item["key"]) for item in summary["skipped_keys"][:5])
-    raise BadInput(f"{total} key{'s' if total != 1 else ''} could not be migrated and were skipped: {reasons}"
-                   + (f" (e.g. {names})" if names else ""),
-                   "rename or remove those keys on the source (or load the module on the target) and rerun the same "
-                   "command, or pass --skip-unsupported to accept the copy without them")
-
-
-def _short_key(key: str, limit: int = 40) -> str:
-    return repr(key if len(key) <= limit else key[:limit] + "...")
 
 
 def _endpoint(role: str, url: str, tls_insecure: bool):
@@ -189,9 +173,14 @@ def _check_match(match: str | None) -> None:
 
 
 def _render_summary(result: dict) -> str:
-    lines = [table({k: v for k, v in result.items() if k not in ("skipped_keys",)})]
+    """The stages' counts, the keys they skipped, then run's verify as `verify` prints it."""
+    from .keynames import readable
+    from .verify import render
+    lines = [table({k: v for k, v in result.items() if k not in ("skipped_keys", "verify")})]
     for item in result.get("skipped_keys", []):
-        lines.append(f"skipped: {item['key']!r}: {item['reason']}")
+        lines.append(f"skipped: {readable(item['key'])}: {item['reason']}")
+    if result.get("verify"):
+        lines.append("verify: " + render(result["verify"]).replace("\n", "\n  "))
     return "\n".join(lines)
 
 
@@ -338,19 +327,17 @@ def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance,
     if delete_extra and not repair:
         raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
     directory = RunDir(run_dir, create=not against_dump) if run_dir else None
-    source, total = None, None
+    source = None
     target = open_target(_endpoint("target", target_url, tls_insecure))
     if source_url and not against_dump:
         endpoint = _endpoint("source", source_url, tls_insecure)
         db = endpoint.db if db is None else db
         source = open_source(endpoint, db)
-        total = None if sample else source.key_count(db) + target.key_count()
     options = VerifyOptions(sample=sample, ttl_tolerance_ms=ttl_tolerance, rounds=rounds,
                             report=Path(report) if report else None, repair=repair, delete_extra=delete_extra,
                             against_dump=against_dump, db=db)
     with directory.lock() if directory else contextlib.nullcontext():
-        with progress_bar("verify", total) as update:
-            result = run_verify(source, target, directory, options, update)
+        result = run_verify(source, target, directory, options, progress_bar)
     emit(result.to_dict(), as_json, render)
     if not result.equal:
         sys.exit(DifferencesFound.exit_code)

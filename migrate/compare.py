@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .keynames import escaped
 from .keyread import ABSENT, View
 from .records import NO_EXPIRY
 
@@ -22,14 +23,8 @@ class Difference:
     target: View
 
     def to_dict(self, now_ms: int) -> dict:
-        return {"key": base64.b64encode(self.key).decode(), "key_text": printable(self.key), "kind": self.kind,
+        return {"key": base64.b64encode(self.key).decode(), "key_text": escaped(self.key), "kind": self.kind,
                 "source": _summary(self.source, now_ms), "target": _summary(self.target, now_ms)}
-
-
-def printable(key: bytes) -> str:
-    """The key as text a person can read: UTF-8 where it is, backslash escapes for the rest."""
-    text = key.decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _summary(view: View, now_ms: int) -> dict | None:

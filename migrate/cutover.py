@@ -134,12 +134,18 @@ def verify_gate(run_dir: RunDir | None, max_age: float, target: Target, now: flo
         return Check(False, f"the last verify found {differences} differences", VERIFY_HINT)
     if verify.get("sample") is not None:
         return Check(False, f"the last verify checked a sample of {verify['sample']} keys, not every key", VERIFY_HINT)
+    skipped = (verify.get("skipped") or {}).get("keys", 0)
+    if skipped and not (run_dir.read("run") or {}).get("skipped_accepted"):
+        return Check(False, f"the last verify found {skipped} key(s) that the copy skipped, and the copy did not "
+                            f"accept skipping them", "rerun the copy with --skip-unsupported to accept them (or fix "
+                                                     "them on the source and rerun it); --force skips this gate")
     if age > max_age:
         return Check(False, f"the last verify is {format_duration(age)} old (limit {format_duration(max_age)})", VERIFY_HINT)
     if checked_at != (target.host.lower(), target.port):
         return Check(False, f"the last verify checked {checked_at[0]}:{checked_at[1]}, not the cutover target {target}",
                      VERIFY_HINT)
-    return Check(True, f"full verify {format_duration(max(age, 0))} ago: every key equal")
+    accepted = f", but {skipped} key(s) skipped on purpose (--skip-unsupported)" if skipped else ""
+    return Check(True, f"full verify {format_duration(max(age, 0))} ago: every key equal{accepted}")
 
 
 def ignored_databases_check(run_dir: RunDir | None) -> list[Check]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Callable, Iterator
 
 import click
@@ -13,6 +13,11 @@ from tqdm import tqdm
 from .redact import scrub
 
 ProgressCallback = Callable[[int], None]
+ProgressFactory = Callable[..., AbstractContextManager[ProgressCallback]]  # progress_bar's signature
+
+
+def no_progress(*_args, **_kwargs) -> AbstractContextManager[ProgressCallback]:
+    return nullcontext(lambda n: None)
 
 
 def emit(result: dict, as_json: bool, render: Callable[[dict], str] | None = None) -> None:

@@ -10,7 +10,6 @@ import json
 import os
 import multiprocessing
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,16 +19,9 @@ from . import dump as dump_module
 from . import replay as replay_module
 from .endpoints import Endpoint, Topology, discover, no_such_database, translated_errors
 from .errors import BadInput, MigrateError, RuntimeFailure, Unreachable
-from .output import warn
+from .output import ProgressFactory, no_progress, warn
 from .procs import die_with_parent
 from .state import RunDir
-
-ProgressFactory = Callable[..., AbstractContextManager[Callable[[int], None]]]
-
-
-def no_progress(*_args, **_kwargs) -> AbstractContextManager[Callable[[int], None]]:
-    return nullcontext(lambda n: None)
-
 
 def open_source(endpoint: Endpoint, db: int) -> Topology:
     """Discover the source and check that `db` exists there (a cluster has only db 0)."""
@@ -208,15 +200,16 @@ def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_optio
         return
     filtered = bool(dump_options.match or dump_options.types)
     options = VerifyOptions(db=dump_options.db, against_dump=filtered)
-    with progress("verify", None) as update:
-        with translated_errors(target.endpoint):
-            run_verify(None if filtered else source, target, run_dir, options, update)
+    with translated_errors(target.endpoint):
+        run_verify(None if filtered else source, target, run_dir, options, progress)
 
 
 def _verify_summary(result: dict | None) -> dict:
+    """The verify's result, less the per-side counts that the run's own counts already give."""
     if not result:
         return {}
-    return {key: result.get(key) for key in ("equal", "differences", "kinds", "first_differences", "report", "seconds")}
+    return {key: result.get(key) for key in ("equal", "differences", "kinds", "first_differences", "skipped",
+                                             "report", "seconds")}
 
 
 def _start_dump_process(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions):
@@ -282,6 +275,28 @@ def _distinct_key_counts(dump_ledger: dict, replay_ledger: dict, replay_counts: 
     for keys in superseded:
         restored, struct_written, expired = restored - keys[0], struct_written - keys[1], expired - keys[2]
     return restored, struct_written, expired, rewritten
+
+
+def judge_skipped(run_dir: RunDir, accepted: bool) -> BadInput | None:
+    """A copy that left keys behind ends green only if the operator accepts that (--skip-unsupported).
+
+    The decision is recorded in run.json: verify lists the skipped keys apart from differences, and the
+    cutover gate passes such a verify only where they were accepted. Returns the refusal, if any."""
+    run = run_dir.read("run") or {"created": time.time()}
+    if run.get("skipped_accepted", False) != accepted:
+        run["skipped_accepted"] = accepted
+        run_dir.write("run", run)
+    summary = summarize(run_dir)
+    total = sum(summary["skipped"].values())
+    if not total or accepted:
+        return None
+    from .keynames import readable
+    reasons = "; ".join(f"{count} {reason}" for reason, count in sorted(summary["skipped"].items()))
+    names = ", ".join(readable(item["key"]) for item in summary["skipped_keys"][:5])
+    keys = "1 key could not be migrated and was" if total == 1 else f"{total} keys could not be migrated and were"
+    return BadInput(f"{keys} skipped: {reasons}" + (f" (e.g. {names})" if names else ""),
+                    "rename or remove those keys on the source (or load the module on the target) and rerun the same "
+                    "command, or pass --skip-unsupported to accept the copy without them")
 
 
 STAGES = ("dump", "replay", "verify")

@@ -16,6 +16,7 @@ import redis
 from .aws import Clients, describe_serverless_cache, parameter_history
 from .cutover import DEFAULT_PREFIX, LABEL_AFTER, LABEL_BEFORE, parameter_names
 from .endpoints import Endpoint, Node, Topology, probe_rdb_version, rdb_version_of, translated_errors
+from .keynames import readable
 
 GB = 10**9  # the cache's DataStorage unit, read as the smaller decimal GB: the conservative choice
 ECPU_PRICE_PER_MILLION = 0.0034
@@ -113,7 +114,7 @@ def survey_source(source: Topology, db: int, sample: int, blockers: list[dict], 
             "keys": len(sampled), "size_method": method,
             "types": dict(Counter(k.type for k in sampled).most_common()),
             "ttl_share": round(sum(k.has_ttl for k in sampled) / len(sampled), 4) if sampled else 0.0,
-            "largest": [{"key": k.key.decode(errors="backslashreplace"), "type": k.type, "bytes": k.size}
+            "largest": [{"key": readable(k.key), "type": k.type, "bytes": k.size}
                         for k in sorted(sampled, key=lambda k: k.size, reverse=True)[:LARGEST_SHOWN]],
         },
     }

@@ -33,6 +33,7 @@ import zstandard
 
 from .endpoints import rdb_version_of
 from .errors import BadInput
+from .keynames import key_id, readable
 from .slots import key_slots
 
 MAGIC = b"RMSEG\x02\n\x00"
@@ -77,8 +78,9 @@ class Record:
 
 
 def skipped_entry(key: bytes, reason: str) -> dict:
-    """How a skipped key is named in ledgers and reports: escaped text, cut at 200 characters."""
-    return {"key": key.decode("utf-8", "backslashreplace")[:200], "reason": reason}
+    """How a skipped key is named in ledgers and reports: readable (escaped, shortened), plus its exact
+    identity, by which verify knows the key it finds missing was skipped on purpose."""
+    return {"key": readable(key), "id": key_id(key), "reason": reason}
 
 
 Indices = range | list[int]

@@ -11,23 +11,32 @@ are the keys compared one by one. Every key found different is then read again o
     same as in the previous read    missing, extra, type, value or ttl: reported
     moved since the previous read   read again after a pause, up to `rounds` reads; then `changing`
 
-The result goes to `<run-dir>/verify.json` (the cutover gate reads it), the differences to a JSON
-lines report. `run_verify` raises nothing for differences: the CLI maps "not equal" to exit 1.
+A key found missing that the run dir's ledgers name as skipped by the copy (a name over 4 KiB, a
+module type: see `skipped_on_purpose`) is counted and listed apart, as `skipped`, not as a difference.
+Only keys named there are: a ledger keeps the first 1,000 names, and a missing key it does not name
+stays a difference.
+
+The result goes to `<run-dir>/verify.json` (the cutover gate reads it), the differences (and the
+skipped keys) to a JSON lines report. `run_verify` raises nothing for differences: the CLI maps
+"not equal" to exit 1.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 from .endpoints import Topology, translated_errors
 from .errors import BadInput
 from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
+from .keynames import key_id, readable
 from .keyread import SideReader, View
+from .output import ProgressFactory, no_progress
 from .records import NO_EXPIRY
 from .sidescan import ScanJob, SideScans, combined
 from .slots import SLOT_COUNT
@@ -66,12 +75,13 @@ class VerifyResult:
     finished_at: float
     report: str | None = None
     repaired: dict | None = None
+    skipped: dict | None = None        # keys the copy skipped on purpose: count, reasons, the first ones
 
     def to_dict(self) -> dict:
         return {"finished_at": self.finished_at, "equal": self.equal, "differences": self.differences,
                 "sample": self.sample, "source": self.source, "target": self.target, "counts": self.counts,
                 "seconds": round(self.seconds, 3), "kinds": self.kinds, "first_differences": self.first,
-                "report": self.report, "repaired": self.repaired}
+                "report": self.report, "repaired": self.repaired, "skipped": self.skipped}
 
 
 class Reference(Protocol):
@@ -166,6 +176,7 @@ class Settled:
     differences: list[Difference]
     expired: int = 0
     vanished: int = 0
+    skipped: list[tuple[Difference, str]] = field(default_factory=list)  # (missing key, why the copy skipped it)
 
 
 def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tuple[View, View]],
@@ -247,37 +258,85 @@ def delete_keys(topology: Topology, keys: list[bytes]) -> int:
 # --- the whole verify ----------------------------------------------------------------------------------
 
 def run_verify(source: Topology | None, target: Topology, run_dir: RunDir | None, options: VerifyOptions,
-               progress: Progress | None = None) -> VerifyResult:
+               progress: ProgressFactory = no_progress) -> VerifyResult:
     """Compare, settle, optionally repair, then write the report and `verify.json`. Never raises for
-    differences; BadInput for a missing source/run dir, RuntimeFailure when a side fails mid-way."""
+    differences; BadInput for a missing source/run dir, RuntimeFailure when a side fails mid-way.
+
+    `progress("verify", total)` gives the bar: keys read on both sides, out of `progress_total`."""
     started = time.monotonic()
     reference = _reference(source, target, run_dir, options)
     target_reader = SideReader(target)
     repaired = None
     try:
-        if options.sample:
-            first = sample_pass(reference, target_reader, options.sample, options.ttl_tolerance_ms)
-        elif isinstance(reference, SourceReference):
-            first = full_pass(source, target, reference.db, options, progress)
-        else:
-            first = reference.full_pass(options.ttl_tolerance_ms, progress)
-        settled = settle(reference, target_reader, first.candidates, options)
+        with progress("verify", progress_total(reference, target, run_dir, options)) as update:
+            first = _first_pass(reference, target_reader, source, target, options, update)
+        settled = set_apart(settle(reference, target_reader, first.candidates, options), skipped_on_purpose(run_dir))
         if options.repair and settled.differences:
             repaired = repair(reference, target, settled.differences, options)
             repaired["found"] = len(settled.differences)
             again = settle(reference, target_reader, _fresh(reference, target_reader, settled.differences), options)
-            settled = Settled(again.differences, settled.expired + again.expired, settled.vanished + again.vanished)
+            settled = Settled(again.differences, settled.expired + again.expired, settled.vanished + again.vanished,
+                              settled.skipped)
     finally:
         reference.close()
         target_reader.close()
     counts = dict(first.counts, expired=settled.expired, vanished=settled.vanished)
     report = _report_path(run_dir, options)
     if report:
-        write_report(report, settled.differences)
-    result = _result(settled.differences, counts, reference.label, target, options, report, repaired, started)
+        write_report(report, settled.differences, settled.skipped)
+    result = _result(settled, counts, reference.label, target, options, report, repaired, started)
     if run_dir is not None:
         run_dir.write("verify", result.to_dict())
     return result
+
+
+def _first_pass(reference: Reference, target_reader: SideReader, source: Topology | None, target: Topology,
+                options: VerifyOptions, update: Progress) -> Pass:
+    if options.sample:
+        return sample_pass(reference, target_reader, options.sample, options.ttl_tolerance_ms)
+    if isinstance(reference, SourceReference):
+        return full_pass(source, target, reference.db, options, update)
+    return reference.full_pass(options.ttl_tolerance_ms, update)
+
+
+def progress_total(reference: Reference, target: Topology, run_dir: RunDir | None, options: VerifyOptions
+                   ) -> int | None:
+    """What the full pass reads, in keys: the reference's (source DBSIZE, or the dump's records) plus the
+    target's DBSIZE. None for a sample, which reads too few to need a bar."""
+    if options.sample:
+        return None
+    if isinstance(reference, SourceReference):
+        reference_keys = reference.topology.key_count(reference.db)
+    else:
+        from .dump import dump_totals
+        dumped = dump_totals(run_dir.read("dump") or {})
+        reference_keys = dumped.dumped + dumped.struct_keys
+    return reference_keys + target.key_count()
+
+
+def skipped_on_purpose(run_dir: RunDir | None) -> dict[str, str]:
+    """Why the copy skipped each key the run dir's ledgers name (dump's and replay's), by key_id. The
+    operator accepts these with --skip-unsupported; the cutover gate checks that they did."""
+    if run_dir is None:
+        return {}
+    named = (run_dir.read("dump") or {}).get("skipped_keys", [])
+    named += ((run_dir.read("replay") or {}).get("counts") or {}).get("skipped_keys", [])
+    return {entry["id"]: entry["reason"] for entry in named if "id" in entry}
+
+
+def set_apart(settled: Settled, skipped: dict[str, str]) -> Settled:
+    """Missing keys that the copy skipped on purpose are not differences; they are listed apart."""
+    if not skipped:
+        return settled
+    kept = []
+    for difference in settled.differences:
+        reason = skipped.get(key_id(difference.key)) if difference.kind == "missing" else None
+        if reason is None:
+            kept.append(difference)
+        else:
+            settled.skipped.append((difference, reason))
+    settled.differences = kept
+    return settled
 
 
 def _reference(source: Topology | None, target: Topology, run_dir: RunDir | None, options: VerifyOptions) -> Reference:
@@ -308,10 +367,12 @@ def _report_path(run_dir: RunDir | None, options: VerifyOptions) -> Path | None:
     return run_dir.path / REPORT_NAME if run_dir is not None else None
 
 
-def write_report(path: Path, differences: list[Difference]) -> None:
-    """One JSON line per difference, written atomically (a reader never sees half a report)."""
+def write_report(path: Path, differences: list[Difference], skipped: list[tuple[Difference, str]] = ()) -> None:
+    """One JSON line per difference, then per key skipped on purpose (kind `skipped`, with the reason),
+    each with the full name; written atomically (a reader never sees half a report)."""
     now = now_ms()
-    lines = [json.dumps(d.to_dict(now), sort_keys=True, ensure_ascii=False) + "\n" for d in differences]
+    entries = [d.to_dict(now) for d in differences] + [_skipped_dict(d, reason, now) for d, reason in skipped]
+    lines = [json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n" for entry in entries]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -320,17 +381,26 @@ def write_report(path: Path, differences: list[Difference]) -> None:
     atomic_write(path, "".join(lines).encode())
 
 
-def _result(differences: list[Difference], counts: dict, source_label: str, target: Topology,
+def _skipped_dict(difference: Difference, reason: str, now: int) -> dict:
+    return {**difference.to_dict(now), "kind": "skipped", "reason": reason}
+
+
+def _result(settled: Settled, counts: dict, source_label: str, target: Topology,
             options: VerifyOptions, report: Path | None, repaired: dict | None, started: float) -> VerifyResult:
+    differences = settled.differences
     kinds = Counter(d.kind for d in differences)
     now = now_ms()
+    skipped = None
+    if settled.skipped:
+        skipped = {"keys": len(settled.skipped), "reasons": dict(Counter(reason for _, reason in settled.skipped)),
+                   "first": [_skipped_dict(d, reason, now) for d, reason in settled.skipped[:options.listed]]}
     return VerifyResult(
         equal=not differences, differences=len(differences),
         kinds={kind: kinds[kind] for kind in KINDS if kinds[kind]},
         first=[d.to_dict(now) for d in differences[:options.listed]],
         counts=counts, sample=options.sample, source=source_label, target=target.endpoint.redacted,
         seconds=time.monotonic() - started, finished_at=time.time(),
-        report=str(report) if report else None, repaired=repaired)
+        report=str(report) if report else None, repaired=repaired, skipped=skipped)
 
 
 def _side_text(summary: dict | None) -> str:
@@ -341,16 +411,32 @@ def _side_text(summary: dict | None) -> str:
 
 
 def render(result: dict) -> str:
-    """The result for a person: totals, then the first differences."""
+    """The result for a person: totals, the first differences, then the keys skipped on purpose."""
     from .output import table
     lines = [("EQUAL" if result["equal"] else f"DIFFERENT: {result['differences']} differences")
              + f" ({result['seconds']:.1f}s)"]
     lines.append(table({k: result[k] for k in ("source", "target", "sample", "counts", "kinds", "repaired", "report")
-                        if result.get(k) is not None}))
+                        if result.get(k) not in (None, {})}))
     for diff in result["first_differences"]:
-        lines.append(f"{diff['kind']:8} {diff['key_text']}  source: {_side_text(diff['source'])}  "
+        lines.append(f"{diff['kind']:8} {_shown(diff)}  source: {_side_text(diff['source'])}  "
                      f"target: {_side_text(diff['target'])}")
     if result["differences"] > len(result["first_differences"]):
         lines.append(f"... and {result['differences'] - len(result['first_differences'])} more in the report")
+    skipped = result.get("skipped")
+    if skipped:
+        reasons = "; ".join(f"{count} {reason}" for reason, count in sorted(skipped["reasons"].items()))
+        lines.append(f"not differences: {_keys(skipped['keys'])} that the copy skipped ({reasons})")
+        lines += [f"skipped  {_shown(item)}  {item['reason']}" for item in skipped["first"]]
+        if skipped["keys"] > len(skipped["first"]):
+            lines.append(f"... and {skipped['keys'] - len(skipped['first'])} more in the report")
     return "\n".join(lines)
+
+
+def _shown(item: dict) -> str:
+    """A reported key as a person reads it (the item carries the exact name in base64)."""
+    return readable(base64.b64decode(item["key"]))
+
+
+def _keys(count: int) -> str:
+    return f"{count} key{'s' if count != 1 else ''}"
 
