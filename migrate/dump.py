@@ -30,8 +30,8 @@ from .store import list_segments, segment_id, write_segment
 from .wire import ReplyError, Wire, pack
 
 DEFAULT_MAX_PAYLOAD = 64 << 20
-DEFAULT_BATCH_BYTES = 8 << 20
-SCRIPT_VALUE_SHARE = 16  # the script DUMPs only values under 1/16 of the batch budget (512 KiB by default)
+DEFAULT_BATCH_BYTES = 4 << 20
+SCRIPT_VALUE_SHARE = 16  # the script DUMPs only values up to 1/16 of the batch budget (256 KiB by default)
 CHUNK_ITEMS = 1000
 STRING_CHUNK = 4 << 20
 SEGMENT_RECORDS = 10_000
