@@ -60,10 +60,10 @@ local has_pexpiretime = ARGV[3] == '1'
 local target_rdb = tonumber(ARGV[4])
 local argv = ARGV
 local first = 5
-local out = {}
+local expiries = {}
 if has_pexpiretime then
   for i = first, #argv do
-    out[2 * (i - first) + 1] = call('PEXPIRETIME', argv[i])
+    expiries[i] = call('PEXPIRETIME', argv[i])
   end
 else
   local now = call('TIME')
@@ -71,15 +71,19 @@ else
   for i = first, #argv do
     local ttl = call('PTTL', argv[i])
     if ttl >= 0 then ttl = now_ms + ttl end
-    out[2 * (i - first) + 1] = ttl
+    expiries[i] = ttl
   end
 end
+local out = {}
+local n = 0
 local used = 0
 local plain = 1
 for i = first, #argv do
   local key = argv[i]
-  local n = 2 * (i - first) + 2
-  if out[n - 1] == -2 then
+  local expiry = expiries[i]
+  out[n + 1] = expiry
+  n = n + 2
+  if expiry == -2 then
     out[n] = false
     plain = 0
   else
@@ -99,7 +103,7 @@ for i = first, #argv do
     end
   end
 end
-out[2 * (#argv - first + 1) + 1] = plain
+out[n + 1] = plain
 return out
 """
 
