@@ -106,6 +106,9 @@ def dump_options(func):
                         help="SCAN COUNT hint per call.")(func)
     func = click.option("--max-payload", type=click.IntRange(1 << 10), default=64 << 20, show_default=True,
                         metavar="BYTES", help="Keys larger than this are read and written in chunks.")(func)
+    func = click.option("--batch-bytes", type=click.IntRange(64 << 10), default=4 << 20, show_default=True,
+                        metavar="BYTES", help="Most value bytes (MEMORY USAGE) the source serializes per request: "
+                                              "bounds how long it pauses and the memory in flight.")(func)
     return func
 
 
@@ -160,11 +163,12 @@ def _endpoint(role: str, url: str, tls_insecure: bool):
     return Endpoint.from_url(role, url, tls_insecure=tls_insecure)
 
 
-def _dump_opts(endpoint, db, match, types, scan_count, max_payload, mode="auto", target_rdb=None):
+def _dump_opts(endpoint, db, match, types, scan_count, max_payload, batch_bytes, mode="auto", target_rdb=None):
     from .dump import DumpOptions
     _check_match(match)
     return DumpOptions(db=endpoint.db if db is None else db, match=match, types=tuple(types), scan_count=scan_count,
-                       max_payload=max_payload, struct_all=mode == "struct", target_rdb=target_rdb)
+                       max_payload=max_payload, batch_bytes=batch_bytes, struct_all=mode == "struct",
+                       target_rdb=target_rdb)
 
 
 def _check_match(match: str | None) -> None:
@@ -195,13 +199,13 @@ def _render_summary(result: dict) -> str:
 @tls_insecure_option
 @json_option
 @handle_errors
-def dump(source_url, run_dir, db, match, types, scan_count, max_payload, mode, ignore_other_dbs, allow_empty_source,
-         skip_unsupported, tls_insecure, as_json):
+def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, mode, ignore_other_dbs,
+         allow_empty_source, skip_unsupported, tls_insecure, as_json):
     """Scan every source master and write keys with absolute expiries to durable segments."""
     from .pipeline import dump_stage, open_source
     from .state import RunDir
     endpoint = _endpoint("source", source_url, tls_insecure)
-    options = _dump_opts(endpoint, db, match, types, scan_count, max_payload, mode)
+    options = _dump_opts(endpoint, db, match, types, scan_count, max_payload, batch_bytes, mode)
     checks = _source_checks(ignore_other_dbs, allow_empty_source)
     directory = RunDir(run_dir, create=True)
     _locked_stage(directory, lambda: dump_stage(directory, open_source(endpoint, options.db), options, progress_bar,
@@ -242,8 +246,9 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, sk
 @tls_insecure_option
 @json_option
 @handle_errors
-def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, mode, max_ops_per_sec,
-        allow_nonempty_target, redo, ignore_other_dbs, allow_empty_source, skip_unsupported, tls_insecure, as_json):
+def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, mode,
+        max_ops_per_sec, allow_nonempty_target, redo, ignore_other_dbs, allow_empty_source, skip_unsupported,
+        tls_insecure, as_json):
     """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume.
 
     Stages the run dir records as done are skipped; --redo STAGE does one again.
@@ -256,7 +261,7 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
     target = _endpoint("target", target_url, tls_insecure)
     target_topology = open_target(target)
     target_rdb = probe_rdb_version(target_topology) if mode == "auto" else None
-    options = _dump_opts(source, db, match, types, scan_count, max_payload, mode, target_rdb)
+    options = _dump_opts(source, db, match, types, scan_count, max_payload, batch_bytes, mode, target_rdb)
     directory = RunDir(run_dir, create=True)
 
     def stages() -> dict:

@@ -1,9 +1,12 @@
 """Dump: SCAN every source master, read each key with its absolute expiry, write durable segments.
 
-Per batch of scanned keys: one pipelined round of PEXPIRETIME (PTTL before Redis 7) and a size
-probe, then one of DUMP for the keys under the payload bound. Keys over the bound, keys whose
-payload the target cannot RESTORE (older RDB version) and every key in struct mode are read
-type by type in chunks instead (HSCAN/SSCAN/ZSCAN/LRANGE/GETRANGE/XRANGE), so memory stays bounded.
+Per batch of scanned keys: one script reads every key's absolute expiry and size (MEMORY USAGE),
+and DUMPs the small keys, up to a budget of bytes per script (--batch-bytes). The keys it leaves
+(a big value, or past the budget) are DUMPed one key per command, outside any script, in pipelined
+rounds of at most that budget: the server serves its other clients between rounds, and the bytes in
+flight stay bounded on both sides. Keys over --max-payload, keys whose payload the target cannot
+RESTORE (older RDB version) and every key in struct mode are read type by type in chunks instead
+(HSCAN/SSCAN/ZSCAN/LRANGE/GETRANGE/XRANGE), so memory stays bounded.
 
 The ledger's cursor moves only after the segment holding the keys scanned before it is durable.
 A crash in between rescans from the old cursor and rewrites the same segment: harmless.
@@ -27,6 +30,8 @@ from .store import list_segments, segment_id, segment_path, write_segment
 from .wire import ReplyError, Wire, pack
 
 DEFAULT_MAX_PAYLOAD = 64 << 20
+DEFAULT_BATCH_BYTES = 4 << 20
+SCRIPT_VALUE_SHARE = 16  # the script DUMPs only values up to 1/16 of the batch budget (256 KiB by default)
 CHUNK_ITEMS = 1000
 STRING_CHUNK = 4 << 20
 SEGMENT_RECORDS = 10_000
@@ -39,46 +44,63 @@ _LENGTH_COMMANDS = {"string": b"STRLEN", "hash": b"HLEN", "list": b"LLEN", "set"
                     "stream": b"XLEN"}
 _BYTES_PER_ITEM_ESTIMATE = 128
 
-# One round trip per batch: expiry, size and (for keys under the bound) the DUMP payload, read by the
-# server itself. The client then parses one nested reply in C (hiredis) instead of three per key.
-# PTTL plus the server's own TIME gives the absolute expiry on servers without PEXPIRETIME.
+# One round trip per batch: expiry, size and (for small keys, up to a budget of bytes) the DUMP
+# payload, read by the server itself. The client then parses one nested reply in C (hiredis) instead
+# of three per key. A key left undumped comes back with its size in place of its payload: the client
+# DUMPs it outside the script (or reads it type by type), so no script runs long or replies big.
+# Every expiry is read before any DUMP: PTTL counts down while a script runs (the clock of PTTL is not
+# frozen in scripts), so PTTLs read after the DUMPs would make copies expire early.
 # The last element says whether every key was plain (there, dumped, and within the target's RDB
 # version): then the client stores the batch as it is, with no Python step per key.
 READ_SCRIPT = b"""
 local call = redis.call
-local limit = tonumber(ARGV[1])
-local has_pexpiretime = ARGV[2] == '1'
-local target_rdb = tonumber(ARGV[3])
+local value_max = tonumber(ARGV[1])
+local budget = tonumber(ARGV[2])
+local has_pexpiretime = ARGV[3] == '1'
+local target_rdb = tonumber(ARGV[4])
 local argv = ARGV
-local now = call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local first = 5
+local expiries = {}
+if has_pexpiretime then
+  for i = first, #argv do
+    expiries[i] = call('PEXPIRETIME', argv[i])
+  end
+else
+  local now = call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  for i = first, #argv do
+    local ttl = call('PTTL', argv[i])
+    if ttl >= 0 then ttl = now_ms + ttl end
+    expiries[i] = ttl
+  end
+end
 local out = {}
 local n = 0
+local used = 0
 local plain = 1
-for i = 4, #argv do
+for i = first, #argv do
   local key = argv[i]
-  local expiry
-  if has_pexpiretime then
-    expiry = call('PEXPIRETIME', key)
-  else
-    expiry = call('PTTL', key)
-    if expiry >= 0 then expiry = now_ms + expiry end
-  end
-  local size = call('MEMORY', 'USAGE', key)
-  if expiry == -2 then plain = 0 end
+  local expiry = expiries[i]
   out[n + 1] = expiry
   n = n + 2
-  if size and size <= limit then
-    local payload = call('DUMP', key)
-    out[n] = payload
-    if not payload then
-      plain = 0
-    elseif target_rdb > 0 and string.byte(payload, -10) + 256 * string.byte(payload, -9) > target_rdb then
+  if expiry == -2 then
+    out[n] = false
+    plain = 0
+  else
+    local size = call('MEMORY', 'USAGE', key)
+    if size and size <= value_max and used + size <= budget then
+      used = used + size
+      local payload = call('DUMP', key)
+      out[n] = payload
+      if not payload then
+        plain = 0
+      elseif target_rdb > 0 and string.byte(payload, -10) + 256 * string.byte(payload, -9) > target_rdb then
+        plain = 0
+      end
+    else
+      out[n] = size
       plain = 0
     end
-  else
-    out[n] = size
-    plain = 0
   end
 end
 out[n + 1] = plain
@@ -93,6 +115,7 @@ class DumpOptions:
     types: tuple[str, ...] = ()
     scan_count: int = 1000
     max_payload: int = DEFAULT_MAX_PAYLOAD
+    batch_bytes: int = DEFAULT_BATCH_BYTES  # sizes (MEMORY USAGE) DUMPed per script or per round of DUMPs
     struct_all: bool = False          # --mode struct: read every key type by type
     target_rdb: int | None = None     # payloads newer than this are read as struct records
 
@@ -163,7 +186,8 @@ class KeyReader:
         admissible = _admissible_names(keys)
         if not (self.use_script and admissible):
             return False
-        self.bulk.send(pack(b"EVAL", READ_SCRIPT, b"0", b"%d" % self.options.max_payload,
+        value_max = min(self.options.batch_bytes // SCRIPT_VALUE_SHARE, self.options.max_payload)
+        self.bulk.send(pack(b"EVAL", READ_SCRIPT, b"0", b"%d" % value_max, b"%d" % self.options.batch_bytes,
                             b"1" if self.has_pexpiretime else b"0", b"%d" % (self.options.target_rdb or 0),
                             *admissible))
         return True
@@ -187,7 +211,7 @@ class KeyReader:
             elif self.options.struct_all or size > self.options.max_payload:
                 large.append((key, expiry))
             else:
-                small.append((key, expiry))
+                small.append((key, size))
         self._dump(small, counts, sink)
         self._read_structs(large, counts, sink)
 
@@ -195,19 +219,22 @@ class KeyReader:
         expiries, values = replies[0:-1:2], replies[1:-1:2]
         if replies[-1] == 1:  # every key plain: the batch goes to the segment as it is
             return _keep(keys, expiries, values, counts, sink)
-        self._read_structs(self._store_payloads(zip(keys, expiries, values), counts, sink), counts, sink)
+        self._store_payloads(zip(keys, expiries, values), counts, sink)
 
     def _store_payloads(self, entries: Iterable[tuple[bytes, int, object]], counts: DumpCounts,
-                        sink: "RecordSink") -> list[tuple[bytes, int]]:
-        """Store the DUMP payloads the target can take, counting the keys gone meanwhile. Returns the keys
-        to read type by type instead: over the size bound (a size, not a payload) or newer than the target."""
-        keys, expiries, payloads, by_type = [], [], [], []
-        target_rdb = self.options.target_rdb
+                        sink: "RecordSink") -> None:
+        """Store the DUMP payloads the target can take, counting the keys gone meanwhile. A size in place
+        of a payload (a key the script left) is DUMPed in rounds, or read type by type if over
+        --max-payload; so is a payload newer than the target."""
+        keys, expiries, payloads, to_dump, by_type = [], [], [], [], []
+        target_rdb, max_payload = self.options.target_rdb, self.options.max_payload
         for key, expiry, payload in entries:
             if expiry == -2 or payload is None:
                 counts.vanished += 1
             elif isinstance(payload, ReplyError):
                 self._skip(key, f"DUMP refused: {payload}", counts)
+            elif isinstance(payload, int) and payload <= max_payload:
+                to_dump.append((key, payload))
             elif isinstance(payload, int) or (target_rdb is not None and rdb_version_of(payload) > target_rdb):
                 by_type.append((key, expiry))
             else:
@@ -215,7 +242,8 @@ class KeyReader:
                 expiries.append(expiry)
                 payloads.append(payload)
         _keep(keys, expiries, payloads, counts, sink)
-        return by_type
+        self._dump(to_dump, counts, sink)
+        self._read_structs(by_type, counts, sink)
 
     def _admissible(self, keys: list[bytes], counts: DumpCounts) -> list[bytes]:
         counts.scanned += len(keys)
@@ -232,22 +260,32 @@ class KeyReader:
 
     def _probe(self, keys: list[bytes]) -> tuple[list[int], list[int]]:
         """Absolute expiry and approximate size of each key, in one pipelined round trip."""
-        expire_cmd = b"PEXPIRETIME" if self.has_pexpiretime else b"PTTL"
         size_cmd = (b"MEMORY", b"USAGE") if self.has_memory_usage else (b"TYPE",)
-        commands = []
-        for key in keys:
-            commands.append(pack(expire_cmd, key))
-            commands.append(pack(*size_cmd, key))
-        sent_at = int(time.time() * 1000)
-        self.wire.send(b"".join(commands))
-        replies = self.wire.read(len(commands))
-        expiries = [_absolute(reply, self.has_pexpiretime, sent_at) for reply in replies[0::2]]
+        expiry_reads, count = self._expiry_reads(keys)
+        self.wire.send(expiry_reads + b"".join(pack(*size_cmd, key) for key in keys))
+        replies = self.wire.read(count + len(keys))
+        expiries, sizes = self._absolute_expiries(replies[:count]), replies[count:]
         if not self.has_memory_usage:
-            return expiries, self._lengths(keys, [_text(r) for r in replies[1::2]])
-        if any(isinstance(reply, ReplyError) for reply in replies[1::2]):
+            return expiries, self._lengths(keys, [_text(r) for r in sizes])
+        if any(isinstance(reply, ReplyError) for reply in sizes):
             self.has_memory_usage = False  # MEMORY is disabled here, as on ElastiCache Serverless
             return self._probe(keys)
-        return expiries, [reply or 0 for reply in replies[1::2]]
+        return expiries, [reply or 0 for reply in sizes]
+
+    def _expiry_reads(self, keys: list[bytes]) -> tuple[bytes, int]:
+        """The commands that read each key's expiry, and their reply count. Without PEXPIRETIME: the
+        server's TIME, then every PTTL, all before any DUMP, so that no DUMP's time shortens a TTL."""
+        if self.has_pexpiretime:
+            return b"".join(pack(b"PEXPIRETIME", key) for key in keys), len(keys)
+        return pack(b"TIME") + b"".join(pack(b"PTTL", key) for key in keys), len(keys) + 1
+
+    def _absolute_expiries(self, replies: list) -> list[int]:
+        """The replies of `_expiry_reads` as absolute expiries (ms), -2 for a key that is gone."""
+        if self.has_pexpiretime:
+            return [_absolute(reply, None) for reply in replies]
+        seconds, micros = replies[0]
+        now = int(seconds) * 1000 + int(micros) // 1000
+        return [_absolute(reply, now) for reply in replies[1:]]
 
     def _lengths(self, keys: list[bytes], types: list[str]) -> list[int]:
         """Estimated size from the type's length command, where MEMORY USAGE is not allowed."""
@@ -258,12 +296,16 @@ class KeyReader:
                 for reply, kind in zip(replies, types)]
 
     def _dump(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: "RecordSink") -> None:
-        if not keys:
-            return
-        self.wire.send(b"".join(pack(b"DUMP", key) for key, _ in keys))
-        payloads = self.wire.read(len(keys))
-        entries = ((key, expiry, payload) for (key, expiry), payload in zip(keys, payloads))
-        self._read_structs(self._store_payloads(entries, counts, sink), counts, sink)
+        """DUMP these (key, size) pairs one key per command, outside any script, in pipelined rounds of
+        at most --batch-bytes of summed size: the server serves its other clients between rounds, and
+        neither its reply buffer nor this process holds more than a round. Each round reads its own
+        expiries first (the keys may have changed since the script looked)."""
+        for round_keys in _rounds(keys, self.options.batch_bytes):
+            expiry_reads, count = self._expiry_reads(round_keys)
+            self.wire.send(expiry_reads + b"".join(pack(b"DUMP", key) for key in round_keys))
+            replies = self.wire.read(count + len(round_keys))
+            self._store_payloads(zip(round_keys, self._absolute_expiries(replies[:count]), replies[count:]),
+                                 counts, sink)
 
     def _read_structs(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: "RecordSink") -> None:
         if not keys:
@@ -304,13 +346,28 @@ def _admissible_names(keys: list[bytes]) -> list[bytes]:
     return [key for key in keys if len(key) <= MAX_KEY_BYTES]
 
 
-def _absolute(reply, is_pexpiretime: bool, sent_at: int) -> int:
-    """PEXPIRETIME answers the absolute time; PTTL answers what is left, measured from when we asked."""
+def _rounds(keys: list[tuple[bytes, int]], budget: int) -> Iterator[list[bytes]]:
+    """The keys of consecutive (key, size) pairs, in groups whose sizes add up to at most `budget`
+    (a bigger key alone)."""
+    group: list[bytes] = []
+    used = 0
+    for key, size in keys:
+        if group and used + size > budget:
+            yield group
+            group, used = [], 0
+        group.append(key)
+        used += size
+    if group:
+        yield group
+
+
+def _absolute(reply, now: int | None) -> int:
+    """PEXPIRETIME answers the absolute time (now is None); PTTL what is left, as of the server's `now`."""
     if isinstance(reply, ReplyError) or reply == -2:
         return -2
     if reply == -1:
         return NO_EXPIRY
-    return reply if is_pexpiretime else sent_at + reply
+    return reply if now is None else now + reply
 
 
 def _text(reply) -> str:
@@ -412,6 +469,7 @@ class MasterDumper:
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-writer")
         self._queued: list[Future] = []
         self._write_failed = False
+        self._flushed_early = False  # a segment was flushed mid-batch: checkpoint at the batch's end
 
     def run(self, progress: Callable[[int], None]) -> None:
         try:
@@ -480,21 +538,28 @@ class MasterDumper:
         self.reader.finish(keys, sent, self.pending, self)
         progress(len(keys))
         finished = cursor == 0
-        if finished or self.writer.count >= SEGMENT_RECORDS or self.writer.raw_bytes >= SEGMENT_BYTES:
+        if finished or self._flushed_early or self.writer.count >= SEGMENT_RECORDS:
             self._commit(self.pending, cursor, finished)
             self.pending = DumpCounts()
 
-    # RecordSink: records go to the current segment, which is flushed early when a big key fills it.
+    # RecordSink: records go to the current segment, which is flushed early when big keys fill it.
     def add(self, record: Record) -> None:
         self.writer.add(record)
-        if self.writer.raw_bytes >= SEGMENT_BYTES:
-            self._flush_segment()
-            self._in_background(self.ledger.save)
+        self._flush_if_full()
 
     def add_dumps(self, keys: list[bytes], expiries: list[int], payloads: list[bytes]) -> None:
         if self.writer.holds_struct_of(keys):  # a key read again (SCAN may repeat): keep its order
             self._flush_segment()
         self.writer.add_dumps(keys, expiries, payloads)
+        self._flush_if_full()
+
+    def _flush_if_full(self) -> None:
+        """A batch of big values is written out while it is read, so this process holds at most a
+        segment and a round of DUMPs (plus the writer thread's two queued tasks)."""
+        if self.writer.raw_bytes >= SEGMENT_BYTES:
+            self._flush_segment()
+            self._in_background(self.ledger.save)
+            self._flushed_early = True
 
     def _flush_segment(self) -> None:
         """Write the segment without moving the cursor: a crash rescans the batch, and the repeated
@@ -550,6 +615,7 @@ class MasterDumper:
     def _commit(self, pending: DumpCounts, cursor: int, finished: bool) -> None:
         """Segment first (durable), then the cursor that it covers: the writer thread keeps that order."""
         self._flush_segment()
+        self._flushed_early = False
         skipped, self.reader.skipped_keys = self.reader.skipped_keys, []
         next_seq = self._next_seq
         self._in_background(lambda: self._checkpoint(pending, cursor, next_seq, finished, skipped))

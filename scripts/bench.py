@@ -13,12 +13,18 @@ then times, into a 3-master TLS cluster:
 and, into one TLS node, `redis-cli --pipe` of the same RESTORE commands: the single-client ceiling.
 
     .venv/bin/python scripts/bench.py --keys 1000000 [--rss-keys 100000] [--mix mixed|tiny]... [--skip-naive]
+
+`--mix big` seeds big values instead (100 x 5 MB and 4,000 x 100 KB, scaled by --keys / 4100) and
+measures what `dump` costs the source: the longest wait of a client that GETs and PINGs it meanwhile,
+the growth of its used_memory_peak, and the tool's peak RSS. `--tool-root DIR` runs redis-migrate
+from another checkout (a `git worktree` of an older commit) for an A/B on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import subprocess
@@ -37,6 +43,8 @@ import testbed  # noqa: E402
 from migrate.wire import Wire, pack, pack_restore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+TOOL_ROOT = ROOT  # --tool-root: whose redis-migrate is timed
+MB = 1 << 20
 
 
 def naive_copy(source: redis.Redis, target: redis.RedisCluster, batch: int = 1000) -> int:
@@ -141,11 +149,18 @@ class Watch:
         self._thread.join()
 
 
+def tool_command(args: list[str]) -> tuple[list[str], dict]:
+    """redis-migrate from TOOL_ROOT, with this interpreter: the command and its environment."""
+    env = {**os.environ, "PYTHONPATH": str(TOOL_ROOT), "TQDM_DISABLE": "1"}
+    return [sys.executable, "-m", "migrate.cli", *args, "--json"], env
+
+
 def run_tool(args: list[str], target: list[redis.Redis] | None = None, expected: int = 0) -> dict:
     """One CLI invocation clocked from outside: total seconds, seconds until the target held every key,
     and the peak of the summed RSS of its processes."""
-    process = subprocess.Popen([str(ROOT / ".venv/bin/redis-migrate"), *args, "--json"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    command, env = tool_command(args)
+    process = subprocess.Popen(command, env=env, cwd=TOOL_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     watch = Watch(process.pid, target, expected)
     out, err = process.communicate()
     seconds = time.monotonic() - watch.started
@@ -208,22 +223,110 @@ def bench(keys: int, mix: str, base: Path, certs: testbed.Certs, skip_naive: boo
             server.stop()
 
 
+def seed_big(server: testbed.RedisServer, scale: float) -> int:
+    """The issue's hostile mix: 5 MB and 100 KB incompressible values, a quarter with TTLs, written a few
+    at a time (so that seeding leaves no memory peak of its own). Returns the bytes written."""
+    wire = Wire(_endpoint(server.url()), "127.0.0.1", server.port)
+    written = 0
+    for prefix, count, size, per_round in ((b"big", 100, 5 * MB, 1), (b"mid", 4000, 100 << 10, 20)):
+        commands = []
+        for index in range(max(1, round(count * scale))):
+            commands.append(pack(b"SET", b"%s:%d" % (prefix, index), os.urandom(size),
+                                 *((b"PX", b"3600000") if index % 4 == 0 else ())))
+            written += size
+            if len(commands) == per_round:
+                wire.send(b"".join(commands))
+                wire.read(len(commands))
+                commands = []
+        if commands:
+            wire.send(b"".join(commands))
+            wire.read(len(commands))
+    wire.call(b"SET", b"probe:small", b"x" * 100)
+    wire.close()
+    return written
+
+
+def _probe(url: str, stop, longest) -> None:
+    """An application's client, in a process of its own: GET and PING in a loop, keeping the longest wait."""
+    client = redis.Redis.from_url(url, socket_timeout=60)
+    while not stop.is_set():
+        for request in (lambda: client.get("probe:small"), client.ping):
+            started = time.perf_counter()
+            request()
+            longest.value = max(longest.value, time.perf_counter() - started)
+        time.sleep(0.002)
+
+
+def _cpu_seconds(client: redis.Redis) -> float:
+    cpu = client.info("cpu")
+    return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
+
+
+def bench_big(keys: int, base: Path) -> dict:
+    """What `dump` costs the source on big values: its longest pause, memory peak growth, the tool's RSS."""
+    scale = keys / 4100
+    print(f"\n== big values: {round(100 * scale)} x 5 MB + {round(4000 * scale)} x 100 KB", flush=True)
+    source = testbed.start_standalone(base / f"big-src-{keys}", password="bench-source-pw")
+    try:
+        _, written = timed("seed", lambda: seed_big(source, scale))
+        client = source.client()
+        seeded, cpu_before = client.info("memory")["used_memory"], _cpu_seconds(client)
+        context = multiprocessing.get_context("fork")
+        stop, longest = context.Event(), context.Value("d", 0.0)
+        probe = context.Process(target=_probe, args=(source.url(), stop, longest), daemon=True)
+        probe.start()
+        command, env = tool_command(["dump", "--source", source.url(), "--run-dir", str(base / f"big-run-{keys}")])
+        started = time.monotonic()
+        dumping = subprocess.Popen(command, env=env, cwd=TOOL_ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, preexec_fn=lambda: os.nice(10))
+        _, status, usage = os.wait4(dumping.pid, 0)
+        seconds = time.monotonic() - started
+        stop.set()
+        probe.join()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"redis-migrate dump failed: {dumping.stderr.read().decode()[-2000:]}")
+        result = {"mix": "big", "dump_s": round(seconds, 2), "dump_mb_per_s": round(written / MB / seconds),
+                  "source_longest_wait_ms": round(longest.value * 1000),
+                  "source_peak_growth_mb": round((client.info("memory")["used_memory_peak"] - seeded) / MB),
+                  "tool_rss_mb": usage.ru_maxrss // 1024,
+                  "source_cpu_share": round((_cpu_seconds(client) - cpu_before) / seconds, 2)}
+        print(f"  {'redis-migrate dump':<28} {seconds:8.2f} s   longest source wait "
+              f"{result['source_longest_wait_ms']} ms, source peak +{result['source_peak_growth_mb']} MB, "
+              f"tool RSS {result['tool_rss_mb']} MB", flush=True)
+        return result
+    finally:
+        source.stop()
+
+
 def _commands() -> set[str]:
-    from migrate.cli import cli
-    return set(cli.commands)
+    return set(json.loads(subprocess.run([sys.executable, "-c", "import json, migrate.cli as c; "
+                                          "print(json.dumps(list(c.cli.commands)))"], capture_output=True,
+                                         text=True, env=tool_command([])[1], check=True).stdout))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--keys", type=int, default=None, help="keys to seed (default 1,000,000; big mix 4,100)")
     parser.add_argument("--rss-keys", type=int, default=100_000, help="a second, smaller run for RSS flatness")
-    parser.add_argument("--mix", choices=("mixed", "tiny"), action="append",
-                        help="data mix (repeatable; default: both)")
+    parser.add_argument("--mix", choices=("mixed", "tiny", "big"), action="append",
+                        help="data mix (repeatable; default: mixed and tiny); big: 5 MB and 100 KB values, and what "
+                             "the dump costs the source")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--tool-root", type=Path, default=ROOT, help="time redis-migrate from this checkout")
     args = parser.parse_args()
+    global TOOL_ROOT
+    TOOL_ROOT = args.tool_root.resolve()
     base = Path(tempfile.mkdtemp(prefix="redis-migrate-bench-"))
+    mixes = args.mix or ["mixed", "tiny"]
+    if "big" in mixes:
+        print(json.dumps(bench_big(args.keys or 4100, base)))
+        mixes.remove("big")
+        if not mixes:
+            testbed.remove(base)
+            return
+    args.keys = args.keys or 1_000_000
     certs = testbed.Certs.make(base / "certs")
-    results = [bench(n, mix, base, certs, args.skip_naive) for mix in args.mix or ("mixed", "tiny")
+    results = [bench(n, mix, base, certs, args.skip_naive) for mix in mixes
                for n in sorted({args.rss_keys, args.keys}) if n]
     print("\n== results")
     for result in results:
