@@ -558,7 +558,6 @@ class MasterDumper:
         segment and a round of DUMPs (plus the writer thread's two queued tasks)."""
         if self.writer.raw_bytes >= SEGMENT_BYTES:
             self._flush_segment()
-            self._in_background(self.ledger.save)
             self._flushed_early = True
 
     def _flush_segment(self) -> None:
