@@ -96,13 +96,17 @@ def seed(server: testbed.RedisServer, keys: int, mix: str = "mixed", seed_number
         if rng.random() < 0.30:
             batch.append(pack(b"PEXPIRE", key, b"%d" % rng.randrange(3_600_000, 86_400_000)))
         if len(batch) >= 5000:
-            wire.send(b"".join(batch))
-            wire.read(len(batch))
-            batch = []
-    if batch:
-        wire.send(b"".join(batch))
-        wire.read(len(batch))
+            batch = _send(wire, batch)
+    _send(wire, batch)
     wire.close()
+
+
+def _send(wire: Wire, commands: list[bytes]) -> list[bytes]:
+    """One pipelined round of seeding commands; returns a fresh, empty batch."""
+    if commands:
+        wire.send(b"".join(commands))
+        wire.read(len(commands))
+    return []
 
 
 def _endpoint(url: str):
@@ -235,12 +239,8 @@ def seed_big(server: testbed.RedisServer, scale: float) -> int:
                                  *((b"PX", b"3600000") if index % 4 == 0 else ())))
             written += size
             if len(commands) == per_round:
-                wire.send(b"".join(commands))
-                wire.read(len(commands))
-                commands = []
-        if commands:
-            wire.send(b"".join(commands))
-            wire.read(len(commands))
+                commands = _send(wire, commands)
+        _send(wire, commands)
     wire.call(b"SET", b"probe:small", b"x" * 100)
     wire.close()
     return written
