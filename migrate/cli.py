@@ -16,7 +16,7 @@ import click
 
 from . import __version__
 from .errors import BadInput, DifferencesFound, MigrateError
-from .output import emit, progress_bar, table, warn
+from .console import emit, progress_bar, table, warn
 from .redact import scrub
 
 
@@ -157,14 +157,14 @@ def _locked_stage(directory, work: Callable[[], dict], as_json: bool, skip_unsup
 
 
 def _endpoint(role: str, url: str, tls_insecure: bool):
-    from .endpoints import Endpoint
+    from .net.endpoints import Endpoint
     if tls_insecure:
         warn("--tls-insecure: TLS certificates are NOT verified; never use this in production")
     return Endpoint.from_url(role, url, tls_insecure=tls_insecure)
 
 
 def _dump_opts(endpoint, db, match, types, scan_count, max_payload, batch_bytes, mode="auto", target_rdb=None):
-    from .dump import DumpOptions
+    from .datapath.dump import DumpOptions
     _check_match(match)
     return DumpOptions(db=endpoint.db if db is None else db, match=match, types=tuple(types), scan_count=scan_count,
                        max_payload=max_payload, batch_bytes=batch_bytes, struct_all=mode == "struct",
@@ -179,7 +179,7 @@ def _check_match(match: str | None) -> None:
 def _render_summary(result: dict) -> str:
     """The stages' counts, the keys they skipped, then run's verify as `verify` prints it."""
     from .keynames import readable
-    from .verify import render
+    from .verify.stage import render
     lines = [table({k: v for k, v in result.items() if k not in ("skipped_keys", "verify")})]
     for item in result.get("skipped_keys", []):
         lines.append(f"skipped: {readable(item['key'])}: {item['reason']}")
@@ -203,7 +203,7 @@ def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_b
          allow_empty_source, skip_unsupported, tls_insecure, as_json):
     """Scan every source master and write keys with absolute expiries to durable segments."""
     from .pipeline import dump_stage, open_source
-    from .state import RunDir
+    from .rundir import RunDir
     endpoint = _endpoint("source", source_url, tls_insecure)
     options = _dump_opts(endpoint, db, match, types, scan_count, max_payload, batch_bytes, mode)
     checks = _source_checks(ignore_other_dbs, allow_empty_source)
@@ -224,8 +224,8 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, sk
            as_json):
     """Write the dump into the target, pipelined per target master; resumes where it stopped."""
     from .pipeline import open_target, replay_stage
-    from .replay import ReplayOptions
-    from .state import RunDir
+    from .datapath.replay import ReplayOptions
+    from .rundir import RunDir
     endpoint = _endpoint("target", target_url, tls_insecure)
     directory = RunDir(run_dir)
     options = ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec, allow_nonempty_target=allow_nonempty_target)
@@ -253,10 +253,10 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
 
     Stages the run dir records as done are skipped; --redo STAGE does one again.
     """
-    from .endpoints import probe_rdb_version
+    from .net.endpoints import probe_rdb_version
     from .pipeline import admit_source, open_source, open_target, preflight, redo_stages, run_stages
-    from .replay import ReplayOptions
-    from .state import RunDir
+    from .datapath.replay import ReplayOptions
+    from .rundir import RunDir
     source = _endpoint("source", source_url, tls_insecure)
     target = _endpoint("target", target_url, tls_insecure)
     target_topology = open_target(target)
@@ -286,7 +286,7 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
 def status(run_dir, as_json):
     """Show every stage's state, counts and timings, and the last verify and cutover."""
     from .pipeline import status as run_status
-    from .state import RunDir
+    from .rundir import RunDir
     emit(run_status(RunDir(run_dir)), as_json, _render_status)
 
 
@@ -327,8 +327,8 @@ def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance,
     from pathlib import Path
 
     from .pipeline import open_source, open_target
-    from .state import RunDir
-    from .verify import VerifyOptions, render, run_verify
+    from .rundir import RunDir
+    from .verify.stage import VerifyOptions, render, run_verify
     if delete_extra and not repair:
         raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
     directory = RunDir(run_dir, create=not against_dump) if run_dir else None
@@ -353,7 +353,7 @@ def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance,
 def _aws_clients():
     """The boto3 clients for this invocation: whatever the caller put in click's context object, else the
     standard chain's (built lazily, so only commands that reach AWS need credentials)."""
-    from .aws import Clients
+    from .cloud.aws import Clients
     return click.get_current_context().ensure_object(Clients)
 
 
@@ -399,7 +399,7 @@ def switch_options(func):
 @handle_errors
 def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, storage_headroom, tls_insecure, as_json):
     """Read-only preflight: versions, replay mode, sizes, blockers, and a go / blockers verdict (exit 1)."""
-    from . import plan as planning
+    from .cloud import plan as planning
     result = planning.plan(source_url, target_url, serverless_cache=serverless_cache, env=env, prefix=param_prefix,
                            sample=sample, storage_headroom=storage_headroom, tls_insecure=tls_insecure,
                            clients=_aws_clients())
@@ -415,7 +415,7 @@ def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, st
 @handle_errors
 def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify_age, force, redeploy, dry_run, as_json):
     """Repoint the SSM endpoint/port at the target, after a fresh passing verify; recorded for rollback."""
-    from . import cutover as switching
+    from .cloud import cutover as switching
     result = switching.cutover(env, target_url=target_url, serverless_cache=serverless_cache, run_dir=run_dir,
                                prefix=param_prefix, max_verify_age=max_verify_age, force=force, redeploy=redeploy,
                                dry_run=dry_run, clients=_aws_clients())
@@ -427,7 +427,7 @@ def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify
 @handle_errors
 def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json):
     """Put back the SSM values the cutover recorded (run dir, else the SSM labels)."""
-    from . import cutover as switching
+    from .cloud import cutover as switching
     result = switching.rollback(env, run_dir=run_dir, prefix=param_prefix, force=force, redeploy=redeploy,
                                 dry_run=dry_run, clients=_aws_clients())
     _emit_and_exit(result, as_json, switching.render, bool(result["refused"]))

@@ -15,13 +15,13 @@ from typing import Callable
 
 import redis
 
-from . import dump as dump_module
-from . import replay as replay_module
-from .endpoints import Endpoint, Topology, discover, no_such_database, translated_errors
+from .datapath import dump as dump_module
+from .datapath import replay as replay_module
+from .net.endpoints import Endpoint, Topology, discover, no_such_database, translated_errors
 from .errors import BadInput, MigrateError, RuntimeFailure, Unreachable
-from .output import ProgressFactory, no_progress, warn
-from .procs import die_with_parent
-from .state import RunDir
+from .console import ProgressFactory, no_progress, warn
+from .children import die_with_parent
+from .rundir import RunDir
 
 def open_source(endpoint: Endpoint, db: int) -> Topology:
     """Discover the source and check that `db` exists there (a cluster has only db 0)."""
@@ -93,7 +93,7 @@ def preflight(run_dir: RunDir, source_url: str, target_url: str, tls_insecure: b
     own gates (empty target, one database, empty source) enforce them, with the options that override them."""
     if run_dir.read("plan") is not None:
         return
-    from .plan import plan
+    from .cloud.plan import plan
     try:
         result = json.loads(json.dumps(plan(source_url, target_url, tls_insecure=tls_insecure, db=db), default=str))
     except (Unreachable, RuntimeFailure, OSError, redis.ConnectionError, redis.TimeoutError) as exc:  # advisory: go on
@@ -194,7 +194,7 @@ def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_optio
                  progress: ProgressFactory = no_progress) -> None:
     """`run`'s last stage. Skipped when a passing verify is newer than the replay; a dump limited by
     --match/--type is verified against the dump itself, since the source holds more than was copied."""
-    from .verify import VerifyOptions, run_verify
+    from .verify.stage import VerifyOptions, run_verify
     last, replayed = run_dir.read("verify"), run_dir.read("replay") or {}
     if last and last.get("equal") and last["finished_at"] >= replayed.get("finished_at", 0):
         return

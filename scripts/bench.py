@@ -40,7 +40,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import testbed  # noqa: E402
-from migrate.wire import Wire, pack, pack_restore  # noqa: E402
+from migrate.net.wire import Wire, pack, pack_restore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL_ROOT = ROOT  # --tool-root: whose redis-migrate is timed
@@ -106,7 +106,7 @@ def seed(server: testbed.RedisServer, keys: int, mix: str = "mixed", seed_number
 
 
 def _endpoint(url: str):
-    from migrate.endpoints import Endpoint
+    from migrate.net.endpoints import Endpoint
     return Endpoint.from_url("source", url)
 
 
@@ -173,9 +173,9 @@ def run_tool(args: list[str], target: list[redis.Redis] | None = None, expected:
 
 def redis_cli_pipe(run_dir: Path, node: testbed.RedisServer, certs: testbed.Certs) -> float:
     """Mass insertion of the dump's RESTORE commands into one TLS node with redis-cli --pipe."""
-    from migrate.records import read_segment
-    from migrate.state import RunDir
-    from migrate.store import list_segments
+    from migrate.datapath.segments import read_segment
+    from migrate.rundir import RunDir
+    from migrate.datapath.store import list_segments
     stream = run_dir.parent / "restore.resp"
     with open(stream, "wb") as out:
         for path in list_segments(RunDir(run_dir)):

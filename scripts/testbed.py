@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from migrate.procs import die_with_parent
+from migrate.children import die_with_parent
 
 SLOT_COUNT = 16384
 MAX_PORT = 55535

@@ -15,7 +15,7 @@ import pytest
 from botocore.stub import Stubber
 from click.testing import CliRunner
 
-from migrate.aws import IAM_ACTIONS
+from migrate.cloud.aws import IAM_ACTIONS
 from migrate.cli import cli
 
 from conftest import CLUSTER_PASSWORD, SOURCE_PASSWORD, TARGET_PASSWORD

@@ -12,8 +12,8 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from migrate.aws import Clients
-from migrate.state import RunDir
+from migrate.cloud.aws import Clients
+from migrate.rundir import RunDir
 
 from aws_helpers import as_json, aws_calls, cache_response, invoke, own_client, stubbed_elasticache  # noqa: F401
 
@@ -339,7 +339,7 @@ def test_version_limit_with_our_own_old_label_is_cleared(ssm, target, run_dir):
 def test_iam_actions_match_the_runbook(ssm, ecs_service, aws_calls, standalone_source, target, run_dir):
     """Every action the commands perform (plan with a cache and --env, cutover with a full parameter history
     and --redeploy, rollback) is listed, and every listed action is performed: the list is exact."""
-    from migrate.aws import IAM_ACTIONS
+    from migrate.cloud.aws import IAM_ACTIONS
     from aws_helpers import runbook_actions
 
     cache = stubbed_elasticache(cache_response("storefront-test", "127.0.0.1", int(target["port"])), "storefront-test")

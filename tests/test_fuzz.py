@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 import seed_data
 from migrate import dump as dump_module
 from migrate.errors import BadInput
-from migrate.records import DUMP, END, MAGIC, STRUCT, TRAILER, TYPES, Record, SegmentWriter, decode_body, read_segment
-from migrate.state import CHECKSUM_FIELD
+from migrate.datapath.segments import DUMP, END, MAGIC, STRUCT, TRAILER, TYPES, Record, SegmentWriter, decode_body, read_segment
+from migrate.rundir import CHECKSUM_FIELD
 from reliability import invoke
 from snapshot import assert_same, snapshot
 
@@ -76,9 +76,9 @@ def world(_standalone_source, _serverless_target, tmp_path_factory):
 
 def _half_dump(source, run_dir: Path, patch) -> None:
     """A dump stopped after a few segments: its ledger has a cursor in the middle of the keyspace."""
-    from migrate.endpoints import Endpoint
+    from migrate.net.endpoints import Endpoint
     from migrate.pipeline import dump_stage, open_source
-    from migrate.state import RunDir
+    from migrate.rundir import RunDir
     seen = [0]
 
     def progress(*_args, **_kwargs):

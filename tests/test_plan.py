@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from migrate.aws import Clients
+from migrate.cloud.aws import Clients
 
 from aws_helpers import as_json, aws_calls, cache_response, invoke, own_client, stubbed_elasticache  # noqa: F401
 

@@ -12,11 +12,11 @@ import pytest
 from contextlib import nullcontext
 
 from aws_helpers import aws_calls, invoke as aws_invoke, own_client  # noqa: F401
-from migrate.dump import DumpOptions
-from migrate.endpoints import Endpoint
+from migrate.datapath.dump import DumpOptions
+from migrate.net.endpoints import Endpoint
 from migrate.keynames import readable
 from migrate.pipeline import open_source, open_target, verify_stage
-from migrate.state import RunDir
+from migrate.rundir import RunDir
 from reliability import spawn
 from snapshot import snapshot
 

@@ -25,16 +25,16 @@ from collections import Counter
 from typing import NamedTuple
 
 from .digest import TYPE_CODE, new_digest
-from .endpoints import Topology, translated_errors
+from ..net.endpoints import Topology, translated_errors
 from .compare import Pass, compare_views, side_counts
-from .errors import BadInput
-from .keyread import ABSENT, DigestReader, SideReader, View
-from .records import DUMP, NO_EXPIRY, Record, read_segment
-from .sidescan import ScanJob, SideScans, combined, fold
-from .slots import SLOT_COUNT, key_slot
-from .state import RunDir
-from .store import list_segments
-from .wire import ReplyError, pack
+from ..errors import BadInput
+from .readers import ABSENT, DigestReader, SideReader, View
+from ..datapath.segments import DUMP, NO_EXPIRY, Record, read_segment
+from .fullscan import ScanJob, SideScans, combined, fold
+from ..net.keyspace import SLOT_COUNT, key_slot
+from ..rundir import RunDir
+from ..datapath.store import list_segments
+from ..net.wire import ReplyError, pack
 
 SCRATCH_PREFIX = b"__redis_migrate_verify__:"
 SCRATCH_TTL_MS = 60_000

@@ -31,17 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from .endpoints import Topology, translated_errors
-from .errors import BadInput
+from ..net.endpoints import Topology, translated_errors
+from ..errors import BadInput
 from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
-from .keynames import key_id, readable
-from .keyread import SideReader, View
-from .output import ProgressFactory, no_progress
-from .records import NO_EXPIRY
-from .sidescan import ScanJob, SideScans, combined
-from .slots import SLOT_COUNT
-from .state import RunDir, atomic_write
-from .wire import pack
+from ..keynames import key_id, readable
+from .readers import SideReader, View
+from ..console import ProgressFactory, no_progress
+from ..datapath.segments import NO_EXPIRY
+from .fullscan import ScanJob, SideScans, combined
+from ..net.keyspace import SLOT_COUNT
+from ..rundir import RunDir, atomic_write
+from ..net.wire import pack
 
 REPORT_NAME = "verify-report.jsonl"
 Progress = Callable[[int], None]
@@ -120,7 +120,7 @@ class SourceReference:
     def records(self, keys: list[bytes], target_rdb: int):
         """The keys as dump records (DUMP payloads, or struct chunks where the target is older),
         read by the data path itself, so that repair copies exactly as replay does."""
-        from .dump import DumpOptions, read_records
+        from ..datapath.dump import DumpOptions, read_records
         with translated_errors(self.topology.endpoint):
             records, _ = read_records(self.topology, keys, DumpOptions(db=self.db, target_rdb=target_rdb))
         return records
@@ -225,7 +225,7 @@ def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tup
 
 def repair(reference: Reference, target: Topology, differences: list[Difference], options: VerifyOptions) -> dict:
     """Recopy every differing key from the reference as replay would; delete extras only if asked."""
-    from .replay import ReplayCounts, ReplayOptions, TargetWriter
+    from ..datapath.replay import ReplayCounts, ReplayOptions, TargetWriter
     recopy = [d.key for d in differences if d.kind != "extra"]
     extras = [d.key for d in differences if d.kind == "extra"]
     counts = ReplayCounts()
@@ -308,7 +308,7 @@ def progress_total(reference: Reference, target: Topology, run_dir: RunDir | Non
     if isinstance(reference, SourceReference):
         reference_keys = reference.topology.key_count(reference.db)
     else:
-        from .dump import dump_totals
+        from ..datapath.dump import dump_totals
         dumped = dump_totals(run_dir.read("dump") or {})
         reference_keys = dumped.dumped + dumped.struct_keys
     return reference_keys + target.key_count()
@@ -344,7 +344,7 @@ def _reference(source: Topology | None, target: Topology, run_dir: RunDir | None
         if run_dir is None:
             raise BadInput("--against-dump needs --run-dir: the dump in it is the reference",
                            "pass the --run-dir that dump (or run) wrote")
-        from .dumpref import DumpReference
+        from .against_dump import DumpReference
         return DumpReference(run_dir, target)
     if source is None:
         raise BadInput("verify needs --source (or --against-dump with --run-dir)",
@@ -412,7 +412,7 @@ def _side_text(summary: dict | None) -> str:
 
 def render(result: dict) -> str:
     """The result for a person: totals, the first differences, then the keys skipped on purpose."""
-    from .output import table
+    from ..console import table
     lines = [("EQUAL" if result["equal"] else f"DIFFERENT: {result['differences']} differences")
              + f" ({result['seconds']:.1f}s)"]
     lines.append(table({k: result[k] for k in ("source", "target", "sample", "counts", "kinds", "repaired", "report")

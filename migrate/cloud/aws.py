@@ -14,8 +14,8 @@ from typing import Iterator
 import boto3
 import botocore.exceptions as bex
 
-from .errors import BadInput, GateRefused, MigrateError, RuntimeFailure
-from .redact import scrub
+from ..errors import BadInput, GateRefused, MigrateError, RuntimeFailure
+from ..redact import scrub
 
 # Every AWS API action the tool calls: RUNBOOK.md's "IAM permissions" lists exactly these, and a test
 # records the operations the plan/cutover/rollback tests perform and compares them with this tuple.

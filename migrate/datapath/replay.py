@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Callable
 
-from .endpoints import Topology, discover, probe_rdb_version
+from ..net.endpoints import Topology, discover, probe_rdb_version
 from . import witness
-from .errors import BadInput, GateRefused, RuntimeFailure, Unreachable
-from .output import warn
-from .records import DUMP, NO_EXPIRY, Indices, Record, Segment, load_segment, skipped_entry
-from .slots import key_slot
-from .state import LedgerCounts, RunDir
+from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
+from ..console import warn
+from .segments import DUMP, NO_EXPIRY, Indices, Record, Segment, load_segment, skipped_entry
+from ..net.keyspace import key_slot
+from ..rundir import LedgerCounts, RunDir
 from .store import list_segments
-from .wire import ReplyError, Wire, pack, pack_restore
+from ..net.wire import ReplyError, Wire, pack, pack_restore
 
 RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK ")
 STREAM_ALREADY_WRITTEN = "equal or smaller than the target stream top item"

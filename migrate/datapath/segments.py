@@ -31,10 +31,10 @@ from pathlib import Path
 import xxhash
 import zstandard
 
-from .endpoints import rdb_version_of
-from .errors import BadInput
-from .keynames import key_id, readable
-from .slots import key_slots
+from ..net.endpoints import rdb_version_of
+from ..errors import BadInput
+from ..keynames import key_id, readable
+from ..net.keyspace import key_slots
 
 MAGIC = b"RMSEG\x02\n\x00"
 END = b"RMEND\x02\n\x00"

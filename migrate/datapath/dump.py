@@ -21,13 +21,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
 
-from .endpoints import Node, Topology, rdb_version_of
-from .errors import BadInput, RuntimeFailure, Unreachable
-from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter, seal, skipped_entry
-from .slots import key_slot
-from .state import LedgerCounts, RunDir
+from ..net.endpoints import Node, Topology, rdb_version_of
+from ..errors import BadInput, RuntimeFailure, Unreachable
+from .segments import NO_EXPIRY, STRUCT, Record, SegmentWriter, seal, skipped_entry
+from ..net.keyspace import key_slot
+from ..rundir import LedgerCounts, RunDir
 from .store import list_segments, segment_id, segment_path, write_segment
-from .wire import ReplyError, Wire, pack
+from ..net.wire import ReplyError, Wire, pack
 
 DEFAULT_MAX_PAYLOAD = 64 << 20
 DEFAULT_BATCH_BYTES = 4 << 20

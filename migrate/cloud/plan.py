@@ -15,8 +15,8 @@ import redis
 
 from .aws import Clients, describe_serverless_cache, parameter_history
 from .cutover import DEFAULT_PREFIX, LABEL_AFTER, LABEL_BEFORE, parameter_names
-from .endpoints import Endpoint, Node, Topology, probe_rdb_version, rdb_version_of, translated_errors
-from .keynames import readable
+from ..net.endpoints import Endpoint, Node, Topology, probe_rdb_version, rdb_version_of, translated_errors
+from ..keynames import readable
 
 GB = 10**9  # the cache's DataStorage unit, read as the smaller decimal GB: the conservative choice
 ECPU_PRICE_PER_MILLION = 0.0034
@@ -42,7 +42,7 @@ def plan(source_url: str, target_url: str, *, serverless_cache: str | None = Non
          tls_insecure: bool = False, clients: Clients | None = None, db: int | None = None) -> dict:
     """Survey both sides (and the cache and SSM when named) and collect blockers with their fixes.
     `db` is the source database to survey (run's --db); by default the source URL's."""
-    from .pipeline import open_source, open_target
+    from ..pipeline import open_source, open_target
     clients = clients or Clients()
     names = parameter_names(env, prefix) if env else None
     source_endpoint = Endpoint.from_url("source", source_url, tls_insecure=tls_insecure)

@@ -28,14 +28,14 @@ from multiprocessing.connection import Connection, wait
 
 from xxhash import xxh3_128_intdigest
 
-from . import errors
+from .. import errors
 from .digest import TYPE_CODE, TYPES
-from .endpoints import Endpoint, Node, translated_errors
-from .keyread import Batch, DigestReader, View
-from .records import NO_EXPIRY
-from .procs import die_with_parent
-from .slots import SLOT_COUNT, key_slot
-from .wire import Wire, pack
+from ..net.endpoints import Endpoint, Node, translated_errors
+from .readers import Batch, DigestReader, View
+from ..datapath.segments import NO_EXPIRY
+from ..children import die_with_parent
+from ..net.keyspace import SLOT_COUNT, key_slot
+from ..net.wire import Wire, pack
 
 SCAN_COUNT = 1000
 PROGRESS_EVERY = 20_000

@@ -15,9 +15,9 @@ import time
 from typing import NamedTuple
 
 from .digest import DIGESTS, digest_hash, digest_list, digest_set, digest_string, digest_zset, new_digest
-from .records import NO_EXPIRY
-from .slots import key_slot
-from .wire import ReplyError, Wire
+from ..datapath.segments import NO_EXPIRY
+from ..net.keyspace import key_slot
+from ..net.wire import ReplyError, Wire
 
 WINDOW = 1000              # elements in the first read of a collection
 BIG_WINDOW = 10_000        # elements per read of the rest of a big collection

@@ -19,9 +19,9 @@ from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
-from .errors import AuthenticationFailed, BadInput, MigrateError, Unreachable
-from .redact import redact_url, register_secret, scrub
-from .slots import SLOT_COUNT, key_slot
+from ..errors import AuthenticationFailed, BadInput, MigrateError, Unreachable
+from ..redact import redact_url, register_secret, scrub
+from .keyspace import SLOT_COUNT, key_slot
 
 PROBE_KEY = b"__redis_migrate_probe__"
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
-from .records import NO_EXPIRY, Segment
-from .slots import key_slot
+from .segments import NO_EXPIRY, Segment
+from ..net.keyspace import key_slot
 
 KEEP = 64
 MAX_KEY = 512            # longer names are not worth storing in the ledger
