@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
 
+from ..backoff import Backoff
 from ..net.endpoints import Node, Topology, rdb_version_of
 from ..errors import BadInput, RuntimeFailure, Unreachable
 from .segments import NO_EXPIRY, STRUCT, Record, SegmentWriter, seal, skipped_entry
@@ -481,7 +482,7 @@ class MasterDumper:
         """Scan to the end. A dropped or timed-out source connection is reopened, and the scan goes on
         from the last checkpoint (what was read since is read again), for up to RECONNECT_SECONDS
         without progress."""
-        deadline, mark = None, None
+        backoff, mark = None, None
         while True:
             try:
                 self._run(progress)
@@ -492,18 +493,16 @@ class MasterDumper:
             since_checkpoint = list(range(self.state["next_seq"], self._next_seq))
             self._in_background(lambda: self.ledger.supersede(self.index, since_checkpoint))
             if mark != (self.state["cursor"], self.state["next_seq"]):  # progress since the last drop
-                mark, deadline, delay = (self.state["cursor"], self.state["next_seq"]), None, 0.05
-            deadline = deadline or time.monotonic() + RECONNECT_SECONDS
+                mark, backoff = (self.state["cursor"], self.state["next_seq"]), Backoff(RECONNECT_SECONDS)
             self.reader.skipped_keys, self.writer, self.pending = [], SegmentWriter(), DumpCounts()
             while True:
                 self._close()
-                if time.monotonic() > deadline:
+                if backoff.expired():
                     raise RuntimeFailure(f"lost the connection to source {self.node.name} and could not get it "
                                          f"back in {RECONNECT_SECONDS}s ({type(error).__name__}: {error})",
                                          "check the source's health and network path, then rerun the same "
                                          "command: it resumes from the last durable segment") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                backoff.wait()
                 try:
                     self.reader.wire, self.reader.bulk = self._connect()
                     break

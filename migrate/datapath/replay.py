@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Callable
 
+from ..backoff import Backoff
 from ..net.endpoints import Topology, discover, probe_rdb_version
 from . import witness
 from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
@@ -260,19 +261,17 @@ class TargetWriter:
 
     def _write_batch(self, records: list[Record], counts: ReplayCounts) -> None:
         """Send and confirm, retrying with backoff until every record is confirmed or time runs out."""
-        deadline = time.monotonic() + self.options.retry_seconds
+        backoff = Backoff(self.options.retry_seconds)
         pending = records
-        delay = 0.05
         while pending:
             pending = self._collect(self._send(pending), counts)
             if pending:
-                if time.monotonic() > deadline:
+                if backoff.expired():
                     raise RuntimeFailure(f"the target kept failing for {self.options.retry_seconds:.0f}s "
                                          f"({len(pending)} keys not confirmed)",
                                          "check the target's health and network path, then rerun to resume")
                 counts.retries += 1
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                backoff.wait()
 
     def _send(self, batch: "list[Record] | Span") -> "Sent":
         """Pack each node's records and send them without waiting for the replies."""
@@ -338,18 +337,16 @@ class TargetWriter:
 
     def exists(self, keys: list[bytes]) -> list[bool]:
         """Whether each key exists on the target (pipelined EXISTS per node), retried like writes."""
-        deadline = time.monotonic() + self.options.retry_seconds
-        delay = 0.05
+        backoff = Backoff(self.options.retry_seconds)
         while True:
             try:
                 return self._exists(keys)
             except (OSError, Unreachable, _Retry) as exc:
-                if time.monotonic() > deadline:
+                if backoff.expired():
                     raise RuntimeFailure(f"the target kept failing for {self.options.retry_seconds:.0f}s "
                                          f"while checking keys it had confirmed ({exc})",
                                          "check the target's health and network path, then rerun to resume") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                backoff.wait()
 
     def _exists(self, keys: list[bytes]) -> list[bool]:
         by_node: dict[int, list[int]] = {}
