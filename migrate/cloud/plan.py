@@ -15,7 +15,8 @@ import redis
 
 from .aws import Clients, describe_serverless_cache, parameter_history
 from .cutover import DEFAULT_PREFIX, LABEL_AFTER, LABEL_BEFORE, parameter_names
-from ..net.endpoints import Endpoint, Node, Topology, probe_rdb_version, rdb_version_of, translated_errors
+from ..net.endpoints import Endpoint, Node, Topology, probe_rdb_version, translated_errors
+from ..net.rdb import rdb_version_of
 from ..keynames import readable
 
 GB = 10**9  # the cache's DataStorage unit, read as the smaller decimal GB: the conservative choice

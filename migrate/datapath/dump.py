@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
 
 from ..backoff import Backoff
-from ..net.endpoints import Node, Topology, rdb_version_of
+from ..net.endpoints import Node, Topology
+from ..net.rdb import rdb_version_of
 from ..errors import BadInput, RuntimeFailure, Unreachable
 from .segments import NO_EXPIRY, STRUCT, Record, SegmentWriter, seal, skipped_entry
 from ..net.keyspace import key_slot
@@ -96,6 +97,7 @@ for i = first, #argv do
       if not payload then
         plain = 0
       elseif target_rdb > 0 and string.byte(payload, -10) + 256 * string.byte(payload, -9) > target_rdb then
+        -- the RDB version: the first 2 bytes (little-endian) of the footer (net/rdb.py, FOOTER_BYTES)
         plain = 0
       end
     else

@@ -24,13 +24,13 @@ from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
 from ..console import warn
 from .segments import DUMP, NO_EXPIRY, Indices, Record, Segment, load_segment, skipped_entry
 from ..net.keyspace import key_slot
+from ..net.rdb import is_module_value
 from ..rundir import LedgerCounts, RunDir
 from .store import list_segments
 from ..net.wire import ReplyError, Wire, pack, pack_restore
 
 RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK ")
 STREAM_ALREADY_WRITTEN = "equal or smaller than the target stream top item"
-MODULE_RDB_TYPES = (6, 7)
 BATCH_RECORDS = 2000
 MEMBERS_PER_COMMAND = 1000  # keeps every write under ElastiCache Serverless's 3,999 arguments
 MAX_SEGMENT_REWRITES = 10
@@ -406,7 +406,7 @@ class TargetWriter:
         if error.startswith("OOM"):
             raise RuntimeFailure("the target is out of memory: its storage limit was reached",
                                  "raise the cache's DataStorage maximum (or maxmemory), then rerun to resume")
-        if record.kind == DUMP and record.payload[:1] and record.payload[0] in MODULE_RDB_TYPES:
+        if record.kind == DUMP and is_module_value(record.payload):
             counts.skip(record.key, "module type not supported by the target")
             return False
         raise RuntimeFailure(f"the target refused key {record.key[:100]!r}: {error}",

@@ -31,16 +31,15 @@ from pathlib import Path
 import xxhash
 import zstandard
 
-from ..net.endpoints import rdb_version_of
 from ..errors import BadInput
 from ..keynames import key_id, readable
 from ..net.keyspace import key_slots
+from ..net.rdb import MIN_PAYLOAD, rdb_version_of
 
 MAGIC = b"RMSEG\x02\n\x00"
 END = b"RMEND\x02\n\x00"
 TRAILER = struct.Struct("<QQQ8s")
 NO_EXPIRY = -1
-MIN_PAYLOAD = 10  # a DUMP payload ends with its RDB version (2 bytes) and a CRC64 (8 bytes)
 
 DUMP = 0
 STRUCT = 1

@@ -22,6 +22,7 @@ from redis.retry import Retry
 from ..errors import AuthenticationFailed, BadInput, MigrateError, Unreachable
 from ..redact import redact_url, register_secret, scrub
 from .keyspace import SLOT_COUNT, key_slot
+from .rdb import rdb_version_of
 
 PROBE_KEY = b"__redis_migrate_probe__"
 
@@ -336,13 +337,6 @@ def _cluster_masters(client: redis.Redis, endpoint: Endpoint) -> list[Node]:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def rdb_version_of(payload: bytes) -> int:
-    """A DUMP payload ends with a 2-byte little-endian RDB version, then an 8-byte CRC64."""
-    if len(payload) < 10:
-        raise ValueError("DUMP payload too short")
-    return int.from_bytes(payload[-10:-8], "little")
 
 
 def probe_rdb_version(topology: Topology) -> int:

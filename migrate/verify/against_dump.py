@@ -32,6 +32,7 @@ from .readers import ABSENT, DigestReader, SideReader, View
 from ..datapath.segments import DUMP, NO_EXPIRY, Record, read_segment
 from .fullscan import ScanJob, SideScans, combined, fold
 from ..net.keyspace import SLOT_COUNT, key_slot
+from ..net.rdb import payload_body, payload_type
 from ..rundir import RunDir
 from ..datapath.store import list_segments
 from ..net.wire import ReplyError, pack
@@ -39,16 +40,6 @@ from ..net.wire import ReplyError, pack
 SCRATCH_PREFIX = b"__redis_migrate_verify__:"
 SCRATCH_TTL_MS = 60_000
 BATCH = 1000
-_FOOTER = 10  # RDB version (2 bytes) + CRC64 (8 bytes)
-
-# RDB object type (a payload's first byte) -> Redis type
-_RDB_TYPES = {0: "string", 1: "list", 10: "list", 14: "list", 18: "list", 2: "set", 11: "set", 20: "set",
-              3: "zset", 5: "zset", 12: "zset", 17: "zset", 4: "hash", 9: "hash", 13: "hash", 16: "hash",
-              22: "hash", 23: "hash", 24: "hash", 25: "hash", 15: "stream", 19: "stream", 21: "stream"}
-
-
-def payload_type(payload: bytes) -> str:
-    return _RDB_TYPES.get(payload[0], "other") if payload else "other"
 
 
 class Entry(NamedTuple):
@@ -165,7 +156,7 @@ class DumpReference:
                     chunk = keys[start:start + BATCH]
                     wire.send(b"".join(pack(b"DUMP", key) for key in chunk))
                     for key, payload in zip(chunk, wire.read(len(chunk))):
-                        if not isinstance(payload, bytes) or payload[:-_FOOTER] != by_key[key].payload[:-_FOOTER]:
+                        if not isinstance(payload, bytes) or payload_body(payload) != payload_body(by_key[key].payload):
                             self.suspects.add(key)
                         else:
                             self.suspects.discard(key)

@@ -26,6 +26,8 @@ import struct
 
 from xxhash import xxh3_64, xxh3_64_digest, xxh3_64_intdigest, xxh3_128_intdigest
 
+from ..net.rdb import payload_body
+
 MASK128 = (1 << 128) - 1
 TYPES = ("none", "string", "list", "set", "zset", "hash", "stream", "other")
 TYPE_CODE = {name: code for code, name in enumerate(TYPES)}
@@ -178,7 +180,7 @@ class OtherDigest:
         self.length = 0
 
     def update(self, payload: bytes) -> None:
-        self._value = xxh3_64_intdigest(payload[:-10], _SEED["other"])
+        self._value = xxh3_64_intdigest(payload_body(payload), _SEED["other"])
         self.length = len(payload)
 
     def intdigest(self) -> int:
