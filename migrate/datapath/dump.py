@@ -25,8 +25,8 @@ from ..backoff import Backoff
 from ..net.endpoints import Node, Topology
 from ..net.rdb import rdb_version_of
 from ..errors import BadInput, RuntimeFailure, Unreachable
-from .segments import NO_EXPIRY, STRUCT, Record, SegmentWriter, seal, skipped_entry
-from ..net.keyspace import key_slot
+from .segments import STRUCT, Record, SegmentWriter, seal, skipped_entry
+from ..net.keyspace import GONE, absolute_expiry, key_slot
 from ..rundir import LedgerCounts, RunDir
 from .store import list_segments, segment_id, segment_path, write_segment
 from ..net.wire import ReplyError, Wire, pack
@@ -365,12 +365,9 @@ def _rounds(keys: list[tuple[bytes, int]], budget: int) -> Iterator[list[bytes]]
 
 
 def _absolute(reply, now: int | None) -> int:
-    """PEXPIRETIME answers the absolute time (now is None); PTTL what is left, as of the server's `now`."""
-    if isinstance(reply, ReplyError) or reply == -2:
-        return -2
-    if reply == -1:
-        return NO_EXPIRY
-    return reply if now is None else now + reply
+    """PEXPIRETIME answers the absolute time (now is None); PTTL what is left, as of the server's `now`.
+    A refused read counts as a key gone: it is counted as vanished, never copied without its expiry."""
+    return GONE if isinstance(reply, ReplyError) else absolute_expiry(reply, now)
 
 
 def _text(reply) -> str:

@@ -22,8 +22,8 @@ from ..net.endpoints import Topology, discover, probe_rdb_version
 from . import witness
 from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
 from ..console import warn
-from .segments import DUMP, NO_EXPIRY, Indices, Record, Segment, load_segment, skipped_entry
-from ..net.keyspace import key_slot
+from .segments import DUMP, Indices, Record, Segment, load_segment, skipped_entry
+from ..net.keyspace import NO_EXPIRY, key_slot
 from ..net.rdb import is_module_value
 from ..rundir import LedgerCounts, RunDir
 from .store import list_segments

@@ -33,13 +33,12 @@ import zstandard
 
 from ..errors import BadInput
 from ..keynames import key_id, readable
-from ..net.keyspace import key_slots
+from ..net.keyspace import NO_EXPIRY, key_slots
 from ..net.rdb import MIN_PAYLOAD, rdb_version_of
 
 MAGIC = b"RMSEG\x02\n\x00"
 END = b"RMEND\x02\n\x00"
 TRAILER = struct.Struct("<QQQ8s")
-NO_EXPIRY = -1
 
 DUMP = 0
 STRUCT = 1

@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
-from .segments import NO_EXPIRY, Segment
-from ..net.keyspace import key_slot
+from ..net.keyspace import NO_EXPIRY, key_slot
+from .segments import Segment
 
 KEEP = 64
 MAX_KEY = 512            # longer names are not worth storing in the ledger

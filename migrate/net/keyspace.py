@@ -1,4 +1,5 @@
-"""Cluster slot routing, the same CRC16 that redis-py and the server use (binascii.crc_hqx)."""
+"""Keyspace facts: cluster slot routing (the same CRC16 that redis-py and the server use,
+binascii.crc_hqx) and absolute expiries."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from binascii import crc_hqx
 from itertools import repeat
 
 SLOT_COUNT = 16384
+NO_EXPIRY = -1  # an absolute expiry (ms) for a key without a TTL: what PEXPIRETIME answers
+GONE = -2       # what PTTL and PEXPIRETIME answer for a key that does not exist
 
 
 def key_slot(key: bytes) -> int:
@@ -25,3 +28,11 @@ def key_slots(keys: list[bytes]) -> list[int]:
     if b"{" in b"".join(keys):
         return list(map(key_slot, keys))
     return [crc & (SLOT_COUNT - 1) for crc in map(crc_hqx, keys, repeat(0))]
+
+
+def absolute_expiry(reply: int, now_ms: int | None) -> int:
+    """A PEXPIRETIME reply (now_ms None) as it is, or a PTTL reply plus the server time it was read at:
+    the key's absolute expiry in ms, NO_EXPIRY, or GONE."""
+    if reply < 0:
+        return NO_EXPIRY if reply == NO_EXPIRY else GONE
+    return reply if now_ms is None else now_ms + reply

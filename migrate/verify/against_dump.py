@@ -29,9 +29,9 @@ from ..net.endpoints import Topology, translated_errors
 from .compare import Pass, compare_views, side_counts
 from ..errors import BadInput
 from .readers import ABSENT, DigestReader, SideReader, View
-from ..datapath.segments import DUMP, NO_EXPIRY, Record, read_segment
+from ..datapath.segments import DUMP, Record, read_segment
 from .fullscan import ScanJob, SideScans, combined, fold
-from ..net.keyspace import SLOT_COUNT, key_slot
+from ..net.keyspace import NO_EXPIRY, SLOT_COUNT, key_slot
 from ..net.rdb import payload_body, payload_type
 from ..rundir import RunDir
 from ..datapath.store import list_segments

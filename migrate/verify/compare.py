@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..keynames import escaped
 from .readers import ABSENT, View
-from ..datapath.segments import NO_EXPIRY
+from ..net.keyspace import NO_EXPIRY
 
 KINDS = ("missing", "extra", "type", "value", "ttl", "changing")
 EXPIRED = "expired"

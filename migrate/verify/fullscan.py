@@ -32,7 +32,7 @@ from .. import errors
 from .digest import TYPE_CODE, TYPES
 from ..net.endpoints import Endpoint, Node, translated_errors
 from .readers import Batch, DigestReader, View
-from ..datapath.segments import NO_EXPIRY
+from ..net.keyspace import NO_EXPIRY
 from ..children import die_with_parent
 from ..net.keyspace import SLOT_COUNT, key_slot
 from ..net.wire import Wire, pack

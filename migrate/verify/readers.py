@@ -15,7 +15,7 @@ import time
 from typing import NamedTuple
 
 from .digest import DIGESTS, digest_hash, digest_list, digest_set, digest_string, digest_zset, new_digest
-from ..datapath.segments import NO_EXPIRY
+from ..net.keyspace import NO_EXPIRY, absolute_expiry
 from ..net.keyspace import key_slot
 from ..net.wire import ReplyError, Wire
 
@@ -203,9 +203,10 @@ class DigestReader:
         return views
 
     def _absolute(self, reply, now: int) -> int:
-        if not isinstance(reply, int) or reply < 0:
-            return reply if isinstance(reply, int) else NO_EXPIRY
-        return reply if self._exact_ttl else now + reply
+        """A refused expiry read counts as no TTL: the key is still compared by type and value."""
+        if not isinstance(reply, int):
+            return NO_EXPIRY
+        return absolute_expiry(reply, None if self._exact_ttl else now)
 
     def _digest(self, key: bytes, type_name: str, expire_at: int, value) -> View:
         type_name = _type_name(type_name)

@@ -37,7 +37,7 @@ from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, 
 from ..keynames import key_id, readable
 from .readers import SideReader, View
 from ..console import ProgressFactory, no_progress
-from ..datapath.segments import NO_EXPIRY
+from ..net.keyspace import NO_EXPIRY
 from .fullscan import ScanJob, SideScans, combined
 from ..net.keyspace import SLOT_COUNT
 from ..rundir import RunDir, atomic_write
