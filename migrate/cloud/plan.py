@@ -16,6 +16,7 @@ import redis
 from .aws import Clients, describe_serverless_cache, parameter_history
 from .cutover import DEFAULT_PREFIX, LABEL_AFTER, LABEL_BEFORE, parameter_names
 from ..net.endpoints import Endpoint, Node, Topology, probe_rdb_version, translated_errors
+from ..net.keyspace import LENGTH_COMMANDS, estimated_size
 from ..net.rdb import rdb_version_of
 from ..keynames import readable
 
@@ -24,9 +25,6 @@ ECPU_PRICE_PER_MILLION = 0.0034
 STORAGE_PRICE_GB_MONTH = 0.125
 ECPU_BYTES = 1024  # 1 ECPU per KB written, at least 1 per request
 LARGEST_SHOWN = 10
-ELEMENT_BYTES_GUESS = 64  # per collection member, where MEMORY USAGE is unavailable
-KEY_OVERHEAD_BYTES = 50
-_LENGTH_COMMAND = {"string": "STRLEN", "hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD", "stream": "XLEN"}
 
 
 @dataclass(frozen=True)
@@ -219,14 +217,14 @@ def _describe(client: redis.Redis, node: Node, keys: list[bytes], method: str) -
         if method == "memory-usage":
             pipe.memory_usage(key)
         else:
-            pipe.execute_command(_LENGTH_COMMAND.get(kind, "EXISTS"), key)
+            pipe.execute_command(LENGTH_COMMANDS.get(kind, b"EXISTS").decode(), key)
     sizes = pipe.execute(raise_on_error=False)
     result = []
     for key, kind, ttl, size in zip(keys, kinds, ttls, sizes):
         if kind == "none" or isinstance(size, Exception):  # gone since the scan
             continue
         if method != "memory-usage":
-            size = len(key) + KEY_OVERHEAD_BYTES + (size if kind == "string" else size * ELEMENT_BYTES_GUESS)
+            size = estimated_size(key, kind, size)
         result.append(SampledKey(key, node, kind, ttl >= 0, int(size or 0)))
     return result
 

@@ -26,7 +26,7 @@ from ..net.endpoints import Node, Topology
 from ..net.rdb import rdb_version_of
 from ..errors import BadInput, RuntimeFailure, Unreachable
 from .segments import STRUCT, Record, SegmentWriter, seal, skipped_entry
-from ..net.keyspace import GONE, absolute_expiry, key_slot
+from ..net.keyspace import GONE, LENGTH_COMMANDS, absolute_expiry, estimated_size, key_slot
 from ..rundir import LedgerCounts, RunDir
 from .store import list_segments, segment_id, segment_path, write_segment
 from ..net.wire import ReplyError, Wire, pack
@@ -42,9 +42,6 @@ MAX_KEY_BYTES = 4096
 RECONNECT_SECONDS = 120
 
 STRUCT_TYPES = {"string", "hash", "list", "set", "zset", "stream"}
-_LENGTH_COMMANDS = {"string": b"STRLEN", "hash": b"HLEN", "list": b"LLEN", "set": b"SCARD", "zset": b"ZCARD",
-                    "stream": b"XLEN"}
-_BYTES_PER_ITEM_ESTIMATE = 128
 
 # One round trip per batch: expiry, size and (for small keys, up to a budget of bytes) the DUMP
 # payload, read by the server itself. The client then parses one nested reply in C (hiredis) instead
@@ -292,11 +289,11 @@ class KeyReader:
 
     def _lengths(self, keys: list[bytes], types: list[str]) -> list[int]:
         """Estimated size from the type's length command, where MEMORY USAGE is not allowed."""
-        commands = [pack(_LENGTH_COMMANDS.get(kind, b"EXISTS"), key) for key, kind in zip(keys, types)]
+        commands = [pack(LENGTH_COMMANDS.get(kind, b"EXISTS"), key) for key, kind in zip(keys, types)]
         self.wire.send(b"".join(commands))
         replies = self.wire.read(len(commands))
-        return [reply if kind == "string" else reply * _BYTES_PER_ITEM_ESTIMATE if isinstance(reply, int) else 0
-                for reply, kind in zip(replies, types)]
+        return [estimated_size(key, kind, reply) if isinstance(reply, int) else 0
+                for key, kind, reply in zip(keys, types, replies)]
 
     def _dump(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: "RecordSink") -> None:
         """DUMP these (key, size) pairs one key per command, outside any script, in pipelined rounds of

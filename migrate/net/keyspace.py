@@ -10,6 +10,12 @@ SLOT_COUNT = 16384
 NO_EXPIRY = -1  # an absolute expiry (ms) for a key without a TTL: what PEXPIRETIME answers
 GONE = -2       # what PTTL and PEXPIRETIME answer for a key that does not exist
 
+# Where MEMORY USAGE is refused (ElastiCache Serverless), a key's size is guessed from its type's length.
+LENGTH_COMMANDS = {"string": b"STRLEN", "hash": b"HLEN", "list": b"LLEN", "set": b"SCARD", "zset": b"ZCARD",
+                   "stream": b"XLEN"}  # other types: EXISTS
+KEY_OVERHEAD_BYTES = 50
+MEMBER_BYTES_GUESS = 64  # per collection member (list element, set member, hash field and value, ...)
+
 
 def key_slot(key: bytes) -> int:
     """The hash slot of a key, honouring {hash tags}."""
@@ -36,3 +42,8 @@ def absolute_expiry(reply: int, now_ms: int | None) -> int:
     if reply < 0:
         return NO_EXPIRY if reply == NO_EXPIRY else GONE
     return reply if now_ms is None else now_ms + reply
+
+
+def estimated_size(key: bytes, type_name: str, length: int) -> int:
+    """A key's size in bytes from its length command's reply (bytes of a string, members otherwise)."""
+    return len(key) + KEY_OVERHEAD_BYTES + (length if type_name == "string" else length * MEMBER_BYTES_GUESS)
