@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import seed_data
 from migrate import dump as dump_module
 from migrate.errors import BadInput
-from migrate.datapath.segments import DUMP, END, MAGIC, STRUCT, TRAILER, TYPES, Record, SegmentWriter, decode_body, read_segment
+from migrate.datapath.segments import DUMP, END, MAGIC, STRUCT, TRAILER, CHUNK_TYPES, Record, SegmentWriter, decode_body, read_segment
 from migrate.rundir import CHECKSUM_FIELD
 from reliability import invoke
 from snapshot import assert_same, snapshot
@@ -285,7 +285,7 @@ ITEMS = {"string": st.tuples(member).map(list), "hash": pairs, "zset": pairs, "l
 
 @st.composite
 def struct_record(draw) -> Record:
-    kind = draw(st.sampled_from(TYPES))
+    kind = draw(st.sampled_from(CHUNK_TYPES))
     return Record(draw(st.binary(max_size=64)), draw(st.integers(-1, 2**62)), kind=STRUCT, type=kind,
                   offset=draw(st.integers(0, 2**40)), first=draw(st.booleans()), items=draw(ITEMS[kind]))
 

@@ -41,7 +41,6 @@ SEGMENT_BYTES = 16 << 20
 MAX_KEY_BYTES = 4096
 RECONNECT_SECONDS = 120
 
-STRUCT_TYPES = {"string", "hash", "list", "set", "zset", "stream"}
 
 # One round trip per batch: expiry, size and (for small keys, up to a budget of bytes) the DUMP
 # payload, read by the server itself. The client then parses one nested reply in C (hiredis) instead
@@ -314,7 +313,7 @@ class KeyReader:
         for (key, expiry), kind in zip(keys, map(_text, self.wire.read(len(keys)))):
             if kind == "none":
                 counts.vanished += 1
-            elif kind not in STRUCT_TYPES:
+            elif kind not in _STRUCT_READERS:
                 self._skip(key, f"type {kind} cannot be written type by type (module type?)", counts)
             else:
                 self._read_struct(key, kind, expiry, counts, sink)

@@ -43,8 +43,11 @@ TRAILER = struct.Struct("<QQQ8s")
 DUMP = 0
 STRUCT = 1
 
-TYPES = ("string", "hash", "list", "set", "zset", "stream", "stream-group")
-TYPE_CODES = {name: code for code, name in enumerate(TYPES)}
+# The type byte of a struct record in segment files. Written to disk: append only, never reorder. It is not
+# verify/digest.py's DIGEST_TYPES: that one numbers the digests' seeds, and it has no stream-group (a
+# record kind, not a Redis type) but has "none" and "other".
+CHUNK_TYPES = ("string", "hash", "list", "set", "zset", "stream", "stream-group")
+CHUNK_TYPE_CODES = {name: code for code, name in enumerate(CHUNK_TYPES)}
 
 _COUNTS = struct.Struct("<II")
 _STRUCT_HEAD = struct.Struct("<BqIBQBI")  # kind, expire_at, key length, type, offset, first, item count
@@ -169,7 +172,7 @@ def _pick(blob: bytes, starts: list[int], ends: list[int], indices: Indices) -> 
 
 
 def encode_struct(record: Record) -> bytes:
-    parts = [_STRUCT_HEAD.pack(STRUCT, record.expire_at, len(record.key), TYPE_CODES[record.type], record.offset,
+    parts = [_STRUCT_HEAD.pack(STRUCT, record.expire_at, len(record.key), CHUNK_TYPE_CODES[record.type], record.offset,
                                record.first, len(record.items)), record.key]
     for item in record.items:
         parts.append(_LEN.pack(len(item)))
@@ -240,7 +243,7 @@ def _decode_struct(body: bytes, view: memoryview, pos: int) -> tuple[Record, int
         pos += length
     if pos > len(body) or len(key) != key_len:
         raise ValueError("record runs past the end of the segment")
-    kind = TYPES[type_code]
+    kind = CHUNK_TYPES[type_code]
     _check_items(kind, items)
     if expire_at < NO_EXPIRY:
         raise ValueError(f"record for key {key[:60]!r} has expiry {expire_at}")

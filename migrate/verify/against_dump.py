@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
-from .digest import TYPE_CODE, new_digest
+from .digest import DIGEST_TYPE_CODE, new_digest
 from ..net.endpoints import Topology, translated_errors
 from .compare import Pass, compare_views, side_counts
 from ..errors import BadInput
@@ -185,7 +185,7 @@ class DumpReference:
     def _differing_slots(self, totals: list[int], grid: int) -> list[int]:
         """The target's census totals against the dump's names, types and expiries, folded alike."""
         for key, entry in self.index.items():
-            totals[key_slot(key)] ^= fold(key, TYPE_CODE[entry.type], 0, entry.expire_at, grid)
+            totals[key_slot(key)] ^= fold(key, DIGEST_TYPE_CODE[entry.type], 0, entry.expire_at, grid)
         return [slot for slot in range(SLOT_COUNT) if totals[slot]]
 
     def _struct_suspects(self) -> set[bytes]:

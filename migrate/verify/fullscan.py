@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection, wait
 from xxhash import xxh3_128_intdigest
 
 from .. import errors
-from .digest import TYPE_CODE, TYPES
+from .digest import DIGEST_TYPE_CODE, DIGEST_TYPES
 from ..net.endpoints import Endpoint, Node, translated_errors
 from .readers import Batch, DigestReader, View
 from ..net.keyspace import NO_EXPIRY
@@ -85,7 +85,7 @@ def unpack_entries(buffer: bytes) -> list[tuple[bytes, View]]:
     while pos < len(buffer):
         code, digest, expire_at, key_len = _ENTRY.unpack_from(buffer, pos)
         pos += size
-        entries.append((bytes(buffer[pos:pos + key_len]), View(TYPES[code], digest, expire_at, 0)))
+        entries.append((bytes(buffer[pos:pos + key_len]), View(DIGEST_TYPES[code], digest, expire_at, 0)))
         pos += key_len
     return entries
 
@@ -108,7 +108,7 @@ class _Worker:
         side = Wire(job.endpoint, job.node.host, job.node.port, job.db)
         reader = DigestReader(wire, job.exact_ttl, digest=job.digest, side=side)
         self.result = ScanTotals(job.node.name, [0] * SLOT_COUNT)
-        self.type_counts = [0] * len(TYPES)
+        self.type_counts = [0] * len(DIGEST_TYPES)
         cursor: bytes | None = b"0"
         probing = windowing = None
         digesting: tuple[Batch, list] | None = None
@@ -139,7 +139,7 @@ class _Worker:
         side.close()
         self.pipe.send(("progress", self.scanned - self.reported))
         result = self.result
-        result.by_type = Counter({TYPES[code]: n for code, n in enumerate(self.type_counts) if n})
+        result.by_type = Counter({DIGEST_TYPES[code]: n for code, n in enumerate(self.type_counts) if n})
         result.keys = sum(self.type_counts)
         return result
 
@@ -150,7 +150,7 @@ class _Worker:
             self.pipe.send(("progress", self.scanned - self.reported))
             self.reported = self.scanned
         totals, entries, type_counts = self.result.totals, self.entries, self.type_counts
-        ttl_grid, pack_entry, codes = self.job.ttl_grid, _ENTRY.pack, TYPE_CODE
+        ttl_grid, pack_entry, codes = self.job.ttl_grid, _ENTRY.pack, DIGEST_TYPE_CODE
         with_ttl = 0
         for key, (type_name, digest, expire_at, _) in zip(keys, views):
             if type_name == "none":
