@@ -73,10 +73,6 @@ class Record:
     def rdb_version(self) -> int:
         return rdb_version_of(self.payload) if self.kind == DUMP else 0
 
-    @property
-    def size(self) -> int:
-        return len(self.key) + len(self.payload) + sum(len(item) for item in self.items)
-
 
 def skipped_entry(key: bytes, reason: str) -> dict:
     """How a skipped key is named in ledgers and reports: readable (escaped, shortened), plus its exact
