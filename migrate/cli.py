@@ -128,7 +128,7 @@ def _source_checks(ignore_other_dbs: bool, allow_empty_source: bool):
 
 
 def replay_options(func):
-    func = click.option("--mode", type=click.Choice(("auto", "restore", "struct")), default="auto", show_default=True,
+    func = click.option("--mode", type=click.Choice(("auto", "struct")), default="auto", show_default=True,
                         help="auto: RESTORE payloads the target accepts, type-by-type writes for the rest.")(func)
     func = click.option("--max-ops-per-sec", type=click.IntRange(1), default=None,
                         help="Cap key writes per second (keep under the cache's ECPU/s maximum).")(func)

@@ -39,7 +39,7 @@ MAX_LOSS_RESETS = 3
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    mode: str = "auto"                 # auto | restore | struct
+    mode: str = "auto"                 # auto | struct (a struct replay needs a struct dump)
     max_ops_per_sec: int | None = None
     allow_nonempty_target: bool = False
     retry_seconds: float = 120.0
