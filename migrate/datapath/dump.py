@@ -1,15 +1,20 @@
 """Dump: SCAN every source master, read each key with its absolute expiry, write durable segments.
 
-Per batch of scanned keys: one script reads every key's absolute expiry and size (MEMORY USAGE),
-and DUMPs the small keys, up to a budget of bytes per script (--batch-bytes). The keys it leaves
-(a big value, or past the budget) are DUMPed one key per command, outside any script, in pipelined
-rounds of at most that budget: the server serves its other clients between rounds, and the bytes in
-flight stay bounded on both sides. Keys over --max-payload, keys whose payload the target cannot
-RESTORE (older RDB version) and every key in struct mode are read type by type in chunks instead
+Per batch of scanned keys (KeyReader): one script reads every key's absolute expiry, then its size
+(MEMORY USAGE), and DUMPs the small keys, up to a budget of bytes per script (--batch-bytes). The keys
+it leaves (a big value, or past the budget) are DUMPed one key per command, outside any script, in
+pipelined rounds of at most that budget: the server serves its other clients between rounds, and the
+bytes in flight stay bounded on both sides. Where scripts or MEMORY are refused (ElastiCache
+Serverless as a source), the same reads go in plain pipelines, with sizes estimated from the types'
+lengths. Keys over --max-payload, keys whose payload the target cannot RESTORE (a newer RDB version
+than the target's) and every key in struct mode are read type by type in chunks instead
 (HSCAN/SSCAN/ZSCAN/LRANGE/GETRANGE/XRANGE), so memory stays bounded.
 
-The ledger's cursor moves only after the segment holding the keys scanned before it is durable.
-A crash in between rescans from the old cursor and rewrites the same segment: harmless.
+Each master has its MasterDumper; a writer thread compresses, writes and fsyncs its segments, then
+the ledger, in order. The ledger's cursor moves only after the segment holding the keys scanned
+before it is durable. A crash in between rescans from the old cursor into a segment with a new
+number (the unrecorded one is marked superseded): harmless. A lost source connection is reopened,
+and the scan goes on from the last checkpoint, for up to RECONNECT_SECONDS without progress.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Verify: prove that the target holds what the source (or the dump) holds, list what differs, repair it.
 
-The full check reads both sides at once, one worker process per master (sidescan), and folds a
-canonical digest of every key (digest) into XOR totals per slot. Only where a slot's totals differ
+The full check reads both sides at once, one worker process per master (fullscan.py), and folds a
+canonical digest of every key (digest.py) into XOR totals per slot. Only where a slot's totals differ
 are the keys compared one by one. Every key found different is then read again on both sides, for
 `rounds` rounds, before it is reported, because the source may still take writes:
 
