@@ -188,7 +188,6 @@ def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tup
     """
     settled = Settled([])
     pending = dict(candidates)
-    tolerance = options.ttl_tolerance_ms
     for round_number in range(max(options.rounds, 1)):
         if not pending:
             break
@@ -198,25 +197,35 @@ def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tup
         ref = reference.read(keys)
         with translated_errors(target.topology.endpoint):
             tgt = target.read(keys)
-        now = now_ms()
-        moving: dict[bytes, tuple[View, View]] = {}
-        for key in keys:
-            before_ref, before_tgt = pending[key]
-            pair = (ref[key], tgt[key])
-            kind = classify(*pair, now, tolerance)
-            if kind is None and not pair[0].present:
-                had_ttl = before_ref.expire_at != NO_EXPIRY or before_tgt.expire_at != NO_EXPIRY
-                settled.expired += had_ttl
-                settled.vanished += not had_ttl
-            elif kind == EXPIRED:
-                settled.expired += 1
-            elif kind is not None:
-                if moved(before_ref, pair[0], tolerance) or moved(before_tgt, pair[1], tolerance):
-                    moving[key] = pair
-                else:
-                    settled.differences.append(Difference(key, kind, *pair))
-        pending = moving
-    settled.differences += [Difference(key, "changing", *pair) for key, pair in pending.items()]
+        pending = settle_round(pending, ref, tgt, now_ms(), options.ttl_tolerance_ms, settled)
+    return finish_settling(settled, pending)
+
+
+def settle_round(pending: dict[bytes, tuple[View, View]], ref: dict[bytes, View], tgt: dict[bytes, View],
+                 now: int, tolerance: int, settled: Settled) -> dict[bytes, tuple[View, View]]:
+    """One round's judgement of the keys read again (ref, tgt) against their previous reads (pending):
+    settled keys go to `settled`; the keys that moved since are returned, to be read again."""
+    moving: dict[bytes, tuple[View, View]] = {}
+    for key, (before_ref, before_tgt) in pending.items():
+        pair = (ref[key], tgt[key])
+        kind = classify(*pair, now, tolerance)
+        if kind is None and not pair[0].present:
+            had_ttl = before_ref.expire_at != NO_EXPIRY or before_tgt.expire_at != NO_EXPIRY
+            settled.expired += had_ttl
+            settled.vanished += not had_ttl
+        elif kind == EXPIRED:
+            settled.expired += 1
+        elif kind is not None:
+            if moved(before_ref, pair[0], tolerance) or moved(before_tgt, pair[1], tolerance):
+                moving[key] = pair
+            else:
+                settled.differences.append(Difference(key, kind, *pair))
+    return moving
+
+
+def finish_settling(settled: Settled, still_moving: dict[bytes, tuple[View, View]]) -> Settled:
+    """Keys still moving after the last round are `changing`; differences are listed by kind, then key."""
+    settled.differences += [Difference(key, "changing", *pair) for key, pair in still_moving.items()]
     settled.differences.sort(key=lambda d: (KINDS.index(d.kind), d.key))
     return settled
 
