@@ -167,8 +167,8 @@ def run_tool(args: list[str], target: list[redis.Redis] | None = None, expected:
     watch.stop()
     if process.returncode not in (0, 1):
         raise SystemExit(f"redis-migrate {args[0]} failed: {err}")
-    return {"seconds": seconds, "copy_seconds": watch.all_keys_at, "rss_mb": watch.peak_rss >> 20, "pss_mb": watch.peak_pss >> 20,
-            "summary": json.loads(out or "{}")}
+    return {"seconds": seconds, "copy_seconds": watch.all_keys_at, "rss_mb": watch.peak_rss >> 20,
+            "pss_mb": watch.peak_pss >> 20, "summary": json.loads(out or "{}")}
 
 
 def redis_cli_pipe(run_dir: Path, node: testbed.RedisServer, certs: testbed.Certs) -> float:

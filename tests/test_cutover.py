@@ -51,7 +51,8 @@ def history(ssm, name: str) -> list[tuple[int, str, set[str]]]:
 
 
 def values(ssm) -> dict[str, str]:
-    return {key: ssm.get_parameter(Name=name)["Parameter"]["Value"] for key, name in (("endpoint", ENDPOINT), ("port", PORT))}
+    return {key: ssm.get_parameter(Name=name)["Parameter"]["Value"]
+            for key, name in (("endpoint", ENDPOINT), ("port", PORT))}
 
 
 def snapshot(ssm) -> tuple:
@@ -149,7 +150,8 @@ def test_cutover_records_labels_and_reads_back_then_rollback_restores_from_the_r
     out = as_json(rollback(run_dir, "--json"))
     assert out["restored_from"] == "run dir cutover.json"
     assert values(ssm) == OLD
-    assert [v[:2] for v in history(ssm, ENDPOINT)] == [(1, OLD["endpoint"]), (2, target["endpoint"]), (3, OLD["endpoint"])]
+    assert [v[:2] for v in history(ssm, ENDPOINT)] == [(1, OLD["endpoint"]), (2, target["endpoint"]),
+                                                        (3, OLD["endpoint"])]
     assert RunDir(run_dir).read("cutover")["state"] == "rolled-back"
     assert "nothing to change" in rollback(run_dir).output
     assert len(history(ssm, ENDPOINT)) == 3
@@ -235,9 +237,8 @@ def deny_put(ssm_client, denied: set[str], after: int = 0):
         if params["Name"] in denied:
             seen["n"] += 1
             if seen["n"] > after:
-                raise ClientError({"Error": {"Code": "AccessDeniedException",
-                                             "Message": f"not authorized to perform ssm:PutParameter on {params['Name']}"}},
-                                  "PutParameter")
+                message = f"not authorized to perform ssm:PutParameter on {params['Name']}"
+                raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": message}}, "PutParameter")
     ssm_client.meta.events.register("before-parameter-build.ssm.PutParameter", handler)
     return ssm_client
 
@@ -246,7 +247,8 @@ def test_partial_failure_puts_the_endpoint_back(ssm, target, run_dir):
     write_verify(run_dir, target["url"])
     client = deny_put(boto3.client("ssm"), {PORT})
     result = cutover(target, run_dir, obj=Clients(ssm=client), code=3)
-    assert "All parameters hold what they held before this run" in result.stderr and f"{ENDPOINT} put back" in result.stderr
+    assert "All parameters hold what they held before this run" in result.stderr
+    assert f"{ENDPOINT} put back" in result.stderr
     assert "access denied (PutParameter)" in result.stderr and "IAM permissions" in result.stderr
     assert values(ssm) == OLD
     assert [v[1] for v in history(ssm, ENDPOINT)] == [OLD["endpoint"], target["endpoint"], OLD["endpoint"]]
@@ -370,8 +372,9 @@ def test_missing_credentials_region_and_cache_are_bad_input(aws, aws_calls, monk
     assert "no AWS region" in cutover(target, run_dir, code=2).stderr
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(run_dir / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(run_dir / "none"))

@@ -181,7 +181,8 @@ def test_parse_duration_refuses_with_a_hint(text):
     assert "not understood" in refused.value.message and "30m" in refused.value.hint
 
 
-@pytest.mark.parametrize("seconds,text", [(0, "0s"), (119, "119s"), (120, "2m"), (7199, "119m"), (7200, "2h00m"), (5400 + 7200, "3h30m")])
+@pytest.mark.parametrize("seconds,text", [(0, "0s"), (119, "119s"), (120, "2m"), (7199, "119m"), (7200, "2h00m"),
+                                          (5400 + 7200, "3h30m")])
 def test_format_duration_reads_back(seconds, text):
     assert format_duration(seconds) == text
     assert parse_duration(text) == (seconds - seconds % 60 if seconds >= 120 else seconds)

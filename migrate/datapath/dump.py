@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterable, Iterator, Protocol
 
 from ..backoff import Backoff
@@ -181,7 +182,7 @@ class KeyReader:
         self.use_script = not options.struct_all
         self.skipped_keys: list[tuple[bytes, str]] = []
 
-    def read(self, keys: list[bytes], counts: DumpCounts, sink: "RecordSink") -> None:
+    def read(self, keys: list[bytes], counts: DumpCounts, sink: RecordSink) -> None:
         """Records for these keys. Vanished and skipped keys are counted, never dropped silently."""
         self.finish(keys, self.start(keys), counts, sink)
 
@@ -196,7 +197,7 @@ class KeyReader:
                             *admissible))
         return True
 
-    def finish(self, keys: list[bytes], in_flight: bool, counts: DumpCounts, sink: "RecordSink") -> None:
+    def finish(self, keys: list[bytes], in_flight: bool, counts: DumpCounts, sink: RecordSink) -> None:
         keys = self._admissible(keys, counts)
         if in_flight:
             replies = self.bulk.read(1)[0]
@@ -207,7 +208,7 @@ class KeyReader:
         if keys:
             self._pipelined(keys, counts, sink)
 
-    def _pipelined(self, keys: list[bytes], counts: DumpCounts, sink: "RecordSink") -> None:
+    def _pipelined(self, keys: list[bytes], counts: DumpCounts, sink: RecordSink) -> None:
         small, large = [], []
         for key, expiry, size in zip(keys, *self._probe(keys)):
             if expiry == -2:
@@ -219,14 +220,14 @@ class KeyReader:
         self._dump(small, counts, sink)
         self._read_structs(large, counts, sink)
 
-    def _scripted(self, keys: list[bytes], replies: list, counts: DumpCounts, sink: "RecordSink") -> None:
+    def _scripted(self, keys: list[bytes], replies: list, counts: DumpCounts, sink: RecordSink) -> None:
         expiries, values = replies[0:-1:2], replies[1:-1:2]
         if replies[-1] == 1:  # every key plain: the batch goes to the segment as it is
             return _keep(keys, expiries, values, counts, sink)
         self._store_payloads(zip(keys, expiries, values), counts, sink)
 
     def _store_payloads(self, entries: Iterable[tuple[bytes, int, object]], counts: DumpCounts,
-                        sink: "RecordSink") -> None:
+                        sink: RecordSink) -> None:
         """Store the DUMP payloads the target can take, counting the keys gone meanwhile. A size in place
         of a payload (a key the script left) is DUMPed in rounds, or read type by type if over
         --max-payload; so is a payload newer than the target."""
@@ -299,7 +300,7 @@ class KeyReader:
         return [estimated_size(key, kind, reply) if isinstance(reply, int) else 0
                 for key, kind, reply in zip(keys, types, replies)]
 
-    def _dump(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: "RecordSink") -> None:
+    def _dump(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: RecordSink) -> None:
         """DUMP these (key, size) pairs one key per command, outside any script, in pipelined rounds of
         at most --batch-bytes of summed size: the server serves its other clients between rounds, and
         neither its reply buffer nor this process holds more than a round. Each round reads its own
@@ -311,7 +312,7 @@ class KeyReader:
             self._store_payloads(zip(round_keys, self._absolute_expiries(replies[:count]), replies[count:]),
                                  counts, sink)
 
-    def _read_structs(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: "RecordSink") -> None:
+    def _read_structs(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: RecordSink) -> None:
         if not keys:
             return
         self.wire.send(b"".join(pack(b"TYPE", key) for key, _ in keys))
@@ -323,7 +324,7 @@ class KeyReader:
             else:
                 self._read_struct(key, kind, expiry, counts, sink)
 
-    def _read_struct(self, key: bytes, kind: str, expiry: int, counts: DumpCounts, sink: "RecordSink") -> None:
+    def _read_struct(self, key: bytes, kind: str, expiry: int, counts: DumpCounts, sink: RecordSink) -> None:
         """The key's value type by type, streamed in chunks of at most CHUNK_ITEMS members."""
         first = True
         for offset, items, record_type in _STRUCT_READERS[kind](self.wire, key):
@@ -337,7 +338,7 @@ class KeyReader:
 
 
 def _keep(keys: list[bytes], expiries: list[int], payloads: list[bytes], counts: DumpCounts,
-          sink: "RecordSink") -> None:
+          sink: RecordSink) -> None:
     counts.dumped += len(keys)
     counts.bytes += sum(map(len, payloads))
     sink.add_dumps(keys, expiries, payloads)
@@ -449,7 +450,7 @@ class MasterDumper:
     """Scans one master from its checkpointed cursor and writes its segments."""
 
     def __init__(self, run_dir: RunDir, topology: Topology, index: int, node: Node, state: dict,
-                 options: DumpOptions, ledger: "DumpLedger") -> None:
+                 options: DumpOptions, ledger: DumpLedger) -> None:
         self.run_dir = run_dir
         self.index = index
         self.state = state
@@ -491,7 +492,7 @@ class MasterDumper:
                 error = exc
             self._settle()  # the checkpoint to go on from (and a full disk outranks a lost connection)
             since_checkpoint = list(range(self.state["next_seq"], self._next_seq))
-            self._in_background(lambda: self.ledger.supersede(self.index, since_checkpoint))
+            self._in_background(partial(self.ledger.supersede, self.index, since_checkpoint))
             if mark != (self.state["cursor"], self.state["next_seq"]):  # progress since the last drop
                 mark, backoff = (self.state["cursor"], self.state["next_seq"]), Backoff(RECONNECT_SECONDS)
             self.reader.skipped_keys, self.writer, self.pending = [], SegmentWriter(), DumpCounts()

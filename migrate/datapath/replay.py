@@ -168,7 +168,7 @@ class Span:
         return self.segment.dump_records(self.indices)
 
 
-def _records_of(batch: "list[Record] | Span") -> list[Record]:
+def _records_of(batch: list[Record] | Span) -> list[Record]:
     return batch.records() if isinstance(batch, Span) else batch
 
 
@@ -176,7 +176,7 @@ def _records_of(batch: "list[Record] | Span") -> list[Record]:
 class Sent:
     """What one send left in flight: per node, the connection used, the records and their commands."""
 
-    nodes: list[tuple[int, Wire, "list[Record] | Span", list | None]] = field(default_factory=list)  # None: RESTOREs
+    nodes: list[tuple[int, Wire, list[Record] | Span, list | None]] = field(default_factory=list)  # None: RESTOREs
     unsent: list[Record] = field(default_factory=list)
 
 
@@ -213,7 +213,8 @@ class TargetWriter:
 
     def _spans(self, segment: Segment) -> list[Span]:
         """Runs of at most BATCH_RECORDS records per node, taking the nodes in turn."""
-        per_node = [[Span(node, segment, indices[at:at + BATCH_RECORDS]) for at in range(0, len(indices), BATCH_RECORDS)]
+        per_node = [[Span(node, segment, indices[at:at + BATCH_RECORDS])
+                     for at in range(0, len(indices), BATCH_RECORDS)]
                     for node, indices in segment.groups(self.owners)]
         return [span for turn in zip_longest(*per_node) for span in turn if span is not None]
 
@@ -222,7 +223,7 @@ class TargetWriter:
         live = self._live(records, counts)
         self._pipeline([live[start:start + BATCH_RECORDS] for start in range(0, len(live), BATCH_RECORDS)], counts)
 
-    def _pipeline(self, batches: "list[list[Record] | Span]", counts: ReplayCounts) -> None:
+    def _pipeline(self, batches: list[list[Record] | Span], counts: ReplayCounts) -> None:
         """One batch stays in flight while the next is packed and sent, so the target nodes and this
         process work at the same time."""
         in_flight: Sent | None = None
@@ -273,7 +274,7 @@ class TargetWriter:
                 counts.retries += 1
                 backoff.wait()
 
-    def _send(self, batch: "list[Record] | Span") -> "Sent":
+    def _send(self, batch: list[Record] | Span) -> Sent:
         """Pack each node's records and send them without waiting for the replies."""
         sent = Sent()
         for index, part, commands, data in self._packed(batch):
@@ -287,7 +288,7 @@ class TargetWriter:
                 sent.unsent += _records_of(part)
         return sent
 
-    def _packed(self, batch: "list[Record] | Span") -> list[tuple[int, "list[Record] | Span", list | None, bytes]]:
+    def _packed(self, batch: list[Record] | Span) -> list[tuple[int, list[Record] | Span, list | None, bytes]]:
         """Per node: its part of the batch, its commands (None: one RESTORE per record) and their bytes."""
         if isinstance(batch, Span):
             return [(batch.node, batch, None, batch.packed())]
@@ -309,7 +310,7 @@ class TargetWriter:
                 packed.append((index, node_records, commands, b"".join(c for cmds in commands for c, _ in cmds)))
         return packed
 
-    def _collect(self, sent: "Sent", counts: ReplayCounts) -> list[Record]:
+    def _collect(self, sent: Sent, counts: ReplayCounts) -> list[Record]:
         """Read every node's replies; returns the records to retry (per node, in order)."""
         retry = list(sent.unsent)
         reroute = False
@@ -369,7 +370,7 @@ class TargetWriter:
                 present[position] = bool(reply)
         return present
 
-    def _confirm(self, index: int, wire: Wire, part: "list[Record] | Span", commands: list | None,
+    def _confirm(self, index: int, wire: Wire, part: list[Record] | Span, commands: list | None,
                  counts: ReplayCounts) -> tuple[list[Record], bool]:
         if self.wires.get(index) is not wire:
             return _records_of(part), False  # the connection was dropped after these were sent
@@ -444,7 +445,7 @@ class ReplayLedger:
         self.data["target_rdb"] = target_rdb
         self.save()
 
-    def mark_done(self, name: str, witnesses: list | None = None, keys: "ReplayCounts | None" = None) -> None:
+    def mark_done(self, name: str, witnesses: list | None = None, keys: ReplayCounts | None = None) -> None:
         """A segment confirmed, with its key counts (so that a superseded segment can be left out of them)."""
         self.done.add(name)
         self.data["segments_done"] = sorted(self.done)
@@ -500,7 +501,7 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
     return ledger
 
 
-def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger, guard: "LossGuard",
+def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger, guard: LossGuard,
                    name: str) -> ReplayCounts | None:
     """Write one segment until every reply is OK with no connection lost on the way; its counts.
 

@@ -39,7 +39,7 @@ class Endpoint:
     password: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_url(cls, role: str, url: str, *, tls_insecure: bool = False, **kwargs) -> "Endpoint":
+    def from_url(cls, role: str, url: str, *, tls_insecure: bool = False, **kwargs) -> Endpoint:
         """Validate the URL early, and take the password from the environment when it is set there."""
         if not url or _scheme(url) not in ("redis", "rediss", "unix"):
             raise BadInput(
@@ -247,8 +247,8 @@ def translated_errors(endpoint: Endpoint) -> Iterator[None]:
         raise authentication_failed(endpoint, str(exc) or "wrong password or user") from None
     except redis.exceptions.NoPermissionError as exc:  # redis-py strips the NOPERM prefix
         raise BadInput(f"{where}: not authorised ({_first_line(str(exc))})",
-                       "use a user allowed to run SCAN, TYPE, DUMP, PEXPIRETIME, EVAL on the source, or RESTORE and the "
-                       "write commands on the target") from None
+                       "use a user allowed to run SCAN, TYPE, DUMP, PEXPIRETIME, EVAL on the source, or RESTORE "
+                       "and the write commands on the target") from None
     except (redis.exceptions.InvalidResponse, hiredis.ProtocolError) as exc:
         raise not_redis(endpoint, str(exc)) from None
     except redis.ResponseError as exc:
@@ -297,13 +297,15 @@ def discover(endpoint: Endpoint) -> Topology:
                            "point at the primary endpoint: a replica cannot be the target, and scanning "
                            "one can miss recent writes")
         if mode != "cluster":
-            host, port = client.connection_pool.connection_kwargs["host"], client.connection_pool.connection_kwargs["port"]
+            connection = client.connection_pool.connection_kwargs
+            host, port = connection["host"], connection["port"]
             return Topology(endpoint, "standalone", server, version, [Node(host, int(port), ((0, SLOT_COUNT - 1),))])
         masters = _cluster_masters(client, endpoint)
     topology = Topology(endpoint, "cluster", server, version, masters)
     uncovered = topology.slot_owners().count(-1)
     if uncovered:
-        raise BadInput(f"{endpoint.role} cluster {endpoint.redacted} leaves {uncovered} of {SLOT_COUNT} slots uncovered",
+        raise BadInput(f"{endpoint.role} cluster {endpoint.redacted} leaves {uncovered} of {SLOT_COUNT} slots "
+                       "uncovered",
                        "wait for the cluster to be healthy (CLUSTER INFO cluster_state:ok) and run again")
     return topology
 

@@ -72,7 +72,7 @@ def fold(key: bytes, code: int, digest: int, expire_at: int, ttl_grid: int) -> i
     return xxh3_128_intdigest(key + _FOLD.pack(code, digest, cell))
 
 
-def combined(results: list["ScanTotals"]) -> list[int]:
+def combined(results: list[ScanTotals]) -> list[int]:
     """One side's per-slot totals, over all of its masters."""
     totals = [0] * SLOT_COUNT
     for result in results:
@@ -235,7 +235,7 @@ class SideScans:
     def entries(self, side: str, slots: list[int]) -> list[list[tuple[bytes, View]]]:
         """The entries of the given slots, one list per worker of the side."""
         result = []
-        for job, conn, _ in self.workers[side]:
+        for _job, conn, _ in self.workers[side]:
             conn.send(("entries", slots))
         for job, conn, _ in self.workers[side]:
             buffers = _receive(conn, job)[1]
@@ -255,7 +255,7 @@ class SideScans:
                     process.kill()
                     process.join()
 
-    def __enter__(self) -> "SideScans":
+    def __enter__(self) -> SideScans:
         return self
 
     def __exit__(self, *exc) -> None:
