@@ -241,7 +241,7 @@ def test_segments_are_never_rewritten_after_a_crash_between_segment_and_ledger(s
 
 def test_a_big_key_spills_over_several_segments_and_replays_exactly(standalone_source, serverless_target, run_dir,
                                                                      monkeypatch):
-    from migrate import dump
+    from migrate.datapath import dump
     monkeypatch.setattr(dump, "SEGMENT_BYTES", 64 * 1024)
     client = standalone_source.client()
     client.rpush("big:list", *[b"item-%06d" % i for i in range(20_000)])
