@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -40,3 +41,9 @@ def test_every_command_has_help_text(name, command):
 def test_version_and_group_help():
     assert CliRunner().invoke(cli, ["--version"]).output.startswith("redis-migrate, version")
     assert "cutover" in CliRunner().invoke(cli, ["--help"]).output
+
+
+def test_the_runbook_counts_the_commands_there_are():
+    stated = [int(n) for n in re.findall(r"all (\d+) commands", DOCS)]
+    assert stated, "RUNBOOK.md no longer says how many commands the secrets test covers"
+    assert stated == [len(cli.commands)] * len(stated), f"the docs say {stated} commands, the CLI has {len(cli.commands)}"
