@@ -17,7 +17,7 @@ Only keys named there are: a ledger keeps the first 1,000 names, and a missing k
 stays a difference.
 
 The result goes to `<run-dir>/verify.json` (the cutover gate reads it), the differences (and the
-skipped keys) to a JSON lines report. `run_verify` raises nothing for differences: the CLI maps
+skipped keys) to a JSON lines report. `run_verify` raises nothing for differences: the command layer maps
 "not equal" to exit 1.
 """
 
