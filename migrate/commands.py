@@ -42,7 +42,7 @@ class Outcome:
 
 # --- endpoints, and the source a copy is admitted from ------------------------------------------------
 
-def endpoint(role: str, url: str, tls_insecure: bool, warn: Warn) -> Endpoint:
+def _endpoint(role: str, url: str, tls_insecure: bool, warn: Warn) -> Endpoint:
     if tls_insecure:
         warn("--tls-insecure: TLS certificates are NOT verified; never use this in production")
     return Endpoint.from_url(role, url, tls_insecure=tls_insecure)
@@ -173,7 +173,7 @@ def _copy(directory: RunDir, work: Callable[[], dict], skip_unsupported: bool) -
 def dump(source_url: str, run_dir: str, selection: Selection, *, mode: str = "auto",
          checks: SourceChecks = SourceChecks(), skip_unsupported: bool = False, tls_insecure: bool = False,
          events: Events = Events()) -> Outcome:
-    source = endpoint("source", source_url, tls_insecure, events.warn)
+    source = _endpoint("source", source_url, tls_insecure, events.warn)
     options = selection.dump_options(source, mode)
     directory = RunDir(run_dir, create=True)
 
@@ -187,7 +187,7 @@ def dump(source_url: str, run_dir: str, selection: Selection, *, mode: str = "au
 
 def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupported: bool = False,
            tls_insecure: bool = False, events: Events = Events()) -> Outcome:
-    target = endpoint("target", target_url, tls_insecure, events.warn)
+    target = _endpoint("target", target_url, tls_insecure, events.warn)
     directory = RunDir(run_dir)
 
     def work() -> dict:
@@ -203,8 +203,8 @@ def run(source_url: str, target_url: str, run_dir: str, selection: Selection, op
         tls_insecure: bool = False, events: Events = Events()) -> Outcome:
     """Dump and replay at once, then verify. The target's RDB version decides which payloads the dump
     reads type by type (mode auto). Exit 1 when the verify found differences."""
-    source = endpoint("source", source_url, tls_insecure, events.warn)
-    target = endpoint("target", target_url, tls_insecure, events.warn)
+    source = _endpoint("source", source_url, tls_insecure, events.warn)
+    target = _endpoint("target", target_url, tls_insecure, events.warn)
     target_topology = open_target(target)
     target_rdb = probe_rdb_version(target_topology) if options.mode == "auto" else None
     dump_options = selection.dump_options(source, options.mode, target_rdb)
@@ -239,9 +239,9 @@ def verify(target_url: str, options: VerifyOptions, *, source_url: str | None = 
         raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
     directory = RunDir(run_dir, create=not options.against_dump) if run_dir else None
     source = None
-    target = open_target(endpoint("target", target_url, tls_insecure, events.warn))
+    target = open_target(_endpoint("target", target_url, tls_insecure, events.warn))
     if source_url and not options.against_dump:
-        source_endpoint = endpoint("source", source_url, tls_insecure, events.warn)
+        source_endpoint = _endpoint("source", source_url, tls_insecure, events.warn)
         options = replace(options, db=source_endpoint.db if options.db is None else options.db)
         source = open_source(source_endpoint, options.db)
     with directory.lock() if directory else contextlib.nullcontext():
