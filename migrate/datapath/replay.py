@@ -545,7 +545,7 @@ class LossGuard:
                                  "check the target's health (restarts, evictions, failovers), then rerun "
                                  "the same command: it writes every segment again")
         self.warn(f"the target lost {len(gone)} keys it had confirmed (e.g. {gone[0][:60]!r}): a node restarted "
-             f"without its data, or failed over? Writing every segment again")
+                  f"without its data, or failed over? Writing every segment again")
         self.ledger.forget_done()
         return True
 
