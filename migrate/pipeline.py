@@ -1,4 +1,7 @@
-"""The stages as the CLI runs them: open the run dir, take the lock, bind endpoints, call the stage.
+"""The copy stages as a command runs them: dump, replay and run's verify, each with its progress bar, and
+`run`'s two processes. The command layer (commands.py) opens the endpoints and the run dir, takes the
+lock and admits the source before it calls these; the ledger readers at the end (summarize, status,
+redo, judge_skipped) answer from the run dir alone.
 
 `run` dumps in a child process while the parent replays the segments as they land, so the two
 stages use both cores; each keeps its own ledger, so either can be killed and resumed.
@@ -6,80 +9,18 @@ stages use both cores; each keeps its own ledger, so either can be killed and re
 
 from __future__ import annotations
 
-import json
 import os
 import multiprocessing
 import time
-from dataclasses import dataclass
 from typing import Callable
-
-import redis
 
 from .datapath import dump as dump_module
 from .datapath import replay as replay_module
-from .net.endpoints import Endpoint, Topology, discover, no_such_database, translated_errors
-from .errors import BadInput, MigrateError, RuntimeFailure, Unreachable
-from .console import ProgressFactory, no_progress, warn
-from .children import die_with_parent
+from .net.endpoints import Topology, translated_errors
+from .errors import BadInput, RuntimeFailure
+from .events import ProgressFactory, Warn, no_progress, no_warning
+from .children import die_with_parent, raise_relayed, relay_errors
 from .rundir import RunDir
-
-def open_source(endpoint: Endpoint, db: int) -> Topology:
-    """Discover the source and check that `db` exists there (a cluster has only db 0)."""
-    topology = discover(endpoint)
-    if topology.is_cluster and db != 0:
-        raise BadInput(f"source {endpoint.redacted} is a cluster, which has only db 0, but db {db} was asked for",
-                       "drop --db (or use /0 in the URL)")
-    if db != 0:
-        _check_database(topology, db)
-    return topology
-
-
-def _check_database(topology: Topology, db: int) -> None:
-    node = topology.masters[0]
-    with translated_errors(topology.endpoint):
-        try:
-            topology.client(node, db).ping()
-        except redis.ResponseError as exc:
-            if "DB index is out of range" in str(exc):
-                raise no_such_database(topology.endpoint, db, node.host, node.port) from None
-            raise
-
-
-def open_target(endpoint: Endpoint) -> Topology:
-    if endpoint.db != 0:
-        raise BadInput(f"target {endpoint.redacted} names db {endpoint.db}; ElastiCache Serverless has only db 0",
-                       "use /0 (or no db) in the target URL")
-    return discover(endpoint)
-
-
-@dataclass(frozen=True)
-class SourceChecks:
-    """What the operator said is fine about the source: keys left in other databases, or no keys at all."""
-
-    ignore_other_dbs: bool = False
-    allow_empty: bool = False
-
-
-def check_source(run_dir: RunDir, source: Topology, db: int, checks: SourceChecks) -> None:
-    """dump's and run's refusals of a source that would copy too little: keys in databases that are not
-    copied (plan calls them a blocker), and an empty database (a wrong URL or a Redis restarted empty).
-    Keys deliberately left in other databases are recorded in run.json, for the cutover to show."""
-    others, unavailable = source.other_databases(db)
-    for name in unavailable:
-        warn(f"INFO keyspace is unavailable on {name}: other databases were not checked")
-    if others:
-        listed = ", ".join(f"db{n}: {k} keys" for n, k in others.items())
-        if not checks.ignore_other_dbs:
-            raise BadInput(f"the source has data outside db{db}, which is the only one migrated ({listed})",
-                           "ElastiCache Serverless has only db 0: migrate each database in its own run into its own "
-                           f"cache (--db N or the URL's /N), or move the keys into db{db}, or flush those databases if "
-                           "unused; --ignore-other-dbs copies only this one anyway")
-        warn(f"--ignore-other-dbs: the source's other databases are not migrated ({listed})")
-        _record_ignored_databases(run_dir, db, others)
-    if not checks.allow_empty and source.key_count(db) == 0:
-        raise BadInput(f"the source {source.endpoint.redacted} holds no keys in db{db}: there is nothing to migrate",
-                       "check the URL and --db (a wrong host, port or database?), and whether the source Redis was "
-                       "just restarted without its data; pass --allow-empty-source if an empty copy is really meant")
 
 
 def _record_ignored_databases(run_dir: RunDir, db: int, others: dict[int, int]) -> None:
@@ -88,46 +29,9 @@ def _record_ignored_databases(run_dir: RunDir, db: int, others: dict[int, int]) 
     run_dir.write("run", run)
 
 
-def preflight(run_dir: RunDir, source_url: str, target_url: str, tls_insecure: bool, db: int | None = None) -> None:
-    """`run`'s first stage: the plan, recorded once per run dir. Its blockers are printed; the stages'
-    own gates (empty target, one database, empty source) enforce them, with the options that override them."""
-    if run_dir.read("plan") is not None:
-        return
-    from .cloud.plan import plan
-    try:
-        result = json.loads(json.dumps(plan(source_url, target_url, tls_insecure=tls_insecure, db=db), default=str))
-    except (Unreachable, RuntimeFailure, OSError, redis.ConnectionError, redis.TimeoutError) as exc:  # advisory: go on
-        warn(f"plan: the survey did not finish ({getattr(exc, 'message', exc)}); the stages' own checks "
-             f"still apply, and the next run tries the plan again")
-        return
-    run_dir.write("plan", result)
-    for blocker in result["blockers"]:
-        warn(f"plan: {blocker['problem']} ({blocker['fix']})")
-
-
-def bind_endpoints(run_dir: RunDir, source: Endpoint | None, target: Endpoint | None, db: int = 0) -> None:
-    """Tie the run dir to its source and target, or refuse one made for others: before anything in it changes."""
-    if source is not None:
-        run_dir.bind("source", {"url": source.identity, "db": db})
-    if target is not None:
-        run_dir.bind("target", {"url": target.identity})
-
-
-def admit_source(run_dir: RunDir, source: Topology, target: Endpoint | None, db: int, checks: SourceChecks) -> None:
-    """The run dir's own endpoints, and a source that would not copy too little: refused before any stage
-    (or `--redo`) changes the run dir. Idempotent, so `run` may admit before it redoes, then again per stage."""
-    bind_endpoints(run_dir, source.endpoint, target, db)
-    check_source(run_dir, source, db, checks)
-
-
 def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
-               progress: ProgressFactory = no_progress, checks: SourceChecks = SourceChecks()) -> dict:
-    admit_source(run_dir, source, None, options.db, checks)
-    return _dump(run_dir, source, options, progress)
-
-
-def _dump(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
-          progress: ProgressFactory = no_progress) -> dict:
+               progress: ProgressFactory = no_progress) -> dict:
+    """Dump the source into the run dir's segments; the caller admitted the source (`commands.admit_source`)."""
     started = time.monotonic()
     total = source.key_count(options.db)
     with progress("dump", total) as update:
@@ -138,9 +42,9 @@ def _dump(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
 
 def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.ReplayOptions,
                  progress: ProgressFactory = no_progress, dump_running: Callable[[], bool] = lambda: False,
-                 expected: int | None = None) -> dict:
-    """Replay what the dump holds; with `dump_running`, follow the dump as it writes (run)."""
-    bind_endpoints(run_dir, None, target.endpoint)
+                 expected: int | None = None, warn: Warn = no_warning) -> dict:
+    """Replay what the dump holds; with `dump_running`, follow the dump as it writes (run). The caller
+    bound the target to the run dir (`commands.bind_endpoints`)."""
     dump_ledger = run_dir.read("dump")
     if dump_ledger is None and not dump_running():
         raise BadInput(f"run directory {run_dir.path} holds no dump", "run `redis-migrate dump` (or `run`) first")
@@ -155,7 +59,7 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
                                                 replay_module.ReplayCounts().to_dict())
     with progress("replay", expected or None, initial=done.restored + done.struct_written + done.expired) as update:
         with translated_errors(target.endpoint):
-            ledger = replay_module.replay(run_dir, target, options, update, dump_running)
+            ledger = replay_module.replay(run_dir, target, options, update, dump_running, warn)
     dump_done = bool((run_dir.read("dump") or {}).get("finished_at"))
     if dump_done and "finished_at" not in ledger.data:
         ledger.data["finished_at"] = time.time()
@@ -166,21 +70,22 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
 
 
 def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: dump_module.DumpOptions,
-               replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress) -> dict:
+               replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress,
+               warn: Warn = no_warning) -> dict:
     """Dump in a child process while this one replays; both resume from their ledgers. The caller has
-    admitted the source (`admit_source`) before anything, --redo included, changed the run dir."""
+    admitted the source (`commands.admit_source`) before anything, --redo included, changed the run dir."""
     started = time.monotonic()
     child, errors = _start_dump_process(run_dir, source, dump_options)  # one bar: the replay's
     try:
         replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
-                                expected=source.key_count(dump_options.db))
+                                expected=source.key_count(dump_options.db), warn=warn)
     finally:
         if child.is_alive():
             child.terminate()
         child.join()
     _raise_child_error(child, errors)
     if not replayed["replay_done"]:
-        replay_stage(run_dir, target, replay_options)
+        replay_stage(run_dir, target, replay_options, warn=warn)
     copied = time.monotonic() - started
     verify_stage(run_dir, source, target, dump_options, progress)
     summary = summarize(run_dir)
@@ -222,26 +127,20 @@ def _start_dump_process(run_dir: RunDir, source: Topology, options: dump_module.
 
 def _dump_child(run_dir, source, options, errors, parent_pid: int | None = None) -> None:
     die_with_parent(parent_pid)
-    try:
-        _dump(run_dir, source, options)  # the parent checked the source before it started this process
-    except MigrateError as exc:
-        errors.put((type(exc).__name__, exc.message, exc.hint))
-        raise SystemExit(exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - reported by the parent like the CLI would, never as a traceback
-        errors.put(("RuntimeFailure", f"unexpected {type(exc).__name__} in the dump process: {exc}",
-                    "rerun with --debug for details; the run directory is safe to resume"))
-        raise SystemExit(3)
+    code = relay_errors(lambda: dump_stage(run_dir, source, options), errors.put,  # the parent admitted the source
+                        lambda exc: f"unexpected {type(exc).__name__} in the dump process: {exc}",
+                        "rerun with --debug for details; the run directory is safe to resume")
+    if code:
+        raise SystemExit(code)
 
 
 def _raise_child_error(child, errors) -> None:
     if child.exitcode == 0:
         return
-    from . import errors as error_types
     if not errors.empty():
-        name, message, hint = errors.get()
-        raise getattr(error_types, name)(message, hint)
-    raise error_types.RuntimeFailure(f"the dump process stopped with exit code {child.exitcode}",
-                                     "rerun the same command to resume")
+        raise_relayed(errors.get())
+    raise RuntimeFailure(f"the dump process stopped with exit code {child.exitcode}",
+                         "rerun the same command to resume")
 
 
 def summarize(run_dir: RunDir) -> dict:

@@ -129,6 +129,18 @@ def test_dry_run_of_a_refused_cutover_shows_the_verdict_and_exits_1(ssm, target,
     assert snapshot(ssm) == before
 
 
+def test_a_locked_run_dir_refuses_a_live_cutover_and_rollback_but_not_a_dry_run(ssm, target, run_dir):
+    """Another command working on the run dir holds its lock: a switch that would write waits for it."""
+    directory = write_verify(run_dir, target["url"])
+    before = snapshot(ssm)
+    with directory.lock():
+        for result in (cutover(target, run_dir, code=2), rollback(run_dir, code=2)):
+            assert "is locked by pid" in result.output and "wait for that run" in result.output
+        assert "would go ahead" in cutover(target, run_dir, "--dry-run").output
+    assert snapshot(ssm) == before
+    assert directory.read("cutover") is None
+
+
 # --- cutover and rollback --------------------------------------------------------------------------------
 
 def test_cutover_records_labels_and_reads_back_then_rollback_restores_from_the_run_dir(ssm, target, run_dir):

@@ -51,3 +51,9 @@ def test_doc_links_stay_inside_the_repository(doc):
     for target in re.findall(r"\]\(([^)#\s]+)", text):
         assert "://" not in target, f"{doc} links outside the repository: {target}"
         assert (ROOT / target).resolve().is_relative_to(ROOT) and (ROOT / target).exists(), f"{doc}: {target}"
+
+
+def test_the_runbook_counts_the_commands_there_are():
+    stated = [int(n) for n in re.findall(r"all (\d+) commands", DOCS)]
+    assert stated, "RUNBOOK.md no longer says how many commands the secrets test covers"
+    assert stated == [len(cli.commands)] * len(stated), f"the docs say {stated} commands, the CLI has {len(cli.commands)}"

@@ -77,7 +77,8 @@ def world(_standalone_source, _serverless_target, tmp_path_factory):
 def _half_dump(source, run_dir: Path, patch) -> None:
     """A dump stopped after a few segments: its ledger has a cursor in the middle of the keyspace."""
     from migrate.net.endpoints import Endpoint
-    from migrate.pipeline import dump_stage, open_source
+    from migrate.commands import open_source
+    from migrate.pipeline import dump_stage
     from migrate.rundir import RunDir
     seen = [0]
 

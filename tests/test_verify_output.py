@@ -15,7 +15,8 @@ from aws_helpers import aws_calls, invoke as aws_invoke, own_client  # noqa: F40
 from migrate.datapath.dump import DumpOptions
 from migrate.net.endpoints import Endpoint
 from migrate.keynames import readable
-from migrate.pipeline import open_source, open_target, verify_stage
+from migrate.commands import open_source, open_target
+from migrate.pipeline import verify_stage
 from migrate.rundir import RunDir
 from reliability import spawn
 from snapshot import snapshot

@@ -13,7 +13,6 @@ never collects more than a few labels (SSM allows 10), however many cutover/roll
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
 import time
@@ -179,9 +178,6 @@ class Writer:
         if not self.dry_run:
             raise error
         self.refusals.append(str(error))
-
-    def lock(self, run_dir: RunDir | None):
-        return run_dir.lock() if run_dir and not self.dry_run else contextlib.nullcontext()
 
     def save(self, run_dir: RunDir | None, record: dict) -> None:
         if run_dir is not None:
@@ -460,48 +456,46 @@ def new_run_id(now: float) -> str:
 
 
 def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
-            run_dir: str | None = None, prefix: str = DEFAULT_PREFIX, max_verify_age: str = "30m",
+            run_dir: RunDir | None = None, prefix: str = DEFAULT_PREFIX, max_verify_age: str = "30m",
             force: bool = False, redeploy: tuple[str, ...] = (), dry_run: bool = False,
             clients: Clients | None = None, now: float | None = None) -> dict:
-    """Repoint the parameters at the target, gated by a fresh passing verify and recorded for rollback."""
+    """Repoint the parameters at the target, gated by a fresh passing verify and recorded for rollback.
+    The caller holds the run dir's lock (unless this is a dry run, which writes nothing)."""
     clients = clients or Clients()
     now = time.time() if now is None else now
     names = parameter_names(env, prefix)
     max_age = parse_duration(max_verify_age)
     services = [parse_service(s) for s in redeploy]
-    rd = RunDir(run_dir) if run_dir else None
     target = resolve_target(target_url, serverless_cache, clients)
     writer = Writer(clients, dry_run)
-    with writer.lock(rd):
-        histories = read_histories(clients, names)
-        switch = Switch("cutover", env, names, histories, target.values,
-                        pre_cutover={key: before_version(h) for key, h in histories.items()},
-                        record=rd.read("cutover") if rd else None,
-                        checks=[verify_gate(rd, max_age, target, now), *ignored_databases_check(rd)],
-                        labels_before=(LABEL_BEFORE,), labels_after=(LABEL_AFTER,), run_id=new_run_id(now))
-        return run_switch(switch, writer, rd, services, force)
+    histories = read_histories(clients, names)
+    switch = Switch("cutover", env, names, histories, target.values,
+                    pre_cutover={key: before_version(h) for key, h in histories.items()},
+                    record=run_dir.read("cutover") if run_dir else None,
+                    checks=[verify_gate(run_dir, max_age, target, now), *ignored_databases_check(run_dir)],
+                    labels_before=(LABEL_BEFORE,), labels_after=(LABEL_AFTER,), run_id=new_run_id(now))
+    return run_switch(switch, writer, run_dir, services, force)
 
 
-def rollback(env: str, *, run_dir: str | None = None, prefix: str = DEFAULT_PREFIX, force: bool = False,
+def rollback(env: str, *, run_dir: RunDir | None = None, prefix: str = DEFAULT_PREFIX, force: bool = False,
              redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
              now: float | None = None) -> dict:
-    """Put back exactly the recorded values, refusing if someone else changed the parameters since."""
+    """Put back exactly the recorded values, refusing if someone else changed the parameters since.
+    The caller holds the run dir's lock (unless this is a dry run)."""
     clients = clients or Clients()
     now = time.time() if now is None else now
     names = parameter_names(env, prefix)
     services = [parse_service(s) for s in redeploy]
-    rd = RunDir(run_dir) if run_dir else None
     writer = Writer(clients, dry_run)
-    with writer.lock(rd):
-        histories = read_histories(clients, names)
-        record = rd.read("cutover") if rd else None
-        restore, wrote, source = _rollback_values(record, histories, names)
-        switch = Switch("rollback", env, names, histories, {key: v.value for key, v in restore.items()},
-                        pre_cutover=restore, record=record, checks=[_unchanged_since_cutover(histories, restore, wrote, source)],
-                        run_id=new_run_id(now))
-        result = run_switch(switch, writer, rd, services, force)
-        result["restored_from"] = source
-        return result
+    histories = read_histories(clients, names)
+    record = run_dir.read("cutover") if run_dir else None
+    restore, wrote, source = _rollback_values(record, histories, names)
+    switch = Switch("rollback", env, names, histories, {key: v.value for key, v in restore.items()},
+                    pre_cutover=restore, record=record, checks=[_unchanged_since_cutover(histories, restore, wrote, source)],
+                    run_id=new_run_id(now))
+    result = run_switch(switch, writer, run_dir, services, force)
+    result["restored_from"] = source
+    return result
 
 
 def _rollback_values(record: dict | None, histories: dict[str, History],
@@ -533,32 +527,3 @@ def _unchanged_since_cutover(histories: dict[str, History], restore: dict[str, V
         return Check(False, "changed since the cutover by someone else: " + "; ".join(foreign),
                      "find out who changed them and why; --force restores the recorded values anyway")
     return Check(True, f"the parameters hold what the cutover wrote (recorded in {source})")
-
-
-# --- human output -----------------------------------------------------------------------------------
-
-def _after_cell(row: dict) -> str:
-    if row["change"] == "unchanged":
-        return f"{row['after']} (unchanged)"
-    return f"{row['after']} ({'v' + str(row['after_version']) if row['after_version'] else 'new version'})"
-
-
-def render(result: dict) -> str:
-    """A short table: the check verdicts, each parameter now and after, redeploys, and the outcome."""
-    head = f"{result['command']}  env {result['env']}  run {result['run_id']}"
-    lines = [head + ("  (DRY RUN: nothing written)" if result["dry_run"] else "")]
-    for check in result["checks"]:
-        verdict = ("WARNING" if check.get("warning") else "pass") if check["passed"] else result["gate"].upper()
-        lines.append(f"  check     {verdict}: {check['reason']}")
-    cells = [(row["name"], f"{row['now']} (v{row['now_version']})", _after_cell(row)) for row in result["parameters"]]
-    widths = [max(len(cell[i]) for cell in cells + [("parameter", "now", "")]) for i in (0, 1)]
-    for name, now, after in [("parameter", "now", "after"), *cells]:
-        lines.append(f"  {name.ljust(widths[0])}  {now.ljust(widths[1])}  {after}")
-    for deploy in result["redeployed"]:
-        lines.append(f"  redeploy  {deploy['service']}: {deploy['deployment'] or 'would force a new deployment'}")
-    for refusal in result["refused"]:
-        lines.append(f"  refused   {refusal}")
-    if result["dry_run"]:
-        lines += [f"  would     {action}" for action in result["actions"]]
-    lines.append(f"  result    {result['outcome']}")
-    return "\n".join(lines)

@@ -15,7 +15,7 @@ import redis
 
 from .aws import Clients, describe_serverless_cache, parameter_history
 from .cutover import DEFAULT_PREFIX, LABEL_AFTER, LABEL_BEFORE, parameter_names
-from ..net.endpoints import Endpoint, Node, Topology, probe_rdb_version, translated_errors
+from ..net.endpoints import Node, Topology, probe_rdb_version, translated_errors
 from ..net.keyspace import LENGTH_COMMANDS, estimated_size
 from ..net.rdb import rdb_version_of
 from ..keynames import readable
@@ -36,18 +36,13 @@ class SampledKey:
     size: int
 
 
-def plan(source_url: str, target_url: str, *, serverless_cache: str | None = None, env: str | None = None,
-         prefix: str = DEFAULT_PREFIX, sample: int = 5000, storage_headroom: float = 1.5,
-         tls_insecure: bool = False, clients: Clients | None = None, db: int | None = None) -> dict:
+def plan(source: Topology, target: Topology, db: int, *, serverless_cache: str | None = None,
+         env: str | None = None, prefix: str = DEFAULT_PREFIX, sample: int = 5000, storage_headroom: float = 1.5,
+         clients: Clients | None = None) -> dict:
     """Survey both sides (and the cache and SSM when named) and collect blockers with their fixes.
-    `db` is the source database to survey (run's --db); by default the source URL's."""
-    from ..pipeline import open_source, open_target
+    `db` is the source database to survey; the caller opened both sides (`commands.open_source`)."""
     clients = clients or Clients()
     names = parameter_names(env, prefix) if env else None
-    source_endpoint = Endpoint.from_url("source", source_url, tls_insecure=tls_insecure)
-    db = source_endpoint.db if db is None else db
-    source = open_source(source_endpoint, db)
-    target = open_target(Endpoint.from_url("target", target_url, tls_insecure=tls_insecure))
     blockers: list[dict] = []
     warnings: list[str] = []
 
@@ -295,58 +290,3 @@ def _ssm_section(clients: Clients, names: dict[str, str], source: Topology, targ
         warnings.append(f"{names['endpoint']} is {endpoint}, which is neither the source's nor the target's host "
                         "as given here (fine if those are different names for the same servers)")
     return section
-
-
-# --- human output -----------------------------------------------------------------------------------
-
-def render(result: dict) -> str:
-    """One screen: both sides, the replay mode, the source's shape, the cache and SSM, blockers and warnings."""
-    src, tgt = result["source"], result["target"]
-    blocked = len(result["blockers"])
-    lines = [f"plan: BLOCKED ({blocked})" if blocked else "plan: GO"]
-    for role, side in (("source", src), ("target", tgt)):
-        slots = "/".join(str(n) for n in side["masters"].values())
-        lines.append(f"  {role:<8} {side['kind']}, {side['server']} {side['version']}, RDB {side['rdb_version']}, "
-                     f"{len(side['masters'])} master(s) ({slots} slots), TLS {'yes' if side['tls'] else 'no'}, "
-                     f"auth {'yes' if side['auth'] else 'no'}, {side['keys']} keys  {side['url']}")
-    lines.append(f"  replay   {result['replay']['mode']}: {result['replay']['why']}")
-    sample = src["sample"]
-    memory = _bytes(src["used_memory"]) if src["used_memory"] is not None else "n/a"
-    in_memory = _bytes(src["data_bytes_memory"]) if src["data_bytes_memory"] is not None else "n/a"
-    lines.append(f"  data     ~{_bytes(src['data_bytes'])} in db{src['db']}: the larger of {_bytes(src['data_bytes_sampled'])} "
-                 f"from {sample['keys']} random keys ({sample['size_method']}) and {in_memory} from INFO memory "
-                 f"(used_memory {memory}); {sample['ttl_share']:.0%} of keys with a TTL")
-    lines.append("  types    " + (", ".join(f"{t} {n}" for t, n in sample["types"].items()) or "-"))
-    if sample["largest"]:
-        lines.append(f"  largest  of the {sample['keys']} sampled keys (a bigger one may be outside the sample):")
-    for item in sample["largest"][:5]:
-        lines.append(f"           {item['key']} ({item['type']}, {_bytes(item['bytes'])})")
-    cache = result.get("serverless_cache")
-    if cache:
-        seconds = cache["replay_seconds_at_ecpu_max"]
-        lines.append(f"  cache    {cache['name']} {cache['status']}, {cache['engine']}, endpoint {cache['endpoint']}")
-        lines.append(f"           storage max {cache['storage_max_gb']} GB, needs {_bytes(cache['storage_needed_bytes'])} "
-                     f"with headroom; ECPU/s {cache['ecpu_per_second_min']}..{cache['ecpu_per_second_max']}")
-        lines.append(f"           replay writes {cache['replay_ecpu']} ECPU: {_usd(cache['replay_ecpu_cost_usd'])}"
-                     f"{'' if seconds is None else f', at least {seconds} s at the ECPU maximum'}; "
-                     f"storage {_usd(cache['storage_cost_usd_per_month'])}/month")
-        lines.append(f"           {cache['advice']}")
-    for name, param in result.get("ssm", {}).items():
-        lines.append(f"  ssm      {name} = {param['value']} (v{param['version']})" if param["exists"]
-                     else f"  ssm      {name} MISSING")
-    for blocker in result["blockers"]:
-        lines += [f"  BLOCKER  {blocker['problem']}", f"           fix: {blocker['fix']}"]
-    lines += [f"  warning  {w}" for w in result["warnings"]]
-    return "\n".join(lines)
-
-
-def _usd(amount: float) -> str:
-    return f"${amount:.2f}" if amount >= 0.01 else "< $0.01"
-
-
-def _bytes(count: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return str(count)

@@ -21,7 +21,7 @@ from ..backoff import Backoff
 from ..net.endpoints import Topology, discover, probe_rdb_version
 from . import witness
 from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
-from ..console import warn
+from ..events import Warn, no_warning
 from .segments import DUMP, Indices, Record, Segment, load_segment, skipped_entry
 from ..net.keyspace import NO_EXPIRY, key_slot
 from ..net.rdb import is_module_value
@@ -471,11 +471,11 @@ class ReplayLedger:
 
 def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
            progress: Callable[[int], None] = lambda n: None,
-           dump_running: Callable[[], bool] = lambda: False) -> ReplayLedger:
+           dump_running: Callable[[], bool] = lambda: False, warn: Warn = no_warning) -> ReplayLedger:
     """Replay every segment not yet done. While `dump_running()` is true, wait for more segments."""
     ledger = ReplayLedger(run_dir)
     writer = TargetWriter(topology, options)
-    guard = LossGuard(ledger, writer)
+    guard = LossGuard(ledger, writer, warn)
     try:
         if not ledger.started:
             _refuse_nonempty_target(topology, options)
@@ -526,9 +526,10 @@ def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger,
 class LossGuard:
     """Catches a target that lost keys it had confirmed, through the done segments' witnesses."""
 
-    def __init__(self, ledger: ReplayLedger, writer: TargetWriter) -> None:
+    def __init__(self, ledger: ReplayLedger, writer: TargetWriter, warn: Warn = no_warning) -> None:
         self.ledger = ledger
         self.writer = writer
+        self.warn = warn
         self.resets = 0
 
     def lost(self) -> bool:
@@ -541,8 +542,8 @@ class LossGuard:
                                  f"(e.g. {gone[0][:60]!r})",
                                  "check the target's health (restarts, evictions, failovers), then rerun "
                                  "the same command: it writes every segment again")
-        warn(f"the target lost {len(gone)} keys it had confirmed (e.g. {gone[0][:60]!r}): a node restarted "
-             f"without its data, or failed over? Writing every segment again")
+        self.warn(f"the target lost {len(gone)} keys it had confirmed (e.g. {gone[0][:60]!r}): a node restarted "
+                  f"without its data, or failed over? Writing every segment again")
         self.ledger.forget_done()
         return True
 

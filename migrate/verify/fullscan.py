@@ -33,7 +33,7 @@ from .digest import DIGEST_TYPE_CODE, DIGEST_TYPES
 from ..net.endpoints import Endpoint, Node, translated_errors
 from .readers import Batch, DigestReader, View
 from ..net.keyspace import NO_EXPIRY
-from ..children import die_with_parent
+from ..children import die_with_parent, raise_relayed, relay_errors
 from ..net.keyspace import SLOT_COUNT, key_slot
 from ..net.wire import Wire, pack
 
@@ -180,16 +180,17 @@ class _Worker:
 def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) -> None:
     die_with_parent(parent_pid)  # a killed verify or run must not leave its scans (and their lock fd) behind
     worker = _Worker(job, pipe)
-    try:
+
+    def work() -> None:
         with translated_errors(job.endpoint):
             totals = worker.scan()
         pipe.send(("done", totals))
         worker.serve()
-    except errors.MigrateError as exc:
-        pipe.send(("error", type(exc).__name__, exc.message, exc.hint))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it there
-        pipe.send(("error", "RuntimeFailure", f"{job.endpoint.role} {job.node.name}: {type(exc).__name__}: {exc}",
-                   "rerun verify; if it fails again, report this message"))
+
+    try:
+        relay_errors(work, lambda relayed: pipe.send(("error", *relayed)),
+                     lambda exc: f"{job.endpoint.role} {job.node.name}: {type(exc).__name__}: {exc}",
+                     "rerun verify; if it fails again, report this message")
     finally:
         pipe.close()
 
@@ -269,6 +270,5 @@ def _receive(conn: Connection, job: ScanJob):
         raise errors.RuntimeFailure(f"the verify worker for {job.endpoint.role} {job.node.name} died",
                                     "rerun verify; if it dies again, check the machine's memory") from None
     if message[0] == "error":
-        _, name, text, hint = message
-        raise getattr(errors, name, errors.RuntimeFailure)(text, hint)
+        raise_relayed(message[1:])
     return message

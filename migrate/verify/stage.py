@@ -17,13 +17,12 @@ Only keys named there are: a ledger keeps the first 1,000 names, and a missing k
 stays a difference.
 
 The result goes to `<run-dir>/verify.json` (the cutover gate reads it), the differences (and the
-skipped keys) to a JSON lines report. `run_verify` raises nothing for differences: the CLI maps
+skipped keys) to a JSON lines report. `run_verify` raises nothing for differences: the command layer maps
 "not equal" to exit 1.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections import Counter
@@ -34,9 +33,9 @@ from typing import Callable, Protocol
 from ..net.endpoints import Topology, translated_errors
 from ..errors import BadInput
 from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
-from ..keynames import key_id, readable
+from ..keynames import key_id
 from .readers import SideReader, View
-from ..console import ProgressFactory, no_progress
+from ..events import ProgressFactory, no_progress
 from ..net.keyspace import NO_EXPIRY
 from .fullscan import ScanJob, SideScans, combined
 from ..net.keyspace import SLOT_COUNT
@@ -410,42 +409,3 @@ def _result(settled: Settled, counts: dict, source_label: str, target: Topology,
         counts=counts, sample=options.sample, source=source_label, target=target.endpoint.redacted,
         seconds=time.monotonic() - started, finished_at=time.time(),
         report=str(report) if report else None, repaired=repaired, skipped=skipped)
-
-
-def _side_text(summary: dict | None) -> str:
-    if summary is None:
-        return "absent"
-    ttl = "no TTL" if summary["ttl_ms"] == NO_EXPIRY else f"TTL {summary['ttl_ms']} ms"
-    return f"{summary['type']} of {summary['length']}, {ttl}"
-
-
-def render(result: dict) -> str:
-    """The result for a person: totals, the first differences, then the keys skipped on purpose."""
-    from ..console import table
-    lines = [("EQUAL" if result["equal"] else f"DIFFERENT: {result['differences']} differences")
-             + f" ({result['seconds']:.1f}s)"]
-    lines.append(table({k: result[k] for k in ("source", "target", "sample", "counts", "kinds", "repaired", "report")
-                        if result.get(k) not in (None, {})}))
-    for diff in result["first_differences"]:
-        lines.append(f"{diff['kind']:8} {_shown(diff)}  source: {_side_text(diff['source'])}  "
-                     f"target: {_side_text(diff['target'])}")
-    if result["differences"] > len(result["first_differences"]):
-        lines.append(f"... and {result['differences'] - len(result['first_differences'])} more in the report")
-    skipped = result.get("skipped")
-    if skipped:
-        reasons = "; ".join(f"{count} {reason}" for reason, count in sorted(skipped["reasons"].items()))
-        lines.append(f"not differences: {_keys(skipped['keys'])} that the copy skipped ({reasons})")
-        lines += [f"skipped  {_shown(item)}  {item['reason']}" for item in skipped["first"]]
-        if skipped["keys"] > len(skipped["first"]):
-            lines.append(f"... and {skipped['keys'] - len(skipped['first'])} more in the report")
-    return "\n".join(lines)
-
-
-def _shown(item: dict) -> str:
-    """A reported key as a person reads it (the item carries the exact name in base64)."""
-    return readable(base64.b64decode(item["key"]))
-
-
-def _keys(count: int) -> str:
-    return f"{count} key{'s' if count != 1 else ''}"
-
