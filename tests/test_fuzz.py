@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import seed_data
-from migrate import dump as dump_module
+from migrate.datapath import dump as dump_module
 from migrate.errors import BadInput
 from migrate.datapath.segments import DUMP, END, MAGIC, STRUCT, TRAILER, TYPES, Record, SegmentWriter, decode_body, read_segment
 from migrate.rundir import CHECKSUM_FIELD

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import seed_data
 from conftest import SOURCE_PASSWORD, TARGET_PASSWORD
-from migrate import digest
+from migrate.verify import digest
 from migrate.cli import cli
 
 
