@@ -33,7 +33,6 @@ import zstandard
 
 from ..net.endpoints import rdb_version_of
 from ..errors import BadInput
-from ..keynames import key_id, readable
 from ..net.keyspace import key_slots
 
 MAGIC = b"RMSEG\x02\n\x00"
@@ -75,12 +74,6 @@ class Record:
     @property
     def size(self) -> int:
         return len(self.key) + len(self.payload) + sum(len(item) for item in self.items)
-
-
-def skipped_entry(key: bytes, reason: str) -> dict:
-    """How a skipped key is named in ledgers and reports: readable (escaped, shortened), plus its exact
-    identity, by which verify knows the key it finds missing was skipped on purpose."""
-    return {"key": readable(key), "id": key_id(key), "reason": reason}
 
 
 Indices = range | list[int]
