@@ -125,6 +125,11 @@ def skipped_entry(key: bytes, reason: str) -> dict:
     return {"key": readable(key), "id": key_id(key), "reason": reason}
 
 
+def skipped_reasons(entries: list[dict]) -> dict[str, str]:
+    """Why each named skipped key was skipped, by key_id (entries written before ids were kept have none)."""
+    return {entry["id"]: entry["reason"] for entry in entries if "id" in entry}
+
+
 @dataclass
 class DumpCounts(LedgerCounts):
     scanned: int = 0

@@ -355,3 +355,19 @@ def test_judge_skipped_records_the_decision_and_refuses_unaccepted_skips(rd):
     assert RunLedger.load(rd).skipped_accepted is False
     assert judge_skipped(rd, accepted=True) is None and RunLedger.load(rd).skipped_accepted is True
     assert status(rd)["run"]["skipped_accepted"] is True
+
+
+def test_verify_knows_the_keys_both_stages_skipped_by_their_exact_id(rd):
+    from migrate.keynames import key_id
+    from migrate.verify.stage import skipped_on_purpose
+    dump = DumpLedger.load(rd)
+    dump.restart(OPTIONS)
+    dump.record_skipped([(b"x" * 5000, "key name over 4 KiB")])
+    dump.save()
+    replay = ReplayLedger.load(rd)
+    replay.counts.skip(b"mod", "module type not supported by the target")
+    replay.save()
+    rd.write("run", {})  # unrelated ledgers do not matter
+    assert skipped_on_purpose(rd) == {key_id(b"x" * 5000): "key name over 4 KiB",
+                                      key_id(b"mod"): "module type not supported by the target"}
+    assert skipped_on_purpose(None) == {}

@@ -40,7 +40,7 @@ from ..console import ProgressFactory, no_progress
 from ..datapath.segments import NO_EXPIRY
 from .fullscan import ScanJob, SideScans, combined
 from ..net.keyspace import SLOT_COUNT
-from ..rundir import DumpLedger, ReplayLedger, RunDir, VerifyLedger, atomic_write
+from ..rundir import DumpLedger, ReplayLedger, RunDir, VerifyLedger, atomic_write, skipped_reasons
 from ..net.wire import pack
 
 REPORT_NAME = "verify-report.jsonl"
@@ -318,8 +318,7 @@ def skipped_on_purpose(run_dir: RunDir | None) -> dict[str, str]:
     operator accepts these with --skip-unsupported; the cutover gate checks that they did."""
     if run_dir is None:
         return {}
-    named = DumpLedger.load(run_dir).skipped_keys + ReplayLedger.load(run_dir).counts.skipped_keys
-    return {entry["id"]: entry["reason"] for entry in named if "id" in entry}
+    return skipped_reasons(DumpLedger.load(run_dir).skipped_keys + ReplayLedger.load(run_dir).counts.skipped_keys)
 
 
 def set_apart(settled: Settled, skipped: dict[str, str]) -> Settled:
