@@ -13,12 +13,15 @@ Layout (0700, files 0600):
                          latest segments, target RDB version, how often the target lost confirmed keys
     verify.json          VerifyLedger: the last verify's result and time (the cutover gate reads it)
     verify-report.jsonl  every difference (and skipped key) of the last verify, one JSON object a line
+                         (verify/stage.py; `verify --report PATH` writes it elsewhere)
     cutover.json         CutoverLedger: SSM values and versions before and after the cutover, its state
                          and the services redeployed
-    segments/            immutable dump segments (m<master>-<seq>.seg)
+    segments/            immutable dump segments, m<master index, 3 digits>-<sequence, 8 digits>.seg
+                         (datapath/store.py); the master index is its place in dump.json's `order`
     lock                 held (flock) by the process working on the run dir; holds its pid
 
-Every ledger carries a checksum (`_xxh3`) of its content and is replaced atomically.
+Ledgers, the report and segments are written atomically (as .<name>.tmp-<pid>, fsynced, renamed; a leftover temp file
+is ignored). Every ledger carries a checksum (`_xxh3`) of its content: an edited one is refused.
 """
 
 from __future__ import annotations
