@@ -653,7 +653,7 @@ class CutoverRecord:
         return {**self.extra, **{key: value for key, value in own.items() if value is not None}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CutoverRecord":
+    def from_dict(cls, data: dict) -> CutoverRecord:
         known = {item.name for item in fields(cls)} - {"extra"}
         return cls(**{key: value for key, value in data.items() if key in known},
                    extra={key: value for key, value in data.items() if key not in known})

@@ -471,7 +471,7 @@ class MasterDumper:
                 error = exc
             self._settle()  # the checkpoint to go on from (and a full disk outranks a lost connection)
             since_checkpoint = list(range(self.state.next_seq, self._next_seq))
-            self._in_background(lambda: self._supersede(since_checkpoint))
+            self._in_background(lambda seqs=since_checkpoint: self._supersede(seqs))
             if mark != (self.state.cursor, self.state.next_seq):  # progress since the last drop
                 mark, deadline, delay = (self.state.cursor, self.state.next_seq), None, 0.05
             deadline = deadline or time.monotonic() + RECONNECT_SECONDS
