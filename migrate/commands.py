@@ -23,7 +23,7 @@ from .events import Events, Warn
 from .net.endpoints import Endpoint, Topology, discover, no_such_database, probe_rdb_version, translated_errors
 from .pipeline import _record_ignored_databases, dump_stage, judge_skipped, redo_stages, replay_stage, run_stages
 from .pipeline import status as run_status
-from .rundir import RunDir
+from .rundir import PlanLedger, RunDir
 from .verify.stage import VerifyOptions, run_verify
 
 if TYPE_CHECKING:
@@ -127,7 +127,8 @@ def preflight(run_dir: RunDir, source: Topology, target: Topology, db: int, warn
     """`run`'s first stage: the plan of database `db`, recorded once per run dir. Its blockers are only
     warned about: the stages' own gates (empty target, one database, empty source) enforce them, with
     the options that override them."""
-    if run_dir.read("plan") is not None:
+    ledger = PlanLedger.load(run_dir)
+    if ledger.found:
         return
     from .cloud import plan as planning
     try:
@@ -136,8 +137,8 @@ def preflight(run_dir: RunDir, source: Topology, target: Topology, db: int, warn
         warn(f"plan: the survey did not finish ({getattr(exc, 'message', exc)}); the stages' own checks "
              f"still apply, and the next run tries the plan again")
         return
-    run_dir.write("plan", result)
-    for blocker in result["blockers"]:
+    ledger.record(result)
+    for blocker in ledger.blockers:
         warn(f"plan: {blocker['problem']} ({blocker['fix']})")
 
 

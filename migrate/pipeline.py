@@ -20,13 +20,11 @@ from .net.endpoints import Topology, translated_errors
 from .errors import BadInput, RuntimeFailure
 from .events import ProgressFactory, Warn, no_progress, no_warning
 from .children import die_with_parent, raise_relayed, relay_errors
-from .rundir import RunDir
+from .rundir import CutoverLedger, DumpLedger, ReplayLedger, RunDir, RunLedger, VerifyLedger
 
 
 def _record_ignored_databases(run_dir: RunDir, db: int, others: dict[int, int]) -> None:
-    run = run_dir.read("run") or {"created": time.time()}
-    run["ignored_databases"] = {"db": db, "others": {str(n): k for n, k in others.items()}, "at": time.time()}
-    run_dir.write("run", run)
+    RunLedger.load(run_dir).ignore_databases(db, others)
 
 
 def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
@@ -45,26 +43,24 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
                  expected: int | None = None, warn: Warn = no_warning) -> dict:
     """Replay what the dump holds; with `dump_running`, follow the dump as it writes (run). The caller
     bound the target to the run dir (`commands.bind_endpoints`)."""
-    dump_ledger = run_dir.read("dump")
-    if dump_ledger is None and not dump_running():
+    dump_ledger = DumpLedger.load(run_dir)
+    if not dump_ledger.found and not dump_running():
         raise BadInput(f"run directory {run_dir.path} holds no dump", "run `redis-migrate dump` (or `run`) first")
-    if options.mode == "struct" and dump_ledger and not dump_ledger["options"].get("struct_all"):
+    if options.mode == "struct" and dump_ledger.found and not dump_ledger.struct_all:
         raise BadInput("--mode struct needs a dump made with --mode struct",
                        "dump again with --mode struct into a new --run-dir (or use `run --mode struct`)")
     started = time.monotonic()
     if expected is None:
-        totals = dump_module.dump_totals(dump_ledger or {})
+        totals = dump_ledger.totals()
         expected = totals.dumped + totals.struct_keys
-    done = replay_module.ReplayCounts.from_dict((run_dir.read("replay") or {}).get("counts") or
-                                                replay_module.ReplayCounts().to_dict())
+    done = ReplayLedger.load(run_dir).counts
     with progress("replay", expected or None, initial=done.restored + done.struct_written + done.expired) as update:
         with translated_errors(target.endpoint):
             ledger = replay_module.replay(run_dir, target, options, update, dump_running, warn)
-    dump_done = bool((run_dir.read("dump") or {}).get("finished_at"))
-    if dump_done and "finished_at" not in ledger.data:
-        ledger.data["finished_at"] = time.time()
-        ledger.save()
-    elif not dump_done:
+    dump_done = bool(DumpLedger.load(run_dir).finished_at)
+    if dump_done:
+        ledger.finish()
+    else:
         warn("the dump is not finished: replayed what it holds; rerun dump, then replay, to complete")
     return {"replay": ledger.counts.to_dict(), "replay_done": dump_done, "seconds": time.monotonic() - started}
 
@@ -89,7 +85,7 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     copied = time.monotonic() - started
     verify_stage(run_dir, source, target, dump_options, progress)
     summary = summarize(run_dir)
-    summary["verify"] = _verify_summary(run_dir.read("verify"))
+    summary["verify"] = _verify_summary(VerifyLedger.load(run_dir).result)
     summary.update(seconds=round(time.monotonic() - started, 3), copy_seconds=round(copied, 3),
                    keys_per_s=round((summary["restored"] + summary["struct_written"]) / max(copied, 1e-9)))
     return summary
@@ -100,8 +96,7 @@ def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_optio
     """`run`'s last stage. Skipped when a passing verify is newer than the replay; a dump limited by
     --match/--type is verified against the dump itself, since the source holds more than was copied."""
     from .verify.stage import VerifyOptions, run_verify
-    last, replayed = run_dir.read("verify"), run_dir.read("replay") or {}
-    if last and last.get("equal") and last["finished_at"] >= replayed.get("finished_at", 0):
+    if VerifyLedger.load(run_dir).passed_since(ReplayLedger.load(run_dir).finished_at or 0):
         return
     filtered = bool(dump_options.match or dump_options.types)
     options = VerifyOptions(db=dump_options.db, against_dump=filtered)
@@ -145,31 +140,30 @@ def _raise_child_error(child, errors) -> None:
 
 def summarize(run_dir: RunDir) -> dict:
     """The numbers an operator asks for, from the ledgers alone."""
-    dump_ledger = run_dir.read("dump") or {}
-    replay_ledger = run_dir.read("replay") or {}
-    dump_counts = dump_module.dump_totals(dump_ledger)
-    replay_counts = replay_ledger.get("counts", replay_module.ReplayCounts().to_dict())
+    dump_ledger, replay_ledger = DumpLedger.load(run_dir), ReplayLedger.load(run_dir)
+    dump_counts, replay_counts = dump_ledger.totals(), replay_ledger.counts
     skipped = dict(dump_counts.skipped)
-    for reason, count in replay_counts["skipped"].items():
+    for reason, count in replay_counts.skipped.items():
         skipped[reason] = skipped.get(reason, 0) + count
-    restored, struct_written, expired, rewritten = _distinct_key_counts(dump_ledger, replay_ledger, replay_counts)
+    restored, struct_written, expired, rewritten = _distinct_key_counts(dump_ledger, replay_ledger)
     return {
         "scanned": dump_counts.scanned, "dumped": dump_counts.dumped + dump_counts.struct_keys,
         "vanished": dump_counts.vanished, "expired": expired,
         "restored": restored, "struct_written": struct_written, "rewritten": rewritten,
         "skipped": skipped,
-        "skipped_keys": (dump_ledger.get("skipped_keys", []) + replay_counts.get("skipped_keys", []))[:20],
-        "bytes": dump_counts.bytes, "retries": replay_counts["retries"],
-        "dump_done": "finished_at" in dump_ledger, "replay_done": "finished_at" in replay_ledger,
+        "skipped_keys": (dump_ledger.skipped_keys + replay_counts.skipped_keys)[:20],
+        "bytes": dump_counts.bytes, "retries": replay_counts.retries,
+        "dump_done": dump_ledger.finished, "replay_done": replay_ledger.finished,
     }
 
 
-def _distinct_key_counts(dump_ledger: dict, replay_ledger: dict, replay_counts: dict) -> tuple[int, int, int, int]:
+def _distinct_key_counts(dump_ledger: DumpLedger, replay_ledger: ReplayLedger) -> tuple[int, int, int, int]:
     """Restored, written type by type and expired keys, each key once: the segments a resumed dump
     superseded (their keys were read again) are left out and counted as `rewritten` writes instead."""
-    restored, struct_written, expired = (replay_counts[name] for name in ("restored", "struct_written", "expired"))
-    by_segment = replay_ledger.get("keys_by_segment", {})
-    superseded = [by_segment[name] for name in dump_ledger.get("superseded", []) if name in by_segment]
+    counts = replay_ledger.counts
+    restored, struct_written, expired = counts.restored, counts.struct_written, counts.expired
+    by_segment = replay_ledger.keys_by_segment
+    superseded = [by_segment[name] for name in dump_ledger.superseded if name in by_segment]
     rewritten = sum(map(sum, superseded))
     for keys in superseded:
         restored, struct_written, expired = restored - keys[0], struct_written - keys[1], expired - keys[2]
@@ -181,10 +175,7 @@ def judge_skipped(run_dir: RunDir, accepted: bool) -> BadInput | None:
 
     The decision is recorded in run.json: verify lists the skipped keys apart from differences, and the
     cutover gate passes such a verify only where they were accepted. Returns the refusal, if any."""
-    run = run_dir.read("run") or {"created": time.time()}
-    if run.get("skipped_accepted", False) != accepted:
-        run["skipped_accepted"] = accepted
-        run_dir.write("run", run)
+    RunLedger.load(run_dir).accept_skipped(accepted)
     summary = summarize(run_dir)
     total = sum(summary["skipped"].values())
     if not total or accepted:
@@ -218,50 +209,29 @@ def redo(run_dir: RunDir, stage: str) -> None:
     if stage == "dump":
         for path in run_dir.segments.iterdir():
             path.unlink()
-        _forget(run_dir, "dump")
+        DumpLedger(run_dir).forget()
     if stage in ("dump", "replay"):
-        ledger = run_dir.read("replay")
-        if ledger is not None:
-            keep = {k: ledger[k] for k in ("started_at", "target_rdb") if k in ledger}
-            run_dir.write("replay", {"segments_done": [], "counts": replay_module.ReplayCounts().to_dict(), **keep})
-    _forget(run_dir, "verify")
-
-
-def _forget(run_dir: RunDir, name: str) -> None:
-    path = run_dir.path / f"{name}.json"
-    if path.exists():
-        path.unlink()
+        replayed = ReplayLedger.load(run_dir)
+        if replayed.found:
+            replayed.restart()
+    VerifyLedger(run_dir).forget()
 
 
 def status(run_dir: RunDir) -> dict:
     """Every stage's state, counts and timings, plus the last verify and cutover, from the ledgers alone."""
     summary = summarize(run_dir)
     stages = {}
-    for name in ("dump", "replay"):
-        ledger = run_dir.read(name) or {}
-        stages[name] = {"state": _state(ledger), "started_at": _when(ledger.get("started_at")),
-                        "finished_at": _when(ledger.get("finished_at")),
-                        "seconds": _duration(ledger)}
-    verify = run_dir.read("verify")
-    stages["verify"] = ({"state": "equal" if verify.get("equal") else "differences",
-                         "differences": verify.get("differences"), "finished_at": _when(verify.get("finished_at"))}
-                        if verify else {"state": "not started"})
-    cutover = run_dir.read("cutover")
-    stages["cutover"] = {"state": cutover.get("state", "recorded")} if cutover else {"state": "not started"}
-    return {"stages": stages, "counts": summary, "run": run_dir.read("run") or {}}
-
-
-def _state(ledger: dict) -> str:
-    if "finished_at" in ledger:
-        return "done"
-    return "started" if ledger.get("started_at") else "not started"
+    for name, ledger in (("dump", DumpLedger.load(run_dir)), ("replay", ReplayLedger.load(run_dir))):
+        stages[name] = {"state": ledger.state, "started_at": _when(ledger.started_at),
+                        "finished_at": _when(ledger.finished_at), "seconds": ledger.seconds}
+    verify = VerifyLedger.load(run_dir)
+    stages["verify"] = ({"state": "equal" if verify.equal else "differences",
+                         "differences": verify.differences, "finished_at": _when(verify.finished_at)}
+                        if verify.found else {"state": "not started"})
+    cutover = CutoverLedger.load(run_dir).record
+    stages["cutover"] = {"state": cutover.state or "recorded"} if cutover else {"state": "not started"}
+    return {"stages": stages, "counts": summary, "run": RunLedger.load(run_dir).describe()}
 
 
 def _when(timestamp: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp)) if timestamp else None
-
-
-def _duration(ledger: dict) -> float | None:
-    if ledger.get("started_at") and ledger.get("finished_at"):
-        return round(ledger["finished_at"] - ledger["started_at"], 2)
-    return None

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from migrate.cloud.aws import Clients
-from migrate.rundir import RunDir
+from migrate.rundir import RunDir, VerifyLedger
 
 from aws_helpers import as_json, aws_calls, cache_response, invoke, own_client, stubbed_elasticache  # noqa: F401
 
@@ -40,8 +40,8 @@ def target(serverless_target) -> dict:
 
 def write_verify(run_dir, target_url: str, *, age: float = 60, **fields) -> RunDir:
     rd = RunDir(run_dir, create=True)
-    rd.write("verify", {"finished_at": time.time() - age, "equal": True, "differences": 0, "sample": None,
-                        "source": "redis://:***@127.0.0.1:1/0", "target": target_url, **fields})
+    VerifyLedger(rd).record({"finished_at": time.time() - age, "equal": True, "differences": 0, "sample": None,
+                             "source": "redis://:***@127.0.0.1:1/0", "target": target_url, **fields})
     return rd
 
 

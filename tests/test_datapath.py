@@ -275,7 +275,7 @@ def test_a_key_read_as_struct_then_dumped_again_ends_with_the_later_value(standa
                                                                           run_dir):
     """SCAN may return a key twice. Replay writes a segment's DUMP records before its struct records, so
     a DUMP record that follows the same key's struct record must go to a later segment."""
-    from migrate.datapath.dump import DumpCounts, DumpLedger, DumpOptions, MasterDumper
+    from migrate.datapath.dump import DumpCounts, DumpOptions, MasterDumper, open_ledger
     from migrate.net.endpoints import Endpoint, discover
     from migrate.datapath.segments import STRUCT, Record, read_segment
     from migrate.rundir import RunDir
@@ -284,9 +284,9 @@ def test_a_key_read_as_struct_then_dumped_again_ends_with_the_later_value(standa
     payload = client.dump("twice")
     topology = discover(Endpoint.from_url("source", standalone_source.url()))
     directory = RunDir(run_dir, create=True)
-    ledger = DumpLedger(directory, topology, DumpOptions())
+    ledger = open_ledger(directory, topology, DumpOptions())
     node = topology.masters[0]
-    dumper = MasterDumper(directory, topology, 0, node, ledger.data["masters"][node.name], DumpOptions(), ledger)
+    dumper = MasterDumper(directory, topology, 0, node, ledger.master(node.name), DumpOptions(), ledger)
     dumper.add(Record(b"twice", -1, kind=STRUCT, type="string", items=[b"the earlier, big value"]))
     dumper.add_dumps([b"twice"], [-1], [payload])
     dumper._commit(DumpCounts(scanned=1, dumped=1), cursor=0, finished=True)

@@ -20,10 +20,8 @@ and the scan goes on from the last checkpoint, for up to RECONNECT_SECONDS witho
 from __future__ import annotations
 
 import ssl
-import time
-from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -31,9 +29,9 @@ from ..backoff import Backoff
 from ..net.endpoints import Node, Topology
 from ..net.rdb import rdb_version_of
 from ..errors import BadInput, RuntimeFailure, Unreachable
-from .segments import STRUCT, Record, SegmentWriter, seal, skipped_entry
+from .segments import STRUCT, Record, SegmentWriter, seal
 from ..net.keyspace import GONE, LENGTH_COMMANDS, absolute_expiry, estimated_size, key_slot
-from ..rundir import LedgerCounts, RunDir
+from ..rundir import DumpCounts, DumpLedger, MasterProgress, RunDir
 from .store import list_segments, segment_id, segment_path, write_segment
 from ..net.wire import ReplyError, Wire, pack
 
@@ -128,24 +126,6 @@ class DumpOptions:
         """What a resumed dump must agree on: the same db and the same key selection."""
         return {"db": self.db, "match": self.match, "types": sorted(self.types), "struct_all": self.struct_all,
                 "target_rdb": self.target_rdb}
-
-
-@dataclass
-class DumpCounts(LedgerCounts):
-    scanned: int = 0
-    dumped: int = 0
-    struct_keys: int = 0
-    vanished: int = 0
-    bytes: int = 0
-    skipped: Counter = field(default_factory=Counter)
-
-
-def dump_totals(ledger_data: dict) -> DumpCounts:
-    """The counts of every master in a dump ledger, added up."""
-    total = DumpCounts()
-    for master in ledger_data.get("masters", {}).values():
-        total.add(DumpCounts.from_dict(master["counts"]))
-    return total
 
 
 class RecordSink(Protocol):
@@ -449,7 +429,7 @@ _STRUCT_READERS: dict[str, Callable[[Wire, bytes], Iterator[tuple[int, list, str
 class MasterDumper:
     """Scans one master from its checkpointed cursor and writes its segments."""
 
-    def __init__(self, run_dir: RunDir, topology: Topology, index: int, node: Node, state: dict,
+    def __init__(self, run_dir: RunDir, topology: Topology, index: int, node: Node, state: MasterProgress,
                  options: DumpOptions, ledger: DumpLedger) -> None:
         self.run_dir = run_dir
         self.index = index
@@ -464,8 +444,8 @@ class MasterDumper:
         # segments are immutable, and replay may already have applied it. Its keys are read again from the
         # checkpointed cursor, so the ledger marks it superseded: replay's counts leave it out.
         written = [seq for master, seq in map(segment_id, list_segments(run_dir)) if master == index]
-        self._next_seq = max([state["next_seq"], *(seq + 1 for seq in written)])
-        ledger.supersede(index, [seq for seq in written if seq >= state["next_seq"]])
+        self._next_seq = max([state.next_seq, *(seq + 1 for seq in written)])
+        self._supersede([seq for seq in written if seq >= state.next_seq])
         # Compressing, writing and fsyncing a segment, then the ledger, happen on a thread of their own,
         # in order, while this one keeps the source busy. Only that thread touches the ledger.
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-writer")
@@ -491,10 +471,10 @@ class MasterDumper:
             except (ConnectionError, TimeoutError, ssl.SSLError, Unreachable) as exc:
                 error = exc
             self._settle()  # the checkpoint to go on from (and a full disk outranks a lost connection)
-            since_checkpoint = list(range(self.state["next_seq"], self._next_seq))
-            self._in_background(partial(self.ledger.supersede, self.index, since_checkpoint))
-            if mark != (self.state["cursor"], self.state["next_seq"]):  # progress since the last drop
-                mark, backoff = (self.state["cursor"], self.state["next_seq"]), Backoff(RECONNECT_SECONDS)
+            since_checkpoint = list(range(self.state.next_seq, self._next_seq))
+            self._in_background(partial(self._supersede, since_checkpoint))
+            if mark != (self.state.cursor, self.state.next_seq):  # progress since the last drop
+                mark, backoff = (self.state.cursor, self.state.next_seq), Backoff(RECONNECT_SECONDS)
             self.reader.skipped_keys, self.writer, self.pending = [], SegmentWriter(), DumpCounts()
             while True:
                 self._close()
@@ -510,6 +490,9 @@ class MasterDumper:
                 except Unreachable as exc:  # still down: wait longer
                     error = exc
 
+    def _supersede(self, seqs: list[int]) -> None:
+        self.ledger.supersede([segment_path(self.run_dir, self.index, seq).name for seq in seqs])
+
     def _connect(self) -> tuple[Wire, Wire]:
         """Two connections: `wire` for SCAN and struct reads, `bulk` for the batch scripts."""
         return tuple(Wire(self.endpoint, self.node.host, self.node.port, self.options.db) for _ in range(2))
@@ -520,8 +503,8 @@ class MasterDumper:
 
     def _run(self, progress: Callable[[int], None]) -> None:
         """SCAN and send batch N+1 before storing batch N, so the server and this process work at once."""
-        cursor = self.state["cursor"]
-        scanning = not self.state["done"]
+        cursor = self.state.cursor
+        scanning = not self.state.done
         in_flight = None
         while scanning or in_flight:
             batch = None
@@ -622,12 +605,7 @@ class MasterDumper:
     def _checkpoint(self, pending: DumpCounts, cursor: int, next_seq: int, finished: bool,
                     skipped: list) -> None:  # writer thread
         """The cursor and the first segment number it does not cover move together."""
-        self.state["cursor"] = cursor
-        self.state["next_seq"] = next_seq
-        self.state["done"] = finished
-        counts = DumpCounts.from_dict(self.state["counts"])
-        counts.add(pending)
-        self.state["counts"] = counts.to_dict()
+        self.state.checkpoint(cursor, next_seq, finished, pending)
         self.ledger.record_skipped(skipped)
         self.ledger.save()
 
@@ -642,66 +620,26 @@ def _same_selection(recorded: dict | None, wanted: dict) -> bool:
     return recorded == wanted
 
 
-class DumpLedger:
-    """dump.json: per-master cursor, next segment number, counts; plus the keys skipped and why."""
-
-    def __init__(self, run_dir: RunDir, topology: Topology, options: DumpOptions) -> None:
-        self.run_dir = run_dir
-        data = run_dir.read("dump")
-        names = [node.name for node in topology.masters]
-        if data is None or not _same_selection(data.get("options"), options.fingerprint()):
-            if data is not None and any(m["counts"]["scanned"] for m in data["masters"].values()):
-                raise BadInput(f"run directory {run_dir.path} holds a dump made with other options "
-                               f"({data.get('options')})",
-                               "rerun with the same --db/--match/--type/--mode, or use a new --run-dir")
-            data = {"options": options.fingerprint(), "masters": {}, "skipped_keys": [], "started_at": time.time()}
-        data["order"] = data.get("order") or names
-        for name in names:
-            if name not in data["order"]:
-                data["order"].append(name)
-            data["masters"].setdefault(name, {"cursor": 0, "next_seq": 0, "done": False,
-                                              "counts": DumpCounts().to_dict()})
-        self.data = data
-        self.names = names
-
-    def index(self, name: str) -> int:
-        return self.data["order"].index(name)
-
-    def supersede(self, index: int, seqs: list[int]) -> None:
-        """Segments written past the last checkpoint, whose keys are read again: replay still applies them
-        (harmless, and in order), but its key counts leave them out, so a resumed run counts each key once."""
-        if seqs:
-            names = self.data.setdefault("superseded", [])
-            names.extend(name for name in (segment_path(self.run_dir, index, seq).name for seq in seqs)
-                         if name not in names)
-            self.save()
-
-    def record_skipped(self, skipped: list[tuple[bytes, str]], limit: int = 1000) -> None:
-        """Keep the first skipped keys by name (escaped), so the report can name them."""
-        room = limit - len(self.data["skipped_keys"])
-        for key, reason in skipped[:max(room, 0)]:
-            self.data["skipped_keys"].append(skipped_entry(key, reason))
-
-    def totals(self) -> DumpCounts:
-        return dump_totals(self.data)
-
-    @property
-    def done(self) -> bool:
-        return all(self.data["masters"][name]["done"] for name in self.names)
-
-    def save(self) -> None:
-        if self.done and "finished_at" not in self.data:
-            self.data["finished_at"] = time.time()
-        self.run_dir.write("dump", self.data)
+def open_ledger(run_dir: RunDir, topology: Topology, options: DumpOptions) -> DumpLedger:
+    """The dump ledger to go on from; a new one when the run dir holds none, or one of other options that
+    has not scanned a key yet. A dump of other options that has read keys is refused."""
+    ledger = DumpLedger.load(run_dir)
+    if not _same_selection(ledger.options, options.fingerprint()):
+        if ledger.scanned_any:
+            raise BadInput(f"run directory {run_dir.path} holds a dump made with other options ({ledger.options})",
+                           "rerun with the same --db/--match/--type/--mode, or use a new --run-dir")
+        ledger.restart(options.fingerprint())
+    ledger.add_masters([node.name for node in topology.masters])
+    return ledger
 
 
 def dump(run_dir: RunDir, topology: Topology, options: DumpOptions, progress: Callable[[int], None] = lambda n: None
          ) -> DumpLedger:
     """Dump every master that is not done yet. Safe to rerun: it continues from the checkpoints."""
-    ledger = DumpLedger(run_dir, topology, options)
+    ledger = open_ledger(run_dir, topology, options)
     for node in topology.masters:
-        state = ledger.data["masters"][node.name]
-        if not state["done"]:
+        state = ledger.master(node.name)
+        if not state.done:
             MasterDumper(run_dir, topology, ledger.index(node.name), node, state, options, ledger).run(progress)
     ledger.save()
     return ledger

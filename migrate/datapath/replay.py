@@ -12,7 +12,6 @@ is not OK falls back to the per-record path, which retries, reroutes and reports
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Callable
@@ -22,10 +21,10 @@ from ..net.endpoints import Topology, discover, probe_rdb_version
 from . import witness
 from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
 from ..events import Warn, no_warning
-from .segments import DUMP, Indices, Record, Segment, load_segment, skipped_entry
+from .segments import DUMP, Indices, Record, Segment, load_segment
 from ..net.keyspace import NO_EXPIRY, key_slot
 from ..net.rdb import is_module_value
-from ..rundir import LedgerCounts, RunDir
+from ..rundir import ReplayCounts, ReplayLedger, RunDir
 from .store import list_segments
 from ..net.wire import ReplyError, Wire, pack, pack_restore
 
@@ -43,22 +42,6 @@ class ReplayOptions:
     max_ops_per_sec: int | None = None
     allow_nonempty_target: bool = False
     retry_seconds: float = 120.0
-
-
-@dataclass
-class ReplayCounts(LedgerCounts):
-    restored: int = 0
-    struct_written: int = 0
-    expired: int = 0
-    retries: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    skipped_keys: list = field(default_factory=list)  # the first skipped keys by name, for the report
-
-    def skip(self, key: bytes, reason: str, limit: int = 1000) -> None:
-        self.skipped[reason] += 1
-        item = skipped_entry(key, reason)
-        if len(self.skipped_keys) < limit and item not in self.skipped_keys:
-            self.skipped_keys.append(item)
 
 
 class RateLimiter:
@@ -427,60 +410,18 @@ class _Retry(Exception):
     """A transient error reply (LOADING, MOVED...) while checking keys."""
 
 
-class ReplayLedger:
-    """replay.json: which segments are done, and the counts. Written after each confirmed segment."""
-
-    def __init__(self, run_dir: RunDir) -> None:
-        self.run_dir = run_dir
-        self.data = run_dir.read("replay") or {"segments_done": [], "counts": ReplayCounts().to_dict()}
-        self.done = set(self.data["segments_done"])
-        self.counts = ReplayCounts.from_dict(self.data["counts"])
-
-    @property
-    def started(self) -> bool:
-        return "started_at" in self.data
-
-    def start(self, target_rdb: int) -> None:
-        self.data["started_at"] = time.time()
-        self.data["target_rdb"] = target_rdb
-        self.save()
-
-    def mark_done(self, name: str, witnesses: list | None = None, keys: ReplayCounts | None = None) -> None:
-        """A segment confirmed, with its key counts (so that a superseded segment can be left out of them)."""
-        self.done.add(name)
-        self.data["segments_done"] = sorted(self.done)
-        if keys is not None:
-            self.data.setdefault("keys_by_segment", {})[name] = [keys.restored, keys.struct_written, keys.expired]
-        witness.remember(self.data, name, witnesses or [])
-        self.save()
-
-    def forget_done(self) -> None:
-        """The target lost keys it had confirmed: every segment is written again, counts start over."""
-        self.done = set()
-        self.data["segments_done"] = []
-        self.data["witnesses"] = {}
-        self.data["keys_by_segment"] = {}
-        self.data["target_losses"] = self.data.get("target_losses", 0) + 1
-        self.counts = ReplayCounts(retries=self.counts.retries)
-        self.save()
-
-    def save(self) -> None:
-        self.data["counts"] = self.counts.to_dict()
-        self.run_dir.write("replay", self.data)
-
-
 def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
            progress: Callable[[int], None] = lambda n: None,
            dump_running: Callable[[], bool] = lambda: False, warn: Warn = no_warning) -> ReplayLedger:
     """Replay every segment not yet done. While `dump_running()` is true, wait for more segments."""
-    ledger = ReplayLedger(run_dir)
+    ledger = ReplayLedger.load(run_dir)
     writer = TargetWriter(topology, options)
     guard = LossGuard(ledger, writer, warn)
     try:
         if not ledger.started:
             _refuse_nonempty_target(topology, options)
             ledger.start(writer.target_rdb)
-        elif "finished_at" not in ledger.data:
+        elif not ledger.finished:
             guard.lost()  # resumed: did the target keep what the last run confirmed?
         while True:
             running = dump_running()
@@ -533,7 +474,7 @@ class LossGuard:
         self.resets = 0
 
     def lost(self) -> bool:
-        gone = witness.missing(self.ledger.data, self.writer.exists)
+        gone = witness.missing(self.ledger.witnesses, self.writer.exists)
         if not gone:
             return False
         self.resets += 1

@@ -32,7 +32,6 @@ import xxhash
 import zstandard
 
 from ..errors import BadInput
-from ..keynames import key_id, readable
 from ..net.keyspace import NO_EXPIRY, key_slots
 from ..net.rdb import MIN_PAYLOAD, rdb_version_of
 
@@ -72,12 +71,6 @@ class Record:
     @property
     def rdb_version(self) -> int:
         return rdb_version_of(self.payload) if self.kind == DUMP else 0
-
-
-def skipped_entry(key: bytes, reason: str) -> dict:
-    """How a skipped key is named in ledgers and reports: readable (escaped, shortened), plus its exact
-    identity, by which verify knows the key it finds missing was skipped on purpose."""
-    return {"key": readable(key), "id": key_id(key), "reason": reason}
 
 
 Indices = range | list[int]

@@ -39,7 +39,7 @@ from ..events import ProgressFactory, no_progress
 from ..net.keyspace import NO_EXPIRY
 from .fullscan import ScanJob, SideScans, combined
 from ..net.keyspace import SLOT_COUNT
-from ..rundir import RunDir, atomic_write
+from ..rundir import DumpLedger, ReplayLedger, RunDir, VerifyLedger, atomic_write, skipped_reasons
 from ..net.wire import pack
 
 REPORT_NAME = "verify-report.jsonl"
@@ -294,7 +294,7 @@ def run_verify(source: Topology | None, target: Topology, run_dir: RunDir | None
         write_report(report, settled.differences, settled.skipped)
     result = _result(settled, counts, reference.label, target, options, report, repaired, started)
     if run_dir is not None:
-        run_dir.write("verify", result.to_dict())
+        VerifyLedger(run_dir).record(result.to_dict())
     return result
 
 
@@ -316,8 +316,7 @@ def progress_total(reference: Reference, target: Topology, run_dir: RunDir | Non
     if isinstance(reference, SourceReference):
         reference_keys = reference.topology.key_count(reference.db)
     else:
-        from ..datapath.dump import dump_totals
-        dumped = dump_totals(run_dir.read("dump") or {})
+        dumped = DumpLedger.load(run_dir).totals()
         reference_keys = dumped.dumped + dumped.struct_keys
     return reference_keys + target.key_count()
 
@@ -327,9 +326,7 @@ def skipped_on_purpose(run_dir: RunDir | None) -> dict[str, str]:
     operator accepts these with --skip-unsupported; the cutover gate checks that they did."""
     if run_dir is None:
         return {}
-    named = (run_dir.read("dump") or {}).get("skipped_keys", [])
-    named += ((run_dir.read("replay") or {}).get("counts") or {}).get("skipped_keys", [])
-    return {entry["id"]: entry["reason"] for entry in named if "id" in entry}
+    return skipped_reasons(DumpLedger.load(run_dir).skipped_keys + ReplayLedger.load(run_dir).counts.skipped_keys)
 
 
 def set_apart(settled: Settled, skipped: dict[str, str]) -> Settled:
