@@ -17,7 +17,8 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 from . import errors
 

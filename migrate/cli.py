@@ -10,15 +10,14 @@ from __future__ import annotations
 import functools
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 
-from . import __version__
-from . import commands
-from .datapath.replay import ReplayOptions
+from . import __version__, commands
 from .console import TERMINAL, emit, render_plan, render_status, render_summary, render_switch, render_verify
+from .datapath.replay import ReplayOptions
 from .errors import MigrateError
 from .redact import scrub
 from .verify.stage import VerifyOptions

@@ -7,9 +7,9 @@ gets silence by default.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Callable
 
 ProgressCallback = Callable[[int], None]
 ProgressFactory = Callable[..., AbstractContextManager[ProgressCallback]]  # (description, total, unit=, initial=)

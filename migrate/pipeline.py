@@ -9,17 +9,17 @@ stages use both cores; each keeps its own ledger, so either can be killed and re
 
 from __future__ import annotations
 
-import os
 import multiprocessing
+import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
+from .children import die_with_parent, raise_relayed, relay_errors
 from .datapath import dump as dump_module
 from .datapath import replay as replay_module
-from .net.endpoints import Topology, translated_errors
 from .errors import BadInput, RuntimeFailure
 from .events import ProgressFactory, Warn, no_progress, no_warning
-from .children import die_with_parent, raise_relayed, relay_errors
+from .net.endpoints import Topology, translated_errors
 from .rundir import CutoverLedger, DumpLedger, ReplayLedger, RunDir, RunLedger, VerifyLedger
 
 

@@ -27,15 +27,15 @@ is ignored). Every ledger carries a checksum (`_xxh3`) of its content: an edited
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
 import errno
 import fcntl
 import json
 import os
 import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import xxhash

@@ -174,8 +174,8 @@ def run_tool(args: list[str], target: list[redis.Redis] | None = None, expected:
 def redis_cli_pipe(run_dir: Path, node: testbed.RedisServer, certs: testbed.Certs) -> float:
     """Mass insertion of the dump's RESTORE commands into one TLS node with redis-cli --pipe."""
     from migrate.datapath.segments import read_segment
-    from migrate.rundir import RunDir
     from migrate.datapath.store import list_segments
+    from migrate.rundir import RunDir
     stream = run_dir.parent / "restore.resp"
     with open(stream, "wb") as out:
         for path in list_segments(RunDir(run_dir)):

@@ -19,7 +19,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 _CHUNK = 64 * 1024
 _TICK = 0.1

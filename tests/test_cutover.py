@@ -12,10 +12,9 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
+from aws_helpers import as_json, aws_calls, cache_response, invoke, own_client, stubbed_elasticache  # noqa: F401
 from migrate.cloud.aws import Clients
 from migrate.rundir import RunDir, VerifyLedger
-
-from aws_helpers import as_json, aws_calls, cache_response, invoke, own_client, stubbed_elasticache  # noqa: F401
 
 ENV = "test"
 ENDPOINT = f"/storefront/{ENV}/redis/endpoint"
@@ -353,8 +352,8 @@ def test_version_limit_with_our_own_old_label_is_cleared(ssm, target, run_dir):
 def test_iam_actions_match_the_runbook(ssm, ecs_service, aws_calls, standalone_source, target, run_dir):
     """Every action the commands perform (plan with a cache and --env, cutover with a full parameter history
     and --redeploy, rollback) is listed, and every listed action is performed: the list is exact."""
-    from migrate.cloud.aws import IAM_ACTIONS
     from aws_helpers import runbook_actions
+    from migrate.cloud.aws import IAM_ACTIONS
 
     cache = stubbed_elasticache(cache_response("storefront-test", "127.0.0.1", int(target["port"])), "storefront-test")
     standalone_source.client().set("k", "v")  # an empty source is a plan blocker

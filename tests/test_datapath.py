@@ -276,8 +276,8 @@ def test_a_key_read_as_struct_then_dumped_again_ends_with_the_later_value(standa
     """SCAN may return a key twice. Replay writes a segment's DUMP records before its struct records, so
     a DUMP record that follows the same key's struct record must go to a later segment."""
     from migrate.datapath.dump import DumpCounts, DumpOptions, MasterDumper, open_ledger
-    from migrate.net.endpoints import Endpoint, discover
     from migrate.datapath.segments import STRUCT, Record, read_segment
+    from migrate.net.endpoints import Endpoint, discover
     from migrate.rundir import RunDir
     client = standalone_source.client()
     client.set("twice", "the later value")

@@ -29,8 +29,19 @@ from hypothesis import strategies as st
 
 import seed_data
 from migrate.datapath import dump as dump_module
+from migrate.datapath.segments import (
+    CHUNK_TYPES,
+    DUMP,
+    END,
+    MAGIC,
+    STRUCT,
+    TRAILER,
+    Record,
+    SegmentWriter,
+    decode_body,
+    read_segment,
+)
 from migrate.errors import BadInput
-from migrate.datapath.segments import DUMP, END, MAGIC, STRUCT, TRAILER, CHUNK_TYPES, Record, SegmentWriter, decode_body, read_segment
 from migrate.rundir import CHECKSUM_FIELD
 from reliability import invoke
 from snapshot import assert_same, snapshot
@@ -76,8 +87,8 @@ def world(_standalone_source, _serverless_target, tmp_path_factory):
 
 def _half_dump(source, run_dir: Path, patch) -> None:
     """A dump stopped after a few segments: its ledger has a cursor in the middle of the keyspace."""
-    from migrate.net.endpoints import Endpoint
     from migrate.commands import open_source
+    from migrate.net.endpoints import Endpoint
     from migrate.pipeline import dump_stage
     from migrate.rundir import RunDir
     seen = [0]

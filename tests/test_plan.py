@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
-from migrate.cloud.aws import Clients
-
 from aws_helpers import as_json, aws_calls, cache_response, invoke, own_client, stubbed_elasticache  # noqa: F401
+from migrate.cloud.aws import Clients
 
 CACHE = "storefront-test"
 

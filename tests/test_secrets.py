@@ -190,6 +190,7 @@ def test_modes_even_under_umask_000(standalone_source, serverless_target, tmp_pa
     run_dir.mkdir(mode=0o755)
     run_dir.chmod(0o755)
     import subprocess
+
     import reliability
     done = subprocess.run(reliability.command("run", "--source", standalone_source.url(), "--target",
                                               serverless_target.url(), "--run-dir", run_dir),

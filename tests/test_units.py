@@ -17,8 +17,7 @@ from migrate.datapath import witness
 from migrate.datapath.dump import _rounds
 from migrate.datapath.segments import CHUNK_TYPES, STRUCT, Record, SegmentWriter, decode_body
 from migrate.errors import BadInput
-from migrate.net.keyspace import (GONE, NO_EXPIRY, SLOT_COUNT, absolute_expiry, estimated_size, key_slot,
-                                  key_slots)
+from migrate.net.keyspace import GONE, NO_EXPIRY, SLOT_COUNT, absolute_expiry, estimated_size, key_slot, key_slots
 from migrate.net.rdb import FOOTER_BYTES, is_module_value, payload_body, payload_type, rdb_version_of
 from migrate.verify.compare import EXPIRED, classify
 from migrate.verify.digest import DIGEST_TYPES

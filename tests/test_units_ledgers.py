@@ -14,8 +14,20 @@ from migrate.cloud.cutover import Target, ignored_databases_check, verify_gate
 from migrate.datapath import witness
 from migrate.errors import BadInput
 from migrate.pipeline import judge_skipped, redo, status, summarize
-from migrate.rundir import (CHECKSUM_FIELD, CutoverLedger, CutoverRecord, DumpCounts, DumpLedger, PlanLedger,
-                            ReplayCounts, ReplayLedger, RunDir, RunLedger, VerifyLedger, _checksum)
+from migrate.rundir import (
+    CHECKSUM_FIELD,
+    CutoverLedger,
+    CutoverRecord,
+    DumpCounts,
+    DumpLedger,
+    PlanLedger,
+    ReplayCounts,
+    ReplayLedger,
+    RunDir,
+    RunLedger,
+    VerifyLedger,
+    _checksum,
+)
 
 HOUR = 3600.0
 TARGET = Target("cache.example.com", 6379)

@@ -8,8 +8,8 @@ credentials; tests hand in a prebuilt client where moto cannot serve the call (E
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import boto3
 import botocore.exceptions as bex

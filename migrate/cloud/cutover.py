@@ -20,11 +20,21 @@ from dataclasses import dataclass, field
 
 from redis.connection import parse_url
 
-from .aws import MISSING_PARAMETER_HINT, Clients, History, Version, aws_errors, describe_serverless_cache, force_new_deployment, \
-    parameter_history, parse_service, read_parameter
-from ..net.endpoints import Endpoint
 from ..errors import BadInput, GateRefused, MigrateError, RuntimeFailure
+from ..net.endpoints import Endpoint
 from ..rundir import CutoverLedger, CutoverRecord, RunDir, RunLedger, VerifyLedger
+from .aws import (
+    MISSING_PARAMETER_HINT,
+    Clients,
+    History,
+    Version,
+    aws_errors,
+    describe_serverless_cache,
+    force_new_deployment,
+    parameter_history,
+    parse_service,
+    read_parameter,
+)
 
 DEFAULT_PREFIX = "/storefront/{env}/redis"
 KEYS = ("endpoint", "port")  # write order: the endpoint first, so a failed port write leaves one value to undo

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import redis
 
-from .aws import Clients, describe_serverless_cache, parameter_history
-from .cutover import DEFAULT_PREFIX, LABEL_AFTER, LABEL_BEFORE, parameter_names
+from ..keynames import readable
 from ..net.endpoints import Node, Topology, probe_rdb_version, translated_errors
 from ..net.keyspace import LENGTH_COMMANDS, estimated_size
 from ..net.rdb import rdb_version_of
-from ..keynames import readable
+from .aws import Clients, describe_serverless_cache, parameter_history
+from .cutover import DEFAULT_PREFIX, LABEL_AFTER, LABEL_BEFORE, parameter_names
 
 GB = 10**9  # the cache's DataStorage unit, read as the smaller decimal GB: the conservative choice
 ECPU_PRICE_PER_MILLION = 0.0034

@@ -20,20 +20,21 @@ and the scan goes on from the last checkpoint, for up to RECONNECT_SECONDS witho
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
 
 from ..backoff import Backoff
-from ..net.endpoints import Node, Topology
-from ..net.rdb import rdb_version_of
 from ..errors import BadInput, RuntimeFailure, Unreachable
-from .segments import STRUCT, Record, SegmentWriter, seal
+from ..net.endpoints import Node, Topology
 from ..net.keyspace import GONE, LENGTH_COMMANDS, absolute_expiry, estimated_size, key_slot
-from ..rundir import DumpCounts, DumpLedger, MasterProgress, RunDir
-from .store import list_segments, segment_id, segment_path, write_segment
+from ..net.rdb import rdb_version_of
 from ..net.wire import ReplyError, Wire, pack
+from ..rundir import DumpCounts, DumpLedger, MasterProgress, RunDir
+from .segments import STRUCT, Record, SegmentWriter, seal
+from .store import list_segments, segment_id, segment_path, write_segment
 
 DEFAULT_MAX_PAYLOAD = 64 << 20
 DEFAULT_BATCH_BYTES = 4 << 20

@@ -12,21 +12,21 @@ is not OK falls back to the per-record path, which retries, reroutes and reports
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import zip_longest
-from typing import Callable
 
 from ..backoff import Backoff
-from ..net.endpoints import Topology, discover, probe_rdb_version
-from . import witness
 from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
 from ..events import Warn, no_warning
-from .segments import DUMP, Indices, Record, Segment, load_segment
+from ..net.endpoints import Topology, discover, probe_rdb_version
 from ..net.keyspace import NO_EXPIRY, key_slot
 from ..net.rdb import is_module_value
-from ..rundir import ReplayCounts, ReplayLedger, RunDir
-from .store import list_segments
 from ..net.wire import ReplyError, Wire, pack, pack_restore
+from ..rundir import ReplayCounts, ReplayLedger, RunDir
+from . import witness
+from .segments import DUMP, Indices, Record, Segment, load_segment
+from .store import list_segments
 
 RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK ")
 STREAM_ALREADY_WRITTEN = "equal or smaller than the target stream top item"

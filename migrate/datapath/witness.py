@@ -14,7 +14,7 @@ only choose and check them.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..net.keyspace import NO_EXPIRY, key_slot
 from .segments import Segment

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import hiredis

@@ -24,18 +24,18 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
-from .digest import DIGEST_TYPE_CODE, new_digest
-from ..net.endpoints import Topology, translated_errors
-from .compare import Pass, compare_views, side_counts
-from ..errors import BadInput
-from .readers import ABSENT, DigestReader, SideReader, View
 from ..datapath.segments import DUMP, Record, read_segment
-from .fullscan import ScanJob, SideScans, combined, fold
+from ..datapath.store import list_segments
+from ..errors import BadInput
+from ..net.endpoints import Topology, translated_errors
 from ..net.keyspace import NO_EXPIRY, SLOT_COUNT, key_slot
 from ..net.rdb import payload_body, payload_type
-from ..rundir import RunDir
-from ..datapath.store import list_segments
 from ..net.wire import ReplyError, pack
+from ..rundir import RunDir
+from .compare import Pass, compare_views, side_counts
+from .digest import DIGEST_TYPE_CODE, new_digest
+from .fullscan import ScanJob, SideScans, combined, fold
+from .readers import ABSENT, DigestReader, SideReader, View
 
 SCRATCH_PREFIX = b"__redis_migrate_verify__:"
 SCRATCH_TTL_MS = 60_000

@@ -8,8 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..keynames import escaped
-from .readers import ABSENT, View
 from ..net.keyspace import NO_EXPIRY
+from .readers import ABSENT, View
 
 KINDS = ("missing", "extra", "type", "value", "ttl", "changing")
 EXPIRED = "expired"

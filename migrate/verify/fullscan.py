@@ -29,13 +29,12 @@ from multiprocessing.connection import Connection, wait
 from xxhash import xxh3_128_intdigest
 
 from .. import errors
-from .digest import DIGEST_TYPE_CODE, DIGEST_TYPES
-from ..net.endpoints import Endpoint, Node, translated_errors
-from .readers import Batch, DigestReader, View
-from ..net.keyspace import NO_EXPIRY
 from ..children import die_with_parent, raise_relayed, relay_errors
-from ..net.keyspace import SLOT_COUNT, key_slot
+from ..net.endpoints import Endpoint, Node, translated_errors
+from ..net.keyspace import NO_EXPIRY, SLOT_COUNT, key_slot
 from ..net.wire import Wire, pack
+from .digest import DIGEST_TYPE_CODE, DIGEST_TYPES
+from .readers import Batch, DigestReader, View
 
 SCAN_COUNT = 1000
 PROGRESS_EVERY = 20_000

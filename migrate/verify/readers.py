@@ -14,10 +14,9 @@ import random
 import time
 from typing import NamedTuple
 
-from .digest import DIGESTS, digest_hash, digest_list, digest_set, digest_string, digest_zset, new_digest
-from ..net.keyspace import NO_EXPIRY, absolute_expiry
-from ..net.keyspace import key_slot
+from ..net.keyspace import NO_EXPIRY, absolute_expiry, key_slot
 from ..net.wire import ReplyError, Wire
+from .digest import DIGESTS, digest_hash, digest_list, digest_set, digest_string, digest_zset, new_digest
 
 WINDOW = 1000              # elements in the first read of a collection
 BIG_WINDOW = 10_000        # elements per read of the rest of a big collection

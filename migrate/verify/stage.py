@@ -26,21 +26,21 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
-from ..net.endpoints import Topology, translated_errors
 from ..errors import BadInput
-from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
-from ..keynames import key_id
-from .readers import SideReader, View
 from ..events import ProgressFactory, no_progress
-from ..net.keyspace import NO_EXPIRY
-from .fullscan import ScanJob, SideScans, combined
-from ..net.keyspace import SLOT_COUNT
-from ..rundir import DumpLedger, ReplayLedger, RunDir, VerifyLedger, atomic_write, skipped_reasons
+from ..keynames import key_id
+from ..net.endpoints import Topology, translated_errors
+from ..net.keyspace import NO_EXPIRY, SLOT_COUNT
 from ..net.wire import pack
+from ..rundir import DumpLedger, ReplayLedger, RunDir, VerifyLedger, atomic_write, skipped_reasons
+from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
+from .fullscan import ScanJob, SideScans, combined
+from .readers import SideReader, View
 
 REPORT_NAME = "verify-report.jsonl"
 Progress = Callable[[int], None]
