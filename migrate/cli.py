@@ -291,7 +291,8 @@ def param_prefix_option(func):
 
 def switch_options(func):
     """Options cutover and rollback share."""
-    func = click.option("--dry-run", is_flag=True, help="Show the before/after table and the checks; write nothing.")(func)
+    func = click.option("--dry-run", is_flag=True,
+                        help="Show the before/after table and the checks; write nothing.")(func)
     func = click.option("--redeploy", multiple=True, metavar="CLUSTER/SERVICE",
                         help="Force a new ECS deployment afterwards, so the apps re-read SSM. Repeatable.")(func)
     func = click.option("--force", is_flag=True, help="Go ahead although a safety check failed.")(func)
@@ -303,7 +304,8 @@ def switch_options(func):
 @cli.command()
 @source_option
 @target_option
-@click.option("--serverless-cache", metavar="NAME", help="Check the target cache's limits and cost, and show its endpoint.")
+@click.option("--serverless-cache", metavar="NAME",
+              help="Check the target cache's limits and cost, and show its endpoint.")
 @click.option("--env", help="Also show the current SSM endpoint/port of this environment.")
 @param_prefix_option
 @click.option("--sample", default=5000, show_default=True, type=click.IntRange(1, 1_000_000),
@@ -328,7 +330,8 @@ def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, st
               help="The run dir's passing verify must be newer than this (30m, 2h, 90s).")
 @switch_options
 @handle_errors
-def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify_age, force, redeploy, dry_run, as_json):
+def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify_age, force, redeploy, dry_run,
+            as_json):
     """Repoint the SSM endpoint/port at the target, after a fresh passing verify; recorded for rollback."""
     outcome = commands.cutover(env, target_url=target_url, serverless_cache=serverless_cache, run_dir=run_dir,
                                prefix=param_prefix, max_verify_age=max_verify_age, force=force, redeploy=redeploy,

@@ -20,7 +20,7 @@ import redis
 from .datapath.dump import DEFAULT_BATCH_BYTES, DEFAULT_MAX_PAYLOAD, DumpOptions
 from .datapath.replay import ReplayOptions
 from .errors import BadInput, DifferencesFound, GateRefused, MigrateError, RuntimeFailure, Unreachable
-from .events import Events, Warn
+from .events import SILENT, Events, Warn
 from .net.endpoints import Endpoint, Topology, discover, no_such_database, probe_rdb_version, translated_errors
 from .pipeline import _record_ignored_databases, dump_stage, judge_skipped, redo_stages, replay_stage, run_stages
 from .pipeline import status as run_status
@@ -174,7 +174,7 @@ def _copy(directory: RunDir, work: Callable[[], dict], skip_unsupported: bool) -
 
 def dump(source_url: str, run_dir: str, selection: Selection, *, mode: str = "auto",
          checks: SourceChecks = SourceChecks(), skip_unsupported: bool = False, tls_insecure: bool = False,
-         events: Events = Events()) -> Outcome:
+         events: Events = SILENT) -> Outcome:
     source = _endpoint("source", source_url, tls_insecure, events.warn)
     options = selection.dump_options(source, mode)
     directory = RunDir(run_dir, create=True)
@@ -188,7 +188,7 @@ def dump(source_url: str, run_dir: str, selection: Selection, *, mode: str = "au
 
 
 def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupported: bool = False,
-           tls_insecure: bool = False, events: Events = Events()) -> Outcome:
+           tls_insecure: bool = False, events: Events = SILENT) -> Outcome:
     target = _endpoint("target", target_url, tls_insecure, events.warn)
     directory = RunDir(run_dir)
 
@@ -202,7 +202,7 @@ def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupp
 
 def run(source_url: str, target_url: str, run_dir: str, selection: Selection, options: ReplayOptions, *,
         redo: tuple[str, ...] = (), checks: SourceChecks = SourceChecks(), skip_unsupported: bool = False,
-        tls_insecure: bool = False, events: Events = Events()) -> Outcome:
+        tls_insecure: bool = False, events: Events = SILENT) -> Outcome:
     """Dump and replay at once, then verify. The target's RDB version decides which payloads the dump
     reads type by type (mode auto). Exit 1 when the verify found differences."""
     source = _endpoint("source", source_url, tls_insecure, events.warn)
@@ -234,7 +234,7 @@ def status(run_dir: str) -> Outcome:
 # --- verify ------------------------------------------------------------------------------------------
 
 def verify(target_url: str, options: VerifyOptions, *, source_url: str | None = None, run_dir: str | None = None,
-           tls_insecure: bool = False, events: Events = Events()) -> Outcome:
+           tls_insecure: bool = False, events: Events = SILENT) -> Outcome:
     """The reference is the source, or with --against-dump the run dir's dump, which must exist (so the
     run dir is created only for a verify against the source). Exit 1 when the two sides differ."""
     if options.delete_extra and not options.repair:

@@ -134,7 +134,8 @@ def render_plan(result: dict) -> str:
     sample = src["sample"]
     memory = _bytes(src["used_memory"]) if src["used_memory"] is not None else "n/a"
     in_memory = _bytes(src["data_bytes_memory"]) if src["data_bytes_memory"] is not None else "n/a"
-    lines.append(f"  data     ~{_bytes(src['data_bytes'])} in db{src['db']}: the larger of {_bytes(src['data_bytes_sampled'])} "
+    lines.append(f"  data     ~{_bytes(src['data_bytes'])} in db{src['db']}: "
+                 f"the larger of {_bytes(src['data_bytes_sampled'])} "
                  f"from {sample['keys']} random keys ({sample['size_method']}) and {in_memory} from INFO memory "
                  f"(used_memory {memory}); {sample['ttl_share']:.0%} of keys with a TTL")
     lines.append("  types    " + (", ".join(f"{t} {n}" for t, n in sample["types"].items()) or "-"))
@@ -146,7 +147,8 @@ def render_plan(result: dict) -> str:
     if cache:
         seconds = cache["replay_seconds_at_ecpu_max"]
         lines.append(f"  cache    {cache['name']} {cache['status']}, {cache['engine']}, endpoint {cache['endpoint']}")
-        lines.append(f"           storage max {cache['storage_max_gb']} GB, needs {_bytes(cache['storage_needed_bytes'])} "
+        lines.append(f"           storage max {cache['storage_max_gb']} GB, "
+                     f"needs {_bytes(cache['storage_needed_bytes'])} "
                      f"with headroom; ECPU/s {cache['ecpu_per_second_min']}..{cache['ecpu_per_second_max']}")
         lines.append(f"           replay writes {cache['replay_ecpu']} ECPU: {_usd(cache['replay_ecpu_cost_usd'])}"
                      f"{'' if seconds is None else f', at least {seconds} s at the ECPU maximum'}; "

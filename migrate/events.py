@@ -30,3 +30,6 @@ class Events:
 
     progress: ProgressFactory = no_progress
     warn: Warn = no_warning
+
+
+SILENT = Events()  # a library caller's default: no bar, no warning

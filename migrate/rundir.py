@@ -102,7 +102,7 @@ class LedgerCounts:
 
     SKIPPED_KEYS_KEPT = 1000
 
-    def add(self, other: "LedgerCounts") -> None:
+    def add(self, other: LedgerCounts) -> None:
         """Sum the counters; keep the first skipped keys by name, once each."""
         for item in fields(self):
             mine, theirs = getattr(self, item.name), getattr(other, item.name)
@@ -197,7 +197,8 @@ class RunDir:
         except (ValueError, UnicodeDecodeError):
             raise _corrupt(path, "not valid JSON") from None
         except OSError as exc:
-            raise BadInput(f"cannot read ledger {path}: {exc.strerror}", "check the run directory's permissions") from None
+            raise BadInput(f"cannot read ledger {path}: {exc.strerror}",
+                           "check the run directory's permissions") from None
         if not isinstance(data, dict):
             raise _corrupt(path, "not a JSON object")
         check = data.pop(CHECKSUM_FIELD, None)
@@ -221,7 +222,8 @@ class RunDir:
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
                 raise BadInput(f"run directory {self.path} is locked by pid {holder}",
-                               "wait for that run to finish, or stop it; a killed run releases the lock itself") from None
+                               "wait for that run to finish, or stop it; a killed run releases the lock "
+                               "itself") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield

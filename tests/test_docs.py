@@ -56,4 +56,5 @@ def test_doc_links_stay_inside_the_repository(doc):
 def test_the_runbook_counts_the_commands_there_are():
     stated = [int(n) for n in re.findall(r"all (\d+) commands", DOCS)]
     assert stated, "RUNBOOK.md no longer says how many commands the secrets test covers"
-    assert stated == [len(cli.commands)] * len(stated), f"the docs say {stated} commands, the CLI has {len(cli.commands)}"
+    assert stated == [len(cli.commands)] * len(stated), \
+        f"the docs say {stated} commands, the CLI has {len(cli.commands)}"

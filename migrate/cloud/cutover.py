@@ -144,7 +144,8 @@ def verify_gate(run_dir: RunDir | None, max_age: float, target: Target, now: flo
                             f"accept skipping them", "rerun the copy with --skip-unsupported to accept them (or fix "
                                                      "them on the source and rerun it); --force skips this gate")
     if age > max_age:
-        return Check(False, f"the last verify is {format_duration(age)} old (limit {format_duration(max_age)})", VERIFY_HINT)
+        return Check(False, f"the last verify is {format_duration(age)} old (limit {format_duration(max_age)})",
+                     VERIFY_HINT)
     if (host, port) != (target.host.lower(), target.port):
         return Check(False, f"the last verify checked {host}:{port}, not the cutover target {target}",
                      VERIFY_HINT)
@@ -335,7 +336,8 @@ def _refuse_foreign_labels_in_the_way(writer: Writer, history: History) -> None:
         oldest = history.oldest.number
         writer.refuse(GateRefused(
             f"{history.name} has {len(history.versions)} versions and the oldest (version {oldest}) carries labels "
-            f"this tool did not set ({', '.join(foreign)}): SSM refuses a new version (ParameterMaxVersionLimitExceeded)",
+            f"this tool did not set ({', '.join(foreign)}): SSM refuses a new version "
+            "(ParameterMaxVersionLimitExceeded)",
             f"move or remove them, e.g. aws ssm unlabel-parameter-version --name {history.name} "
             f"--parameter-version {oldest} --labels {' '.join(foreign)}, then rerun"))
 
@@ -435,7 +437,8 @@ def _finish(result: dict, writer: Writer) -> dict:
 def _done_message(switch: Switch) -> str:
     where = f"{switch.desired['endpoint']}:{switch.desired['port']}"
     if switch.kind == "cutover":
-        return f"cut over to {where}; the apps use it once redeployed; undo with: redis-migrate rollback --env {switch.env}"
+        return (f"cut over to {where}; the apps use it once redeployed; undo with: "
+                f"redis-migrate rollback --env {switch.env}")
     return f"rolled back to {where}; the apps use it once redeployed"
 
 
@@ -500,7 +503,8 @@ def rollback(env: str, *, run_dir: RunDir | None = None, prefix: str = DEFAULT_P
     record = CutoverLedger.load(run_dir).record if run_dir else None
     restore, wrote, source = _rollback_values(record, histories, names)
     switch = Switch("rollback", env, names, histories, {key: v.value for key, v in restore.items()},
-                    pre_cutover=restore, record=record, checks=[_unchanged_since_cutover(histories, restore, wrote, source)],
+                    pre_cutover=restore, record=record,
+                    checks=[_unchanged_since_cutover(histories, restore, wrote, source)],
                     run_id=new_run_id(now))
     result = run_switch(switch, writer, run_dir, services, force)
     result["restored_from"] = source
@@ -523,7 +527,8 @@ def _rollback_values(record: CutoverRecord | None, histories: dict[str, History]
         if before is None or after is None:
             raise BadInput(f"{history.name} has no versions labelled {LABEL_BEFORE}/{LABEL_AFTER}, so no cutover "
                            "by this tool is recorded in SSM",
-                           "pass the --run-dir of the cutover, or restore by hand with aws ssm put-parameter --overwrite")
+                           "pass the --run-dir of the cutover, or restore by hand with "
+                           "aws ssm put-parameter --overwrite")
         restore[key], wrote[key] = before, after.value
     return restore, wrote, "SSM labels pre-cutover/cutover"
 

@@ -125,8 +125,8 @@ def _memory(topology: Topology) -> dict[str, int] | None:
     for node in topology.masters:
         try:
             info = topology.client(node).info("memory")
-            total.update({name: int(info[name]) for name in ("used_memory", "used_memory_startup", "used_memory_dataset")
-                          if name in info})
+            total.update({name: int(info[name])
+                          for name in ("used_memory", "used_memory_startup", "used_memory_dataset") if name in info})
         except (redis.ResponseError, ValueError):
             return None
         if "used_memory" not in info:
@@ -235,7 +235,8 @@ def _source_rdb_version(source: Topology, sampled: list[SampledKey], db: int) ->
 
 def _replay_mode(source_rdb: int | None, target_rdb: int) -> dict:
     if source_rdb is None or target_rdb >= source_rdb:
-        return {"mode": "restore", "why": f"target RDB {target_rdb} >= source RDB {source_rdb}: DUMP payloads RESTORE as they are"}
+        return {"mode": "restore",
+                "why": f"target RDB {target_rdb} >= source RDB {source_rdb}: DUMP payloads RESTORE as they are"}
     return {"mode": "struct", "why": f"target RDB {target_rdb} < source RDB {source_rdb}: RESTORE would refuse the "
                                      "payloads, so replay writes each key type by type (slower)"}
 
@@ -263,7 +264,8 @@ def _cache_section(clients: Clients, name: str, src: dict, target: Topology, hea
     section["replay_ecpu_cost_usd"] = round(ecpu / 1e6 * ECPU_PRICE_PER_MILLION, 6)
     section["storage_cost_usd_per_month"] = round(src["data_bytes"] / GB * STORAGE_PRICE_GB_MONTH, 4)
     section["replay_seconds_at_ecpu_max"] = round(ecpu / cache.ecpu_max, 1) if cache.ecpu_max else None
-    section["advice"] = (f"about an hour before the replay, raise ECPUPerSecond Minimum (now {cache.ecpu_min}) to the rate "
+    section["advice"] = (f"about an hour before the replay, raise ECPUPerSecond Minimum (now {cache.ecpu_min}) "
+                         "to the rate "
                          f"replay should run at (at most the Maximum, {cache.ecpu_max}) so the cache has scaled out "
                          "before the load; lower it again afterwards")
     target_at = (target.masters[0].host, target.masters[0].port) if len(target.masters) == 1 else None
@@ -276,7 +278,7 @@ def _ssm_section(clients: Clients, names: dict[str, str], source: Topology, targ
                  blockers: list[dict], warnings: list[str]) -> dict:
     """The parameters cutover will repoint: their values now, and whether they exist at all."""
     section = {}
-    for key, name in names.items():
+    for _key, name in names.items():
         history = parameter_history(clients.ssm, name)
         if history is None:
             section[name] = {"exists": False}
@@ -284,7 +286,8 @@ def _ssm_section(clients: Clients, names: dict[str, str], source: Topology, targ
                                      "check --env/--param-prefix, or create it with the value the apps use now"))
             continue
         section[name] = {"exists": True, "value": history.current.value, "version": history.current.number,
-                         "earlier_cutover_labels": bool(history.labelled(LABEL_BEFORE) or history.labelled(LABEL_AFTER))}
+                         "earlier_cutover_labels": bool(history.labelled(LABEL_BEFORE)
+                                                        or history.labelled(LABEL_AFTER))}
     endpoint = section[names["endpoint"]].get("value")
     if endpoint is not None and endpoint not in {n.host for n in source.masters + target.masters}:
         warnings.append(f"{names['endpoint']} is {endpoint}, which is neither the source's nor the target's host "
