@@ -1,4 +1,5 @@
-"""Command line: parses options, calls one library function, prints the result, maps errors to exit codes.
+"""Command line: parses the options, makes one call into commands.py, renders what it returns through
+console.py, and exits with the code the command decided (errors: their message, hint and exit code).
 
 Exit codes: 0 success; 1 differences found or a safety gate refused; 2 bad input;
 3 a runtime failure (rerun the same command to resume).
@@ -6,18 +7,20 @@ Exit codes: 0 success; 1 differences found or a safety gate refused; 2 bad input
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import BadInput, DifferencesFound, MigrateError
-from .output import emit, progress_bar, table, warn
+from . import __version__, commands
+from .console import TERMINAL, emit, render_plan, render_status, render_summary, render_switch, render_verify
+from .datapath.replay import ReplayOptions
+from .errors import MigrateError
 from .redact import scrub
+from .verify.stage import VerifyOptions
 
 
 class Context:
@@ -122,13 +125,12 @@ def source_check_options(func):
     return func
 
 
-def _source_checks(ignore_other_dbs: bool, allow_empty_source: bool):
-    from .pipeline import SourceChecks
-    return SourceChecks(ignore_other_dbs=ignore_other_dbs, allow_empty=allow_empty_source)
+def _source_checks(ignore_other_dbs: bool, allow_empty_source: bool) -> commands.SourceChecks:
+    return commands.SourceChecks(ignore_other_dbs=ignore_other_dbs, allow_empty=allow_empty_source)
 
 
 def replay_options(func):
-    func = click.option("--mode", type=click.Choice(("auto", "restore", "struct")), default="auto", show_default=True,
+    func = click.option("--mode", type=click.Choice(("auto", "struct")), default="auto", show_default=True,
                         help="auto: RESTORE payloads the target accepts, type-by-type writes for the rest.")(func)
     func = click.option("--max-ops-per-sec", type=click.IntRange(1), default=None,
                         help="Cap key writes per second (keep under the cache's ECPU/s maximum).")(func)
@@ -143,49 +145,22 @@ def skip_unsupported_option(func):
                              "were skipped. They are always counted and named in the report.")(func)
 
 
-def _locked_stage(directory, work: Callable[[], dict], as_json: bool, skip_unsupported: bool,
-                  render: Callable[[dict], str] | None = None) -> dict:
-    """Run copy stages under the run dir's lock, print their result, then refuse skipped keys unless accepted."""
-    from .pipeline import judge_skipped
-    with directory.lock():
-        result = work()
-        refusal = judge_skipped(directory, skip_unsupported)
-    emit(result, as_json, render)
-    if refusal is not None:
-        raise refusal
-    return result
+def _finish(outcome: commands.Outcome, as_json: bool, render: Callable[[dict], str] | None = None) -> None:
+    """Show the command's result, then raise its refusal (message, hint, exit code) or exit with its code."""
+    emit(outcome.result, as_json, render)
+    if outcome.refusal is not None:
+        raise outcome.refusal
+    if outcome.exit_code:
+        sys.exit(outcome.exit_code)
 
 
-def _endpoint(role: str, url: str, tls_insecure: bool):
-    from .endpoints import Endpoint
-    if tls_insecure:
-        warn("--tls-insecure: TLS certificates are NOT verified; never use this in production")
-    return Endpoint.from_url(role, url, tls_insecure=tls_insecure)
+def _selection(db, match, types, scan_count, max_payload, batch_bytes) -> commands.Selection:
+    return commands.Selection(db=db, match=match, types=tuple(types), scan_count=scan_count, max_payload=max_payload,
+                              batch_bytes=batch_bytes)
 
 
-def _dump_opts(endpoint, db, match, types, scan_count, max_payload, batch_bytes, mode="auto", target_rdb=None):
-    from .dump import DumpOptions
-    _check_match(match)
-    return DumpOptions(db=endpoint.db if db is None else db, match=match, types=tuple(types), scan_count=scan_count,
-                       max_payload=max_payload, batch_bytes=batch_bytes, struct_all=mode == "struct",
-                       target_rdb=target_rdb)
-
-
-def _check_match(match: str | None) -> None:
-    if match is not None and (not match or "\0" in match):
-        raise BadInput(f"--match {match!r} is not a usable SCAN pattern", "give a glob such as 'session:*'")
-
-
-def _render_summary(result: dict) -> str:
-    """The stages' counts, the keys they skipped, then run's verify as `verify` prints it."""
-    from .keynames import readable
-    from .verify import render
-    lines = [table({k: v for k, v in result.items() if k not in ("skipped_keys", "verify")})]
-    for item in result.get("skipped_keys", []):
-        lines.append(f"skipped: {readable(item['key'])}: {item['reason']}")
-    if result.get("verify"):
-        lines.append("verify: " + render(result["verify"]).replace("\n", "\n  "))
-    return "\n".join(lines)
+def _replay_options(mode, max_ops_per_sec, allow_nonempty_target) -> ReplayOptions:
+    return ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec, allow_nonempty_target=allow_nonempty_target)
 
 
 @cli.command()
@@ -202,14 +177,10 @@ def _render_summary(result: dict) -> str:
 def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, mode, ignore_other_dbs,
          allow_empty_source, skip_unsupported, tls_insecure, as_json):
     """Scan every source master and write keys with absolute expiries to durable segments."""
-    from .pipeline import dump_stage, open_source
-    from .state import RunDir
-    endpoint = _endpoint("source", source_url, tls_insecure)
-    options = _dump_opts(endpoint, db, match, types, scan_count, max_payload, batch_bytes, mode)
-    checks = _source_checks(ignore_other_dbs, allow_empty_source)
-    directory = RunDir(run_dir, create=True)
-    _locked_stage(directory, lambda: dump_stage(directory, open_source(endpoint, options.db), options, progress_bar,
-                                                checks), as_json, skip_unsupported)
+    outcome = commands.dump(source_url, run_dir, _selection(db, match, types, scan_count, max_payload, batch_bytes),
+                            mode=mode, checks=_source_checks(ignore_other_dbs, allow_empty_source),
+                            skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL)
+    _finish(outcome, as_json)
 
 
 @cli.command()
@@ -223,14 +194,9 @@ def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_b
 def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, skip_unsupported, tls_insecure,
            as_json):
     """Write the dump into the target, pipelined per target master; resumes where it stopped."""
-    from .pipeline import open_target, replay_stage
-    from .replay import ReplayOptions
-    from .state import RunDir
-    endpoint = _endpoint("target", target_url, tls_insecure)
-    directory = RunDir(run_dir)
-    options = ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec, allow_nonempty_target=allow_nonempty_target)
-    _locked_stage(directory, lambda: replay_stage(directory, open_target(endpoint), options, progress_bar),
-                  as_json, skip_unsupported)
+    outcome = commands.replay(target_url, run_dir, _replay_options(mode, max_ops_per_sec, allow_nonempty_target),
+                              skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL)
+    _finish(outcome, as_json)
 
 
 @cli.command()
@@ -253,30 +219,12 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
 
     Stages the run dir records as done are skipped; --redo STAGE does one again.
     """
-    from .endpoints import probe_rdb_version
-    from .pipeline import admit_source, open_source, open_target, preflight, redo_stages, run_stages
-    from .replay import ReplayOptions
-    from .state import RunDir
-    source = _endpoint("source", source_url, tls_insecure)
-    target = _endpoint("target", target_url, tls_insecure)
-    target_topology = open_target(target)
-    target_rdb = probe_rdb_version(target_topology) if mode == "auto" else None
-    options = _dump_opts(source, db, match, types, scan_count, max_payload, batch_bytes, mode, target_rdb)
-    directory = RunDir(run_dir, create=True)
-
-    def stages() -> dict:
-        source_topology = open_source(source, options.db)
-        admit_source(directory, source_topology, target, options.db,  # refused before --redo forgets
-                     _source_checks(ignore_other_dbs, allow_empty_source))
-        redo_stages(directory, redo)
-        preflight(directory, source_url, target_url, tls_insecure, options.db)
-        return run_stages(directory, source_topology, target_topology, options,
-                          ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec,
-                                        allow_nonempty_target=allow_nonempty_target), progress_bar)
-
-    result = _locked_stage(directory, stages, as_json, skip_unsupported, _render_summary)
-    if not result["verify"].get("equal"):
-        sys.exit(DifferencesFound.exit_code)
+    outcome = commands.run(source_url, target_url, run_dir,
+                           _selection(db, match, types, scan_count, max_payload, batch_bytes),
+                           _replay_options(mode, max_ops_per_sec, allow_nonempty_target), redo=redo,
+                           checks=_source_checks(ignore_other_dbs, allow_empty_source),
+                           skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL)
+    _finish(outcome, as_json, render_summary)
 
 
 @cli.command()
@@ -285,17 +233,8 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
 @handle_errors
 def status(run_dir, as_json):
     """Show every stage's state, counts and timings, and the last verify and cutover."""
-    from .pipeline import status as run_status
-    from .state import RunDir
-    emit(run_status(RunDir(run_dir)), as_json, _render_status)
+    _finish(commands.status(run_dir), as_json, render_status)
 
-
-def _render_status(result: dict) -> str:
-    lines = [f"{'stage':<8} {'state':<12} {'finished':<21} seconds"]
-    for name, stage in result["stages"].items():
-        lines.append(f"{name:<8} {stage['state']:<12} {stage.get('finished_at') or '-':<21} "
-                     f"{stage.get('seconds') or '-'}")
-    return "\n".join(lines) + "\n\n" + _render_summary(result["counts"])
 
 # --- verify ---
 
@@ -324,28 +263,12 @@ def _render_status(result: dict) -> str:
 def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance, rounds, report, repair,
            delete_extra, db, tls_insecure, as_json):
     """Prove the target holds what the source (or the dump) holds. Exit 0 equal, 1 differences, 2 bad input."""
-    from pathlib import Path
-
-    from .pipeline import open_source, open_target
-    from .state import RunDir
-    from .verify import VerifyOptions, render, run_verify
-    if delete_extra and not repair:
-        raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
-    directory = RunDir(run_dir, create=not against_dump) if run_dir else None
-    source = None
-    target = open_target(_endpoint("target", target_url, tls_insecure))
-    if source_url and not against_dump:
-        endpoint = _endpoint("source", source_url, tls_insecure)
-        db = endpoint.db if db is None else db
-        source = open_source(endpoint, db)
     options = VerifyOptions(sample=sample, ttl_tolerance_ms=ttl_tolerance, rounds=rounds,
                             report=Path(report) if report else None, repair=repair, delete_extra=delete_extra,
                             against_dump=against_dump, db=db)
-    with directory.lock() if directory else contextlib.nullcontext():
-        result = run_verify(source, target, directory, options, progress_bar)
-    emit(result.to_dict(), as_json, render)
-    if not result.equal:
-        sys.exit(DifferencesFound.exit_code)
+    outcome = commands.verify(target_url, options, source_url=source_url, run_dir=run_dir, tls_insecure=tls_insecure,
+                              events=TERMINAL)
+    _finish(outcome, as_json, render_verify)
 
 
 # --- plan, cutover, rollback ---
@@ -353,15 +276,8 @@ def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance,
 def _aws_clients():
     """The boto3 clients for this invocation: whatever the caller put in click's context object, else the
     standard chain's (built lazily, so only commands that reach AWS need credentials)."""
-    from .aws import Clients
+    from .cloud.aws import Clients
     return click.get_current_context().ensure_object(Clients)
-
-
-def _emit_and_exit(result: dict, as_json: bool, render, failed: bool) -> None:
-    """Print the result; exit 1 when it is a refusal or has blockers (a dry run that would be refused)."""
-    emit(result, as_json, render)
-    if failed:
-        sys.exit(1)
 
 
 def env_option(func):
@@ -375,7 +291,8 @@ def param_prefix_option(func):
 
 def switch_options(func):
     """Options cutover and rollback share."""
-    func = click.option("--dry-run", is_flag=True, help="Show the before/after table and the checks; write nothing.")(func)
+    func = click.option("--dry-run", is_flag=True,
+                        help="Show the before/after table and the checks; write nothing.")(func)
     func = click.option("--redeploy", multiple=True, metavar="CLUSTER/SERVICE",
                         help="Force a new ECS deployment afterwards, so the apps re-read SSM. Repeatable.")(func)
     func = click.option("--force", is_flag=True, help="Go ahead although a safety check failed.")(func)
@@ -387,7 +304,8 @@ def switch_options(func):
 @cli.command()
 @source_option
 @target_option
-@click.option("--serverless-cache", metavar="NAME", help="Check the target cache's limits and cost, and show its endpoint.")
+@click.option("--serverless-cache", metavar="NAME",
+              help="Check the target cache's limits and cost, and show its endpoint.")
 @click.option("--env", help="Also show the current SSM endpoint/port of this environment.")
 @param_prefix_option
 @click.option("--sample", default=5000, show_default=True, type=click.IntRange(1, 1_000_000),
@@ -399,11 +317,10 @@ def switch_options(func):
 @handle_errors
 def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, storage_headroom, tls_insecure, as_json):
     """Read-only preflight: versions, replay mode, sizes, blockers, and a go / blockers verdict (exit 1)."""
-    from . import plan as planning
-    result = planning.plan(source_url, target_url, serverless_cache=serverless_cache, env=env, prefix=param_prefix,
-                           sample=sample, storage_headroom=storage_headroom, tls_insecure=tls_insecure,
-                           clients=_aws_clients())
-    _emit_and_exit(result, as_json, planning.render, result["verdict"] != "go")
+    outcome = commands.plan(source_url, target_url, serverless_cache=serverless_cache, env=env, prefix=param_prefix,
+                            sample=sample, storage_headroom=storage_headroom, tls_insecure=tls_insecure,
+                            clients=_aws_clients())
+    _finish(outcome, as_json, render_plan)
 
 
 @cli.command()
@@ -413,13 +330,13 @@ def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, st
               help="The run dir's passing verify must be newer than this (30m, 2h, 90s).")
 @switch_options
 @handle_errors
-def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify_age, force, redeploy, dry_run, as_json):
+def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify_age, force, redeploy, dry_run,
+            as_json):
     """Repoint the SSM endpoint/port at the target, after a fresh passing verify; recorded for rollback."""
-    from . import cutover as switching
-    result = switching.cutover(env, target_url=target_url, serverless_cache=serverless_cache, run_dir=run_dir,
+    outcome = commands.cutover(env, target_url=target_url, serverless_cache=serverless_cache, run_dir=run_dir,
                                prefix=param_prefix, max_verify_age=max_verify_age, force=force, redeploy=redeploy,
                                dry_run=dry_run, clients=_aws_clients())
-    _emit_and_exit(result, as_json, switching.render, bool(result["refused"]))
+    _finish(outcome, as_json, render_switch)
 
 
 @cli.command()
@@ -427,10 +344,9 @@ def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify
 @handle_errors
 def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json):
     """Put back the SSM values the cutover recorded (run dir, else the SSM labels)."""
-    from . import cutover as switching
-    result = switching.rollback(env, run_dir=run_dir, prefix=param_prefix, force=force, redeploy=redeploy,
+    outcome = commands.rollback(env, run_dir=run_dir, prefix=param_prefix, force=force, redeploy=redeploy,
                                 dry_run=dry_run, clients=_aws_clients())
-    _emit_and_exit(result, as_json, switching.render, bool(result["refused"]))
+    _finish(outcome, as_json, render_switch)
 
 
 if __name__ == "__main__":

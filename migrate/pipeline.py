@@ -1,4 +1,7 @@
-"""The stages as the CLI runs them: open the run dir, take the lock, bind endpoints, call the stage.
+"""The copy stages as a command runs them: dump, replay and run's verify, each with its progress bar, and
+`run`'s two processes. The command layer (commands.py) opens the endpoints and the run dir, takes the
+lock and admits the source before it calls these; the ledger readers at the end (summarize, status,
+redo, judge_skipped) answer from the run dir alone.
 
 `run` dumps in a child process while the parent replays the segments as they land, so the two
 stages use both cores; each keeps its own ledger, so either can be killed and resumed.
@@ -6,128 +9,27 @@ stages use both cores; each keeps its own ledger, so either can be killed and re
 
 from __future__ import annotations
 
-import json
-import os
 import multiprocessing
+import os
 import time
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
-import redis
-
-from . import dump as dump_module
-from . import replay as replay_module
-from .endpoints import Endpoint, Topology, discover, no_such_database, translated_errors
-from .errors import BadInput, MigrateError, RuntimeFailure, Unreachable
-from .output import ProgressFactory, no_progress, warn
-from .procs import die_with_parent
-from .state import RunDir
-
-def open_source(endpoint: Endpoint, db: int) -> Topology:
-    """Discover the source and check that `db` exists there (a cluster has only db 0)."""
-    topology = discover(endpoint)
-    if topology.is_cluster and db != 0:
-        raise BadInput(f"source {endpoint.redacted} is a cluster, which has only db 0, but db {db} was asked for",
-                       "drop --db (or use /0 in the URL)")
-    if db != 0:
-        _check_database(topology, db)
-    return topology
-
-
-def _check_database(topology: Topology, db: int) -> None:
-    node = topology.masters[0]
-    with translated_errors(topology.endpoint):
-        try:
-            topology.client(node, db).ping()
-        except redis.ResponseError as exc:
-            if "DB index is out of range" in str(exc):
-                raise no_such_database(topology.endpoint, db, node.host, node.port) from None
-            raise
-
-
-def open_target(endpoint: Endpoint) -> Topology:
-    if endpoint.db != 0:
-        raise BadInput(f"target {endpoint.redacted} names db {endpoint.db}; ElastiCache Serverless has only db 0",
-                       "use /0 (or no db) in the target URL")
-    return discover(endpoint)
-
-
-@dataclass(frozen=True)
-class SourceChecks:
-    """What the operator said is fine about the source: keys left in other databases, or no keys at all."""
-
-    ignore_other_dbs: bool = False
-    allow_empty: bool = False
-
-
-def check_source(run_dir: RunDir, source: Topology, db: int, checks: SourceChecks) -> None:
-    """dump's and run's refusals of a source that would copy too little: keys in databases that are not
-    copied (plan calls them a blocker), and an empty database (a wrong URL or a Redis restarted empty).
-    Keys deliberately left in other databases are recorded in run.json, for the cutover to show."""
-    others, unavailable = source.other_databases(db)
-    for name in unavailable:
-        warn(f"INFO keyspace is unavailable on {name}: other databases were not checked")
-    if others:
-        listed = ", ".join(f"db{n}: {k} keys" for n, k in others.items())
-        if not checks.ignore_other_dbs:
-            raise BadInput(f"the source has data outside db{db}, which is the only one migrated ({listed})",
-                           "ElastiCache Serverless has only db 0: migrate each database in its own run into its own "
-                           f"cache (--db N or the URL's /N), or move the keys into db{db}, or flush those databases if "
-                           "unused; --ignore-other-dbs copies only this one anyway")
-        warn(f"--ignore-other-dbs: the source's other databases are not migrated ({listed})")
-        _record_ignored_databases(run_dir, db, others)
-    if not checks.allow_empty and source.key_count(db) == 0:
-        raise BadInput(f"the source {source.endpoint.redacted} holds no keys in db{db}: there is nothing to migrate",
-                       "check the URL and --db (a wrong host, port or database?), and whether the source Redis was "
-                       "just restarted without its data; pass --allow-empty-source if an empty copy is really meant")
+from .children import die_with_parent, raise_relayed, relay_errors
+from .datapath import dump as dump_module
+from .datapath import replay as replay_module
+from .errors import BadInput, RuntimeFailure
+from .events import ProgressFactory, Warn, no_progress, no_warning
+from .net.endpoints import Topology, translated_errors
+from .rundir import CutoverLedger, DumpLedger, ReplayLedger, RunDir, RunLedger, VerifyLedger
 
 
 def _record_ignored_databases(run_dir: RunDir, db: int, others: dict[int, int]) -> None:
-    run = run_dir.read("run") or {"created": time.time()}
-    run["ignored_databases"] = {"db": db, "others": {str(n): k for n, k in others.items()}, "at": time.time()}
-    run_dir.write("run", run)
-
-
-def preflight(run_dir: RunDir, source_url: str, target_url: str, tls_insecure: bool, db: int | None = None) -> None:
-    """`run`'s first stage: the plan, recorded once per run dir. Its blockers are printed; the stages'
-    own gates (empty target, one database, empty source) enforce them, with the options that override them."""
-    if run_dir.read("plan") is not None:
-        return
-    from .plan import plan
-    try:
-        result = json.loads(json.dumps(plan(source_url, target_url, tls_insecure=tls_insecure, db=db), default=str))
-    except (Unreachable, RuntimeFailure, OSError, redis.ConnectionError, redis.TimeoutError) as exc:  # advisory: go on
-        warn(f"plan: the survey did not finish ({getattr(exc, 'message', exc)}); the stages' own checks "
-             f"still apply, and the next run tries the plan again")
-        return
-    run_dir.write("plan", result)
-    for blocker in result["blockers"]:
-        warn(f"plan: {blocker['problem']} ({blocker['fix']})")
-
-
-def bind_endpoints(run_dir: RunDir, source: Endpoint | None, target: Endpoint | None, db: int = 0) -> None:
-    """Tie the run dir to its source and target, or refuse one made for others: before anything in it changes."""
-    if source is not None:
-        run_dir.bind("source", {"url": source.identity, "db": db})
-    if target is not None:
-        run_dir.bind("target", {"url": target.identity})
-
-
-def admit_source(run_dir: RunDir, source: Topology, target: Endpoint | None, db: int, checks: SourceChecks) -> None:
-    """The run dir's own endpoints, and a source that would not copy too little: refused before any stage
-    (or `--redo`) changes the run dir. Idempotent, so `run` may admit before it redoes, then again per stage."""
-    bind_endpoints(run_dir, source.endpoint, target, db)
-    check_source(run_dir, source, db, checks)
+    RunLedger.load(run_dir).ignore_databases(db, others)
 
 
 def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
-               progress: ProgressFactory = no_progress, checks: SourceChecks = SourceChecks()) -> dict:
-    admit_source(run_dir, source, None, options.db, checks)
-    return _dump(run_dir, source, options, progress)
-
-
-def _dump(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
-          progress: ProgressFactory = no_progress) -> dict:
+               progress: ProgressFactory = no_progress) -> dict:
+    """Dump the source into the run dir's segments; the caller admitted the source (`commands.admit_source`)."""
     started = time.monotonic()
     total = source.key_count(options.db)
     with progress("dump", total) as update:
@@ -138,53 +40,52 @@ def _dump(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
 
 def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.ReplayOptions,
                  progress: ProgressFactory = no_progress, dump_running: Callable[[], bool] = lambda: False,
-                 expected: int | None = None) -> dict:
-    """Replay what the dump holds; with `dump_running`, follow the dump as it writes (run)."""
-    bind_endpoints(run_dir, None, target.endpoint)
-    dump_ledger = run_dir.read("dump")
-    if dump_ledger is None and not dump_running():
+                 expected: int | None = None, warn: Warn = no_warning) -> dict:
+    """Replay what the dump holds; with `dump_running`, follow the dump as it writes (run). The caller
+    bound the target to the run dir (`commands.bind_endpoints`)."""
+    dump_ledger = DumpLedger.load(run_dir)
+    if not dump_ledger.found and not dump_running():
         raise BadInput(f"run directory {run_dir.path} holds no dump", "run `redis-migrate dump` (or `run`) first")
-    if options.mode == "struct" and dump_ledger and not dump_ledger["options"].get("struct_all"):
+    if options.mode == "struct" and dump_ledger.found and not dump_ledger.struct_all:
         raise BadInput("--mode struct needs a dump made with --mode struct",
                        "dump again with --mode struct into a new --run-dir (or use `run --mode struct`)")
     started = time.monotonic()
     if expected is None:
-        totals = dump_module.dump_totals(dump_ledger or {})
+        totals = dump_ledger.totals()
         expected = totals.dumped + totals.struct_keys
-    done = replay_module.ReplayCounts.from_dict((run_dir.read("replay") or {}).get("counts") or
-                                                replay_module.ReplayCounts().to_dict())
+    done = ReplayLedger.load(run_dir).counts
     with progress("replay", expected or None, initial=done.restored + done.struct_written + done.expired) as update:
         with translated_errors(target.endpoint):
-            ledger = replay_module.replay(run_dir, target, options, update, dump_running)
-    dump_done = bool((run_dir.read("dump") or {}).get("finished_at"))
-    if dump_done and "finished_at" not in ledger.data:
-        ledger.data["finished_at"] = time.time()
-        ledger.save()
-    elif not dump_done:
+            ledger = replay_module.replay(run_dir, target, options, update, dump_running, warn)
+    dump_done = bool(DumpLedger.load(run_dir).finished_at)
+    if dump_done:
+        ledger.finish()
+    else:
         warn("the dump is not finished: replayed what it holds; rerun dump, then replay, to complete")
     return {"replay": ledger.counts.to_dict(), "replay_done": dump_done, "seconds": time.monotonic() - started}
 
 
 def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: dump_module.DumpOptions,
-               replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress) -> dict:
+               replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress,
+               warn: Warn = no_warning) -> dict:
     """Dump in a child process while this one replays; both resume from their ledgers. The caller has
-    admitted the source (`admit_source`) before anything, --redo included, changed the run dir."""
+    admitted the source (`commands.admit_source`) before anything, --redo included, changed the run dir."""
     started = time.monotonic()
     child, errors = _start_dump_process(run_dir, source, dump_options)  # one bar: the replay's
     try:
         replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
-                                expected=source.key_count(dump_options.db))
+                                expected=source.key_count(dump_options.db), warn=warn)
     finally:
         if child.is_alive():
             child.terminate()
         child.join()
     _raise_child_error(child, errors)
     if not replayed["replay_done"]:
-        replay_stage(run_dir, target, replay_options)
+        replay_stage(run_dir, target, replay_options, warn=warn)
     copied = time.monotonic() - started
     verify_stage(run_dir, source, target, dump_options, progress)
     summary = summarize(run_dir)
-    summary["verify"] = _verify_summary(run_dir.read("verify"))
+    summary["verify"] = _verify_summary(VerifyLedger.load(run_dir).result)
     summary.update(seconds=round(time.monotonic() - started, 3), copy_seconds=round(copied, 3),
                    keys_per_s=round((summary["restored"] + summary["struct_written"]) / max(copied, 1e-9)))
     return summary
@@ -194,9 +95,8 @@ def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_optio
                  progress: ProgressFactory = no_progress) -> None:
     """`run`'s last stage. Skipped when a passing verify is newer than the replay; a dump limited by
     --match/--type is verified against the dump itself, since the source holds more than was copied."""
-    from .verify import VerifyOptions, run_verify
-    last, replayed = run_dir.read("verify"), run_dir.read("replay") or {}
-    if last and last.get("equal") and last["finished_at"] >= replayed.get("finished_at", 0):
+    from .verify.stage import VerifyOptions, run_verify
+    if VerifyLedger.load(run_dir).passed_since(ReplayLedger.load(run_dir).finished_at or 0):
         return
     filtered = bool(dump_options.match or dump_options.types)
     options = VerifyOptions(db=dump_options.db, against_dump=filtered)
@@ -222,55 +122,48 @@ def _start_dump_process(run_dir: RunDir, source: Topology, options: dump_module.
 
 def _dump_child(run_dir, source, options, errors, parent_pid: int | None = None) -> None:
     die_with_parent(parent_pid)
-    try:
-        _dump(run_dir, source, options)  # the parent checked the source before it started this process
-    except MigrateError as exc:
-        errors.put((type(exc).__name__, exc.message, exc.hint))
-        raise SystemExit(exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - reported by the parent like the CLI would, never as a traceback
-        errors.put(("RuntimeFailure", f"unexpected {type(exc).__name__} in the dump process: {exc}",
-                    "rerun with --debug for details; the run directory is safe to resume"))
-        raise SystemExit(3)
+    code = relay_errors(lambda: dump_stage(run_dir, source, options), errors.put,  # the parent admitted the source
+                        lambda exc: f"unexpected {type(exc).__name__} in the dump process: {exc}",
+                        "rerun with --debug for details; the run directory is safe to resume")
+    if code:
+        raise SystemExit(code)
 
 
 def _raise_child_error(child, errors) -> None:
     if child.exitcode == 0:
         return
-    from . import errors as error_types
     if not errors.empty():
-        name, message, hint = errors.get()
-        raise getattr(error_types, name)(message, hint)
-    raise error_types.RuntimeFailure(f"the dump process stopped with exit code {child.exitcode}",
-                                     "rerun the same command to resume")
+        raise_relayed(errors.get())
+    raise RuntimeFailure(f"the dump process stopped with exit code {child.exitcode}",
+                         "rerun the same command to resume")
 
 
 def summarize(run_dir: RunDir) -> dict:
     """The numbers an operator asks for, from the ledgers alone."""
-    dump_ledger = run_dir.read("dump") or {}
-    replay_ledger = run_dir.read("replay") or {}
-    dump_counts = dump_module.dump_totals(dump_ledger)
-    replay_counts = replay_ledger.get("counts", replay_module.ReplayCounts().to_dict())
+    dump_ledger, replay_ledger = DumpLedger.load(run_dir), ReplayLedger.load(run_dir)
+    dump_counts, replay_counts = dump_ledger.totals(), replay_ledger.counts
     skipped = dict(dump_counts.skipped)
-    for reason, count in replay_counts["skipped"].items():
+    for reason, count in replay_counts.skipped.items():
         skipped[reason] = skipped.get(reason, 0) + count
-    restored, struct_written, expired, rewritten = _distinct_key_counts(dump_ledger, replay_ledger, replay_counts)
+    restored, struct_written, expired, rewritten = _distinct_key_counts(dump_ledger, replay_ledger)
     return {
         "scanned": dump_counts.scanned, "dumped": dump_counts.dumped + dump_counts.struct_keys,
         "vanished": dump_counts.vanished, "expired": expired,
         "restored": restored, "struct_written": struct_written, "rewritten": rewritten,
         "skipped": skipped,
-        "skipped_keys": (dump_ledger.get("skipped_keys", []) + replay_counts.get("skipped_keys", []))[:20],
-        "bytes": dump_counts.bytes, "retries": replay_counts["retries"],
-        "dump_done": "finished_at" in dump_ledger, "replay_done": "finished_at" in replay_ledger,
+        "skipped_keys": (dump_ledger.skipped_keys + replay_counts.skipped_keys)[:20],
+        "bytes": dump_counts.bytes, "retries": replay_counts.retries,
+        "dump_done": dump_ledger.finished, "replay_done": replay_ledger.finished,
     }
 
 
-def _distinct_key_counts(dump_ledger: dict, replay_ledger: dict, replay_counts: dict) -> tuple[int, int, int, int]:
+def _distinct_key_counts(dump_ledger: DumpLedger, replay_ledger: ReplayLedger) -> tuple[int, int, int, int]:
     """Restored, written type by type and expired keys, each key once: the segments a resumed dump
     superseded (their keys were read again) are left out and counted as `rewritten` writes instead."""
-    restored, struct_written, expired = (replay_counts[name] for name in ("restored", "struct_written", "expired"))
-    by_segment = replay_ledger.get("keys_by_segment", {})
-    superseded = [by_segment[name] for name in dump_ledger.get("superseded", []) if name in by_segment]
+    counts = replay_ledger.counts
+    restored, struct_written, expired = counts.restored, counts.struct_written, counts.expired
+    by_segment = replay_ledger.keys_by_segment
+    superseded = [by_segment[name] for name in dump_ledger.superseded if name in by_segment]
     rewritten = sum(map(sum, superseded))
     for keys in superseded:
         restored, struct_written, expired = restored - keys[0], struct_written - keys[1], expired - keys[2]
@@ -282,10 +175,7 @@ def judge_skipped(run_dir: RunDir, accepted: bool) -> BadInput | None:
 
     The decision is recorded in run.json: verify lists the skipped keys apart from differences, and the
     cutover gate passes such a verify only where they were accepted. Returns the refusal, if any."""
-    run = run_dir.read("run") or {"created": time.time()}
-    if run.get("skipped_accepted", False) != accepted:
-        run["skipped_accepted"] = accepted
-        run_dir.write("run", run)
+    RunLedger.load(run_dir).accept_skipped(accepted)
     summary = summarize(run_dir)
     total = sum(summary["skipped"].values())
     if not total or accepted:
@@ -319,50 +209,29 @@ def redo(run_dir: RunDir, stage: str) -> None:
     if stage == "dump":
         for path in run_dir.segments.iterdir():
             path.unlink()
-        _forget(run_dir, "dump")
+        DumpLedger(run_dir).forget()
     if stage in ("dump", "replay"):
-        ledger = run_dir.read("replay")
-        if ledger is not None:
-            keep = {k: ledger[k] for k in ("started_at", "target_rdb") if k in ledger}
-            run_dir.write("replay", {"segments_done": [], "counts": replay_module.ReplayCounts().to_dict(), **keep})
-    _forget(run_dir, "verify")
-
-
-def _forget(run_dir: RunDir, name: str) -> None:
-    path = run_dir.path / f"{name}.json"
-    if path.exists():
-        path.unlink()
+        replayed = ReplayLedger.load(run_dir)
+        if replayed.found:
+            replayed.restart()
+    VerifyLedger(run_dir).forget()
 
 
 def status(run_dir: RunDir) -> dict:
     """Every stage's state, counts and timings, plus the last verify and cutover, from the ledgers alone."""
     summary = summarize(run_dir)
     stages = {}
-    for name in ("dump", "replay"):
-        ledger = run_dir.read(name) or {}
-        stages[name] = {"state": _state(ledger), "started_at": _when(ledger.get("started_at")),
-                        "finished_at": _when(ledger.get("finished_at")),
-                        "seconds": _duration(ledger)}
-    verify = run_dir.read("verify")
-    stages["verify"] = ({"state": "equal" if verify.get("equal") else "differences",
-                         "differences": verify.get("differences"), "finished_at": _when(verify.get("finished_at"))}
-                        if verify else {"state": "not started"})
-    cutover = run_dir.read("cutover")
-    stages["cutover"] = {"state": cutover.get("state", "recorded")} if cutover else {"state": "not started"}
-    return {"stages": stages, "counts": summary, "run": run_dir.read("run") or {}}
-
-
-def _state(ledger: dict) -> str:
-    if "finished_at" in ledger:
-        return "done"
-    return "started" if ledger.get("started_at") else "not started"
+    for name, ledger in (("dump", DumpLedger.load(run_dir)), ("replay", ReplayLedger.load(run_dir))):
+        stages[name] = {"state": ledger.state, "started_at": _when(ledger.started_at),
+                        "finished_at": _when(ledger.finished_at), "seconds": ledger.seconds}
+    verify = VerifyLedger.load(run_dir)
+    stages["verify"] = ({"state": "equal" if verify.equal else "differences",
+                         "differences": verify.differences, "finished_at": _when(verify.finished_at)}
+                        if verify.found else {"state": "not started"})
+    cutover = CutoverLedger.load(run_dir).record
+    stages["cutover"] = {"state": cutover.state or "recorded"} if cutover else {"state": "not started"}
+    return {"stages": stages, "counts": summary, "run": RunLedger.load(run_dir).describe()}
 
 
 def _when(timestamp: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp)) if timestamp else None
-
-
-def _duration(ledger: dict) -> float | None:
-    if ledger.get("started_at") and ledger.get("finished_at"):
-        return round(ledger["finished_at"] - ledger["started_at"], 2)
-    return None

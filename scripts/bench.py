@@ -40,7 +40,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import testbed  # noqa: E402
-from migrate.wire import Wire, pack, pack_restore  # noqa: E402
+from migrate.net.wire import Wire, pack, pack_restore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL_ROOT = ROOT  # --tool-root: whose redis-migrate is timed
@@ -110,7 +110,7 @@ def _send(wire: Wire, commands: list[bytes]) -> list[bytes]:
 
 
 def _endpoint(url: str):
-    from migrate.endpoints import Endpoint
+    from migrate.net.endpoints import Endpoint
     return Endpoint.from_url("source", url)
 
 
@@ -171,15 +171,15 @@ def run_tool(args: list[str], target: list[redis.Redis] | None = None, expected:
     watch.stop()
     if process.returncode not in (0, 1):
         raise SystemExit(f"redis-migrate {args[0]} failed: {err}")
-    return {"seconds": seconds, "copy_seconds": watch.all_keys_at, "rss_mb": watch.peak_rss >> 20, "pss_mb": watch.peak_pss >> 20,
-            "summary": json.loads(out or "{}")}
+    return {"seconds": seconds, "copy_seconds": watch.all_keys_at, "rss_mb": watch.peak_rss >> 20,
+            "pss_mb": watch.peak_pss >> 20, "summary": json.loads(out or "{}")}
 
 
 def redis_cli_pipe(run_dir: Path, node: testbed.RedisServer, certs: testbed.Certs) -> float:
     """Mass insertion of the dump's RESTORE commands into one TLS node with redis-cli --pipe."""
-    from migrate.records import read_segment
-    from migrate.state import RunDir
-    from migrate.store import list_segments
+    from migrate.datapath.segments import read_segment
+    from migrate.datapath.store import list_segments
+    from migrate.rundir import RunDir
     stream = run_dir.parent / "restore.resp"
     with open(stream, "wb") as out:
         for path in list_segments(RunDir(run_dir)):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from migrate.procs import die_with_parent
+from migrate.children import die_with_parent
 
 SLOT_COUNT = 16384
 MAX_PORT = 55535
@@ -92,7 +92,7 @@ class Certs:
         return self.directory / "server.key"
 
     @classmethod
-    def make(cls, directory: Path) -> "Certs":
+    def make(cls, directory: Path) -> Certs:
         import trustme
 
         directory.mkdir(parents=True, exist_ok=True)
@@ -121,7 +121,7 @@ class RedisServer:
     def tls(self) -> bool:
         return self.certs is not None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = open(self.directory / "server.log", "ab")
         self.process = subprocess.Popen(
@@ -135,7 +135,8 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server on {self.port} exited: {(self.directory / 'server.log').read_text()[-2000:]}")
+                log = (self.directory / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"redis-server on {self.port} exited: {log}")
             try:
                 self.client().ping()
                 return
@@ -278,7 +279,8 @@ def _replicate(cluster: Cluster, replica: RedisServer, master: RedisServer, time
             raise RuntimeError(f"replica {replica.port} did not sync with {master.port}")
         time.sleep(0.1)
     total = len(cluster.nodes) + len(cluster.replicas)
-    while not all(int(n.client().cluster("INFO")["cluster_known_nodes"]) == total for n in cluster.nodes + cluster.replicas):
+    nodes = cluster.nodes + cluster.replicas
+    while not all(int(n.client().cluster("INFO")["cluster_known_nodes"]) == total for n in nodes):
         if time.monotonic() > deadline:
             raise RuntimeError("the cluster did not learn of its replica")
         time.sleep(0.1)
@@ -335,7 +337,7 @@ class MotoServer:
         return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_SESSION_TOKEN": "testing"}
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = open(self.directory / "moto.log", "ab")
         self.process = subprocess.Popen(
@@ -348,7 +350,8 @@ class MotoServer:
                 return self
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError("moto server exited: " + (self.directory / "moto.log").read_text()[-2000:])
+                    log = (self.directory / "moto.log").read_text()[-2000:]
+                    raise RuntimeError("moto server exited: " + log) from None
                 time.sleep(0.1)
         raise RuntimeError("moto server did not start")
 

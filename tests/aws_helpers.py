@@ -15,10 +15,9 @@ import pytest
 from botocore.stub import Stubber
 from click.testing import CliRunner
 
-from migrate.aws import IAM_ACTIONS
-from migrate.cli import cli
-
 from conftest import CLUSTER_PASSWORD, SOURCE_PASSWORD, TARGET_PASSWORD
+from migrate.cli import cli
+from migrate.cloud.aws import IAM_ACTIONS
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "RUNBOOK.md"
 PASSWORDS = (SOURCE_PASSWORD, CLUSTER_PASSWORD, TARGET_PASSWORD)

@@ -19,7 +19,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 _CHUNK = 64 * 1024
 _TICK = 0.1
@@ -32,7 +32,7 @@ class _Pair:
         self.client = client
         self.upstream = upstream
         self.budget = budget  # bytes left before this connection is cut (None: never)
-        self.client_filter: "Callable[[bytes], bytes] | None" = None
+        self.client_filter: Callable[[bytes], bytes] | None = None
         self.closed = False
         self.lock = threading.Lock()
 
@@ -61,7 +61,7 @@ class FaultProxy:
                  upstream_latency_ms: float | None = None, cut_after_bytes: tuple[int, int] | None = None,
                  max_cuts: int = 0, max_connections: int = 256, max_seconds: float = 300.0,
                  listen: socket.socket | None = None,
-                 client_filter: "Callable[[], Callable[[bytes], bytes]] | None" = None) -> None:
+                 client_filter: Callable[[], Callable[[bytes], bytes]] | None = None) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
         self.client_filter = client_filter
         self.rng = random.Random(seed)
@@ -97,7 +97,7 @@ class FaultProxy:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._started = time.monotonic()
         self._spawn(self._accept_loop)
         return self
@@ -113,7 +113,7 @@ class FaultProxy:
             if thread is not threading.current_thread():
                 thread.join(timeout=2)
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -149,7 +149,7 @@ class FaultProxy:
         self.latency = self.upstream_latency = ms / 1000.0
 
     def configure(self, *, seed: int = 0, latency_ms: float = 0.0, cut_after_bytes: tuple[int, int] | None = None,
-                  max_cuts: int = 0) -> "FaultProxy":
+                  max_cuts: int = 0) -> FaultProxy:
         """New faults for the next connections (a proxy shared by several tests); counters restart."""
         self.rng = random.Random(seed)
         self.set_latency(latency_ms)
@@ -178,7 +178,7 @@ class FaultProxy:
                 return
             try:
                 client, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -213,7 +213,7 @@ class FaultProxy:
         while not self._stop.is_set() and not pair.closed:
             try:
                 data = src.recv(_CHUNK)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break

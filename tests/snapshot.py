@@ -46,8 +46,9 @@ def snapshot(server, db: int = 0) -> dict[bytes, tuple]:
     result = {}
     for client in masters(server):
         if db:
-            client = redis.Redis(connection_pool=redis.ConnectionPool(**{**client.connection_pool.connection_kwargs, "db": db},
-                                                                       connection_class=client.connection_pool.connection_class))
+            pool = client.connection_pool
+            client = redis.Redis(connection_pool=redis.ConnectionPool(**{**pool.connection_kwargs, "db": db},
+                                                                       connection_class=pool.connection_class))
         keys = list(dict.fromkeys(client.scan_iter(count=1000)))
         for start in range(0, len(keys), _BATCH):
             result.update(_read_batch(client, keys[start:start + _BATCH]))

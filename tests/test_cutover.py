@@ -12,10 +12,9 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from migrate.aws import Clients
-from migrate.state import RunDir
-
 from aws_helpers import as_json, aws_calls, cache_response, invoke, own_client, stubbed_elasticache  # noqa: F401
+from migrate.cloud.aws import Clients
+from migrate.rundir import RunDir, VerifyLedger
 
 ENV = "test"
 ENDPOINT = f"/storefront/{ENV}/redis/endpoint"
@@ -40,8 +39,8 @@ def target(serverless_target) -> dict:
 
 def write_verify(run_dir, target_url: str, *, age: float = 60, **fields) -> RunDir:
     rd = RunDir(run_dir, create=True)
-    rd.write("verify", {"finished_at": time.time() - age, "equal": True, "differences": 0, "sample": None,
-                        "source": "redis://:***@127.0.0.1:1/0", "target": target_url, **fields})
+    VerifyLedger(rd).record({"finished_at": time.time() - age, "equal": True, "differences": 0, "sample": None,
+                             "source": "redis://:***@127.0.0.1:1/0", "target": target_url, **fields})
     return rd
 
 
@@ -51,7 +50,8 @@ def history(ssm, name: str) -> list[tuple[int, str, set[str]]]:
 
 
 def values(ssm) -> dict[str, str]:
-    return {key: ssm.get_parameter(Name=name)["Parameter"]["Value"] for key, name in (("endpoint", ENDPOINT), ("port", PORT))}
+    return {key: ssm.get_parameter(Name=name)["Parameter"]["Value"]
+            for key, name in (("endpoint", ENDPOINT), ("port", PORT))}
 
 
 def snapshot(ssm) -> tuple:
@@ -128,6 +128,18 @@ def test_dry_run_of_a_refused_cutover_shows_the_verdict_and_exits_1(ssm, target,
     assert snapshot(ssm) == before
 
 
+def test_a_locked_run_dir_refuses_a_live_cutover_and_rollback_but_not_a_dry_run(ssm, target, run_dir):
+    """Another command working on the run dir holds its lock: a switch that would write waits for it."""
+    directory = write_verify(run_dir, target["url"])
+    before = snapshot(ssm)
+    with directory.lock():
+        for result in (cutover(target, run_dir, code=2), rollback(run_dir, code=2)):
+            assert "is locked by pid" in result.output and "wait for that run" in result.output
+        assert "would go ahead" in cutover(target, run_dir, "--dry-run").output
+    assert snapshot(ssm) == before
+    assert directory.read("cutover") is None
+
+
 # --- cutover and rollback --------------------------------------------------------------------------------
 
 def test_cutover_records_labels_and_reads_back_then_rollback_restores_from_the_run_dir(ssm, target, run_dir):
@@ -149,7 +161,8 @@ def test_cutover_records_labels_and_reads_back_then_rollback_restores_from_the_r
     out = as_json(rollback(run_dir, "--json"))
     assert out["restored_from"] == "run dir cutover.json"
     assert values(ssm) == OLD
-    assert [v[:2] for v in history(ssm, ENDPOINT)] == [(1, OLD["endpoint"]), (2, target["endpoint"]), (3, OLD["endpoint"])]
+    assert [v[:2] for v in history(ssm, ENDPOINT)] == [(1, OLD["endpoint"]), (2, target["endpoint"]),
+                                                        (3, OLD["endpoint"])]
     assert RunDir(run_dir).read("cutover")["state"] == "rolled-back"
     assert "nothing to change" in rollback(run_dir).output
     assert len(history(ssm, ENDPOINT)) == 3
@@ -235,9 +248,8 @@ def deny_put(ssm_client, denied: set[str], after: int = 0):
         if params["Name"] in denied:
             seen["n"] += 1
             if seen["n"] > after:
-                raise ClientError({"Error": {"Code": "AccessDeniedException",
-                                             "Message": f"not authorized to perform ssm:PutParameter on {params['Name']}"}},
-                                  "PutParameter")
+                message = f"not authorized to perform ssm:PutParameter on {params['Name']}"
+                raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": message}}, "PutParameter")
     ssm_client.meta.events.register("before-parameter-build.ssm.PutParameter", handler)
     return ssm_client
 
@@ -246,7 +258,8 @@ def test_partial_failure_puts_the_endpoint_back(ssm, target, run_dir):
     write_verify(run_dir, target["url"])
     client = deny_put(boto3.client("ssm"), {PORT})
     result = cutover(target, run_dir, obj=Clients(ssm=client), code=3)
-    assert "All parameters hold what they held before this run" in result.stderr and f"{ENDPOINT} put back" in result.stderr
+    assert "All parameters hold what they held before this run" in result.stderr
+    assert f"{ENDPOINT} put back" in result.stderr
     assert "access denied (PutParameter)" in result.stderr and "IAM permissions" in result.stderr
     assert values(ssm) == OLD
     assert [v[1] for v in history(ssm, ENDPOINT)] == [OLD["endpoint"], target["endpoint"], OLD["endpoint"]]
@@ -339,8 +352,8 @@ def test_version_limit_with_our_own_old_label_is_cleared(ssm, target, run_dir):
 def test_iam_actions_match_the_runbook(ssm, ecs_service, aws_calls, standalone_source, target, run_dir):
     """Every action the commands perform (plan with a cache and --env, cutover with a full parameter history
     and --redeploy, rollback) is listed, and every listed action is performed: the list is exact."""
-    from migrate.aws import IAM_ACTIONS
     from aws_helpers import runbook_actions
+    from migrate.cloud.aws import IAM_ACTIONS
 
     cache = stubbed_elasticache(cache_response("storefront-test", "127.0.0.1", int(target["port"])), "storefront-test")
     standalone_source.client().set("k", "v")  # an empty source is a plan blocker
@@ -370,8 +383,9 @@ def test_missing_credentials_region_and_cache_are_bad_input(aws, aws_calls, monk
     assert "no AWS region" in cutover(target, run_dir, code=2).stderr
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(run_dir / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(run_dir / "none"))

@@ -124,7 +124,7 @@ def test_corrupt_segment_is_bad_input_naming_the_file(standalone_source, serverl
 
 
 def test_second_run_on_a_locked_run_dir_is_refused(standalone_source, run_dir):
-    from migrate.state import RunDir
+    from migrate.rundir import RunDir
     directory = RunDir(run_dir, create=True)
     with directory.lock():
         result = invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir)
@@ -191,7 +191,7 @@ def test_target_out_of_memory_stops_with_a_clear_message(standalone_source, bed_
 
 
 def test_rate_limiter_holds_writes_to_the_cap():
-    from migrate.replay import RateLimiter
+    from migrate.datapath.replay import RateLimiter
     limiter = RateLimiter(1000)
     started = time.monotonic()
     for _ in range(5):
@@ -227,7 +227,7 @@ def test_segments_are_never_rewritten_after_a_crash_between_segment_and_ledger(s
     """A segment that landed before its ledger update keeps its content; the resume writes a new one."""
     seed_data.seed(standalone_source.client(), 300, seed=6, big_keys=False, short_ttl_keys=0)
     assert invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
-    from migrate.state import RunDir
+    from migrate.rundir import RunDir
     ledger = RunDir(run_dir).read("dump")  # ledgers are checksummed: edit through RunDir
     master = next(iter(ledger["masters"].values()))
     master.update(cursor=0, done=False, next_seq=0)  # as if the crash came before the ledger write
@@ -241,7 +241,7 @@ def test_segments_are_never_rewritten_after_a_crash_between_segment_and_ledger(s
 
 def test_a_big_key_spills_over_several_segments_and_replays_exactly(standalone_source, serverless_target, run_dir,
                                                                      monkeypatch):
-    from migrate import dump
+    from migrate.datapath import dump
     monkeypatch.setattr(dump, "SEGMENT_BYTES", 64 * 1024)
     client = standalone_source.client()
     client.rpush("big:list", *[b"item-%06d" % i for i in range(20_000)])
@@ -275,18 +275,18 @@ def test_a_key_read_as_struct_then_dumped_again_ends_with_the_later_value(standa
                                                                           run_dir):
     """SCAN may return a key twice. Replay writes a segment's DUMP records before its struct records, so
     a DUMP record that follows the same key's struct record must go to a later segment."""
-    from migrate.dump import DumpCounts, DumpLedger, DumpOptions, MasterDumper
-    from migrate.endpoints import Endpoint, discover
-    from migrate.records import STRUCT, Record, read_segment
-    from migrate.state import RunDir
+    from migrate.datapath.dump import DumpCounts, DumpOptions, MasterDumper, open_ledger
+    from migrate.datapath.segments import STRUCT, Record, read_segment
+    from migrate.net.endpoints import Endpoint, discover
+    from migrate.rundir import RunDir
     client = standalone_source.client()
     client.set("twice", "the later value")
     payload = client.dump("twice")
     topology = discover(Endpoint.from_url("source", standalone_source.url()))
     directory = RunDir(run_dir, create=True)
-    ledger = DumpLedger(directory, topology, DumpOptions())
+    ledger = open_ledger(directory, topology, DumpOptions())
     node = topology.masters[0]
-    dumper = MasterDumper(directory, topology, 0, node, ledger.data["masters"][node.name], DumpOptions(), ledger)
+    dumper = MasterDumper(directory, topology, 0, node, ledger.master(node.name), DumpOptions(), ledger)
     dumper.add(Record(b"twice", -1, kind=STRUCT, type="string", items=[b"the earlier, big value"]))
     dumper.add_dumps([b"twice"], [-1], [payload])
     dumper._commit(DumpCounts(scanned=1, dumped=1), cursor=0, finished=True)
@@ -327,8 +327,8 @@ def test_counts_after_a_resume_name_each_key_once(standalone_source, serverless_
     dump = ("dump", "--source", standalone_source.url(), "--run-dir", run_dir)
     replay = ("replay", "--target", serverless_target.url(), "--run-dir", run_dir)
     assert invoke(*dump).exit_code == 0
-    from migrate.dump import DumpCounts
-    from migrate.state import RunDir
+    from migrate.datapath.dump import DumpCounts
+    from migrate.rundir import RunDir
     ledger = RunDir(run_dir).read("dump")  # as a crash before the first checkpoint leaves it:
     next(iter(ledger["masters"].values())).update(cursor=0, done=False, next_seq=0, counts=DumpCounts().to_dict())
     del ledger["finished_at"]

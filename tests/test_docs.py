@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -40,3 +41,20 @@ def test_every_command_has_help_text(name, command):
 def test_version_and_group_help():
     assert CliRunner().invoke(cli, ["--version"]).output.startswith("redis-migrate, version")
     assert "cutover" in CliRunner().invoke(cli, ["--help"]).output
+
+
+@pytest.mark.parametrize("doc", ["README.md", "RUNBOOK.md"])
+def test_doc_links_stay_inside_the_repository(doc):
+    """A link or path to a file outside the repository is broken for everyone who clones it."""
+    text = (ROOT / doc).read_text()
+    assert "../" not in text, f"{doc} points outside the repository"
+    for target in re.findall(r"\]\(([^)#\s]+)", text):
+        assert "://" not in target, f"{doc} links outside the repository: {target}"
+        assert (ROOT / target).resolve().is_relative_to(ROOT) and (ROOT / target).exists(), f"{doc}: {target}"
+
+
+def test_the_runbook_counts_the_commands_there_are():
+    stated = [int(n) for n in re.findall(r"all (\d+) commands", DOCS)]
+    assert stated, "RUNBOOK.md no longer says how many commands the secrets test covers"
+    assert stated == [len(cli.commands)] * len(stated), \
+        f"the docs say {stated} commands, the CLI has {len(cli.commands)}"

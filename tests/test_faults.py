@@ -14,8 +14,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -23,7 +23,7 @@ import seed_data
 import testbed
 from conftest import SOURCE_PASSWORD, TARGET_PASSWORD
 from faultproxy import ArgumentLimit, FaultProxy
-from migrate.records import read_segment
+from migrate.datapath.segments import read_segment
 from reliability import assert_clean_error, popen, spawn
 from snapshot import assert_same, snapshot
 

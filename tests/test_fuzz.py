@@ -28,10 +28,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import seed_data
-from migrate import dump as dump_module
+from migrate.datapath import dump as dump_module
+from migrate.datapath.segments import (
+    CHUNK_TYPES,
+    DUMP,
+    END,
+    MAGIC,
+    STRUCT,
+    TRAILER,
+    Record,
+    SegmentWriter,
+    decode_body,
+    read_segment,
+)
 from migrate.errors import BadInput
-from migrate.records import DUMP, END, MAGIC, STRUCT, TRAILER, TYPES, Record, SegmentWriter, decode_body, read_segment
-from migrate.state import CHECKSUM_FIELD
+from migrate.rundir import CHECKSUM_FIELD
 from reliability import invoke
 from snapshot import assert_same, snapshot
 
@@ -76,9 +87,10 @@ def world(_standalone_source, _serverless_target, tmp_path_factory):
 
 def _half_dump(source, run_dir: Path, patch) -> None:
     """A dump stopped after a few segments: its ledger has a cursor in the middle of the keyspace."""
-    from migrate.endpoints import Endpoint
-    from migrate.pipeline import dump_stage, open_source
-    from migrate.state import RunDir
+    from migrate.commands import open_source
+    from migrate.net.endpoints import Endpoint
+    from migrate.pipeline import dump_stage
+    from migrate.rundir import RunDir
     seen = [0]
 
     def progress(*_args, **_kwargs):
@@ -285,7 +297,7 @@ ITEMS = {"string": st.tuples(member).map(list), "hash": pairs, "zset": pairs, "l
 
 @st.composite
 def struct_record(draw) -> Record:
-    kind = draw(st.sampled_from(TYPES))
+    kind = draw(st.sampled_from(CHUNK_TYPES))
     return Record(draw(st.binary(max_size=64)), draw(st.integers(-1, 2**62)), kind=STRUCT, type=kind,
                   offset=draw(st.integers(0, 2**40)), first=draw(st.booleans()), items=draw(ITEMS[kind]))
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
-from migrate.aws import Clients
-
 from aws_helpers import as_json, aws_calls, cache_response, invoke, own_client, stubbed_elasticache  # noqa: F401
+from migrate.cloud.aws import Clients
 
 CACHE = "storefront-test"
 
@@ -134,7 +132,8 @@ def test_serverless_cache_too_small_is_a_blocker(aws, aws_calls, standalone_sour
         for key in ("blob:1", "blob:2"):  # 720 MB in all: x1.5 headroom needs more than the cache's 1 GB
             client.setrange(key, 360_000_000 - 1, "x")
         client.set("small", "v")
-        cache = stubbed_elasticache(cache_response(CACHE, "127.0.0.1", serverless_target.first.port, storage_gb=1), CACHE)
+        response = cache_response(CACHE, "127.0.0.1", serverless_target.first.port, storage_gb=1)
+        cache = stubbed_elasticache(response, CACHE)
         out = plan(standalone_source.url(), serverless_target.url(), "--serverless-cache", CACHE, code=1,
                    obj=Clients(elasticache=cache))
     finally:

@@ -20,8 +20,8 @@ import seed_data
 import testbed
 from aws_helpers import own_client
 from conftest import SOURCE_PASSWORD, TARGET_PASSWORD
-from migrate.records import read_segment
-from migrate.state import RunDir
+from migrate.datapath.segments import read_segment
+from migrate.rundir import RunDir
 from reliability import Outcome, assert_clean_error, spawn
 from snapshot import assert_same, snapshot
 
@@ -190,6 +190,7 @@ def test_modes_even_under_umask_000(standalone_source, serverless_target, tmp_pa
     run_dir.mkdir(mode=0o755)
     run_dir.chmod(0o755)
     import subprocess
+
     import reliability
     done = subprocess.run(reliability.command("run", "--source", standalone_source.url(), "--target",
                                               serverless_target.url(), "--run-dir", run_dir),
@@ -242,7 +243,7 @@ def test_tls_is_verified_unless_tls_insecure_which_warns(standalone_source, wron
 
 def test_run_dir_ledgers_hold_no_url_secret_even_when_asked_to_write_one(tmp_path):
     """RunDir itself never stores a URL with a password: bind() gets identities, not URLs."""
-    from migrate.endpoints import Endpoint
+    from migrate.net.endpoints import Endpoint
     endpoint = Endpoint.from_url("source", f"redis://user:{SOURCE_PASSWORD}@127.0.0.1:6379/0")
     directory = RunDir(tmp_path / "run", create=True)
     directory.bind("source", {"url": endpoint.identity, "db": 0})

@@ -39,7 +39,7 @@ class LatencyProbe:
         self._requests = context.Value("q", 0)
         self.process = context.Process(target=self._run, daemon=True)
 
-    def __enter__(self) -> "LatencyProbe":
+    def __enter__(self) -> LatencyProbe:
         self.process.start()
         return self
 

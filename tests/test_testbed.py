@@ -7,7 +7,6 @@ import pytest
 import redis
 
 
-
 def covered_slots(node_client: redis.Redis) -> int:
     return sum(int(end) - int(start) + 1 for start, end, *_ in node_client.execute_command("CLUSTER SLOTS"))
 

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import seed_data
 from conftest import SOURCE_PASSWORD, TARGET_PASSWORD
-from migrate import digest
 from migrate.cli import cli
+from migrate.verify import digest
 
 
 def invoke(*args):

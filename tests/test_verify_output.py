@@ -6,17 +6,18 @@ from __future__ import annotations
 import base64
 import json
 import re
+from contextlib import nullcontext
 
 import pytest
 
-from contextlib import nullcontext
-
-from aws_helpers import aws_calls, invoke as aws_invoke, own_client  # noqa: F401
-from migrate.dump import DumpOptions
-from migrate.endpoints import Endpoint
+from aws_helpers import aws_calls, own_client  # noqa: F401
+from aws_helpers import invoke as aws_invoke
+from migrate.commands import open_source, open_target
+from migrate.datapath.dump import DumpOptions
 from migrate.keynames import readable
-from migrate.pipeline import open_source, open_target, verify_stage
-from migrate.state import RunDir
+from migrate.net.endpoints import Endpoint
+from migrate.pipeline import verify_stage
+from migrate.rundir import RunDir
 from reliability import spawn
 from snapshot import snapshot
 

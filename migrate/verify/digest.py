@@ -26,13 +26,18 @@ import struct
 
 from xxhash import xxh3_64, xxh3_64_digest, xxh3_64_intdigest, xxh3_128_intdigest
 
+from ..net.rdb import payload_body
+
 MASK128 = (1 << 128) - 1
-TYPES = ("none", "string", "list", "set", "zset", "hash", "stream", "other")
-TYPE_CODE = {name: code for code, name in enumerate(TYPES)}
+# Each digest is seeded with its type's code, and full scans spill keys with it. A code changes every digest:
+# append only, never reorder. It is not datapath/segments.py's CHUNK_TYPES, the type byte of a struct
+# record on disk (which has stream-group, a record kind, and neither "none" nor "other").
+DIGEST_TYPES = ("none", "string", "list", "set", "zset", "hash", "stream", "other")
+DIGEST_TYPE_CODE = {name: code for code, name in enumerate(DIGEST_TYPES)}
 _COUNT_SUM = struct.Struct("<Q16s")
 
 
-_SEED = TYPE_CODE
+_SEED = DIGEST_TYPE_CODE
 
 
 def _set_sum(members: list[bytes]) -> list[int]:
@@ -178,7 +183,7 @@ class OtherDigest:
         self.length = 0
 
     def update(self, payload: bytes) -> None:
-        self._value = xxh3_64_intdigest(payload[:-10], _SEED["other"])
+        self._value = xxh3_64_intdigest(payload_body(payload), _SEED["other"])
         self.length = len(payload)
 
     def intdigest(self) -> int:

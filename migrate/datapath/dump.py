@@ -1,33 +1,40 @@
 """Dump: SCAN every source master, read each key with its absolute expiry, write durable segments.
 
-Per batch of scanned keys: one script reads every key's absolute expiry and size (MEMORY USAGE),
-and DUMPs the small keys, up to a budget of bytes per script (--batch-bytes). The keys it leaves
-(a big value, or past the budget) are DUMPed one key per command, outside any script, in pipelined
-rounds of at most that budget: the server serves its other clients between rounds, and the bytes in
-flight stay bounded on both sides. Keys over --max-payload, keys whose payload the target cannot
-RESTORE (older RDB version) and every key in struct mode are read type by type in chunks instead
+Per batch of scanned keys (KeyReader): one script reads every key's absolute expiry, then its size
+(MEMORY USAGE), and DUMPs the small keys, up to a budget of bytes per script (--batch-bytes). The keys
+it leaves (a big value, or past the budget) are DUMPed one key per command, outside any script, in
+pipelined rounds of at most that budget: the server serves its other clients between rounds, and the
+bytes in flight stay bounded on both sides. Where scripts or MEMORY are refused (ElastiCache
+Serverless as a source), the same reads go in plain pipelines, with sizes estimated from the types'
+lengths. Keys over --max-payload, keys whose payload the target cannot RESTORE (a newer RDB version
+than the target's) and every key in struct mode are read type by type in chunks instead
 (HSCAN/SSCAN/ZSCAN/LRANGE/GETRANGE/XRANGE), so memory stays bounded.
 
-The ledger's cursor moves only after the segment holding the keys scanned before it is durable.
-A crash in between rescans from the old cursor and rewrites the same segment: harmless.
+Each master has its MasterDumper; a writer thread compresses, writes and fsyncs its segments, then
+the ledger, in order. The ledger's cursor moves only after the segment holding the keys scanned
+before it is durable. A crash in between rescans from the old cursor into a segment with a new
+number (the unrecorded one is marked superseded): harmless. A lost source connection is reopened,
+and the scan goes on from the last checkpoint, for up to RECONNECT_SECONDS without progress.
 """
 
 from __future__ import annotations
 
 import ssl
-import time
-from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
-from .endpoints import Node, Topology, rdb_version_of
-from .errors import BadInput, RuntimeFailure, Unreachable
-from .records import NO_EXPIRY, STRUCT, Record, SegmentWriter, seal, skipped_entry
-from .slots import key_slot
-from .state import LedgerCounts, RunDir
+from ..backoff import Backoff
+from ..errors import BadInput, RuntimeFailure, Unreachable
+from ..net.endpoints import Node, Topology
+from ..net.keyspace import GONE, LENGTH_COMMANDS, absolute_expiry, estimated_size, key_slot
+from ..net.rdb import rdb_version_of
+from ..net.wire import ReplyError, Wire, pack
+from ..rundir import DumpCounts, DumpLedger, MasterProgress, RunDir
+from .segments import STRUCT, Record, SegmentWriter, seal
 from .store import list_segments, segment_id, segment_path, write_segment
-from .wire import ReplyError, Wire, pack
 
 DEFAULT_MAX_PAYLOAD = 64 << 20
 DEFAULT_BATCH_BYTES = 4 << 20
@@ -39,10 +46,6 @@ SEGMENT_BYTES = 16 << 20
 MAX_KEY_BYTES = 4096
 RECONNECT_SECONDS = 120
 
-STRUCT_TYPES = {"string", "hash", "list", "set", "zset", "stream"}
-_LENGTH_COMMANDS = {"string": b"STRLEN", "hash": b"HLEN", "list": b"LLEN", "set": b"SCARD", "zset": b"ZCARD",
-                    "stream": b"XLEN"}
-_BYTES_PER_ITEM_ESTIMATE = 128
 
 # One round trip per batch: expiry, size and (for small keys, up to a budget of bytes) the DUMP
 # payload, read by the server itself. The client then parses one nested reply in C (hiredis) instead
@@ -95,6 +98,7 @@ for i = first, #argv do
       if not payload then
         plain = 0
       elseif target_rdb > 0 and string.byte(payload, -10) + 256 * string.byte(payload, -9) > target_rdb then
+        -- the RDB version: the first 2 bytes (little-endian) of the footer (net/rdb.py, FOOTER_BYTES)
         plain = 0
       end
     else
@@ -123,24 +127,6 @@ class DumpOptions:
         """What a resumed dump must agree on: the same db and the same key selection."""
         return {"db": self.db, "match": self.match, "types": sorted(self.types), "struct_all": self.struct_all,
                 "target_rdb": self.target_rdb}
-
-
-@dataclass
-class DumpCounts(LedgerCounts):
-    scanned: int = 0
-    dumped: int = 0
-    struct_keys: int = 0
-    vanished: int = 0
-    bytes: int = 0
-    skipped: Counter = field(default_factory=Counter)
-
-
-def dump_totals(ledger_data: dict) -> DumpCounts:
-    """The counts of every master in a dump ledger, added up."""
-    total = DumpCounts()
-    for master in ledger_data.get("masters", {}).values():
-        total.add(DumpCounts.from_dict(master["counts"]))
-    return total
 
 
 class RecordSink(Protocol):
@@ -177,7 +163,7 @@ class KeyReader:
         self.use_script = not options.struct_all
         self.skipped_keys: list[tuple[bytes, str]] = []
 
-    def read(self, keys: list[bytes], counts: DumpCounts, sink: "RecordSink") -> None:
+    def read(self, keys: list[bytes], counts: DumpCounts, sink: RecordSink) -> None:
         """Records for these keys. Vanished and skipped keys are counted, never dropped silently."""
         self.finish(keys, self.start(keys), counts, sink)
 
@@ -192,7 +178,7 @@ class KeyReader:
                             *admissible))
         return True
 
-    def finish(self, keys: list[bytes], in_flight: bool, counts: DumpCounts, sink: "RecordSink") -> None:
+    def finish(self, keys: list[bytes], in_flight: bool, counts: DumpCounts, sink: RecordSink) -> None:
         keys = self._admissible(keys, counts)
         if in_flight:
             replies = self.bulk.read(1)[0]
@@ -203,7 +189,7 @@ class KeyReader:
         if keys:
             self._pipelined(keys, counts, sink)
 
-    def _pipelined(self, keys: list[bytes], counts: DumpCounts, sink: "RecordSink") -> None:
+    def _pipelined(self, keys: list[bytes], counts: DumpCounts, sink: RecordSink) -> None:
         small, large = [], []
         for key, expiry, size in zip(keys, *self._probe(keys)):
             if expiry == -2:
@@ -215,14 +201,14 @@ class KeyReader:
         self._dump(small, counts, sink)
         self._read_structs(large, counts, sink)
 
-    def _scripted(self, keys: list[bytes], replies: list, counts: DumpCounts, sink: "RecordSink") -> None:
+    def _scripted(self, keys: list[bytes], replies: list, counts: DumpCounts, sink: RecordSink) -> None:
         expiries, values = replies[0:-1:2], replies[1:-1:2]
         if replies[-1] == 1:  # every key plain: the batch goes to the segment as it is
             return _keep(keys, expiries, values, counts, sink)
         self._store_payloads(zip(keys, expiries, values), counts, sink)
 
     def _store_payloads(self, entries: Iterable[tuple[bytes, int, object]], counts: DumpCounts,
-                        sink: "RecordSink") -> None:
+                        sink: RecordSink) -> None:
         """Store the DUMP payloads the target can take, counting the keys gone meanwhile. A size in place
         of a payload (a key the script left) is DUMPed in rounds, or read type by type if over
         --max-payload; so is a payload newer than the target."""
@@ -289,13 +275,13 @@ class KeyReader:
 
     def _lengths(self, keys: list[bytes], types: list[str]) -> list[int]:
         """Estimated size from the type's length command, where MEMORY USAGE is not allowed."""
-        commands = [pack(_LENGTH_COMMANDS.get(kind, b"EXISTS"), key) for key, kind in zip(keys, types)]
+        commands = [pack(LENGTH_COMMANDS.get(kind, b"EXISTS"), key) for key, kind in zip(keys, types)]
         self.wire.send(b"".join(commands))
         replies = self.wire.read(len(commands))
-        return [reply if kind == "string" else reply * _BYTES_PER_ITEM_ESTIMATE if isinstance(reply, int) else 0
-                for reply, kind in zip(replies, types)]
+        return [estimated_size(key, kind, reply) if isinstance(reply, int) else 0
+                for key, kind, reply in zip(keys, types, replies)]
 
-    def _dump(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: "RecordSink") -> None:
+    def _dump(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: RecordSink) -> None:
         """DUMP these (key, size) pairs one key per command, outside any script, in pipelined rounds of
         at most --batch-bytes of summed size: the server serves its other clients between rounds, and
         neither its reply buffer nor this process holds more than a round. Each round reads its own
@@ -307,19 +293,19 @@ class KeyReader:
             self._store_payloads(zip(round_keys, self._absolute_expiries(replies[:count]), replies[count:]),
                                  counts, sink)
 
-    def _read_structs(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: "RecordSink") -> None:
+    def _read_structs(self, keys: list[tuple[bytes, int]], counts: DumpCounts, sink: RecordSink) -> None:
         if not keys:
             return
         self.wire.send(b"".join(pack(b"TYPE", key) for key, _ in keys))
         for (key, expiry), kind in zip(keys, map(_text, self.wire.read(len(keys)))):
             if kind == "none":
                 counts.vanished += 1
-            elif kind not in STRUCT_TYPES:
+            elif kind not in _STRUCT_READERS:
                 self._skip(key, f"type {kind} cannot be written type by type (module type?)", counts)
             else:
                 self._read_struct(key, kind, expiry, counts, sink)
 
-    def _read_struct(self, key: bytes, kind: str, expiry: int, counts: DumpCounts, sink: "RecordSink") -> None:
+    def _read_struct(self, key: bytes, kind: str, expiry: int, counts: DumpCounts, sink: RecordSink) -> None:
         """The key's value type by type, streamed in chunks of at most CHUNK_ITEMS members."""
         first = True
         for offset, items, record_type in _STRUCT_READERS[kind](self.wire, key):
@@ -333,7 +319,7 @@ class KeyReader:
 
 
 def _keep(keys: list[bytes], expiries: list[int], payloads: list[bytes], counts: DumpCounts,
-          sink: "RecordSink") -> None:
+          sink: RecordSink) -> None:
     counts.dumped += len(keys)
     counts.bytes += sum(map(len, payloads))
     sink.add_dumps(keys, expiries, payloads)
@@ -362,12 +348,9 @@ def _rounds(keys: list[tuple[bytes, int]], budget: int) -> Iterator[list[bytes]]
 
 
 def _absolute(reply, now: int | None) -> int:
-    """PEXPIRETIME answers the absolute time (now is None); PTTL what is left, as of the server's `now`."""
-    if isinstance(reply, ReplyError) or reply == -2:
-        return -2
-    if reply == -1:
-        return NO_EXPIRY
-    return reply if now is None else now + reply
+    """PEXPIRETIME answers the absolute time (now is None); PTTL what is left, as of the server's `now`.
+    A refused read counts as a key gone: it is counted as vanished, never copied without its expiry."""
+    return GONE if isinstance(reply, ReplyError) else absolute_expiry(reply, now)
 
 
 def _text(reply) -> str:
@@ -447,8 +430,8 @@ _STRUCT_READERS: dict[str, Callable[[Wire, bytes], Iterator[tuple[int, list, str
 class MasterDumper:
     """Scans one master from its checkpointed cursor and writes its segments."""
 
-    def __init__(self, run_dir: RunDir, topology: Topology, index: int, node: Node, state: dict,
-                 options: DumpOptions, ledger: "DumpLedger") -> None:
+    def __init__(self, run_dir: RunDir, topology: Topology, index: int, node: Node, state: MasterProgress,
+                 options: DumpOptions, ledger: DumpLedger) -> None:
         self.run_dir = run_dir
         self.index = index
         self.state = state
@@ -462,8 +445,8 @@ class MasterDumper:
         # segments are immutable, and replay may already have applied it. Its keys are read again from the
         # checkpointed cursor, so the ledger marks it superseded: replay's counts leave it out.
         written = [seq for master, seq in map(segment_id, list_segments(run_dir)) if master == index]
-        self._next_seq = max([state["next_seq"], *(seq + 1 for seq in written)])
-        ledger.supersede(index, [seq for seq in written if seq >= state["next_seq"]])
+        self._next_seq = max([state.next_seq, *(seq + 1 for seq in written)])
+        self._supersede([seq for seq in written if seq >= state.next_seq])
         # Compressing, writing and fsyncing a segment, then the ledger, happen on a thread of their own,
         # in order, while this one keeps the source busy. Only that thread touches the ledger.
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-writer")
@@ -481,7 +464,7 @@ class MasterDumper:
         """Scan to the end. A dropped or timed-out source connection is reopened, and the scan goes on
         from the last checkpoint (what was read since is read again), for up to RECONNECT_SECONDS
         without progress."""
-        deadline, mark = None, None
+        backoff, mark = None, None
         while True:
             try:
                 self._run(progress)
@@ -489,26 +472,27 @@ class MasterDumper:
             except (ConnectionError, TimeoutError, ssl.SSLError, Unreachable) as exc:
                 error = exc
             self._settle()  # the checkpoint to go on from (and a full disk outranks a lost connection)
-            since_checkpoint = list(range(self.state["next_seq"], self._next_seq))
-            self._in_background(lambda: self.ledger.supersede(self.index, since_checkpoint))
-            if mark != (self.state["cursor"], self.state["next_seq"]):  # progress since the last drop
-                mark, deadline, delay = (self.state["cursor"], self.state["next_seq"]), None, 0.05
-            deadline = deadline or time.monotonic() + RECONNECT_SECONDS
+            since_checkpoint = list(range(self.state.next_seq, self._next_seq))
+            self._in_background(partial(self._supersede, since_checkpoint))
+            if mark != (self.state.cursor, self.state.next_seq):  # progress since the last drop
+                mark, backoff = (self.state.cursor, self.state.next_seq), Backoff(RECONNECT_SECONDS)
             self.reader.skipped_keys, self.writer, self.pending = [], SegmentWriter(), DumpCounts()
             while True:
                 self._close()
-                if time.monotonic() > deadline:
+                if backoff.expired():
                     raise RuntimeFailure(f"lost the connection to source {self.node.name} and could not get it "
                                          f"back in {RECONNECT_SECONDS}s ({type(error).__name__}: {error})",
                                          "check the source's health and network path, then rerun the same "
                                          "command: it resumes from the last durable segment") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                backoff.wait()
                 try:
                     self.reader.wire, self.reader.bulk = self._connect()
                     break
                 except Unreachable as exc:  # still down: wait longer
                     error = exc
+
+    def _supersede(self, seqs: list[int]) -> None:
+        self.ledger.supersede([segment_path(self.run_dir, self.index, seq).name for seq in seqs])
 
     def _connect(self) -> tuple[Wire, Wire]:
         """Two connections: `wire` for SCAN and struct reads, `bulk` for the batch scripts."""
@@ -520,8 +504,8 @@ class MasterDumper:
 
     def _run(self, progress: Callable[[int], None]) -> None:
         """SCAN and send batch N+1 before storing batch N, so the server and this process work at once."""
-        cursor = self.state["cursor"]
-        scanning = not self.state["done"]
+        cursor = self.state.cursor
+        scanning = not self.state.done
         in_flight = None
         while scanning or in_flight:
             batch = None
@@ -622,12 +606,7 @@ class MasterDumper:
     def _checkpoint(self, pending: DumpCounts, cursor: int, next_seq: int, finished: bool,
                     skipped: list) -> None:  # writer thread
         """The cursor and the first segment number it does not cover move together."""
-        self.state["cursor"] = cursor
-        self.state["next_seq"] = next_seq
-        self.state["done"] = finished
-        counts = DumpCounts.from_dict(self.state["counts"])
-        counts.add(pending)
-        self.state["counts"] = counts.to_dict()
+        self.state.checkpoint(cursor, next_seq, finished, pending)
         self.ledger.record_skipped(skipped)
         self.ledger.save()
 
@@ -642,66 +621,26 @@ def _same_selection(recorded: dict | None, wanted: dict) -> bool:
     return recorded == wanted
 
 
-class DumpLedger:
-    """dump.json: per-master cursor, next segment number, counts; plus the keys skipped and why."""
-
-    def __init__(self, run_dir: RunDir, topology: Topology, options: DumpOptions) -> None:
-        self.run_dir = run_dir
-        data = run_dir.read("dump")
-        names = [node.name for node in topology.masters]
-        if data is None or not _same_selection(data.get("options"), options.fingerprint()):
-            if data is not None and any(m["counts"]["scanned"] for m in data["masters"].values()):
-                raise BadInput(f"run directory {run_dir.path} holds a dump made with other options "
-                               f"({data.get('options')})",
-                               "rerun with the same --db/--match/--type/--mode, or use a new --run-dir")
-            data = {"options": options.fingerprint(), "masters": {}, "skipped_keys": [], "started_at": time.time()}
-        data["order"] = data.get("order") or names
-        for name in names:
-            if name not in data["order"]:
-                data["order"].append(name)
-            data["masters"].setdefault(name, {"cursor": 0, "next_seq": 0, "done": False,
-                                              "counts": DumpCounts().to_dict()})
-        self.data = data
-        self.names = names
-
-    def index(self, name: str) -> int:
-        return self.data["order"].index(name)
-
-    def supersede(self, index: int, seqs: list[int]) -> None:
-        """Segments written past the last checkpoint, whose keys are read again: replay still applies them
-        (harmless, and in order), but its key counts leave them out, so a resumed run counts each key once."""
-        if seqs:
-            names = self.data.setdefault("superseded", [])
-            names.extend(name for name in (segment_path(self.run_dir, index, seq).name for seq in seqs)
-                         if name not in names)
-            self.save()
-
-    def record_skipped(self, skipped: list[tuple[bytes, str]], limit: int = 1000) -> None:
-        """Keep the first skipped keys by name (escaped), so the report can name them."""
-        room = limit - len(self.data["skipped_keys"])
-        for key, reason in skipped[:max(room, 0)]:
-            self.data["skipped_keys"].append(skipped_entry(key, reason))
-
-    def totals(self) -> DumpCounts:
-        return dump_totals(self.data)
-
-    @property
-    def done(self) -> bool:
-        return all(self.data["masters"][name]["done"] for name in self.names)
-
-    def save(self) -> None:
-        if self.done and "finished_at" not in self.data:
-            self.data["finished_at"] = time.time()
-        self.run_dir.write("dump", self.data)
+def open_ledger(run_dir: RunDir, topology: Topology, options: DumpOptions) -> DumpLedger:
+    """The dump ledger to go on from; a new one when the run dir holds none, or one of other options that
+    has not scanned a key yet. A dump of other options that has read keys is refused."""
+    ledger = DumpLedger.load(run_dir)
+    if not _same_selection(ledger.options, options.fingerprint()):
+        if ledger.scanned_any:
+            raise BadInput(f"run directory {run_dir.path} holds a dump made with other options ({ledger.options})",
+                           "rerun with the same --db/--match/--type/--mode, or use a new --run-dir")
+        ledger.restart(options.fingerprint())
+    ledger.add_masters([node.name for node in topology.masters])
+    return ledger
 
 
 def dump(run_dir: RunDir, topology: Topology, options: DumpOptions, progress: Callable[[int], None] = lambda n: None
          ) -> DumpLedger:
     """Dump every master that is not done yet. Safe to rerun: it continues from the checkpoints."""
-    ledger = DumpLedger(run_dir, topology, options)
+    ledger = open_ledger(run_dir, topology, options)
     for node in topology.masters:
-        state = ledger.data["masters"][node.name]
-        if not state["done"]:
+        state = ledger.master(node.name)
+        if not state.done:
             MasterDumper(run_dir, topology, ledger.index(node.name), node, state, options, ledger).run(progress)
     ledger.save()
     return ledger

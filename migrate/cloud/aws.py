@@ -8,14 +8,14 @@ credentials; tests hand in a prebuilt client where moto cannot serve the call (E
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import boto3
 import botocore.exceptions as bex
 
-from .errors import BadInput, GateRefused, MigrateError, RuntimeFailure
-from .redact import scrub
+from ..errors import BadInput, GateRefused, MigrateError, RuntimeFailure
+from ..redact import scrub
 
 # Every AWS API action the tool calls: RUNBOOK.md's "IAM permissions" lists exactly these, and a test
 # records the operations the plan/cutover/rollback tests perform and compares them with this tuple.
@@ -87,9 +87,11 @@ def aws_errors(subject: str) -> Iterator[None]:
         raise _client_error(subject, exc) from None
     except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError) as exc:
         raise RuntimeFailure(f"{subject}: cannot reach AWS ({scrub(str(exc))})",
-                             "check the network path to the AWS endpoint (and AWS_ENDPOINT_URL if set), then rerun") from None
+                             "check the network path to the AWS endpoint (and AWS_ENDPOINT_URL if set), "
+                             "then rerun") from None
     except bex.BotoCoreError as exc:
-        raise RuntimeFailure(f"{subject}: AWS call failed ({scrub(str(exc))})", "rerun; if it persists, run with --debug") from None
+        raise RuntimeFailure(f"{subject}: AWS call failed ({scrub(str(exc))})",
+                             "rerun; if it persists, run with --debug") from None
 
 
 def error_code(exc: bex.ClientError) -> str:
@@ -121,7 +123,8 @@ def _not_found_hint(code: str) -> str:
     if code.startswith("Parameter"):
         return MISSING_PARAMETER_HINT
     if code.startswith("ServerlessCache"):
-        return "check the cache name and the region (AWS_REGION); `aws elasticache describe-serverless-caches` lists them"
+        return ("check the cache name and the region (AWS_REGION); "
+                "`aws elasticache describe-serverless-caches` lists them")
     return "check --redeploy CLUSTER/SERVICE: the ECS cluster and service names, and the region"
 
 
@@ -164,7 +167,8 @@ def parameter_history(ssm, name: str) -> History | None:
     with aws_errors(f"SSM parameter {name}"):
         try:
             for page in ssm.get_paginator("get_parameter_history").paginate(Name=name, WithDecryption=True):
-                versions += [Version(int(p["Version"]), p["Value"], tuple(p.get("Labels", ()))) for p in page["Parameters"]]
+                versions += [Version(int(p["Version"]), p["Value"], tuple(p.get("Labels", ())))
+                             for p in page["Parameters"]]
         except bex.ClientError as exc:
             if error_code(exc) != "ParameterNotFound":
                 raise

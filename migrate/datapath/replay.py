@@ -12,24 +12,24 @@ is not OK falls back to the per-record path, which retries, reroutes and reports
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import zip_longest
-from typing import Callable
 
-from .endpoints import Topology, discover, probe_rdb_version
+from ..backoff import Backoff
+from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
+from ..events import Warn, no_warning
+from ..net.endpoints import Topology, discover, probe_rdb_version
+from ..net.keyspace import NO_EXPIRY, key_slot
+from ..net.rdb import is_module_value
+from ..net.wire import ReplyError, Wire, pack, pack_restore
+from ..rundir import ReplayCounts, ReplayLedger, RunDir
 from . import witness
-from .errors import BadInput, GateRefused, RuntimeFailure, Unreachable
-from .output import warn
-from .records import DUMP, NO_EXPIRY, Indices, Record, Segment, load_segment, skipped_entry
-from .slots import key_slot
-from .state import LedgerCounts, RunDir
+from .segments import DUMP, Indices, Record, Segment, load_segment
 from .store import list_segments
-from .wire import ReplyError, Wire, pack, pack_restore
 
 RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK ")
 STREAM_ALREADY_WRITTEN = "equal or smaller than the target stream top item"
-MODULE_RDB_TYPES = (6, 7)
 BATCH_RECORDS = 2000
 MEMBERS_PER_COMMAND = 1000  # keeps every write under ElastiCache Serverless's 3,999 arguments
 MAX_SEGMENT_REWRITES = 10
@@ -38,26 +38,10 @@ MAX_LOSS_RESETS = 3
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    mode: str = "auto"                 # auto | restore | struct
+    mode: str = "auto"                 # auto | struct (a struct replay needs a struct dump)
     max_ops_per_sec: int | None = None
     allow_nonempty_target: bool = False
     retry_seconds: float = 120.0
-
-
-@dataclass
-class ReplayCounts(LedgerCounts):
-    restored: int = 0
-    struct_written: int = 0
-    expired: int = 0
-    retries: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    skipped_keys: list = field(default_factory=list)  # the first skipped keys by name, for the report
-
-    def skip(self, key: bytes, reason: str, limit: int = 1000) -> None:
-        self.skipped[reason] += 1
-        item = skipped_entry(key, reason)
-        if len(self.skipped_keys) < limit and item not in self.skipped_keys:
-            self.skipped_keys.append(item)
 
 
 class RateLimiter:
@@ -167,7 +151,7 @@ class Span:
         return self.segment.dump_records(self.indices)
 
 
-def _records_of(batch: "list[Record] | Span") -> list[Record]:
+def _records_of(batch: list[Record] | Span) -> list[Record]:
     return batch.records() if isinstance(batch, Span) else batch
 
 
@@ -175,7 +159,7 @@ def _records_of(batch: "list[Record] | Span") -> list[Record]:
 class Sent:
     """What one send left in flight: per node, the connection used, the records and their commands."""
 
-    nodes: list[tuple[int, Wire, "list[Record] | Span", list | None]] = field(default_factory=list)  # None: RESTOREs
+    nodes: list[tuple[int, Wire, list[Record] | Span, list | None]] = field(default_factory=list)  # None: RESTOREs
     unsent: list[Record] = field(default_factory=list)
 
 
@@ -212,7 +196,8 @@ class TargetWriter:
 
     def _spans(self, segment: Segment) -> list[Span]:
         """Runs of at most BATCH_RECORDS records per node, taking the nodes in turn."""
-        per_node = [[Span(node, segment, indices[at:at + BATCH_RECORDS]) for at in range(0, len(indices), BATCH_RECORDS)]
+        per_node = [[Span(node, segment, indices[at:at + BATCH_RECORDS])
+                     for at in range(0, len(indices), BATCH_RECORDS)]
                     for node, indices in segment.groups(self.owners)]
         return [span for turn in zip_longest(*per_node) for span in turn if span is not None]
 
@@ -221,7 +206,7 @@ class TargetWriter:
         live = self._live(records, counts)
         self._pipeline([live[start:start + BATCH_RECORDS] for start in range(0, len(live), BATCH_RECORDS)], counts)
 
-    def _pipeline(self, batches: "list[list[Record] | Span]", counts: ReplayCounts) -> None:
+    def _pipeline(self, batches: list[list[Record] | Span], counts: ReplayCounts) -> None:
         """One batch stays in flight while the next is packed and sent, so the target nodes and this
         process work at the same time."""
         in_flight: Sent | None = None
@@ -260,21 +245,19 @@ class TargetWriter:
 
     def _write_batch(self, records: list[Record], counts: ReplayCounts) -> None:
         """Send and confirm, retrying with backoff until every record is confirmed or time runs out."""
-        deadline = time.monotonic() + self.options.retry_seconds
+        backoff = Backoff(self.options.retry_seconds)
         pending = records
-        delay = 0.05
         while pending:
             pending = self._collect(self._send(pending), counts)
             if pending:
-                if time.monotonic() > deadline:
+                if backoff.expired():
                     raise RuntimeFailure(f"the target kept failing for {self.options.retry_seconds:.0f}s "
                                          f"({len(pending)} keys not confirmed)",
                                          "check the target's health and network path, then rerun to resume")
                 counts.retries += 1
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                backoff.wait()
 
-    def _send(self, batch: "list[Record] | Span") -> "Sent":
+    def _send(self, batch: list[Record] | Span) -> Sent:
         """Pack each node's records and send them without waiting for the replies."""
         sent = Sent()
         for index, part, commands, data in self._packed(batch):
@@ -288,7 +271,7 @@ class TargetWriter:
                 sent.unsent += _records_of(part)
         return sent
 
-    def _packed(self, batch: "list[Record] | Span") -> list[tuple[int, "list[Record] | Span", list | None, bytes]]:
+    def _packed(self, batch: list[Record] | Span) -> list[tuple[int, list[Record] | Span, list | None, bytes]]:
         """Per node: its part of the batch, its commands (None: one RESTORE per record) and their bytes."""
         if isinstance(batch, Span):
             return [(batch.node, batch, None, batch.packed())]
@@ -310,7 +293,7 @@ class TargetWriter:
                 packed.append((index, node_records, commands, b"".join(c for cmds in commands for c, _ in cmds)))
         return packed
 
-    def _collect(self, sent: "Sent", counts: ReplayCounts) -> list[Record]:
+    def _collect(self, sent: Sent, counts: ReplayCounts) -> list[Record]:
         """Read every node's replies; returns the records to retry (per node, in order)."""
         retry = list(sent.unsent)
         reroute = False
@@ -338,18 +321,16 @@ class TargetWriter:
 
     def exists(self, keys: list[bytes]) -> list[bool]:
         """Whether each key exists on the target (pipelined EXISTS per node), retried like writes."""
-        deadline = time.monotonic() + self.options.retry_seconds
-        delay = 0.05
+        backoff = Backoff(self.options.retry_seconds)
         while True:
             try:
                 return self._exists(keys)
             except (OSError, Unreachable, _Retry) as exc:
-                if time.monotonic() > deadline:
+                if backoff.expired():
                     raise RuntimeFailure(f"the target kept failing for {self.options.retry_seconds:.0f}s "
                                          f"while checking keys it had confirmed ({exc})",
                                          "check the target's health and network path, then rerun to resume") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                backoff.wait()
 
     def _exists(self, keys: list[bytes]) -> list[bool]:
         by_node: dict[int, list[int]] = {}
@@ -372,7 +353,7 @@ class TargetWriter:
                 present[position] = bool(reply)
         return present
 
-    def _confirm(self, index: int, wire: Wire, part: "list[Record] | Span", commands: list | None,
+    def _confirm(self, index: int, wire: Wire, part: list[Record] | Span, commands: list | None,
                  counts: ReplayCounts) -> tuple[list[Record], bool]:
         if self.wires.get(index) is not wire:
             return _records_of(part), False  # the connection was dropped after these were sent
@@ -409,7 +390,7 @@ class TargetWriter:
         if error.startswith("OOM"):
             raise RuntimeFailure("the target is out of memory: its storage limit was reached",
                                  "raise the cache's DataStorage maximum (or maxmemory), then rerun to resume")
-        if record.kind == DUMP and record.payload[:1] and record.payload[0] in MODULE_RDB_TYPES:
+        if record.kind == DUMP and is_module_value(record.payload):
             counts.skip(record.key, "module type not supported by the target")
             return False
         raise RuntimeFailure(f"the target refused key {record.key[:100]!r}: {error}",
@@ -429,60 +410,18 @@ class _Retry(Exception):
     """A transient error reply (LOADING, MOVED...) while checking keys."""
 
 
-class ReplayLedger:
-    """replay.json: which segments are done, and the counts. Written after each confirmed segment."""
-
-    def __init__(self, run_dir: RunDir) -> None:
-        self.run_dir = run_dir
-        self.data = run_dir.read("replay") or {"segments_done": [], "counts": ReplayCounts().to_dict()}
-        self.done = set(self.data["segments_done"])
-        self.counts = ReplayCounts.from_dict(self.data["counts"])
-
-    @property
-    def started(self) -> bool:
-        return "started_at" in self.data
-
-    def start(self, target_rdb: int) -> None:
-        self.data["started_at"] = time.time()
-        self.data["target_rdb"] = target_rdb
-        self.save()
-
-    def mark_done(self, name: str, witnesses: list | None = None, keys: "ReplayCounts | None" = None) -> None:
-        """A segment confirmed, with its key counts (so that a superseded segment can be left out of them)."""
-        self.done.add(name)
-        self.data["segments_done"] = sorted(self.done)
-        if keys is not None:
-            self.data.setdefault("keys_by_segment", {})[name] = [keys.restored, keys.struct_written, keys.expired]
-        witness.remember(self.data, name, witnesses or [])
-        self.save()
-
-    def forget_done(self) -> None:
-        """The target lost keys it had confirmed: every segment is written again, counts start over."""
-        self.done = set()
-        self.data["segments_done"] = []
-        self.data["witnesses"] = {}
-        self.data["keys_by_segment"] = {}
-        self.data["target_losses"] = self.data.get("target_losses", 0) + 1
-        self.counts = ReplayCounts(retries=self.counts.retries)
-        self.save()
-
-    def save(self) -> None:
-        self.data["counts"] = self.counts.to_dict()
-        self.run_dir.write("replay", self.data)
-
-
 def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
            progress: Callable[[int], None] = lambda n: None,
-           dump_running: Callable[[], bool] = lambda: False) -> ReplayLedger:
+           dump_running: Callable[[], bool] = lambda: False, warn: Warn = no_warning) -> ReplayLedger:
     """Replay every segment not yet done. While `dump_running()` is true, wait for more segments."""
-    ledger = ReplayLedger(run_dir)
+    ledger = ReplayLedger.load(run_dir)
     writer = TargetWriter(topology, options)
-    guard = LossGuard(ledger, writer)
+    guard = LossGuard(ledger, writer, warn)
     try:
         if not ledger.started:
             _refuse_nonempty_target(topology, options)
             ledger.start(writer.target_rdb)
-        elif "finished_at" not in ledger.data:
+        elif not ledger.finished:
             guard.lost()  # resumed: did the target keep what the last run confirmed?
         while True:
             running = dump_running()
@@ -503,7 +442,7 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
     return ledger
 
 
-def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger, guard: "LossGuard",
+def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger, guard: LossGuard,
                    name: str) -> ReplayCounts | None:
     """Write one segment until every reply is OK with no connection lost on the way; its counts.
 
@@ -528,13 +467,14 @@ def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger,
 class LossGuard:
     """Catches a target that lost keys it had confirmed, through the done segments' witnesses."""
 
-    def __init__(self, ledger: ReplayLedger, writer: TargetWriter) -> None:
+    def __init__(self, ledger: ReplayLedger, writer: TargetWriter, warn: Warn = no_warning) -> None:
         self.ledger = ledger
         self.writer = writer
+        self.warn = warn
         self.resets = 0
 
     def lost(self) -> bool:
-        gone = witness.missing(self.ledger.data, self.writer.exists)
+        gone = witness.missing(self.ledger.witnesses, self.writer.exists)
         if not gone:
             return False
         self.resets += 1
@@ -543,8 +483,8 @@ class LossGuard:
                                  f"(e.g. {gone[0][:60]!r})",
                                  "check the target's health (restarts, evictions, failovers), then rerun "
                                  "the same command: it writes every segment again")
-        warn(f"the target lost {len(gone)} keys it had confirmed (e.g. {gone[0][:60]!r}): a node restarted "
-             f"without its data, or failed over? Writing every segment again")
+        self.warn(f"the target lost {len(gone)} keys it had confirmed (e.g. {gone[0][:60]!r}): a node restarted "
+                  f"without its data, or failed over? Writing every segment again")
         self.ledger.forget_done()
         return True
 

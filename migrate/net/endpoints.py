@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import hiredis
@@ -19,9 +19,10 @@ from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
-from .errors import AuthenticationFailed, BadInput, MigrateError, Unreachable
-from .redact import redact_url, register_secret, scrub
-from .slots import SLOT_COUNT, key_slot
+from ..errors import AuthenticationFailed, BadInput, MigrateError, Unreachable
+from ..redact import redact_url, register_secret, scrub
+from .keyspace import SLOT_COUNT, key_slot
+from .rdb import rdb_version_of
 
 PROBE_KEY = b"__redis_migrate_probe__"
 
@@ -38,7 +39,7 @@ class Endpoint:
     password: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_url(cls, role: str, url: str, *, tls_insecure: bool = False, **kwargs) -> "Endpoint":
+    def from_url(cls, role: str, url: str, *, tls_insecure: bool = False, **kwargs) -> Endpoint:
         """Validate the URL early, and take the password from the environment when it is set there."""
         if not url or _scheme(url) not in ("redis", "rediss", "unix"):
             raise BadInput(
@@ -246,8 +247,8 @@ def translated_errors(endpoint: Endpoint) -> Iterator[None]:
         raise authentication_failed(endpoint, str(exc) or "wrong password or user") from None
     except redis.exceptions.NoPermissionError as exc:  # redis-py strips the NOPERM prefix
         raise BadInput(f"{where}: not authorised ({_first_line(str(exc))})",
-                       "use a user allowed to run SCAN, TYPE, DUMP, PEXPIRETIME, EVAL on the source, or RESTORE and the "
-                       "write commands on the target") from None
+                       "use a user allowed to run SCAN, TYPE, DUMP, PEXPIRETIME, EVAL on the source, or RESTORE "
+                       "and the write commands on the target") from None
     except (redis.exceptions.InvalidResponse, hiredis.ProtocolError) as exc:
         raise not_redis(endpoint, str(exc)) from None
     except redis.ResponseError as exc:
@@ -296,13 +297,15 @@ def discover(endpoint: Endpoint) -> Topology:
                            "point at the primary endpoint: a replica cannot be the target, and scanning "
                            "one can miss recent writes")
         if mode != "cluster":
-            host, port = client.connection_pool.connection_kwargs["host"], client.connection_pool.connection_kwargs["port"]
+            connection = client.connection_pool.connection_kwargs
+            host, port = connection["host"], connection["port"]
             return Topology(endpoint, "standalone", server, version, [Node(host, int(port), ((0, SLOT_COUNT - 1),))])
         masters = _cluster_masters(client, endpoint)
     topology = Topology(endpoint, "cluster", server, version, masters)
     uncovered = topology.slot_owners().count(-1)
     if uncovered:
-        raise BadInput(f"{endpoint.role} cluster {endpoint.redacted} leaves {uncovered} of {SLOT_COUNT} slots uncovered",
+        raise BadInput(f"{endpoint.role} cluster {endpoint.redacted} leaves {uncovered} of {SLOT_COUNT} slots "
+                       "uncovered",
                        "wait for the cluster to be healthy (CLUSTER INFO cluster_state:ok) and run again")
     return topology
 
@@ -336,13 +339,6 @@ def _cluster_masters(client: redis.Redis, endpoint: Endpoint) -> list[Node]:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def rdb_version_of(payload: bytes) -> int:
-    """A DUMP payload ends with a 2-byte little-endian RDB version, then an 8-byte CRC64."""
-    if len(payload) < 10:
-        raise ValueError("DUMP payload too short")
-    return int.from_bytes(payload[-10:-8], "little")
 
 
 def probe_rdb_version(topology: Topology) -> int:

@@ -28,14 +28,13 @@ from multiprocessing.connection import Connection, wait
 
 from xxhash import xxh3_128_intdigest
 
-from . import errors
-from .digest import TYPE_CODE, TYPES
-from .endpoints import Endpoint, Node, translated_errors
-from .keyread import Batch, DigestReader, View
-from .records import NO_EXPIRY
-from .procs import die_with_parent
-from .slots import SLOT_COUNT, key_slot
-from .wire import Wire, pack
+from .. import errors
+from ..children import die_with_parent, raise_relayed, relay_errors
+from ..net.endpoints import Endpoint, Node, translated_errors
+from ..net.keyspace import NO_EXPIRY, SLOT_COUNT, key_slot
+from ..net.wire import Wire, pack
+from .digest import DIGEST_TYPE_CODE, DIGEST_TYPES
+from .readers import Batch, DigestReader, View
 
 SCAN_COUNT = 1000
 PROGRESS_EVERY = 20_000
@@ -72,7 +71,7 @@ def fold(key: bytes, code: int, digest: int, expire_at: int, ttl_grid: int) -> i
     return xxh3_128_intdigest(key + _FOLD.pack(code, digest, cell))
 
 
-def combined(results: list["ScanTotals"]) -> list[int]:
+def combined(results: list[ScanTotals]) -> list[int]:
     """One side's per-slot totals, over all of its masters."""
     totals = [0] * SLOT_COUNT
     for result in results:
@@ -85,7 +84,7 @@ def unpack_entries(buffer: bytes) -> list[tuple[bytes, View]]:
     while pos < len(buffer):
         code, digest, expire_at, key_len = _ENTRY.unpack_from(buffer, pos)
         pos += size
-        entries.append((bytes(buffer[pos:pos + key_len]), View(TYPES[code], digest, expire_at, 0)))
+        entries.append((bytes(buffer[pos:pos + key_len]), View(DIGEST_TYPES[code], digest, expire_at, 0)))
         pos += key_len
     return entries
 
@@ -108,7 +107,7 @@ class _Worker:
         side = Wire(job.endpoint, job.node.host, job.node.port, job.db)
         reader = DigestReader(wire, job.exact_ttl, digest=job.digest, side=side)
         self.result = ScanTotals(job.node.name, [0] * SLOT_COUNT)
-        self.type_counts = [0] * len(TYPES)
+        self.type_counts = [0] * len(DIGEST_TYPES)
         cursor: bytes | None = b"0"
         probing = windowing = None
         digesting: tuple[Batch, list] | None = None
@@ -139,7 +138,7 @@ class _Worker:
         side.close()
         self.pipe.send(("progress", self.scanned - self.reported))
         result = self.result
-        result.by_type = Counter({TYPES[code]: n for code, n in enumerate(self.type_counts) if n})
+        result.by_type = Counter({DIGEST_TYPES[code]: n for code, n in enumerate(self.type_counts) if n})
         result.keys = sum(self.type_counts)
         return result
 
@@ -150,7 +149,7 @@ class _Worker:
             self.pipe.send(("progress", self.scanned - self.reported))
             self.reported = self.scanned
         totals, entries, type_counts = self.result.totals, self.entries, self.type_counts
-        ttl_grid, pack_entry, codes = self.job.ttl_grid, _ENTRY.pack, TYPE_CODE
+        ttl_grid, pack_entry, codes = self.job.ttl_grid, _ENTRY.pack, DIGEST_TYPE_CODE
         with_ttl = 0
         for key, (type_name, digest, expire_at, _) in zip(keys, views):
             if type_name == "none":
@@ -180,16 +179,17 @@ class _Worker:
 def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) -> None:
     die_with_parent(parent_pid)  # a killed verify or run must not leave its scans (and their lock fd) behind
     worker = _Worker(job, pipe)
-    try:
+
+    def work() -> None:
         with translated_errors(job.endpoint):
             totals = worker.scan()
         pipe.send(("done", totals))
         worker.serve()
-    except errors.MigrateError as exc:
-        pipe.send(("error", type(exc).__name__, exc.message, exc.hint))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it there
-        pipe.send(("error", "RuntimeFailure", f"{job.endpoint.role} {job.node.name}: {type(exc).__name__}: {exc}",
-                   "rerun verify; if it fails again, report this message"))
+
+    try:
+        relay_errors(work, lambda relayed: pipe.send(("error", *relayed)),
+                     lambda exc: f"{job.endpoint.role} {job.node.name}: {type(exc).__name__}: {exc}",
+                     "rerun verify; if it fails again, report this message")
     finally:
         pipe.close()
 
@@ -235,7 +235,7 @@ class SideScans:
     def entries(self, side: str, slots: list[int]) -> list[list[tuple[bytes, View]]]:
         """The entries of the given slots, one list per worker of the side."""
         result = []
-        for job, conn, _ in self.workers[side]:
+        for _job, conn, _ in self.workers[side]:
             conn.send(("entries", slots))
         for job, conn, _ in self.workers[side]:
             buffers = _receive(conn, job)[1]
@@ -255,7 +255,7 @@ class SideScans:
                     process.kill()
                     process.join()
 
-    def __enter__(self) -> "SideScans":
+    def __enter__(self) -> SideScans:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -269,6 +269,5 @@ def _receive(conn: Connection, job: ScanJob):
         raise errors.RuntimeFailure(f"the verify worker for {job.endpoint.role} {job.node.name} died",
                                     "rerun verify; if it dies again, check the machine's memory") from None
     if message[0] == "error":
-        _, name, text, hint = message
-        raise getattr(errors, name, errors.RuntimeFailure)(text, hint)
+        raise_relayed(message[1:])
     return message

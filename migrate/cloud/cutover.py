@@ -13,20 +13,28 @@ never collects more than a few labels (SSM allows 10), however many cutover/roll
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from redis.connection import parse_url
 
-from .aws import MISSING_PARAMETER_HINT, Clients, History, Version, aws_errors, describe_serverless_cache, force_new_deployment, \
-    parameter_history, parse_service, read_parameter
-from .endpoints import Endpoint
-from .errors import BadInput, GateRefused, MigrateError, RuntimeFailure
-from .state import RunDir
+from ..errors import BadInput, GateRefused, MigrateError, RuntimeFailure
+from ..net.endpoints import Endpoint
+from ..rundir import CutoverLedger, CutoverRecord, RunDir, RunLedger, VerifyLedger
+from .aws import (
+    MISSING_PARAMETER_HINT,
+    Clients,
+    History,
+    Version,
+    aws_errors,
+    describe_serverless_cache,
+    force_new_deployment,
+    parameter_history,
+    parse_service,
+    read_parameter,
+)
 
 DEFAULT_PREFIX = "/storefront/{env}/redis"
 KEYS = ("endpoint", "port")  # write order: the endpoint first, so a failed port write leaves one value to undo
@@ -120,29 +128,26 @@ def verify_gate(run_dir: RunDir | None, max_age: float, target: Target, now: flo
         return Check(False, "no --run-dir, so no verify to check",
                      "pass the --run-dir that verify wrote; --force cuts over without one "
                      "(rollback then relies on the SSM labels)")
-    verify = run_dir.read("verify")
-    if verify is None:
+    ledger = VerifyLedger.load(run_dir)
+    if not ledger.found:
         return Check(False, f"no verify in {run_dir.path}", VERIFY_HINT)
-    try:
-        age = now - float(verify["finished_at"])
-        differences = int(verify["differences"])
-        checked = urlsplit(verify["target"])
-        checked_at = (checked.hostname or "", checked.port or 6379)
-    except (KeyError, TypeError, ValueError):
+    verify = ledger.verdict()
+    if verify is None:
         return Check(False, f"verify.json in {run_dir.path} is incomplete", VERIFY_HINT)
-    if verify.get("equal") is not True or differences != 0:
-        return Check(False, f"the last verify found {differences} differences", VERIFY_HINT)
-    if verify.get("sample") is not None:
-        return Check(False, f"the last verify checked a sample of {verify['sample']} keys, not every key", VERIFY_HINT)
-    skipped = (verify.get("skipped") or {}).get("keys", 0)
-    if skipped and not (run_dir.read("run") or {}).get("skipped_accepted"):
+    age, skipped, (host, port) = now - verify.finished_at, verify.skipped, verify.target_address
+    if not verify.equal or verify.differences != 0:
+        return Check(False, f"the last verify found {verify.differences} differences", VERIFY_HINT)
+    if verify.sample is not None:
+        return Check(False, f"the last verify checked a sample of {verify.sample} keys, not every key", VERIFY_HINT)
+    if skipped and not RunLedger.load(run_dir).skipped_accepted:
         return Check(False, f"the last verify found {skipped} key(s) that the copy skipped, and the copy did not "
                             f"accept skipping them", "rerun the copy with --skip-unsupported to accept them (or fix "
                                                      "them on the source and rerun it); --force skips this gate")
     if age > max_age:
-        return Check(False, f"the last verify is {format_duration(age)} old (limit {format_duration(max_age)})", VERIFY_HINT)
-    if checked_at != (target.host.lower(), target.port):
-        return Check(False, f"the last verify checked {checked_at[0]}:{checked_at[1]}, not the cutover target {target}",
+        return Check(False, f"the last verify is {format_duration(age)} old (limit {format_duration(max_age)})",
+                     VERIFY_HINT)
+    if (host, port) != (target.host.lower(), target.port):
+        return Check(False, f"the last verify checked {host}:{port}, not the cutover target {target}",
                      VERIFY_HINT)
     accepted = f", but {skipped} key(s) skipped on purpose (--skip-unsupported)" if skipped else ""
     return Check(True, f"full verify {format_duration(max(age, 0))} ago: every key equal{accepted}")
@@ -151,11 +156,11 @@ def verify_gate(run_dir: RunDir | None, max_age: float, target: Target, now: flo
 def ignored_databases_check(run_dir: RunDir | None) -> list[Check]:
     """A warning (never a refusal) when dump/run copied one database with --ignore-other-dbs: the
     apps reading the others lose them at the switch."""
-    ignored = ((run_dir.read("run") or {}).get("ignored_databases") if run_dir else None)
+    ignored = RunLedger.load(run_dir).ignored_databases if run_dir else None
     if not ignored:
         return []
-    listed = ", ".join(f"db{n}: {k} keys" for n, k in ignored["others"].items())
-    return [Check(True, f"only db{ignored['db']} was migrated: the source also held {listed}, left behind on purpose "
+    listed = ", ".join(f"db{n}: {k} keys" for n, k in ignored.others.items())
+    return [Check(True, f"only db{ignored.db} was migrated: the source also held {listed}, left behind on purpose "
                         "(--ignore-other-dbs)", warning=True)]
 
 
@@ -180,12 +185,10 @@ class Writer:
             raise error
         self.refusals.append(str(error))
 
-    def lock(self, run_dir: RunDir | None):
-        return run_dir.lock() if run_dir and not self.dry_run else contextlib.nullcontext()
-
-    def save(self, run_dir: RunDir | None, record: dict) -> None:
+    def save(self, run_dir: RunDir | None, record: CutoverRecord) -> None:
         if run_dir is not None:
-            self._act(f"write {run_dir.path / 'cutover.json'}", lambda: run_dir.write("cutover", record))
+            ledger = CutoverLedger(run_dir)
+            self._act(f"write {ledger.path}", lambda: ledger.keep(record))
 
     def put(self, name: str, value: str) -> int | None:
         def call():
@@ -241,7 +244,7 @@ class Switch:
     histories: dict[str, History]
     desired: dict[str, str]
     pre_cutover: dict[str, Version]  # the versions in effect before the cutover: what a rollback restores
-    record: dict | None  # the run dir's cutover.json as found
+    record: CutoverRecord | None  # the run dir's cutover.json as found
     checks: list[Check] = field(default_factory=list)
     labels_before: tuple[str, ...] = ()
     labels_after: tuple[str, ...] = ()
@@ -267,7 +270,7 @@ def run_switch(switch: Switch, writer: Writer, run_dir: RunDir | None, services:
     if not switch.changes:
         result["gate"] = "not needed"
         result["outcome"] = f"nothing to change: the parameters already hold the {switch.kind} values"
-        _redeploy(writer, run_dir, switch.record or {}, _pending_redeploys(switch, services), result)
+        _redeploy(writer, run_dir, switch.record, _pending_redeploys(switch, services), result)
         return _finish(result, writer)
     for check in switch.checks:
         if not check.passed:
@@ -281,10 +284,10 @@ def run_switch(switch: Switch, writer: Writer, run_dir: RunDir | None, services:
     try:
         after = _write(switch, writer)
     except SwitchFailed as exc:
-        record.update(state=f"{switch.kind}-failed", holding=exc.holding, error=exc.message)
+        record.state, record.holding, record.error = f"{switch.kind}-failed", exc.holding, exc.message
         writer.save(run_dir, record)
         raise
-    record.update(state=switch.done_state, finished_at=time.time(), versions_after=after)
+    record.state, record.finished_at, record.versions_after = switch.done_state, time.time(), after
     writer.save(run_dir, record)
     for row in result["parameters"]:
         row["after_version"] = after[row["key"]]
@@ -333,7 +336,8 @@ def _refuse_foreign_labels_in_the_way(writer: Writer, history: History) -> None:
         oldest = history.oldest.number
         writer.refuse(GateRefused(
             f"{history.name} has {len(history.versions)} versions and the oldest (version {oldest}) carries labels "
-            f"this tool did not set ({', '.join(foreign)}): SSM refuses a new version (ParameterMaxVersionLimitExceeded)",
+            f"this tool did not set ({', '.join(foreign)}): SSM refuses a new version "
+            "(ParameterMaxVersionLimitExceeded)",
             f"move or remove them, e.g. aws ssm unlabel-parameter-version --name {history.name} "
             f"--parameter-version {oldest} --labels {' '.join(foreign)}, then rerun"))
 
@@ -371,14 +375,14 @@ def _undo(switch: Switch, writer: Writer, written: dict, failed_key: str, cause:
 
 def _pending_redeploys(switch: Switch, services: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """On a rerun with nothing to write, only the redeploys the recorded switch did not finish."""
-    record = switch.record or {}
-    if record.get("state") != switch.done_state or record.get("values_after") != switch.desired:
+    record = switch.record
+    if record is None or record.state != switch.done_state or record.values_after != switch.desired:
         return []
-    done = set(record.get("redeployed", []))
+    done = set(record.redeployed)
     return [s for s in services if "/".join(s) not in done]
 
 
-def _redeploy(writer: Writer, run_dir: RunDir | None, record: dict,
+def _redeploy(writer: Writer, run_dir: RunDir | None, record: CutoverRecord | None,
               services: list[tuple[str, str]], result: dict) -> None:
     """Force new ECS deployments, recording each, so that a rerun redeploys only what is left."""
     for cluster, service in services:
@@ -389,21 +393,24 @@ def _redeploy(writer: Writer, run_dir: RunDir | None, record: dict,
             raise RuntimeFailure(f"the parameters are switched, but redeploying {name} failed: {exc.message}",
                                  f"{exc.hint}; then rerun the same command: it redeploys only what is left") from None
         result["redeployed"].append({"service": name, "deployment": deployment})
-        if record:
-            record["redeployed"] = sorted({*record.get("redeployed", []), name})
+        if record is not None:
+            record.redeployed = sorted({*record.redeployed, name})
             writer.save(run_dir, record)
 
 
-def _new_record(switch: Switch) -> dict:
+def _new_record(switch: Switch) -> CutoverRecord:
     """cutover.json: what a rollback restores and what the cutover wrote (set by a cutover, kept by a rollback),
     plus the latest switch's state and redeploys."""
+    record = CutoverRecord(env=switch.env, parameters=switch.names, state=f"{switch.kind}-started",
+                           values_after=switch.desired, redeployed=[], started_at=time.time(),
+                           last_run_id=switch.run_id)
     if switch.kind == "cutover":
-        facts = {"before": {key: {"value": v.value, "version": v.number} for key, v in switch.pre_cutover.items()},
-                 "cutover_values": switch.desired, "run_id": switch.run_id}
-    else:
-        facts = {key: value for key, value in (switch.record or {}).items() if key in ("before", "cutover_values", "run_id")}
-    return {**facts, "env": switch.env, "parameters": switch.names, "state": f"{switch.kind}-started",
-            "values_after": switch.desired, "redeployed": [], "started_at": time.time(), "last_run_id": switch.run_id}
+        record.set_before({key: (v.number, v.value) for key, v in switch.pre_cutover.items()})
+        record.cutover_values, record.run_id = switch.desired, switch.run_id
+    elif switch.record is not None:
+        record.before, record.cutover_values, record.run_id = (switch.record.before, switch.record.cutover_values,
+                                                               switch.record.run_id)
+    return record
 
 
 def _result(switch: Switch, writer: Writer) -> dict:
@@ -430,7 +437,8 @@ def _finish(result: dict, writer: Writer) -> dict:
 def _done_message(switch: Switch) -> str:
     where = f"{switch.desired['endpoint']}:{switch.desired['port']}"
     if switch.kind == "cutover":
-        return f"cut over to {where}; the apps use it once redeployed; undo with: redis-migrate rollback --env {switch.env}"
+        return (f"cut over to {where}; the apps use it once redeployed; undo with: "
+                f"redis-migrate rollback --env {switch.env}")
     return f"rolled back to {where}; the apps use it once redeployed"
 
 
@@ -460,66 +468,67 @@ def new_run_id(now: float) -> str:
 
 
 def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
-            run_dir: str | None = None, prefix: str = DEFAULT_PREFIX, max_verify_age: str = "30m",
+            run_dir: RunDir | None = None, prefix: str = DEFAULT_PREFIX, max_verify_age: str = "30m",
             force: bool = False, redeploy: tuple[str, ...] = (), dry_run: bool = False,
             clients: Clients | None = None, now: float | None = None) -> dict:
-    """Repoint the parameters at the target, gated by a fresh passing verify and recorded for rollback."""
+    """Repoint the parameters at the target, gated by a fresh passing verify and recorded for rollback.
+    The caller holds the run dir's lock (unless this is a dry run, which writes nothing)."""
     clients = clients or Clients()
     now = time.time() if now is None else now
     names = parameter_names(env, prefix)
     max_age = parse_duration(max_verify_age)
     services = [parse_service(s) for s in redeploy]
-    rd = RunDir(run_dir) if run_dir else None
     target = resolve_target(target_url, serverless_cache, clients)
     writer = Writer(clients, dry_run)
-    with writer.lock(rd):
-        histories = read_histories(clients, names)
-        switch = Switch("cutover", env, names, histories, target.values,
-                        pre_cutover={key: before_version(h) for key, h in histories.items()},
-                        record=rd.read("cutover") if rd else None,
-                        checks=[verify_gate(rd, max_age, target, now), *ignored_databases_check(rd)],
-                        labels_before=(LABEL_BEFORE,), labels_after=(LABEL_AFTER,), run_id=new_run_id(now))
-        return run_switch(switch, writer, rd, services, force)
+    histories = read_histories(clients, names)
+    switch = Switch("cutover", env, names, histories, target.values,
+                    pre_cutover={key: before_version(h) for key, h in histories.items()},
+                    record=CutoverLedger.load(run_dir).record if run_dir else None,
+                    checks=[verify_gate(run_dir, max_age, target, now), *ignored_databases_check(run_dir)],
+                    labels_before=(LABEL_BEFORE,), labels_after=(LABEL_AFTER,), run_id=new_run_id(now))
+    return run_switch(switch, writer, run_dir, services, force)
 
 
-def rollback(env: str, *, run_dir: str | None = None, prefix: str = DEFAULT_PREFIX, force: bool = False,
+def rollback(env: str, *, run_dir: RunDir | None = None, prefix: str = DEFAULT_PREFIX, force: bool = False,
              redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
              now: float | None = None) -> dict:
-    """Put back exactly the recorded values, refusing if someone else changed the parameters since."""
+    """Put back exactly the recorded values, refusing if someone else changed the parameters since.
+    The caller holds the run dir's lock (unless this is a dry run)."""
     clients = clients or Clients()
     now = time.time() if now is None else now
     names = parameter_names(env, prefix)
     services = [parse_service(s) for s in redeploy]
-    rd = RunDir(run_dir) if run_dir else None
     writer = Writer(clients, dry_run)
-    with writer.lock(rd):
-        histories = read_histories(clients, names)
-        record = rd.read("cutover") if rd else None
-        restore, wrote, source = _rollback_values(record, histories, names)
-        switch = Switch("rollback", env, names, histories, {key: v.value for key, v in restore.items()},
-                        pre_cutover=restore, record=record, checks=[_unchanged_since_cutover(histories, restore, wrote, source)],
-                        run_id=new_run_id(now))
-        result = run_switch(switch, writer, rd, services, force)
-        result["restored_from"] = source
-        return result
+    histories = read_histories(clients, names)
+    record = CutoverLedger.load(run_dir).record if run_dir else None
+    restore, wrote, source = _rollback_values(record, histories, names)
+    switch = Switch("rollback", env, names, histories, {key: v.value for key, v in restore.items()},
+                    pre_cutover=restore, record=record,
+                    checks=[_unchanged_since_cutover(histories, restore, wrote, source)],
+                    run_id=new_run_id(now))
+    result = run_switch(switch, writer, run_dir, services, force)
+    result["restored_from"] = source
+    return result
 
 
-def _rollback_values(record: dict | None, histories: dict[str, History],
+def _rollback_values(record: CutoverRecord | None, histories: dict[str, History],
                      names: dict[str, str]) -> tuple[dict[str, Version], dict[str, str], str]:
     """(values to restore, values the cutover wrote, where they came from): the run dir, else the SSM labels."""
-    if record and "before" in record:
-        if record.get("parameters") != names:
-            raise BadInput(f"the run dir's cutover.json is for {sorted(record.get('parameters', {}).values())}, "
+    before = record.before_versions() if record is not None else None
+    if before is not None:
+        if record.parameters != names:
+            raise BadInput(f"the run dir's cutover.json is for {sorted((record.parameters or {}).values())}, "
                            f"not {sorted(names.values())}", "pass the --env and --param-prefix the cutover used")
-        restore = {key: Version(int(v["version"]), v["value"]) for key, v in record["before"].items()}
-        return restore, record["cutover_values"], "run dir cutover.json"
+        restore = {key: Version(number, value) for key, (number, value) in before.items()}
+        return restore, record.cutover_values, "run dir cutover.json"
     restore, wrote = {}, {}
     for key, history in histories.items():
         before, after = history.labelled(LABEL_BEFORE), history.labelled(LABEL_AFTER)
         if before is None or after is None:
             raise BadInput(f"{history.name} has no versions labelled {LABEL_BEFORE}/{LABEL_AFTER}, so no cutover "
                            "by this tool is recorded in SSM",
-                           "pass the --run-dir of the cutover, or restore by hand with aws ssm put-parameter --overwrite")
+                           "pass the --run-dir of the cutover, or restore by hand with "
+                           "aws ssm put-parameter --overwrite")
         restore[key], wrote[key] = before, after.value
     return restore, wrote, "SSM labels pre-cutover/cutover"
 
@@ -533,32 +542,3 @@ def _unchanged_since_cutover(histories: dict[str, History], restore: dict[str, V
         return Check(False, "changed since the cutover by someone else: " + "; ".join(foreign),
                      "find out who changed them and why; --force restores the recorded values anyway")
     return Check(True, f"the parameters hold what the cutover wrote (recorded in {source})")
-
-
-# --- human output -----------------------------------------------------------------------------------
-
-def _after_cell(row: dict) -> str:
-    if row["change"] == "unchanged":
-        return f"{row['after']} (unchanged)"
-    return f"{row['after']} ({'v' + str(row['after_version']) if row['after_version'] else 'new version'})"
-
-
-def render(result: dict) -> str:
-    """A short table: the check verdicts, each parameter now and after, redeploys, and the outcome."""
-    head = f"{result['command']}  env {result['env']}  run {result['run_id']}"
-    lines = [head + ("  (DRY RUN: nothing written)" if result["dry_run"] else "")]
-    for check in result["checks"]:
-        verdict = ("WARNING" if check.get("warning") else "pass") if check["passed"] else result["gate"].upper()
-        lines.append(f"  check     {verdict}: {check['reason']}")
-    cells = [(row["name"], f"{row['now']} (v{row['now_version']})", _after_cell(row)) for row in result["parameters"]]
-    widths = [max(len(cell[i]) for cell in cells + [("parameter", "now", "")]) for i in (0, 1)]
-    for name, now, after in [("parameter", "now", "after"), *cells]:
-        lines.append(f"  {name.ljust(widths[0])}  {now.ljust(widths[1])}  {after}")
-    for deploy in result["redeployed"]:
-        lines.append(f"  redeploy  {deploy['service']}: {deploy['deployment'] or 'would force a new deployment'}")
-    for refusal in result["refused"]:
-        lines.append(f"  refused   {refusal}")
-    if result["dry_run"]:
-        lines += [f"  would     {action}" for action in result["actions"]]
-    lines.append(f"  result    {result['outcome']}")
-    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Verify: prove that the target holds what the source (or the dump) holds, list what differs, repair it.
 
-The full check reads both sides at once, one worker process per master (sidescan), and folds a
-canonical digest of every key (digest) into XOR totals per slot. Only where a slot's totals differ
+The full check reads both sides at once, one worker process per master (fullscan.py), and folds a
+canonical digest of every key (digest.py) into XOR totals per slot. Only where a slot's totals differ
 are the keys compared one by one. Every key found different is then read again on both sides, for
 `rounds` rounds, before it is reported, because the source may still take writes:
 
@@ -17,31 +17,30 @@ Only keys named there are: a ledger keeps the first 1,000 names, and a missing k
 stays a difference.
 
 The result goes to `<run-dir>/verify.json` (the cutover gate reads it), the differences (and the
-skipped keys) to a JSON lines report. `run_verify` raises nothing for differences: the CLI maps
+skipped keys) to a JSON lines report. `run_verify` raises nothing for differences: the command layer maps
 "not equal" to exit 1.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
-from .endpoints import Topology, translated_errors
-from .errors import BadInput
+from ..errors import BadInput
+from ..events import ProgressFactory, no_progress
+from ..keynames import key_id
+from ..net.endpoints import Topology, translated_errors
+from ..net.keyspace import NO_EXPIRY, SLOT_COUNT
+from ..net.wire import pack
+from ..rundir import DumpLedger, ReplayLedger, RunDir, VerifyLedger, atomic_write, skipped_reasons
 from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
-from .keynames import key_id, readable
-from .keyread import SideReader, View
-from .output import ProgressFactory, no_progress
-from .records import NO_EXPIRY
-from .sidescan import ScanJob, SideScans, combined
-from .slots import SLOT_COUNT
-from .state import RunDir, atomic_write
-from .wire import pack
+from .fullscan import ScanJob, SideScans, combined
+from .readers import SideReader, View
 
 REPORT_NAME = "verify-report.jsonl"
 Progress = Callable[[int], None]
@@ -120,7 +119,7 @@ class SourceReference:
     def records(self, keys: list[bytes], target_rdb: int):
         """The keys as dump records (DUMP payloads, or struct chunks where the target is older),
         read by the data path itself, so that repair copies exactly as replay does."""
-        from .dump import DumpOptions, read_records
+        from ..datapath.dump import DumpOptions, read_records
         with translated_errors(self.topology.endpoint):
             records, _ = read_records(self.topology, keys, DumpOptions(db=self.db, target_rdb=target_rdb))
         return records
@@ -188,7 +187,6 @@ def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tup
     """
     settled = Settled([])
     pending = dict(candidates)
-    tolerance = options.ttl_tolerance_ms
     for round_number in range(max(options.rounds, 1)):
         if not pending:
             break
@@ -198,25 +196,35 @@ def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tup
         ref = reference.read(keys)
         with translated_errors(target.topology.endpoint):
             tgt = target.read(keys)
-        now = now_ms()
-        moving: dict[bytes, tuple[View, View]] = {}
-        for key in keys:
-            before_ref, before_tgt = pending[key]
-            pair = (ref[key], tgt[key])
-            kind = classify(*pair, now, tolerance)
-            if kind is None and not pair[0].present:
-                had_ttl = before_ref.expire_at != NO_EXPIRY or before_tgt.expire_at != NO_EXPIRY
-                settled.expired += had_ttl
-                settled.vanished += not had_ttl
-            elif kind == EXPIRED:
-                settled.expired += 1
-            elif kind is not None:
-                if moved(before_ref, pair[0], tolerance) or moved(before_tgt, pair[1], tolerance):
-                    moving[key] = pair
-                else:
-                    settled.differences.append(Difference(key, kind, *pair))
-        pending = moving
-    settled.differences += [Difference(key, "changing", *pair) for key, pair in pending.items()]
+        pending = settle_round(pending, ref, tgt, now_ms(), options.ttl_tolerance_ms, settled)
+    return finish_settling(settled, pending)
+
+
+def settle_round(pending: dict[bytes, tuple[View, View]], ref: dict[bytes, View], tgt: dict[bytes, View],
+                 now: int, tolerance: int, settled: Settled) -> dict[bytes, tuple[View, View]]:
+    """One round's judgement of the keys read again (ref, tgt) against their previous reads (pending):
+    settled keys go to `settled`; the keys that moved since are returned, to be read again."""
+    moving: dict[bytes, tuple[View, View]] = {}
+    for key, (before_ref, before_tgt) in pending.items():
+        pair = (ref[key], tgt[key])
+        kind = classify(*pair, now, tolerance)
+        if kind is None and not pair[0].present:
+            had_ttl = before_ref.expire_at != NO_EXPIRY or before_tgt.expire_at != NO_EXPIRY
+            settled.expired += had_ttl
+            settled.vanished += not had_ttl
+        elif kind == EXPIRED:
+            settled.expired += 1
+        elif kind is not None:
+            if moved(before_ref, pair[0], tolerance) or moved(before_tgt, pair[1], tolerance):
+                moving[key] = pair
+            else:
+                settled.differences.append(Difference(key, kind, *pair))
+    return moving
+
+
+def finish_settling(settled: Settled, still_moving: dict[bytes, tuple[View, View]]) -> Settled:
+    """Keys still moving after the last round are `changing`; differences are listed by kind, then key."""
+    settled.differences += [Difference(key, "changing", *pair) for key, pair in still_moving.items()]
     settled.differences.sort(key=lambda d: (KINDS.index(d.kind), d.key))
     return settled
 
@@ -225,7 +233,7 @@ def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tup
 
 def repair(reference: Reference, target: Topology, differences: list[Difference], options: VerifyOptions) -> dict:
     """Recopy every differing key from the reference as replay would; delete extras only if asked."""
-    from .replay import ReplayCounts, ReplayOptions, TargetWriter
+    from ..datapath.replay import ReplayCounts, ReplayOptions, TargetWriter
     recopy = [d.key for d in differences if d.kind != "extra"]
     extras = [d.key for d in differences if d.kind == "extra"]
     counts = ReplayCounts()
@@ -286,7 +294,7 @@ def run_verify(source: Topology | None, target: Topology, run_dir: RunDir | None
         write_report(report, settled.differences, settled.skipped)
     result = _result(settled, counts, reference.label, target, options, report, repaired, started)
     if run_dir is not None:
-        run_dir.write("verify", result.to_dict())
+        VerifyLedger(run_dir).record(result.to_dict())
     return result
 
 
@@ -308,8 +316,7 @@ def progress_total(reference: Reference, target: Topology, run_dir: RunDir | Non
     if isinstance(reference, SourceReference):
         reference_keys = reference.topology.key_count(reference.db)
     else:
-        from .dump import dump_totals
-        dumped = dump_totals(run_dir.read("dump") or {})
+        dumped = DumpLedger.load(run_dir).totals()
         reference_keys = dumped.dumped + dumped.struct_keys
     return reference_keys + target.key_count()
 
@@ -319,9 +326,7 @@ def skipped_on_purpose(run_dir: RunDir | None) -> dict[str, str]:
     operator accepts these with --skip-unsupported; the cutover gate checks that they did."""
     if run_dir is None:
         return {}
-    named = (run_dir.read("dump") or {}).get("skipped_keys", [])
-    named += ((run_dir.read("replay") or {}).get("counts") or {}).get("skipped_keys", [])
-    return {entry["id"]: entry["reason"] for entry in named if "id" in entry}
+    return skipped_reasons(DumpLedger.load(run_dir).skipped_keys + ReplayLedger.load(run_dir).counts.skipped_keys)
 
 
 def set_apart(settled: Settled, skipped: dict[str, str]) -> Settled:
@@ -344,7 +349,7 @@ def _reference(source: Topology | None, target: Topology, run_dir: RunDir | None
         if run_dir is None:
             raise BadInput("--against-dump needs --run-dir: the dump in it is the reference",
                            "pass the --run-dir that dump (or run) wrote")
-        from .dumpref import DumpReference
+        from .against_dump import DumpReference
         return DumpReference(run_dir, target)
     if source is None:
         raise BadInput("verify needs --source (or --against-dump with --run-dir)",
@@ -401,42 +406,3 @@ def _result(settled: Settled, counts: dict, source_label: str, target: Topology,
         counts=counts, sample=options.sample, source=source_label, target=target.endpoint.redacted,
         seconds=time.monotonic() - started, finished_at=time.time(),
         report=str(report) if report else None, repaired=repaired, skipped=skipped)
-
-
-def _side_text(summary: dict | None) -> str:
-    if summary is None:
-        return "absent"
-    ttl = "no TTL" if summary["ttl_ms"] == NO_EXPIRY else f"TTL {summary['ttl_ms']} ms"
-    return f"{summary['type']} of {summary['length']}, {ttl}"
-
-
-def render(result: dict) -> str:
-    """The result for a person: totals, the first differences, then the keys skipped on purpose."""
-    from .output import table
-    lines = [("EQUAL" if result["equal"] else f"DIFFERENT: {result['differences']} differences")
-             + f" ({result['seconds']:.1f}s)"]
-    lines.append(table({k: result[k] for k in ("source", "target", "sample", "counts", "kinds", "repaired", "report")
-                        if result.get(k) not in (None, {})}))
-    for diff in result["first_differences"]:
-        lines.append(f"{diff['kind']:8} {_shown(diff)}  source: {_side_text(diff['source'])}  "
-                     f"target: {_side_text(diff['target'])}")
-    if result["differences"] > len(result["first_differences"]):
-        lines.append(f"... and {result['differences'] - len(result['first_differences'])} more in the report")
-    skipped = result.get("skipped")
-    if skipped:
-        reasons = "; ".join(f"{count} {reason}" for reason, count in sorted(skipped["reasons"].items()))
-        lines.append(f"not differences: {_keys(skipped['keys'])} that the copy skipped ({reasons})")
-        lines += [f"skipped  {_shown(item)}  {item['reason']}" for item in skipped["first"]]
-        if skipped["keys"] > len(skipped["first"]):
-            lines.append(f"... and {skipped['keys'] - len(skipped['first'])} more in the report")
-    return "\n".join(lines)
-
-
-def _shown(item: dict) -> str:
-    """A reported key as a person reads it (the item carries the exact name in base64)."""
-    return readable(base64.b64decode(item["key"]))
-
-
-def _keys(count: int) -> str:
-    return f"{count} key{'s' if count != 1 else ''}"
-

@@ -13,19 +13,18 @@ from dataclasses import dataclass
 
 import redis
 
+from ..keynames import readable
+from ..net.endpoints import Node, Topology, probe_rdb_version, translated_errors
+from ..net.keyspace import LENGTH_COMMANDS, estimated_size
+from ..net.rdb import rdb_version_of
 from .aws import Clients, describe_serverless_cache, parameter_history
 from .cutover import DEFAULT_PREFIX, LABEL_AFTER, LABEL_BEFORE, parameter_names
-from .endpoints import Endpoint, Node, Topology, probe_rdb_version, rdb_version_of, translated_errors
-from .keynames import readable
 
 GB = 10**9  # the cache's DataStorage unit, read as the smaller decimal GB: the conservative choice
 ECPU_PRICE_PER_MILLION = 0.0034
 STORAGE_PRICE_GB_MONTH = 0.125
 ECPU_BYTES = 1024  # 1 ECPU per KB written, at least 1 per request
 LARGEST_SHOWN = 10
-ELEMENT_BYTES_GUESS = 64  # per collection member, where MEMORY USAGE is unavailable
-KEY_OVERHEAD_BYTES = 50
-_LENGTH_COMMAND = {"string": "STRLEN", "hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD", "stream": "XLEN"}
 
 
 @dataclass(frozen=True)
@@ -37,18 +36,13 @@ class SampledKey:
     size: int
 
 
-def plan(source_url: str, target_url: str, *, serverless_cache: str | None = None, env: str | None = None,
-         prefix: str = DEFAULT_PREFIX, sample: int = 5000, storage_headroom: float = 1.5,
-         tls_insecure: bool = False, clients: Clients | None = None, db: int | None = None) -> dict:
+def plan(source: Topology, target: Topology, db: int, *, serverless_cache: str | None = None,
+         env: str | None = None, prefix: str = DEFAULT_PREFIX, sample: int = 5000, storage_headroom: float = 1.5,
+         clients: Clients | None = None) -> dict:
     """Survey both sides (and the cache and SSM when named) and collect blockers with their fixes.
-    `db` is the source database to survey (run's --db); by default the source URL's."""
-    from .pipeline import open_source, open_target
+    `db` is the source database to survey; the caller opened both sides (`commands.open_source`)."""
     clients = clients or Clients()
     names = parameter_names(env, prefix) if env else None
-    source_endpoint = Endpoint.from_url("source", source_url, tls_insecure=tls_insecure)
-    db = source_endpoint.db if db is None else db
-    source = open_source(source_endpoint, db)
-    target = open_target(Endpoint.from_url("target", target_url, tls_insecure=tls_insecure))
     blockers: list[dict] = []
     warnings: list[str] = []
 
@@ -131,8 +125,8 @@ def _memory(topology: Topology) -> dict[str, int] | None:
     for node in topology.masters:
         try:
             info = topology.client(node).info("memory")
-            total.update({name: int(info[name]) for name in ("used_memory", "used_memory_startup", "used_memory_dataset")
-                          if name in info})
+            total.update({name: int(info[name])
+                          for name in ("used_memory", "used_memory_startup", "used_memory_dataset") if name in info})
         except (redis.ResponseError, ValueError):
             return None
         if "used_memory" not in info:
@@ -218,14 +212,14 @@ def _describe(client: redis.Redis, node: Node, keys: list[bytes], method: str) -
         if method == "memory-usage":
             pipe.memory_usage(key)
         else:
-            pipe.execute_command(_LENGTH_COMMAND.get(kind, "EXISTS"), key)
+            pipe.execute_command(LENGTH_COMMANDS.get(kind, b"EXISTS").decode(), key)
     sizes = pipe.execute(raise_on_error=False)
     result = []
     for key, kind, ttl, size in zip(keys, kinds, ttls, sizes):
         if kind == "none" or isinstance(size, Exception):  # gone since the scan
             continue
         if method != "memory-usage":
-            size = len(key) + KEY_OVERHEAD_BYTES + (size if kind == "string" else size * ELEMENT_BYTES_GUESS)
+            size = estimated_size(key, kind, size)
         result.append(SampledKey(key, node, kind, ttl >= 0, int(size or 0)))
     return result
 
@@ -241,7 +235,8 @@ def _source_rdb_version(source: Topology, sampled: list[SampledKey], db: int) ->
 
 def _replay_mode(source_rdb: int | None, target_rdb: int) -> dict:
     if source_rdb is None or target_rdb >= source_rdb:
-        return {"mode": "restore", "why": f"target RDB {target_rdb} >= source RDB {source_rdb}: DUMP payloads RESTORE as they are"}
+        return {"mode": "restore",
+                "why": f"target RDB {target_rdb} >= source RDB {source_rdb}: DUMP payloads RESTORE as they are"}
     return {"mode": "struct", "why": f"target RDB {target_rdb} < source RDB {source_rdb}: RESTORE would refuse the "
                                      "payloads, so replay writes each key type by type (slower)"}
 
@@ -269,7 +264,8 @@ def _cache_section(clients: Clients, name: str, src: dict, target: Topology, hea
     section["replay_ecpu_cost_usd"] = round(ecpu / 1e6 * ECPU_PRICE_PER_MILLION, 6)
     section["storage_cost_usd_per_month"] = round(src["data_bytes"] / GB * STORAGE_PRICE_GB_MONTH, 4)
     section["replay_seconds_at_ecpu_max"] = round(ecpu / cache.ecpu_max, 1) if cache.ecpu_max else None
-    section["advice"] = (f"about an hour before the replay, raise ECPUPerSecond Minimum (now {cache.ecpu_min}) to the rate "
+    section["advice"] = (f"about an hour before the replay, raise ECPUPerSecond Minimum (now {cache.ecpu_min}) "
+                         "to the rate "
                          f"replay should run at (at most the Maximum, {cache.ecpu_max}) so the cache has scaled out "
                          "before the load; lower it again afterwards")
     target_at = (target.masters[0].host, target.masters[0].port) if len(target.masters) == 1 else None
@@ -282,7 +278,7 @@ def _ssm_section(clients: Clients, names: dict[str, str], source: Topology, targ
                  blockers: list[dict], warnings: list[str]) -> dict:
     """The parameters cutover will repoint: their values now, and whether they exist at all."""
     section = {}
-    for key, name in names.items():
+    for _key, name in names.items():
         history = parameter_history(clients.ssm, name)
         if history is None:
             section[name] = {"exists": False}
@@ -290,64 +286,10 @@ def _ssm_section(clients: Clients, names: dict[str, str], source: Topology, targ
                                      "check --env/--param-prefix, or create it with the value the apps use now"))
             continue
         section[name] = {"exists": True, "value": history.current.value, "version": history.current.number,
-                         "earlier_cutover_labels": bool(history.labelled(LABEL_BEFORE) or history.labelled(LABEL_AFTER))}
+                         "earlier_cutover_labels": bool(history.labelled(LABEL_BEFORE)
+                                                        or history.labelled(LABEL_AFTER))}
     endpoint = section[names["endpoint"]].get("value")
     if endpoint is not None and endpoint not in {n.host for n in source.masters + target.masters}:
         warnings.append(f"{names['endpoint']} is {endpoint}, which is neither the source's nor the target's host "
                         "as given here (fine if those are different names for the same servers)")
     return section
-
-
-# --- human output -----------------------------------------------------------------------------------
-
-def render(result: dict) -> str:
-    """One screen: both sides, the replay mode, the source's shape, the cache and SSM, blockers and warnings."""
-    src, tgt = result["source"], result["target"]
-    blocked = len(result["blockers"])
-    lines = [f"plan: BLOCKED ({blocked})" if blocked else "plan: GO"]
-    for role, side in (("source", src), ("target", tgt)):
-        slots = "/".join(str(n) for n in side["masters"].values())
-        lines.append(f"  {role:<8} {side['kind']}, {side['server']} {side['version']}, RDB {side['rdb_version']}, "
-                     f"{len(side['masters'])} master(s) ({slots} slots), TLS {'yes' if side['tls'] else 'no'}, "
-                     f"auth {'yes' if side['auth'] else 'no'}, {side['keys']} keys  {side['url']}")
-    lines.append(f"  replay   {result['replay']['mode']}: {result['replay']['why']}")
-    sample = src["sample"]
-    memory = _bytes(src["used_memory"]) if src["used_memory"] is not None else "n/a"
-    in_memory = _bytes(src["data_bytes_memory"]) if src["data_bytes_memory"] is not None else "n/a"
-    lines.append(f"  data     ~{_bytes(src['data_bytes'])} in db{src['db']}: the larger of {_bytes(src['data_bytes_sampled'])} "
-                 f"from {sample['keys']} random keys ({sample['size_method']}) and {in_memory} from INFO memory "
-                 f"(used_memory {memory}); {sample['ttl_share']:.0%} of keys with a TTL")
-    lines.append("  types    " + (", ".join(f"{t} {n}" for t, n in sample["types"].items()) or "-"))
-    if sample["largest"]:
-        lines.append(f"  largest  of the {sample['keys']} sampled keys (a bigger one may be outside the sample):")
-    for item in sample["largest"][:5]:
-        lines.append(f"           {item['key']} ({item['type']}, {_bytes(item['bytes'])})")
-    cache = result.get("serverless_cache")
-    if cache:
-        seconds = cache["replay_seconds_at_ecpu_max"]
-        lines.append(f"  cache    {cache['name']} {cache['status']}, {cache['engine']}, endpoint {cache['endpoint']}")
-        lines.append(f"           storage max {cache['storage_max_gb']} GB, needs {_bytes(cache['storage_needed_bytes'])} "
-                     f"with headroom; ECPU/s {cache['ecpu_per_second_min']}..{cache['ecpu_per_second_max']}")
-        lines.append(f"           replay writes {cache['replay_ecpu']} ECPU: {_usd(cache['replay_ecpu_cost_usd'])}"
-                     f"{'' if seconds is None else f', at least {seconds} s at the ECPU maximum'}; "
-                     f"storage {_usd(cache['storage_cost_usd_per_month'])}/month")
-        lines.append(f"           {cache['advice']}")
-    for name, param in result.get("ssm", {}).items():
-        lines.append(f"  ssm      {name} = {param['value']} (v{param['version']})" if param["exists"]
-                     else f"  ssm      {name} MISSING")
-    for blocker in result["blockers"]:
-        lines += [f"  BLOCKER  {blocker['problem']}", f"           fix: {blocker['fix']}"]
-    lines += [f"  warning  {w}" for w in result["warnings"]]
-    return "\n".join(lines)
-
-
-def _usd(amount: float) -> str:
-    return f"${amount:.2f}" if amount >= 0.01 else "< $0.01"
-
-
-def _bytes(count: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return str(count)

@@ -31,22 +31,22 @@ from pathlib import Path
 import xxhash
 import zstandard
 
-from .endpoints import rdb_version_of
-from .errors import BadInput
-from .keynames import key_id, readable
-from .slots import key_slots
+from ..errors import BadInput
+from ..net.keyspace import NO_EXPIRY, key_slots
+from ..net.rdb import MIN_PAYLOAD, rdb_version_of
 
 MAGIC = b"RMSEG\x02\n\x00"
 END = b"RMEND\x02\n\x00"
 TRAILER = struct.Struct("<QQQ8s")
-NO_EXPIRY = -1
-MIN_PAYLOAD = 10  # a DUMP payload ends with its RDB version (2 bytes) and a CRC64 (8 bytes)
 
 DUMP = 0
 STRUCT = 1
 
-TYPES = ("string", "hash", "list", "set", "zset", "stream", "stream-group")
-TYPE_CODES = {name: code for code, name in enumerate(TYPES)}
+# The type byte of a struct record in segment files. Written to disk: append only, never reorder. It is not
+# verify/digest.py's DIGEST_TYPES: that one numbers the digests' seeds, and it has no stream-group (a
+# record kind, not a Redis type) but has "none" and "other".
+CHUNK_TYPES = ("string", "hash", "list", "set", "zset", "stream", "stream-group")
+CHUNK_TYPE_CODES = {name: code for code, name in enumerate(CHUNK_TYPES)}
 
 _COUNTS = struct.Struct("<II")
 _STRUCT_HEAD = struct.Struct("<BqIBQBI")  # kind, expire_at, key length, type, offset, first, item count
@@ -71,16 +71,6 @@ class Record:
     @property
     def rdb_version(self) -> int:
         return rdb_version_of(self.payload) if self.kind == DUMP else 0
-
-    @property
-    def size(self) -> int:
-        return len(self.key) + len(self.payload) + sum(len(item) for item in self.items)
-
-
-def skipped_entry(key: bytes, reason: str) -> dict:
-    """How a skipped key is named in ledgers and reports: readable (escaped, shortened), plus its exact
-    identity, by which verify knows the key it finds missing was skipped on purpose."""
-    return {"key": readable(key), "id": key_id(key), "reason": reason}
 
 
 Indices = range | list[int]
@@ -171,7 +161,7 @@ def _pick(blob: bytes, starts: list[int], ends: list[int], indices: Indices) -> 
 
 
 def encode_struct(record: Record) -> bytes:
-    parts = [_STRUCT_HEAD.pack(STRUCT, record.expire_at, len(record.key), TYPE_CODES[record.type], record.offset,
+    parts = [_STRUCT_HEAD.pack(STRUCT, record.expire_at, len(record.key), CHUNK_TYPE_CODES[record.type], record.offset,
                                record.first, len(record.items)), record.key]
     for item in record.items:
         parts.append(_LEN.pack(len(item)))
@@ -242,7 +232,7 @@ def _decode_struct(body: bytes, view: memoryview, pos: int) -> tuple[Record, int
         pos += length
     if pos > len(body) or len(key) != key_len:
         raise ValueError("record runs past the end of the segment")
-    kind = TYPES[type_code]
+    kind = CHUNK_TYPES[type_code]
     _check_items(kind, items)
     if expire_at < NO_EXPIRY:
         raise ValueError(f"record for key {key[:60]!r} has expiry {expire_at}")

@@ -7,9 +7,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .keynames import escaped
-from .keyread import ABSENT, View
-from .records import NO_EXPIRY
+from ..keynames import escaped
+from ..net.keyspace import NO_EXPIRY
+from .readers import ABSENT, View
 
 KINDS = ("missing", "extra", "type", "value", "ttl", "changing")
 EXPIRED = "expired"

@@ -24,31 +24,22 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
-from .digest import TYPE_CODE, new_digest
-from .endpoints import Topology, translated_errors
+from ..datapath.segments import DUMP, Record, read_segment
+from ..datapath.store import list_segments
+from ..errors import BadInput
+from ..net.endpoints import Topology, translated_errors
+from ..net.keyspace import NO_EXPIRY, SLOT_COUNT, key_slot
+from ..net.rdb import payload_body, payload_type
+from ..net.wire import ReplyError, pack
+from ..rundir import RunDir
 from .compare import Pass, compare_views, side_counts
-from .errors import BadInput
-from .keyread import ABSENT, DigestReader, SideReader, View
-from .records import DUMP, NO_EXPIRY, Record, read_segment
-from .sidescan import ScanJob, SideScans, combined, fold
-from .slots import SLOT_COUNT, key_slot
-from .state import RunDir
-from .store import list_segments
-from .wire import ReplyError, pack
+from .digest import DIGEST_TYPE_CODE, new_digest
+from .fullscan import ScanJob, SideScans, combined, fold
+from .readers import ABSENT, DigestReader, SideReader, View
 
 SCRATCH_PREFIX = b"__redis_migrate_verify__:"
 SCRATCH_TTL_MS = 60_000
 BATCH = 1000
-_FOOTER = 10  # RDB version (2 bytes) + CRC64 (8 bytes)
-
-# RDB object type (a payload's first byte) -> Redis type
-_RDB_TYPES = {0: "string", 1: "list", 10: "list", 14: "list", 18: "list", 2: "set", 11: "set", 20: "set",
-              3: "zset", 5: "zset", 12: "zset", 17: "zset", 4: "hash", 9: "hash", 13: "hash", 16: "hash",
-              22: "hash", 23: "hash", 24: "hash", 25: "hash", 15: "stream", 19: "stream", 21: "stream"}
-
-
-def payload_type(payload: bytes) -> str:
-    return _RDB_TYPES.get(payload[0], "other") if payload else "other"
 
 
 class Entry(NamedTuple):
@@ -165,7 +156,7 @@ class DumpReference:
                     chunk = keys[start:start + BATCH]
                     wire.send(b"".join(pack(b"DUMP", key) for key in chunk))
                     for key, payload in zip(chunk, wire.read(len(chunk))):
-                        if not isinstance(payload, bytes) or payload[:-_FOOTER] != by_key[key].payload[:-_FOOTER]:
+                        if not isinstance(payload, bytes) or payload_body(payload) != payload_body(by_key[key].payload):
                             self.suspects.add(key)
                         else:
                             self.suspects.discard(key)
@@ -194,7 +185,7 @@ class DumpReference:
     def _differing_slots(self, totals: list[int], grid: int) -> list[int]:
         """The target's census totals against the dump's names, types and expiries, folded alike."""
         for key, entry in self.index.items():
-            totals[key_slot(key)] ^= fold(key, TYPE_CODE[entry.type], 0, entry.expire_at, grid)
+            totals[key_slot(key)] ^= fold(key, DIGEST_TYPE_CODE[entry.type], 0, entry.expire_at, grid)
         return [slot for slot in range(SLOT_COUNT) if totals[slot]]
 
     def _struct_suspects(self) -> set[bytes]:

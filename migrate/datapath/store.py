@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import BadInput
-from .state import RunDir, atomic_write
+from ..errors import BadInput
+from ..rundir import RunDir, atomic_write
 
 _NAME = re.compile(r"^m(\d{3})-(\d{8})\.seg$")
 

@@ -14,10 +14,9 @@ import random
 import time
 from typing import NamedTuple
 
+from ..net.keyspace import NO_EXPIRY, absolute_expiry, key_slot
+from ..net.wire import ReplyError, Wire
 from .digest import DIGESTS, digest_hash, digest_list, digest_set, digest_string, digest_zset, new_digest
-from .records import NO_EXPIRY
-from .slots import key_slot
-from .wire import ReplyError, Wire
 
 WINDOW = 1000              # elements in the first read of a collection
 BIG_WINDOW = 10_000        # elements per read of the rest of a big collection
@@ -203,9 +202,10 @@ class DigestReader:
         return views
 
     def _absolute(self, reply, now: int) -> int:
-        if not isinstance(reply, int) or reply < 0:
-            return reply if isinstance(reply, int) else NO_EXPIRY
-        return reply if self._exact_ttl else now + reply
+        """A refused expiry read counts as no TTL: the key is still compared by type and value."""
+        if not isinstance(reply, int):
+            return NO_EXPIRY
+        return absolute_expiry(reply, None if self._exact_ttl else now)
 
     def _digest(self, key: bytes, type_name: str, expire_at: int, value) -> View:
         type_name = _type_name(type_name)

@@ -87,11 +87,6 @@ class Wire:
                 raise no_such_database(self.endpoint, self.db, *self.address)
             raise redis.ResponseError(str(reply))
 
-    def reconnect(self) -> None:
-        self.close()
-        with translated_errors(self.endpoint):
-            self._connect()
-
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 

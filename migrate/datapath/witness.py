@@ -6,19 +6,19 @@ empty, or without its latest writes, and answers OK from then on. Replay would g
 keeps the last-written key per target node (keys written last are the first a lagging replica
 loses), and checks that they still exist when a replay resumes and after any lost connection.
 
-Witnesses are stored in replay.json (escaped key names, like skipped keys), for the latest
-`KEEP` segments: a total loss shows in any of them, a partial one in the most recent.
+The replay ledger (rundir.ReplayLedger) keeps them, as [key hex, expire_at], for its latest 64
+segments: a total loss shows in any of them, a partial one in the most recent. The functions here
+only choose and check them.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable
 
-from .records import NO_EXPIRY, Segment
-from .slots import key_slot
+from ..net.keyspace import NO_EXPIRY, key_slot
+from .segments import Segment
 
-KEEP = 64
 MAX_KEY = 512            # longer names are not worth storing in the ledger
 EXPIRY_MARGIN_MS = 600_000  # a witness must outlive the replay by this much, so that expiry is never "loss"
 
@@ -47,26 +47,12 @@ def choose(segment: Segment, owners: list[int], now_ms: int | None = None) -> li
     return list(chosen.values())
 
 
-def remember(ledger_data: dict, segment: str, witnesses: list[list]) -> None:
-    """Add a done segment's witnesses, keeping the latest KEEP segments."""
-    kept = ledger_data.setdefault("witnesses", {})
-    kept.pop(segment, None)
-    if witnesses:
-        kept[segment] = witnesses
-    for name in list(kept)[:-KEEP]:
-        del kept[name]
-
-
-def missing(ledger_data: dict, exists: Callable[[list[bytes]], list[bool]], now_ms: int | None = None) -> list[bytes]:
-    """Witness keys the target no longer has (keys due to expire by now are not counted)."""
+def missing(witnesses: list[list], exists: Callable[[list[bytes]], list[bool]], now_ms: int | None = None
+            ) -> list[bytes]:
+    """Of the witnesses ([key hex, expire_at], ...), the keys the target no longer has (keys due to expire
+    by now are not counted)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    keys = [bytes.fromhex(key) for key, expire_at in _all(ledger_data.get("witnesses", {}))
-            if expire_at == NO_EXPIRY or expire_at > now_ms + 5000]
+    keys = [bytes.fromhex(key) for key, expire_at in witnesses if expire_at == NO_EXPIRY or expire_at > now_ms + 5000]
     if not keys:
         return []
     return [key for key, present in zip(keys, exists(keys)) if not present]
-
-
-def _all(kept: dict) -> Iterable[list]:
-    for witnesses in kept.values():
-        yield from witnesses

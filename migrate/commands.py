@@ -1,0 +1,296 @@
+"""One function per command: open the endpoints and the run dir, take the run dir's lock, call the
+stages, and decide the exit code.
+
+cli.py parses the options into the arguments here and renders what comes back; nothing here prints.
+The stages report progress and warnings through `events` (console.py's, from the command line). Each
+command returns an `Outcome`: the result to show, the exit code, and a refusal to raise once the
+result is shown (copied keys were skipped and the operator did not accept that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import redis
+
+from .datapath.dump import DEFAULT_BATCH_BYTES, DEFAULT_MAX_PAYLOAD, DumpOptions
+from .datapath.replay import ReplayOptions
+from .errors import BadInput, DifferencesFound, GateRefused, MigrateError, RuntimeFailure, Unreachable
+from .events import SILENT, Events, Warn
+from .net.endpoints import Endpoint, Topology, discover, no_such_database, probe_rdb_version, translated_errors
+from .pipeline import _record_ignored_databases, dump_stage, judge_skipped, redo_stages, replay_stage, run_stages
+from .pipeline import status as run_status
+from .rundir import PlanLedger, RunDir
+from .verify.stage import VerifyOptions, run_verify
+
+if TYPE_CHECKING:
+    from .cloud.aws import Clients  # the cloud modules import boto3: only plan, cutover and rollback load them
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did: the result to show, the exit code it decided, and a refusal to raise after
+    the result is shown (its message, hint and exit code then decide)."""
+
+    result: dict
+    exit_code: int = 0
+    refusal: MigrateError | None = None
+
+
+# --- endpoints, and the source a copy is admitted from ------------------------------------------------
+
+def _endpoint(role: str, url: str, tls_insecure: bool, warn: Warn) -> Endpoint:
+    if tls_insecure:
+        warn("--tls-insecure: TLS certificates are NOT verified; never use this in production")
+    return Endpoint.from_url(role, url, tls_insecure=tls_insecure)
+
+
+def open_source(endpoint: Endpoint, db: int) -> Topology:
+    """Discover the source and check that `db` exists there (a cluster has only db 0)."""
+    topology = discover(endpoint)
+    if topology.is_cluster and db != 0:
+        raise BadInput(f"source {endpoint.redacted} is a cluster, which has only db 0, but db {db} was asked for",
+                       "drop --db (or use /0 in the URL)")
+    if db != 0:
+        _check_database(topology, db)
+    return topology
+
+
+def _check_database(topology: Topology, db: int) -> None:
+    node = topology.masters[0]
+    with translated_errors(topology.endpoint):
+        try:
+            topology.client(node, db).ping()
+        except redis.ResponseError as exc:
+            if "DB index is out of range" in str(exc):
+                raise no_such_database(topology.endpoint, db, node.host, node.port) from None
+            raise
+
+
+def open_target(endpoint: Endpoint) -> Topology:
+    if endpoint.db != 0:
+        raise BadInput(f"target {endpoint.redacted} names db {endpoint.db}; ElastiCache Serverless has only db 0",
+                       "use /0 (or no db) in the target URL")
+    return discover(endpoint)
+
+
+@dataclass(frozen=True)
+class SourceChecks:
+    """What the operator said is fine about the source: keys left in other databases, or no keys at all."""
+
+    ignore_other_dbs: bool = False
+    allow_empty: bool = False
+
+
+def check_source(run_dir: RunDir, source: Topology, db: int, checks: SourceChecks, warn: Warn) -> None:
+    """dump's and run's refusals of a source that would copy too little: keys in databases that are not
+    copied (plan calls them a blocker), and an empty database (a wrong URL or a Redis restarted empty).
+    Keys deliberately left in other databases are recorded in run.json, for the cutover to show."""
+    others, unavailable = source.other_databases(db)
+    for name in unavailable:
+        warn(f"INFO keyspace is unavailable on {name}: other databases were not checked")
+    if others:
+        listed = ", ".join(f"db{n}: {k} keys" for n, k in others.items())
+        if not checks.ignore_other_dbs:
+            raise BadInput(f"the source has data outside db{db}, which is the only one migrated ({listed})",
+                           "ElastiCache Serverless has only db 0: migrate each database in its own run into its own "
+                           f"cache (--db N or the URL's /N), or move the keys into db{db}, or flush those databases if "
+                           "unused; --ignore-other-dbs copies only this one anyway")
+        warn(f"--ignore-other-dbs: the source's other databases are not migrated ({listed})")
+        _record_ignored_databases(run_dir, db, others)
+    if not checks.allow_empty and source.key_count(db) == 0:
+        raise BadInput(f"the source {source.endpoint.redacted} holds no keys in db{db}: there is nothing to migrate",
+                       "check the URL and --db (a wrong host, port or database?), and whether the source Redis was "
+                       "just restarted without its data; pass --allow-empty-source if an empty copy is really meant")
+
+
+def bind_endpoints(run_dir: RunDir, source: Endpoint | None, target: Endpoint | None, db: int = 0) -> None:
+    """Tie the run dir to its source and target, or refuse one made for others: before anything in it changes."""
+    if source is not None:
+        run_dir.bind("source", {"url": source.identity, "db": db})
+    if target is not None:
+        run_dir.bind("target", {"url": target.identity})
+
+
+def admit_source(run_dir: RunDir, source: Topology, target: Endpoint | None, db: int, checks: SourceChecks,
+                 warn: Warn) -> None:
+    """The run dir's own endpoints, and a source that would not copy too little: refused before any stage
+    (or `--redo`) changes the run dir."""
+    bind_endpoints(run_dir, source.endpoint, target, db)
+    check_source(run_dir, source, db, checks, warn)
+
+
+def preflight(run_dir: RunDir, source: Topology, target: Topology, db: int, warn: Warn) -> None:
+    """`run`'s first stage: the plan of database `db`, recorded once per run dir. Its blockers are only
+    warned about: the stages' own gates (empty target, one database, empty source) enforce them, with
+    the options that override them."""
+    ledger = PlanLedger.load(run_dir)
+    if ledger.found:
+        return
+    from .cloud import plan as planning
+    try:
+        result = json.loads(json.dumps(planning.plan(source, target, db), default=str))
+    except (Unreachable, RuntimeFailure, OSError, redis.ConnectionError, redis.TimeoutError) as exc:  # advisory: go on
+        warn(f"plan: the survey did not finish ({getattr(exc, 'message', exc)}); the stages' own checks "
+             f"still apply, and the next run tries the plan again")
+        return
+    ledger.record(result)
+    for blocker in ledger.blockers:
+        warn(f"plan: {blocker['problem']} ({blocker['fix']})")
+
+
+# --- dump, replay, run, status -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Selection:
+    """The keys a dump reads and how, as the operator gave them; `db` None means the source URL's."""
+
+    db: int | None = None
+    match: str | None = None
+    types: tuple[str, ...] = ()
+    scan_count: int = 1000
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    batch_bytes: int = DEFAULT_BATCH_BYTES
+
+    def dump_options(self, source: Endpoint, mode: str = "auto", target_rdb: int | None = None) -> DumpOptions:
+        if self.match is not None and (not self.match or "\0" in self.match):
+            raise BadInput(f"--match {self.match!r} is not a usable SCAN pattern", "give a glob such as 'session:*'")
+        return DumpOptions(db=source.db if self.db is None else self.db, match=self.match, types=tuple(self.types),
+                           scan_count=self.scan_count, max_payload=self.max_payload, batch_bytes=self.batch_bytes,
+                           struct_all=mode == "struct", target_rdb=target_rdb)
+
+
+def _copy(directory: RunDir, work: Callable[[], dict], skip_unsupported: bool) -> Outcome:
+    """Copy stages run under the run dir's lock; keys they skipped are refused unless the operator accepts them."""
+    with directory.lock():
+        result = work()
+        refusal = judge_skipped(directory, skip_unsupported)
+    return Outcome(result, refusal=refusal)
+
+
+def dump(source_url: str, run_dir: str, selection: Selection, *, mode: str = "auto",
+         checks: SourceChecks = SourceChecks(), skip_unsupported: bool = False, tls_insecure: bool = False,
+         events: Events = SILENT) -> Outcome:
+    source = _endpoint("source", source_url, tls_insecure, events.warn)
+    options = selection.dump_options(source, mode)
+    directory = RunDir(run_dir, create=True)
+
+    def work() -> dict:
+        topology = open_source(source, options.db)
+        admit_source(directory, topology, None, options.db, checks, events.warn)
+        return dump_stage(directory, topology, options, events.progress)
+
+    return _copy(directory, work, skip_unsupported)
+
+
+def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupported: bool = False,
+           tls_insecure: bool = False, events: Events = SILENT) -> Outcome:
+    target = _endpoint("target", target_url, tls_insecure, events.warn)
+    directory = RunDir(run_dir)
+
+    def work() -> dict:
+        topology = open_target(target)
+        bind_endpoints(directory, None, target)
+        return replay_stage(directory, topology, options, events.progress, warn=events.warn)
+
+    return _copy(directory, work, skip_unsupported)
+
+
+def run(source_url: str, target_url: str, run_dir: str, selection: Selection, options: ReplayOptions, *,
+        redo: tuple[str, ...] = (), checks: SourceChecks = SourceChecks(), skip_unsupported: bool = False,
+        tls_insecure: bool = False, events: Events = SILENT) -> Outcome:
+    """Dump and replay at once, then verify. The target's RDB version decides which payloads the dump
+    reads type by type (mode auto). Exit 1 when the verify found differences."""
+    source = _endpoint("source", source_url, tls_insecure, events.warn)
+    target = _endpoint("target", target_url, tls_insecure, events.warn)
+    target_topology = open_target(target)
+    target_rdb = probe_rdb_version(target_topology) if options.mode == "auto" else None
+    dump_options = selection.dump_options(source, options.mode, target_rdb)
+    directory = RunDir(run_dir, create=True)
+
+    def work() -> dict:
+        source_topology = open_source(source, dump_options.db)
+        admit_source(directory, source_topology, target, dump_options.db, checks,  # refused before --redo forgets
+                     events.warn)
+        redo_stages(directory, redo)
+        preflight(directory, source_topology, target_topology, dump_options.db, events.warn)
+        return run_stages(directory, source_topology, target_topology, dump_options, options, events.progress,
+                          events.warn)
+
+    outcome = _copy(directory, work, skip_unsupported)
+    if outcome.refusal is None and not outcome.result["verify"].get("equal"):
+        return replace(outcome, exit_code=DifferencesFound.exit_code)
+    return outcome
+
+
+def status(run_dir: str) -> Outcome:
+    return Outcome(run_status(RunDir(run_dir)))
+
+
+# --- verify ------------------------------------------------------------------------------------------
+
+def verify(target_url: str, options: VerifyOptions, *, source_url: str | None = None, run_dir: str | None = None,
+           tls_insecure: bool = False, events: Events = SILENT) -> Outcome:
+    """The reference is the source, or with --against-dump the run dir's dump, which must exist (so the
+    run dir is created only for a verify against the source). Exit 1 when the two sides differ."""
+    if options.delete_extra and not options.repair:
+        raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
+    directory = RunDir(run_dir, create=not options.against_dump) if run_dir else None
+    source = None
+    target = open_target(_endpoint("target", target_url, tls_insecure, events.warn))
+    if source_url and not options.against_dump:
+        source_endpoint = _endpoint("source", source_url, tls_insecure, events.warn)
+        options = replace(options, db=source_endpoint.db if options.db is None else options.db)
+        source = open_source(source_endpoint, options.db)
+    with directory.lock() if directory else contextlib.nullcontext():
+        result = run_verify(source, target, directory, options, events.progress)
+    return Outcome(result.to_dict(), exit_code=0 if result.equal else DifferencesFound.exit_code)
+
+
+# --- plan, cutover, rollback -------------------------------------------------------------------------
+
+def plan(source_url: str, target_url: str, *, serverless_cache: str | None = None, env: str | None = None,
+         prefix: str, sample: int = 5000, storage_headroom: float = 1.5, tls_insecure: bool = False,
+         clients: Clients | None = None) -> Outcome:
+    """Read-only: survey the source URL's database and the target. Exit 1 when there are blockers."""
+    from .cloud import plan as planning
+    source_endpoint = Endpoint.from_url("source", source_url, tls_insecure=tls_insecure)
+    source = open_source(source_endpoint, source_endpoint.db)
+    target = open_target(Endpoint.from_url("target", target_url, tls_insecure=tls_insecure))
+    result = planning.plan(source, target, source_endpoint.db, serverless_cache=serverless_cache, env=env,
+                           prefix=prefix, sample=sample, storage_headroom=storage_headroom, clients=clients)
+    return Outcome(result, exit_code=0 if result["verdict"] == "go" else GateRefused.exit_code)
+
+
+def _switch_lock(directory: RunDir | None, dry_run: bool):
+    """A live cutover or rollback holds the run dir's lock; a dry run writes nothing and takes none."""
+    return directory.lock() if directory and not dry_run else contextlib.nullcontext()
+
+
+def _switched(result: dict) -> Outcome:
+    """A refusal (or a dry run that would be refused) exits 1."""
+    return Outcome(result, exit_code=GateRefused.exit_code if result["refused"] else 0)
+
+
+def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
+            run_dir: str | None = None, prefix: str, max_verify_age: str = "30m", force: bool = False,
+            redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None) -> Outcome:
+    from .cloud import cutover as switching
+    directory = RunDir(run_dir) if run_dir else None
+    with _switch_lock(directory, dry_run):
+        return _switched(switching.cutover(env, target_url=target_url, serverless_cache=serverless_cache,
+                                           run_dir=directory, prefix=prefix, max_verify_age=max_verify_age,
+                                           force=force, redeploy=redeploy, dry_run=dry_run, clients=clients))
+
+
+def rollback(env: str, *, run_dir: str | None = None, prefix: str, force: bool = False,
+             redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None) -> Outcome:
+    from .cloud import cutover as switching
+    directory = RunDir(run_dir) if run_dir else None
+    with _switch_lock(directory, dry_run):
+        return _switched(switching.rollback(env, run_dir=directory, prefix=prefix, force=force, redeploy=redeploy,
+                                            dry_run=dry_run, clients=clients))
