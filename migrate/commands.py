@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from .datapath.dump import DEFAULT_BATCH_BYTES, DEFAULT_MAX_PAYLOAD, DumpOptions
+from .datapath.reader import DEFAULT_BATCH_BYTES, DEFAULT_MAX_PAYLOAD, DumpOptions
 from .datapath.replay import ReplayOptions
 from .errors import BadInput, DifferencesFound, GateRefused, MigrateError, RuntimeFailure, Unreachable
 from .events import SILENT, Events, Warn

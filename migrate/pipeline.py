@@ -17,6 +17,7 @@ from collections.abc import Callable
 from .children import die_with_parent, raise_relayed, relay_errors
 from .datapath import dump as dump_module
 from .datapath import replay as replay_module
+from .datapath.reader import DumpOptions
 from .errors import BadInput, RuntimeFailure
 from .events import ProgressFactory, Warn, no_progress, no_warning
 from .net.endpoints import Topology, translated_errors
@@ -27,7 +28,7 @@ def _record_ignored_databases(run_dir: RunDir, db: int, others: dict[int, int]) 
     RunLedger.load(run_dir).ignore_databases(db, others)
 
 
-def dump_stage(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions,
+def dump_stage(run_dir: RunDir, source: Topology, options: DumpOptions,
                progress: ProgressFactory = no_progress) -> dict:
     """Dump the source into the run dir's segments; the caller admitted the source (`commands.admit_source`)."""
     started = time.monotonic()
@@ -65,7 +66,7 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
     return {"replay": ledger.counts.to_dict(), "replay_done": dump_done, "seconds": time.monotonic() - started}
 
 
-def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: dump_module.DumpOptions,
+def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: DumpOptions,
                replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress,
                warn: Warn = no_warning) -> dict:
     """Dump in a child process while this one replays; both resume from their ledgers. The caller has
@@ -91,7 +92,7 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     return summary
 
 
-def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_options: dump_module.DumpOptions,
+def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_options: DumpOptions,
                  progress: ProgressFactory = no_progress) -> None:
     """`run`'s last stage. Skipped when a passing verify is newer than the replay; a dump limited by
     --match/--type is verified against the dump itself, since the source holds more than was copied."""
@@ -112,7 +113,7 @@ def _verify_summary(result: dict | None) -> dict:
                                              "report", "seconds")}
 
 
-def _start_dump_process(run_dir: RunDir, source: Topology, options: dump_module.DumpOptions):
+def _start_dump_process(run_dir: RunDir, source: Topology, options: DumpOptions):
     context = multiprocessing.get_context("fork")
     errors = context.Queue()
     child = context.Process(target=_dump_child, args=(run_dir, source, options, errors, os.getpid()), daemon=True)

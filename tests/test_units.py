@@ -14,7 +14,7 @@ import pytest
 from migrate.backoff import Backoff
 from migrate.cloud.cutover import format_duration, parse_duration
 from migrate.datapath import witness
-from migrate.datapath.dump import _rounds
+from migrate.datapath.reader import _rounds
 from migrate.datapath.segments import CHUNK_TYPES, STRUCT, Record, SegmentWriter, decode_body
 from migrate.errors import BadInput
 from migrate.net.keyspace import GONE, NO_EXPIRY, SLOT_COUNT, absolute_expiry, estimated_size, key_slot, key_slots

@@ -13,7 +13,7 @@ import pytest
 from aws_helpers import aws_calls, own_client  # noqa: F401
 from aws_helpers import invoke as aws_invoke
 from migrate.commands import open_source, open_target
-from migrate.datapath.dump import DumpOptions
+from migrate.datapath.reader import DumpOptions
 from migrate.keynames import readable
 from migrate.net.endpoints import Endpoint
 from migrate.pipeline import verify_stage

@@ -119,7 +119,7 @@ class SourceReference:
     def records(self, keys: list[bytes], target_rdb: int):
         """The keys as dump records (DUMP payloads, or struct chunks where the target is older),
         read by the data path itself, so that repair copies exactly as replay does."""
-        from ..datapath.dump import DumpOptions, read_records
+        from ..datapath.reader import DumpOptions, read_records
         with translated_errors(self.topology.endpoint):
             records, _ = read_records(self.topology, keys, DumpOptions(db=self.db, target_rdb=target_rdb))
         return records
