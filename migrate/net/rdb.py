@@ -7,7 +7,7 @@ RDB version or older; two servers dump the same value with different footers.
 
 from __future__ import annotations
 
-FOOTER_BYTES = 10  # RDB version (2 bytes) + CRC64 (8 bytes); the batch script in dump.py reads it inline
+FOOTER_BYTES = 10  # RDB version (2 bytes) + CRC64 (8 bytes); the batch script in datapath/reader.py reads it inline
 MIN_PAYLOAD = FOOTER_BYTES
 
 # RDB object type (a payload's first byte) -> Redis type
