@@ -22,9 +22,9 @@ from .datapath.replay import ReplayOptions
 from .errors import BadInput, DifferencesFound, GateRefused, MigrateError, RuntimeFailure, Unreachable
 from .events import SILENT, Events, Warn
 from .net.endpoints import Endpoint, Topology, discover, no_such_database, probe_rdb_version, translated_errors
-from .pipeline import _record_ignored_databases, dump_stage, judge_skipped, redo_stages, replay_stage, run_stages
+from .pipeline import dump_stage, judge_skipped, redo_stages, replay_stage, run_stages
 from .pipeline import status as run_status
-from .rundir import PlanLedger, RunDir
+from .rundir import PlanLedger, RunDir, RunLedger
 from .verify.stage import VerifyOptions, run_verify
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def check_source(run_dir: RunDir, source: Topology, db: int, checks: SourceCheck
                            f"cache (--db N or the URL's /N), or move the keys into db{db}, or flush those databases if "
                            "unused; --ignore-other-dbs copies only this one anyway")
         warn(f"--ignore-other-dbs: the source's other databases are not migrated ({listed})")
-        _record_ignored_databases(run_dir, db, others)
+        RunLedger.load(run_dir).ignore_databases(db, others)
     if not checks.allow_empty and source.key_count(db) == 0:
         raise BadInput(f"the source {source.endpoint.redacted} holds no keys in db{db}: there is nothing to migrate",
                        "check the URL and --db (a wrong host, port or database?), and whether the source Redis was "

@@ -24,10 +24,6 @@ from .net.endpoints import Topology, translated_errors
 from .rundir import CutoverLedger, DumpLedger, ReplayLedger, RunDir, RunLedger, VerifyLedger
 
 
-def _record_ignored_databases(run_dir: RunDir, db: int, others: dict[int, int]) -> None:
-    RunLedger.load(run_dir).ignore_databases(db, others)
-
-
 def dump_stage(run_dir: RunDir, source: Topology, options: DumpOptions,
                progress: ProgressFactory = no_progress) -> dict:
     """Dump the source into the run dir's segments; the caller admitted the source (`commands.admit_source`)."""
