@@ -319,7 +319,7 @@ def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, st
     """Read-only preflight: versions, replay mode, sizes, blockers, and a go / blockers verdict (exit 1)."""
     outcome = commands.plan(source_url, target_url, serverless_cache=serverless_cache, env=env, prefix=param_prefix,
                             sample=sample, storage_headroom=storage_headroom, tls_insecure=tls_insecure,
-                            clients=_aws_clients())
+                            clients=_aws_clients(), events=TERMINAL)
     _finish(outcome, as_json, render_plan)
 
 

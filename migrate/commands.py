@@ -255,12 +255,12 @@ def verify(target_url: str, options: VerifyOptions, *, source_url: str | None = 
 
 def plan(source_url: str, target_url: str, *, serverless_cache: str | None = None, env: str | None = None,
          prefix: str, sample: int = 5000, storage_headroom: float = 1.5, tls_insecure: bool = False,
-         clients: Clients | None = None) -> Outcome:
+         clients: Clients | None = None, events: Events = SILENT) -> Outcome:
     """Read-only: survey the source URL's database and the target. Exit 1 when there are blockers."""
     from .cloud import plan as planning
-    source_endpoint = Endpoint.from_url("source", source_url, tls_insecure=tls_insecure)
+    source_endpoint = _endpoint("source", source_url, tls_insecure, events.warn)
     source = open_source(source_endpoint, source_endpoint.db)
-    target = open_target(Endpoint.from_url("target", target_url, tls_insecure=tls_insecure))
+    target = open_target(_endpoint("target", target_url, tls_insecure, events.warn))
     result = planning.plan(source, target, source_endpoint.db, serverless_cache=serverless_cache, env=env,
                            prefix=prefix, sample=sample, storage_headroom=storage_headroom, clients=clients)
     return Outcome(result, exit_code=0 if result["verdict"] == "go" else GateRefused.exit_code)

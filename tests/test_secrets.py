@@ -239,6 +239,9 @@ def test_tls_is_verified_unless_tls_insecure_which_warns(standalone_source, wron
     assert "--tls-insecure: TLS certificates are NOT verified" in insecure.stderr
     assert TARGET_PASSWORD not in insecure.output
     assert wrong_name_server.client(ssl_check_hostname=False).get("k") == b"v"
+    planned = spawn("plan", "--source", standalone_source.url(), "--target", url, "--tls-insecure")
+    assert "--tls-insecure: TLS certificates are NOT verified" in planned.stderr, str(planned)
+    assert "Traceback" not in planned.output and TARGET_PASSWORD not in planned.output
 
 
 def test_run_dir_ledgers_hold_no_url_secret_even_when_asked_to_write_one(tmp_path):
