@@ -579,7 +579,7 @@ class VerifyVerdict:
     skipped: int                     # missing keys that the copy skipped on purpose
 
 
-class VerifyLedger(Ledger):
+class VerifyLedger(StageLedger):
     """verify.json: the last verify's result, as `verify --json` reports it."""
 
     NAME = "verify"
@@ -599,10 +599,6 @@ class VerifyLedger(Ledger):
     @property
     def differences(self) -> int | None:
         return self._data.get("differences")
-
-    @property
-    def finished_at(self) -> float | None:
-        return self._data.get("finished_at")
 
     def passed_since(self, moment: float) -> bool:
         """An equal verify that finished at or after `moment` (e.g. the replay's end)."""
