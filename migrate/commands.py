@@ -50,9 +50,10 @@ def _endpoint(role: str, url: str, tls_insecure: bool, warn: Warn) -> Endpoint:
 
 
 def open_source(endpoint: Endpoint, db: int) -> Topology:
-    """Discover the source and check that `db` exists there (a cluster has only db 0)."""
+    """Discover the source and check that `db` exists there (a cluster has only db 0, but on Valkey 9 where
+    cluster-databases allows more)."""
     topology = discover(endpoint)
-    if topology.is_cluster and db != 0:
+    if topology.is_cluster and db != 0 and not topology.has_cluster_databases:
         raise BadInput(f"source {endpoint.redacted} is a cluster, which has only db 0, but db {db} was asked for",
                        "drop --db (or use /0 in the URL)")
     if db != 0:

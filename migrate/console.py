@@ -127,10 +127,12 @@ def render_plan(result: dict) -> str:
     lines = [f"plan: BLOCKED ({blocked})" if blocked else "plan: GO"]
     for role, side in (("source", src), ("target", tgt)):
         slots = "/".join(str(n) for n in side["masters"].values())
-        lines.append(f"  {role:<8} {side['kind']}, {side['server']} {side['version']}, RDB {side['rdb_version']}, "
+        lines.append(f"  {role:<8} {side['kind']}, {side.get('engine', side['server'])} {side['version']}, "
+                     f"RDB {side['rdb_version']}, "
                      f"{len(side['masters'])} master(s) ({slots} slots), TLS {'yes' if side['tls'] else 'no'}, "
                      f"auth {'yes' if side['auth'] else 'no'}, {side['keys']} keys  {side['url']}")
     lines.append(f"  replay   {result['replay']['mode']}: {result['replay']['why']}")
+    lines += _type_path_lines(result.get("types", {}))
     sample = src["sample"]
     memory = _bytes(src["used_memory"]) if src["used_memory"] is not None else "n/a"
     in_memory = _bytes(src["data_bytes_memory"]) if src["data_bytes_memory"] is not None else "n/a"
@@ -161,6 +163,16 @@ def render_plan(result: dict) -> str:
         lines += [f"  BLOCKER  {blocker['problem']}", f"           fix: {blocker['fix']}"]
     lines += [f"  warning  {w}" for w in result["warnings"]]
     return "\n".join(lines)
+
+
+def _type_path_lines(paths: dict) -> list[str]:
+    """Types that take the same path for the same reason share a line: `string, list, ...: restore (why)`."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for kind, path in paths.items():
+        shown = kind if path.get("keys") is None else f"{kind} ({_keys(path['keys'])} in the source)"
+        grouped.setdefault((path["path"], path["why"]), []).append(shown)
+    return [f"  {'paths' if index == 0 else '':<8} {', '.join(kinds)}: {path} ({why})"
+            for index, ((path, why), kinds) in enumerate(grouped.items())]
 
 
 def _usd(amount: float) -> str:

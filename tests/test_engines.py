@@ -17,7 +17,10 @@ import pytest
 import redis
 
 import seed_data
-from reliability import invoke
+from migrate.cloud.plan import STANDARD_TYPES, type_paths
+from migrate.net import engines
+from migrate.net.endpoints import Endpoint, Topology, discover, probe_rdb_version
+from reliability import assert_clean_error, invoke
 from snapshot import assert_same, snapshot
 
 SOURCES = {"redis-6.2": "old_source", "redis-7.0": "standalone_source", "valkey-9.1": "valkey_source"}
@@ -218,3 +221,115 @@ def test_hash_field_ttls_are_skipped_by_name_where_the_target_cannot_hold_them(t
     copied = snapshot(target)
     assert set(copied) == {b"fields:plain"}
     assert copied[b"fields:plain"][1] == [(b"a", b"1"), (b"b", b"2")]
+
+
+# --- engine facts, and plan's account of each side ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["old_source", "standalone_source", "valkey_source", "valkey_target"])
+def test_engine_and_rdb_version_are_what_the_live_server_says(name, request):
+    """The engine table agrees with each live server: its INFO server, and the RDB version of a real DUMP."""
+    bed = request.getfixturevalue(name)
+    topology = discover(Endpoint.from_url("side", bed.url()))
+    info = topology.client(topology.masters[0]).info("server")
+    assert (topology.server, topology.version) == engines.engine_from_info(info)
+    assert topology.engine == ("Valkey" if "valkey_version" in info else "Redis")
+    assert topology.expected_rdb_version == probe_rdb_version(topology)
+
+
+def plan_of(source, target, *extra) -> tuple[dict, str]:
+    as_json = invoke("plan", "--source", source, "--target", target, *extra, "--json")
+    text = invoke("plan", "--source", source, "--target", target, *extra)
+    assert as_json.exit_code == text.exit_code, str(text)
+    return json.loads(as_json.stdout), text.stdout
+
+
+def test_plan_shows_engines_rdb_versions_and_the_type_by_type_path_from_valkey_9(valkey_source, valkey_target):
+    client = valkey_source.client()
+    write(client, list(matrix_specs())[:60])
+    client.hset(b"fields:expiring", mapping={"a": "1", "b": "2"})
+    client.execute_command("HEXPIRE", b"fields:expiring", 3600, "FIELDS", 1, "a")
+    result, text = plan_of(valkey_source.url(), valkey_target.url())
+    source, target = result["source"], result["target"]
+    assert (source["engine"], source["version"][:4], source["rdb_version"]) == ("Valkey", "9.1.", 80)
+    assert (target["engine"], target["version"][:4], target["rdb_version"]) == ("Valkey", "8.1.", 11)
+    assert source["hash_field_ttl_keys"] == 1
+    types = result["types"]
+    assert {types[kind]["path"] for kind in STANDARD_TYPES} == {"type-by-type"}
+    assert types["hash with field TTLs"]["path"] == "skipped" and "HEXPIRE" in types["hash with field TTLs"]["why"]
+    assert f"standalone, Valkey {source['version']}, RDB 80" in text
+    assert f"cluster, Valkey {target['version']}, RDB 11" in text
+    assert "paths    string, list, set, zset, hash, stream: type-by-type (the target (RDB 11) refuses RDB 80" in text
+    assert "hash with field TTLs (1 key in the source): skipped (Valkey 8.1" in text
+
+
+def test_plan_shows_the_restore_path_from_redis_62_into_valkey_8(old_source, valkey_target):
+    write(old_source.client(), list(matrix_specs())[:60])
+    result, text = plan_of(old_source.url(), valkey_target.url())
+    assert result["verdict"] == "go", text
+    assert (result["source"]["engine"], result["source"]["rdb_version"]) == ("Redis", 9)
+    assert result["source"]["rdb_version_from"] == "dump"
+    assert {kind: path["path"] for kind, path in result["types"].items()} == dict.fromkeys(STANDARD_TYPES, "restore")
+    assert "paths    string, list, set, zset, hash, stream: restore (the target (RDB 11) RESTOREs RDB 9" in text
+
+
+def test_plan_of_an_empty_source_takes_its_rdb_version_from_the_engine(valkey_source, serverless_target):
+    result, _ = plan_of(valkey_source.url(), serverless_target.url())
+    assert result["verdict"] == "blockers"  # nothing to migrate
+    assert (result["source"]["rdb_version"], result["source"]["rdb_version_from"]) == (80, "engine version")
+    assert result["types"]["string"]["path"] == "type-by-type"
+    assert result["types"]["hash with field TTLs"]["keys"] == 0
+
+
+def offline(engine: str, version: str) -> Topology:
+    """A topology as discovery would describe a server of that engine and version (no connection is made)."""
+    return Topology(Endpoint.from_url("side", "redis://127.0.0.1:1/0"), "standalone", engine, version, [])
+
+
+def test_type_paths_skip_module_types_without_a_writer_and_carry_field_ttls_where_the_target_has_them():
+    sample = {"sample": {"types": {"string": 5, "ReJSON-RL": 2}}, "hash_field_ttl_keys": 3}
+    struct = type_paths(offline("redis", "8.0.2"), offline("redis", "7.4.1"), {**sample, "rdb_version": 12}, 11)
+    assert struct["ReJSON-RL"]["path"] == "skipped" and "module" in struct["ReJSON-RL"]["why"]
+    assert struct["hash with field TTLs"] == {**struct["hash"], "keys": 3}  # Redis 7.4 has HEXPIRE
+    restore = type_paths(offline("redis", "8.0.2"), offline("redis", "8.0.2"), {**sample, "rdb_version": 12}, 12)
+    assert restore["ReJSON-RL"]["path"] == "restore" and "same module" in restore["ReJSON-RL"]["why"]
+    older = type_paths(offline("redis", "7.0.15"), offline("valkey", "8.1.1"), {**sample, "rdb_version": 10}, 11)
+    assert "hash with field TTLs" not in older  # a Redis 7.0 source has none
+
+
+# --- databases in cluster mode (Valkey 9) ------------------------------------------------------------------
+
+def test_keys_outside_db0_of_a_valkey_cluster_are_refused_or_left_out_on_purpose(valkey_cluster_source,
+                                                                               valkey_target, tmp_path):
+    node = valkey_cluster_source.first
+    write(node.client(), list(matrix_specs())[:40])
+    node.client(db=3).set(b"elsewhere", b"v")
+    url = valkey_cluster_source.url()
+    result, text = plan_of(url, valkey_target.url())
+    assert any("outside db0" in b["problem"] and "db3: 1 keys" in b["problem"] for b in result["blockers"]), text
+    refused = invoke("run", "--source", url, "--target", valkey_target.url(), "--run-dir", tmp_path / "a")
+    assert_clean_error(refused, 2, "outside db0", "db3: 1 keys", "--ignore-other-dbs")
+    assert valkey_target.first.client().dbsize() == 0
+    copied = invoke("run", "--source", url, "--target", valkey_target.url(), "--run-dir", tmp_path / "b",
+                    "--ignore-other-dbs", "--json")
+    assert copied.exit_code == 0, str(copied)
+    assert "db3: 1 keys" in copied.stderr
+    assert_same(snapshot(valkey_cluster_source), snapshot(valkey_target))
+
+
+def test_another_database_of_a_valkey_cluster_can_be_migrated_on_its_own(valkey_cluster_source, valkey_target,
+                                                                         tmp_path):
+    node = valkey_cluster_source.first
+    write(node.client(db=3), list(matrix_specs())[:40])
+    url = valkey_cluster_source.url().replace("/0", "/3")
+    outcome = invoke("run", "--source", url, "--target", valkey_target.url(), "--run-dir", tmp_path / "r", "--json")
+    assert outcome.exit_code == 0, str(outcome)
+    assert_same(snapshot(valkey_cluster_source, db=3), snapshot(valkey_target))
+    missing = invoke("plan", "--source", valkey_cluster_source.url().replace("/0", "/16"), "--target",
+                     valkey_target.url())
+    assert_clean_error(missing, 2, "db 16 does not exist", "16 databases: 0 to 15")
+
+
+def test_a_redis_cluster_still_refuses_another_database(cluster_source, valkey_target, tmp_path):
+    outcome = invoke("run", "--source", cluster_source.url().replace("/0", "/3"), "--target", valkey_target.url(),
+                     "--run-dir", tmp_path / "r")
+    assert_clean_error(outcome, 2, "is a cluster, which has only db 0")

@@ -52,7 +52,9 @@ def plan(source: Topology, target: Topology, db: int, *, serverless_cache: str |
         blockers.append(_blocker(f"the target already holds {tgt['keys']} keys",
                                  "flush it if they are leftovers, or pass --allow-nonempty-target to replay if they "
                                  "are meant to stay (a resumed replay, or data the apps already wrote there)"))
-    result = {"source": src, "target": tgt, "replay": _replay_mode(src["rdb_version"], tgt["rdb_version"])}
+    src.update(_rdb_or_expected(source, src["rdb_version"]), hash_field_ttl_keys=_keys_with_field_ttls(source, db))
+    result = {"source": src, "target": tgt, "replay": _replay_mode(src["rdb_version"], tgt["rdb_version"]),
+              "types": type_paths(source, target, src, tgt["rdb_version"])}
     if serverless_cache:
         result["serverless_cache"] = _cache_section(clients, serverless_cache, src, target, storage_headroom,
                                                     blockers, warnings)
@@ -239,6 +241,66 @@ def _replay_mode(source_rdb: int | None, target_rdb: int) -> dict:
                 "why": f"target RDB {target_rdb} >= source RDB {source_rdb}: DUMP payloads RESTORE as they are"}
     return {"mode": "struct", "why": f"target RDB {target_rdb} < source RDB {source_rdb}: RESTORE would refuse the "
                                      "payloads, so replay writes each key type by type (slower)"}
+
+
+# --- engines, and the path each type takes ------------------------------------------------------------
+
+STANDARD_TYPES = ("string", "list", "set", "zset", "hash", "stream")
+FIELD_TTL_HASHES = "hash with field TTLs"
+# INFO keyspace's count of keys with expiring members: Valkey 9 and Redis 7.4+ name it differently
+FIELD_TTL_INFO_NAMES = ("keys_with_volatile_items", "subexpiry")
+
+
+def _rdb_or_expected(source: Topology, dumped: int | None) -> dict:
+    """The source's RDB version as a DUMP showed it, else as its engine's release writes it (nothing to DUMP)."""
+    if dumped is not None:
+        return {"rdb_version": dumped, "rdb_version_from": "dump"}
+    return {"rdb_version": source.expected_rdb_version, "rdb_version_from": "engine version"}
+
+
+def _keys_with_field_ttls(source: Topology, db: int) -> int | None:
+    """Hashes with fields that expire on their own, from INFO keyspace; None where the engine has none."""
+    if not source.has_hash_field_ttl:
+        return None
+    total = 0
+    with translated_errors(source.endpoint):
+        for node in source.masters:
+            try:
+                stats = source.client(node).info("keyspace").get(f"db{db}", {})
+            except redis.ResponseError:
+                return None
+            total += next((int(stats[name]) for name in FIELD_TTL_INFO_NAMES if name in stats), 0)
+    return total
+
+
+def type_paths(source: Topology, target: Topology, src: dict, target_rdb: int) -> dict[str, dict]:
+    """For each type: RESTORE of its DUMP payload, type-by-type writes, or skipped (named and counted), and why.
+    Module types (seen in the sample) have no type-by-type writer; hash field TTLs need HEXPIRE on the target."""
+    source_rdb = src["rdb_version"]
+    restore = source_rdb is None or target_rdb >= source_rdb
+    if restore:
+        standard = {"path": "restore", "why": f"the target (RDB {target_rdb}) RESTOREs RDB {source_rdb} payloads; "
+                                              "keys over --max-payload go type by type"}
+    else:
+        standard = {"path": "type-by-type", "why": f"the target (RDB {target_rdb}) refuses RDB {source_rdb} payloads"}
+    paths = {kind: dict(standard) for kind in STANDARD_TYPES}
+    for kind in src["sample"]["types"]:
+        if kind not in STANDARD_TYPES:
+            paths[kind] = ({"path": "restore", "why": "a module type: RESTOREd where the target has the same module, "
+                                                      "else skipped, named and counted"} if restore else
+                           {"path": "skipped", "why": "a module type has no type-by-type writer: skipped, named and "
+                                                      "counted"})
+    if source.has_hash_field_ttl:
+        paths[FIELD_TTL_HASHES] = {**_field_ttl_path(target, restore, standard), "keys": src["hash_field_ttl_keys"]}
+    return paths
+
+
+def _field_ttl_path(target: Topology, restore: bool, standard: dict) -> dict:
+    if not target.has_hash_field_ttl:
+        return {"path": "skipped", "why": f"{target.engine} {target.version} has no hash field TTLs (HEXPIRE): such "
+                                          "keys are skipped, named and counted, never copied without their fields' "
+                                          "expiries"}
+    return dict(standard)
 
 
 # --- the serverless cache and SSM ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from ..errors import AuthenticationFailed, BadInput, MigrateError, Unreachable
 from ..redact import redact_url, register_secret, scrub
+from . import engines
 from .keyspace import SLOT_COUNT, key_slot
 from .rdb import rdb_version_of
 
@@ -141,7 +142,7 @@ class Topology:
 
     @property
     def version_tuple(self) -> tuple[int, ...]:
-        return tuple(int(p) for p in self.version.split(".")[:3] if p.isdigit())
+        return engines.version_tuple(self.version)
 
     @property
     def has_pexpiretime(self) -> bool:
@@ -154,7 +155,7 @@ class Topology:
             return sum(self.client(node, db).dbsize() for node in self.masters)
 
     def other_databases(self, db: int) -> tuple[dict[int, int], list[str]]:
-        """Keys per database other than `db` (INFO keyspace; a cluster only ever shows db0), and the
+        """Keys per database other than `db` (INFO keyspace: a cluster shows only db0, but on Valkey 9), and the
         masters where INFO keyspace is unavailable, so that nothing goes unchecked silently."""
         found: dict[int, int] = {}
         unavailable = []
@@ -182,11 +183,33 @@ class Topology:
                 owners[start:end + 1] = [index] * (end - start + 1)
         return owners
 
+    # --- what the engine and version say the server can hold (net/engines.py) ---
+
+    @property
+    def engine(self) -> str:
+        """"Redis" or "Valkey", as an operator names it."""
+        return engines.display_name(self.server)
+
+    @property
+    def expected_rdb_version(self) -> int | None:
+        """The RDB version this engine's release writes (a DUMP tells for sure: `probe_rdb_version`)."""
+        return engines.expected_rdb_version(self.server, self.version)
+
+    @property
+    def has_hash_field_ttl(self) -> bool:
+        return engines.has_hash_field_ttl(self.server, self.version)
+
+    @property
+    def has_cluster_databases(self) -> bool:
+        """A cluster whose nodes may hold keys outside db 0 (Valkey 9): its other databases are checked too."""
+        return self.is_cluster and engines.has_cluster_databases(self.server, self.version)
+
     def describe(self) -> dict:
         return {
             "url": self.endpoint.redacted,
             "kind": self.kind,
             "server": self.server,
+            "engine": self.engine,
             "version": self.version,
             "tls": self.endpoint.tls,
             "auth": bool(self.endpoint.password),
@@ -223,14 +246,16 @@ def no_such_database(endpoint: Endpoint, db: int, host: str | None = None, port:
     has = f" (it has {count} databases: 0 to {count - 1})" if count else ""
     return BadInput(f"{endpoint.role} {endpoint.redacted}: db {db} does not exist on that server{has}",
                     f"pick an existing database with --db or the URL's /N{f' (0-{count - 1})' if count else ''}; "
-                    "a cluster and ElastiCache Serverless have only db 0")
+                    "a cluster (but a Valkey 9 one with cluster-databases) and ElastiCache Serverless have only db 0")
 
 
 def database_count(endpoint: Endpoint, host: str | None = None, port: int | None = None) -> int | None:
-    """The server's `databases` setting, or None where CONFIG is refused (ElastiCache) or the call fails."""
+    """The server's `databases` setting (`cluster-databases` on a Valkey 9 cluster node), or None where CONFIG
+    is refused (ElastiCache) or the call fails."""
     try:
-        reply = endpoint.node_client(host, port, db=0).config_get("databases")
-        return int(reply["databases"])
+        client = endpoint.node_client(host, port, db=0)
+        setting = "cluster-databases" if client.info("cluster").get("cluster_enabled") else "databases"
+        return int(client.config_get(setting)[setting])
     except (redis.RedisError, KeyError, ValueError, OSError):
         return None
 
@@ -320,8 +345,9 @@ def _hello(client: redis.Redis) -> tuple[str, str, str, str]:
     except redis.ResponseError:
         info = client.info("server")
         replication = client.info("replication")
-        return ("redis", str(info.get("redis_version", "0")), str(info.get("redis_mode", "standalone")),
-                str(replication.get("role", "master")))
+        server, version = engines.engine_from_info(info)
+        mode = info.get("server_mode") or info.get("redis_mode", "standalone")
+        return server, version, str(mode), str(replication.get("role", "master"))
 
 
 def _cluster_masters(client: redis.Redis, endpoint: Endpoint) -> list[Node]:
