@@ -413,17 +413,16 @@ class FrontedServer(RedisServer):
     front: subprocess.Popen | None = None
 
     def start(self) -> FrontedServer:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        log = open(self.directory / "server.log", "ab")
-        self.process = subprocess.Popen(
-            [self.binary, *self.args], cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent)
+        """The front first (kept across restarts of the engine), then the engine as any server: readiness is
+        a PING through the front, which only answers once the engine behind it does."""
         if self.front is None or self.front.poll() is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
             self.front = subprocess.Popen(
                 [sys.executable, str(Path(__file__).with_name("tlsfront.py")), "--listen", str(self.port),
                  "--backend", str(self.backend_port), "--cert", str(self.certs.cert), "--key", str(self.certs.key)],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        self._wait_ready()
+                stdout=open(self.directory / "front.log", "ab"), stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent)
+        super().start()
         return self
 
     def stop(self) -> None:
