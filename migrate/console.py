@@ -63,9 +63,12 @@ TERMINAL = Events(progress=progress_bar, warn=warn)  # what the command line's s
 
 def render_summary(result: dict) -> str:
     """The stages' counts, the keys they skipped, then run's verify as `verify` prints it."""
-    lines = [table({k: v for k, v in result.items() if k not in ("skipped_keys", "verify")})]
+    lines = [table({k: v for k, v in result.items() if k not in ("skipped_keys", "not_held_keys", "verify")
+                    and not (k == "not_held" and not v)})]
     for item in result.get("skipped_keys", []):
         lines.append(f"skipped: {readable(item['key'])}: {item['reason']}")
+    for item in result.get("not_held_keys", []):
+        lines.append(f"not held: {readable(item['key'])}: {item['reason']}")
     if result.get("verify"):
         lines.append("verify: " + render_verify(result["verify"]).replace("\n", "\n  "))
     return "\n".join(lines)

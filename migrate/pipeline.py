@@ -149,6 +149,7 @@ def summarize(run_dir: RunDir) -> dict:
         "restored": restored, "struct_written": struct_written, "rewritten": rewritten,
         "skipped": skipped,
         "skipped_keys": (dump_ledger.skipped_keys + replay_counts.skipped_keys)[:20],
+        "not_held": dict(replay_counts.not_held), "not_held_keys": replay_counts.not_held_keys[:20],
         "bytes": dump_counts.bytes, "retries": replay_counts.retries,
         "dump_done": dump_ledger.finished, "replay_done": replay_ledger.finished,
     }

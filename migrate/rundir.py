@@ -115,11 +115,13 @@ class LedgerCounts:
                 setattr(self, item.name, mine + theirs)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "skipped": dict(self.skipped)}
+        counters = {item.name: dict(getattr(self, item.name)) for item in fields(self) if item.default_factory is Counter}
+        return {**asdict(self), **counters}  # asdict would rebuild a Counter from its (key, count) pairs
 
     @classmethod
     def from_dict(cls, data: dict):
-        return cls(**{**data, "skipped": Counter(data["skipped"])})
+        counters = {item.name for item in fields(cls) if item.default_factory is Counter}
+        return cls(**{name: Counter(value) if name in counters else value for name, value in data.items()})
 
 
 def skipped_entry(key: bytes, reason: str) -> dict:
@@ -151,12 +153,21 @@ class ReplayCounts(LedgerCounts):
     retries: int = 0
     skipped: Counter = field(default_factory=Counter)
     skipped_keys: list = field(default_factory=list)  # the first skipped keys by name, for the report
+    not_held: Counter = field(default_factory=Counter)  # keys written without something the target cannot hold
+    not_held_keys: list = field(default_factory=list)
 
     def skip(self, key: bytes, reason: str, limit: int = 1000) -> None:
         self.skipped[reason] += 1
         item = skipped_entry(key, reason)
         if len(self.skipped_keys) < limit and item not in self.skipped_keys:
             self.skipped_keys.append(item)
+
+    def not_held_key(self, key: bytes, what: str, limit: int = 1000) -> None:
+        """A key written without `what` (say a stream's entries-read on a Redis 6.2 target): named, never silent."""
+        self.not_held[what] += 1
+        item = skipped_entry(key, what)
+        if len(self.not_held_keys) < limit and item not in self.not_held_keys:
+            self.not_held_keys.append(item)
 
 
 class RunDir:

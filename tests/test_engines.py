@@ -128,10 +128,6 @@ def test_every_type_is_exact_across_engines(cell, request, run_dir, wall_times):
 
 # --- streams with consumer groups and pending entries ------------------------------------------------------
 
-STREAMS_WORK = ("streams with their consumer groups' consumers and pending entries are not yet carried by the "
-                "type-by-type path (the `streams` branch of issue 14 makes them exact)")
-
-
 def stream_specs(seed: int = 5):
     """Streams as a queue leaves them: groups with consumers, pending entries delivered more than once, acked
     and deleted entries, and a group that has read nothing."""
@@ -176,12 +172,7 @@ def comparable(source: dict, target: dict) -> tuple[dict, dict]:
     return only_shared(source, target)
 
 
-def _stream_cell(cell):
-    marks = [pytest.mark.xfail(reason=STREAMS_WORK, strict=False)] if path_of(*cell) == "struct" else []
-    return pytest.param(cell, marks=marks, id=cell_id(cell))
-
-
-@pytest.mark.parametrize("cell", [_stream_cell(cell) for cell in CELLS])
+@pytest.mark.parametrize("cell", CELLS, ids=cell_id)
 def test_streams_with_groups_and_pending_entries_across_engines(cell, request, run_dir, wall_times):
     source = request.getfixturevalue(SOURCES[cell[0]])
     target = request.getfixturevalue(TARGETS[cell[1]])
@@ -196,12 +187,6 @@ def test_streams_with_groups_and_pending_entries_across_engines(cell, request, r
 
 # --- hashes whose fields expire on their own (Valkey 9, Redis 7.4+) ------------------------------------------
 
-FIELD_TTL_WORK = ("hash fields with their own TTLs are not yet skipped as unsupported on a target without HEXPIRE "
-                  "(the `streams` branch of issue 14 does it); today the struct path copies the fields without "
-                  "their expiries")
-
-
-@pytest.mark.xfail(reason=FIELD_TTL_WORK, strict=False)
 @pytest.mark.parametrize("target_name", list(TARGETS))
 def test_hash_field_ttls_are_skipped_by_name_where_the_target_cannot_hold_them(target_name, valkey_source, request,
                                                                             run_dir):

@@ -292,7 +292,15 @@ entries = st.lists(st.tuples(member, st.lists(st.tuples(member, member), max_siz
     lambda es: [x for entry_id, fields in es for x in (entry_id, b"%d" % len(fields), *[y for f in fields for y in f])])
 ITEMS = {"string": st.tuples(member).map(list), "hash": pairs, "zset": pairs, "list": st.lists(member, max_size=12),
          "set": st.lists(member, max_size=12), "stream": entries,
-         "stream-group": st.tuples(member, pairs).map(lambda t: [t[0], *t[1]])}
+         "stream-group": st.tuples(member, pairs).map(lambda t: [t[0], *t[1]]),
+         "stream-groups": st.lists(st.tuples(member, member, st.lists(member, max_size=3)), max_size=3).map(
+             lambda gs: [b"1-1", b"", b"", *(x for name, last, consumers in gs
+                                              for x in (name, last, b"", b"%d" % len(consumers), *consumers))]),
+         "stream-pel": st.lists(st.tuples(member, member), max_size=3).map(
+             lambda es: [b"group", *(x for entry_id, consumer in es for x in (entry_id, consumer, b"1", b"2"))]),
+         "stream-end": st.lists(member, max_size=3).map(lambda ids: [b"1-1", b"3", b"0-0", *ids]),
+         "hash-ttl": st.lists(st.tuples(member, member), max_size=4).map(
+             lambda ps: [x for f, v in ps for x in (f, v, b"-1")])}
 
 
 @st.composite

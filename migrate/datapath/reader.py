@@ -25,6 +25,7 @@ from ..net.rdb import rdb_version_of
 from ..net.wire import ReplyError, Wire, pack
 from ..rundir import DumpCounts
 from .segments import STRUCT, Record
+from .streams import read_stream
 
 DEFAULT_MAX_PAYLOAD = 64 << 20
 DEFAULT_BATCH_BYTES = 4 << 20
@@ -99,6 +100,76 @@ return out
 """
 
 
+# Type by type, one round trip per batch: every key's expiry (all read first, as above), its type and, for a
+# small value (at most max_items members, value_max bytes, within the batch's budget of bytes), its whole
+# content: GET, LRANGE, SMEMBERS, ZRANGE WITHSCORES or HGETALL, with the fields' expiries (HPEXPIRETIME)
+# where the source has field TTLs. A big value, a stream or a module type comes back without content (nil):
+# the client reads it key by key, in chunks.
+STRUCT_SCRIPT = b"""
+local call = redis.call
+local max_items = tonumber(ARGV[1])
+local value_max = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local has_pexpiretime = ARGV[4] == '1'
+local field_ttl = ARGV[5] == '1'
+local argv = ARGV
+local first = 6
+local expiries = {}
+if has_pexpiretime then
+  for i = first, #argv do
+    expiries[i] = call('PEXPIRETIME', argv[i])
+  end
+else
+  local now = call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  for i = first, #argv do
+    local ttl = call('PTTL', argv[i])
+    if ttl >= 0 then ttl = now_ms + ttl end
+    expiries[i] = ttl
+  end
+end
+local lengths = {list = 'LLEN', set = 'SCARD', zset = 'ZCARD', hash = 'HLEN'}
+local out = {}
+local n = 0
+local used = 0
+for i = first, #argv do
+  local key = argv[i]
+  local kind = call('TYPE', key)['ok']
+  local value = false
+  local ttls = false
+  if expiries[i] ~= -2 and kind ~= 'none' and kind ~= 'stream' and (kind == 'string' or lengths[kind]) then
+    local size = call('MEMORY', 'USAGE', key)
+    if size and size <= value_max and used + size <= budget
+       and (kind == 'string' or call(lengths[kind], key) <= max_items) then
+      used = used + size
+      if kind == 'string' then
+        value = call('GET', key)
+      elseif kind == 'list' then
+        value = call('LRANGE', key, 0, -1)
+      elseif kind == 'set' then
+        value = call('SMEMBERS', key)
+      elseif kind == 'zset' then
+        value = call('ZRANGE', key, 0, -1, 'WITHSCORES')
+      else
+        value = call('HGETALL', key)
+        if field_ttl then
+          local fields = {}
+          for j = 1, #value, 2 do fields[#fields + 1] = value[j] end
+          ttls = call('HPEXPIRETIME', key, 'FIELDS', #fields, unpack(fields))
+        end
+      end
+    end
+  end
+  out[n + 1] = expiries[i]
+  out[n + 2] = kind
+  out[n + 3] = value
+  out[n + 4] = ttls
+  n = n + 4
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class DumpOptions:
     db: int = 0
@@ -147,7 +218,12 @@ class KeyReader:
         self.options = options
         self.has_pexpiretime = topology.has_pexpiretime
         self.has_memory_usage = True
-        self.use_script = not options.struct_all
+        self.field_ttl = topology.has_hash_field_ttl  # hash fields may carry their own TTLs: read them too
+        source_rdb = topology.expected_rdb_version
+        # Every key goes type by type: read small ones whole in the struct batch script, not DUMPed first.
+        self.struct_batches = options.struct_all or bool(
+            options.target_rdb is not None and source_rdb and source_rdb > options.target_rdb)
+        self.use_script = True
         self.skipped_keys: list[tuple[bytes, str]] = []
 
     def read(self, keys: list[bytes], counts: DumpCounts, sink: RecordSink) -> None:
@@ -159,6 +235,12 @@ class KeyReader:
         admissible = _admissible_names(keys)
         if not (self.use_script and admissible):
             return False
+        if self.struct_batches:
+            self.bulk.send(pack(b"EVAL", STRUCT_SCRIPT, b"0", b"%d" % CHUNK_ITEMS,
+                                b"%d" % min(self.options.batch_bytes // SCRIPT_VALUE_SHARE, STRING_CHUNK),
+                                b"%d" % self.options.batch_bytes, b"1" if self.has_pexpiretime else b"0",
+                                b"1" if self.field_ttl else b"0", *admissible))
+            return True
         value_max = min(self.options.batch_bytes // SCRIPT_VALUE_SHARE, self.options.max_payload)
         self.bulk.send(pack(b"EVAL", READ_SCRIPT, b"0", b"%d" % value_max, b"%d" % self.options.batch_bytes,
                             b"1" if self.has_pexpiretime else b"0", b"%d" % (self.options.target_rdb or 0),
@@ -170,7 +252,10 @@ class KeyReader:
         if in_flight:
             replies = self.bulk.read(1)[0]
             if not isinstance(replies, ReplyError):
-                self._scripted(keys, replies, counts, sink)
+                if self.struct_batches:
+                    self._struct_batch(keys, replies, counts, sink)
+                else:
+                    self._scripted(keys, replies, counts, sink)
                 return
             self.use_script = False  # scripting or MEMORY is not allowed here: plain pipelines instead
         if keys:
@@ -181,12 +266,29 @@ class KeyReader:
         for key, expiry, size in zip(keys, *self._probe(keys)):
             if expiry == -2:
                 counts.vanished += 1
-            elif self.options.struct_all or size > self.options.max_payload:
+            elif self.struct_batches or size > self.options.max_payload:
                 large.append((key, expiry))
             else:
                 small.append((key, size))
         self._dump(small, counts, sink)
         self._read_structs(large, counts, sink)
+
+    def _struct_batch(self, keys: list[bytes], replies: list, counts: DumpCounts, sink: RecordSink) -> None:
+        """The struct script's reply: small values are records at once; the rest is read key by key, chunked."""
+        by_type = []
+        for key, expiry, kind, value, ttls in zip(keys, replies[0::4], replies[1::4], replies[2::4], replies[3::4]):
+            if expiry == -2 or kind == b"none":
+                counts.vanished += 1
+            elif value is None:
+                by_type.append((key, expiry))
+            else:
+                items, record_type = ([value], "string") if kind == b"string" else (value, kind.decode())
+                if ttls is not None and max(ttls, default=-1) >= 0:
+                    items, record_type = _ttl_triples(value, ttls), "hash-ttl"
+                counts.bytes += sum(map(len, items))
+                counts.struct_keys += 1
+                sink.add(Record(key, expiry, kind=STRUCT, type=record_type, items=items))
+        self._read_structs(by_type, counts, sink)
 
     def _scripted(self, keys: list[bytes], replies: list, counts: DumpCounts, sink: RecordSink) -> None:
         expiries, values = replies[0:-1:2], replies[1:-1:2]
@@ -295,8 +397,11 @@ class KeyReader:
     def _read_struct(self, key: bytes, kind: str, expiry: int, counts: DumpCounts, sink: RecordSink) -> None:
         """The key's value type by type, streamed in chunks of at most CHUNK_ITEMS members."""
         first = True
-        for offset, items, record_type in _STRUCT_READERS[kind](self.wire, key):
-            counts.bytes += sum(len(i) for i in items)
+        chunks = _STRUCT_READERS[kind](self.wire, key)
+        if kind == "hash" and self.field_ttl:
+            chunks = _with_field_ttls(self.wire, key, chunks)
+        for offset, items, record_type in chunks:
+            counts.bytes += sum(map(len, items))
             sink.add(Record(key, expiry, kind=STRUCT, type=record_type, offset=offset, first=first, items=items))
             first = False
         if first:
@@ -344,6 +449,26 @@ def text_of(reply) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
+def _ttl_triples(flat: list[bytes], ttls: list[int]) -> list[bytes]:
+    """field, value, expiry (absolute ms, -1 for none) for each field still there (-2: gone since HSCAN)."""
+    items = []
+    for field, value, ttl in zip(flat[0::2], flat[1::2], ttls):
+        if ttl != -2:
+            items += [field, value, b"%d" % ttl]
+    return items
+
+
+def _with_field_ttls(wire: Wire, key: bytes, chunks: Iterator[tuple[int, list, str]]
+                     ) -> Iterator[tuple[int, list, str]]:
+    """Hash chunks with their fields' expiries (HPEXPIRETIME): a chunk where any field has one is a hash-ttl
+    chunk, so the fields are never written without their expiries."""
+    for offset, flat, record_type in chunks:
+        fields = flat[0::2]
+        ttls = wire.call(b"HPEXPIRETIME", key, b"FIELDS", b"%d" % len(fields), *fields)
+        yield (offset, _ttl_triples(flat, ttls), "hash-ttl") if max(ttls, default=-1) >= 0 else (
+            offset, flat, record_type)
+
+
 def _scan_chunks(wire: Wire, command: bytes, key: bytes, record_type: str) -> Iterator[tuple[int, list, str]]:
     """HSCAN/SSCAN/ZSCAN in windows. SCAN may repeat members; the writes are idempotent, so that is fine."""
     cursor = b"0"
@@ -377,40 +502,13 @@ def _read_list(wire: Wire, key: bytes) -> Iterator[tuple[int, list, str]]:
         offset += len(items)
 
 
-def _read_stream(wire: Wire, key: bytes) -> Iterator[tuple[int, list, str]]:
-    """Entries with their IDs in windows, then the last generated ID and the groups' last-delivered IDs.
-
-    Pending entries lists and consumers cannot be carried by native commands; they are not copied.
-    """
-    start = b"-"
-    while True:
-        entries = wire.call(b"XRANGE", key, start, b"+", b"COUNT", b"%d" % CHUNK_ITEMS)
-        if not entries:
-            break
-        items = []
-        for entry_id, fields in entries:
-            items += [entry_id, b"%d" % (len(fields) // 2), *fields]
-        yield 0, items, "stream"
-        start = b"(" + entries[-1][0]
-    info = wire.call(b"XINFO", b"STREAM", key, check=False)
-    if isinstance(info, ReplyError):
-        return
-    fields = dict(zip(info[0::2], info[1::2]))
-    groups = wire.call(b"XINFO", b"GROUPS", key)
-    items = [fields[b"last-generated-id"]]
-    for group in groups:
-        group_fields = dict(zip(group[0::2], group[1::2]))
-        items += [group_fields[b"name"], group_fields[b"last-delivered-id"]]
-    yield 0, items, "stream-group"
-
-
 _STRUCT_READERS: dict[str, Callable[[Wire, bytes], Iterator[tuple[int, list, str]]]] = {
     "string": _read_string,
     "list": _read_list,
     "hash": lambda wire, key: _scan_chunks(wire, b"HSCAN", key, "hash"),
     "set": lambda wire, key: _scan_chunks(wire, b"SSCAN", key, "set"),
     "zset": lambda wire, key: _scan_chunks(wire, b"ZSCAN", key, "zset"),
-    "stream": _read_stream,
+    "stream": read_stream,
 }
 
 

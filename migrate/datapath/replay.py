@@ -24,8 +24,8 @@ from ..net.keyspace import NO_EXPIRY, key_slot
 from ..net.rdb import is_module_value
 from ..net.wire import ReplyError, Wire, pack, pack_restore
 from ..rundir import ReplayCounts, ReplayLedger, RunDir
-from . import witness
-from .segments import DUMP, Indices, Record, Segment, load_segment
+from . import streams, witness
+from .segments import DUMP, STRUCT, Indices, Record, Segment, load_segment
 from .store import list_segments
 
 RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK ")
@@ -42,6 +42,21 @@ class ReplayOptions:
     max_ops_per_sec: int | None = None
     allow_nonempty_target: bool = False
     retry_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
+class TargetAbilities:
+    """What the target's engine and version can hold beyond plain values."""
+
+    stream_counters: bool = True   # XSETID ENTRIESADDED/MAXDELETEDID, XGROUP ... ENTRIESREAD (7.0+)
+    field_ttl: bool = False        # HPEXPIREAT (Redis 7.4+, Valkey 9+)
+
+    @classmethod
+    def of(cls, topology: Topology) -> TargetAbilities:
+        return cls(topology.has_stream_counters, topology.has_hash_field_ttl)
+
+
+FIELD_TTL_UNSUPPORTED = "hash field TTLs not supported by the target (no HEXPIRE)"
 
 
 class RateLimiter:
@@ -61,29 +76,44 @@ class RateLimiter:
             time.sleep(ahead)
 
 
-def struct_commands(record: Record) -> list[tuple[bytes, bool]]:
-    """Native commands for one struct chunk, each with whether a 'stream already has it' error is fine."""
-    key, items = record.key, record.items
-    commands: list[tuple[bytes, bool]] = [(pack(b"DEL", key), False)] if record.first else []
-    if record.type == "string":
-        commands.append((pack(b"SET", key, items[0]) if record.first and record.offset == 0
-                         else pack(b"SETRANGE", key, b"%d" % record.offset, items[0]), False))
-    elif record.type == "hash":
+def struct_commands(record: Record, abilities: TargetAbilities = TargetAbilities()) -> list[tuple[bytes, bool | str]]:
+    """Native commands for one struct chunk, each with the error reply it may answer on a replay (True: a stream
+    that already has the entry; a string: an error holding it)."""
+    key, items, kind = record.key, record.items, record.type
+    if kind == "string" and record.first and record.offset == 0:
+        commands: list[tuple[bytes, bool | str]] = [(pack(b"SET", key, items[0]), False)]  # SET replaces
+    else:
+        commands = [(pack(b"DEL", key), False)] if record.first else []
+    if kind == "string":
+        if not (record.first and record.offset == 0):
+            commands.append((pack(b"SETRANGE", key, b"%d" % record.offset, items[0]), False))
+    elif kind == "hash":
         commands += _in_parts(b"HSET", key, items, 2)
-    elif record.type == "set":
+    elif kind == "hash-ttl":
+        commands += _hash_with_field_ttls(key, items)
+    elif kind == "set":
         commands += _in_parts(b"SADD", key, items, 1)
-    elif record.type == "zset":
-        pairs = [part for i in range(0, len(items), 2) for part in (items[i + 1], items[i])]
+    elif kind == "zset":
+        pairs = list(items)
+        pairs[0::2], pairs[1::2] = items[1::2], items[0::2]
         commands += _in_parts(b"ZADD", key, pairs, 2)
-    elif record.type == "list":
+    elif kind == "list":
         if not record.first:  # a chunk replayed twice: cut the list back to where this chunk starts
             commands.append((pack(b"LTRIM", key, b"0", b"%d" % (record.offset - 1)), False))
         commands += _in_parts(b"RPUSH", key, items, 1)
-    elif record.type == "stream":
-        commands += _stream_entries(key, items, tolerate=not record.first)
-    elif record.type == "stream-group":
+    elif kind == "stream":
+        commands += streams.entries_commands(key, items, tolerate=not record.first)
+    elif kind == "stream-group":  # written by version 2 dumps
         commands += _stream_groups(key, items)
-    if record.expire_at != NO_EXPIRY:
+    elif kind == "stream-groups":
+        commands += streams.groups_commands(key, items, abilities.stream_counters)
+    elif kind == "stream-pel":
+        commands += streams.pel_commands(key, items)
+    elif kind == "stream-end":
+        commands += streams.end_commands(key, items, abilities.stream_counters)
+    elif kind == "delete":  # what was written of a key skipped mid-way
+        commands.append((pack(b"DEL", key), False))
+    if record.expire_at != NO_EXPIRY and kind != "delete":
         commands.append((pack(b"PEXPIREAT", key, b"%d" % record.expire_at), False))
     return commands
 
@@ -92,28 +122,35 @@ def _in_parts(command: bytes, key: bytes, items: list[bytes], per_member: int) -
     """One command per MEMBERS_PER_COMMAND members: a compact hash, set or zset is read whole by one
     HSCAN/SSCAN/ZSCAN, and ElastiCache Serverless refuses commands of more than 3,999 arguments."""
     step = MEMBERS_PER_COMMAND * per_member
+    if len(items) <= step:
+        return [(pack(command, key, *items), False)]
     return [(pack(command, key, *items[start:start + step]), False) for start in range(0, len(items), step)]
 
 
-def record_commands(records: list[Record]) -> list[list[tuple[bytes, bool]]]:
-    """Each record's commands: one RESTORE for a DUMP record, native commands for a struct chunk."""
-    return [[(pack_restore(r.key, r.expire_at, r.payload), False)] if r.kind == DUMP else struct_commands(r)
-            for r in records]
-
-
-def _stream_entries(key: bytes, items: list[bytes], tolerate: bool) -> list[tuple[bytes, bool]]:
-    commands, pos = [], 0
-    while pos < len(items):
-        entry_id, field_count = items[pos], int(items[pos + 1])
-        fields = items[pos + 2:pos + 2 + 2 * field_count]
-        commands.append((pack(b"XADD", key, entry_id, *fields), tolerate))
-        pos += 2 + 2 * field_count
+def _hash_with_field_ttls(key: bytes, items: list[bytes]) -> list[tuple[bytes, bool]]:
+    """HSET the fields, then HPEXPIREAT each expiry's fields (triples: field, value, expiry or -1)."""
+    commands = _in_parts(b"HSET", key, [x for i in range(0, len(items), 3) for x in items[i:i + 2]], 2)
+    by_expiry: dict[bytes, list[bytes]] = {}
+    for name, expiry in zip(items[0::3], items[2::3]):
+        if expiry != b"-1":
+            by_expiry.setdefault(expiry, []).append(name)
+    for expiry, fields in by_expiry.items():
+        for start in range(0, len(fields), MEMBERS_PER_COMMAND):
+            part = fields[start:start + MEMBERS_PER_COMMAND]
+            commands.append((pack(b"HPEXPIREAT", key, expiry, b"FIELDS", b"%d" % len(part), *part), False))
     return commands
 
 
+def record_commands(records: list[Record], abilities: TargetAbilities = TargetAbilities()
+                    ) -> list[list[tuple[bytes, bool | str]]]:
+    """Each record's commands: one RESTORE for a DUMP record, native commands for a struct chunk."""
+    return [[(pack_restore(r.key, r.expire_at, r.payload), False)] if r.kind == DUMP else struct_commands(r, abilities)
+            for r in records]
+
+
 def _stream_groups(key: bytes, items: list[bytes]) -> list[tuple[bytes, bool]]:
-    """Groups with their last-delivered IDs, then the stream's last generated ID. MKSTREAM keeps an
-    emptied stream in existence; a temporary group does the same for one with no groups."""
+    """Groups with their last-delivered IDs, then the stream's last generated ID (a version 2 dump's record).
+    MKSTREAM keeps an emptied stream in existence; a temporary group does the same for one with no groups."""
     commands = [(pack(b"XGROUP", b"CREATE", key, b"__redis_migrate__", b"$", b"MKSTREAM"), False),
                 (pack(b"XGROUP", b"DESTROY", key, b"__redis_migrate__"), False)]
     for index in range(1, len(items), 2):
@@ -122,6 +159,13 @@ def _stream_groups(key: bytes, items: list[bytes]) -> list[tuple[bytes, bool]]:
         commands.append((pack(b"XGROUP", b"CREATE", key, name, last_delivered), False))
     commands.append((pack(b"XSETID", key, items[0]), False))
     return commands
+
+
+def _tolerated(reply, tolerate: bool | str) -> bool:
+    """Whether an error reply is one a replayed command may answer (see struct_commands)."""
+    if tolerate is True:
+        return STREAM_ALREADY_WRITTEN in str(reply)
+    return bool(tolerate) and tolerate in str(reply)
 
 
 @dataclass(frozen=True)
@@ -170,6 +214,8 @@ class TargetWriter:
         self.topology = topology
         self.options = options
         self.target_rdb = probe_rdb_version(topology)
+        self.abilities = TargetAbilities.of(topology)
+        self.unheld: set[bytes] = set()  # keys skipped mid-way (hash field TTLs): their later chunks are dropped
         self.limiter = RateLimiter(options.max_ops_per_sec)
         self._route(topology)
 
@@ -232,10 +278,26 @@ class TargetWriter:
         for record in records:
             if record.expire_at != NO_EXPIRY and record.expire_at <= now:
                 counts.expired += record.first
+            elif record.kind == STRUCT and (record.type in _CHECKED or record.key in self.unheld):
+                live += self._what_it_can_hold(record, counts)
             else:
                 self._check_rdb_version(record.rdb_version)
                 live.append(record)
         return live
+
+    def _what_it_can_hold(self, record: Record, counts: ReplayCounts) -> list[Record]:
+        """A hash whose fields have TTLs is skipped (named, counted) where the target has none, and whatever of
+        it was written is deleted: never its fields without their expiries. Stream counters a target before
+        7.0 cannot hold are named as not held."""
+        if record.key in self.unheld:
+            return []
+        if record.type == "hash-ttl" and not self.abilities.field_ttl:
+            self.unheld.add(record.key)
+            counts.skip(record.key, FIELD_TTL_UNSUPPORTED)
+            return [Record(record.key, NO_EXPIRY, kind=STRUCT, type="delete", first=False)]
+        if not self.abilities.stream_counters and streams.loses_counters(record.type, record.items):
+            counts.not_held_key(record.key, streams.NOT_HELD)
+        return [record]
 
     def _check_rdb_version(self, version: int) -> None:
         if version > self.target_rdb:
@@ -289,7 +351,7 @@ class TargetWriter:
                 packed.append((index, node_records, None,
                                b"".join([pack_restore(r.key, r.expire_at, r.payload) for r in node_records])))
             else:
-                commands = record_commands(node_records)
+                commands = record_commands(node_records, self.abilities)
                 packed.append((index, node_records, commands, b"".join(c for cmds in commands for c, _ in cmds)))
         return packed
 
@@ -370,11 +432,15 @@ class TargetWriter:
             counts.restored += len(part) - expired
             return [], False
         records = _records_of(part)
-        commands = commands or record_commands(records)
+        if commands is not None and ReplyError not in map(type, replies):  # struct records, every reply fine
+            for record in records:
+                self._count(record, counts, now_ms)
+            return [], False
+        commands = commands or record_commands(records, self.abilities)
         pos = 0
         for position, (record, cmds) in enumerate(zip(records, commands)):
             errors = [r for r, (_, tolerate) in zip(replies[pos:pos + len(cmds)], cmds)
-                      if isinstance(r, ReplyError) and not (tolerate and STREAM_ALREADY_WRITTEN in str(r))]
+                      if isinstance(r, ReplyError) and not _tolerated(r, tolerate)]
             pos += len(cmds)
             if errors and self._must_retry(record, str(errors[0]), counts):
                 return records[position:], str(errors[0]).startswith(("MOVED", "ASK "))  # keep chunk order
@@ -402,8 +468,11 @@ class TargetWriter:
             counts.expired += 1  # sent in a span: RESTORE with a past ABSTTL wrote nothing
         elif record.kind == DUMP:
             counts.restored += 1
-        elif record.first:
+        elif record.first and record.type != "delete":
             counts.struct_written += 1
+
+
+_CHECKED = ("hash-ttl", "stream-groups")
 
 
 class _Retry(Exception):

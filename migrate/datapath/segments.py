@@ -15,7 +15,7 @@ Segment file layout (immutable once renamed into place):
         counts: DUMP records n, struct records m (u32 each)
         slots (u16 x n), expiries (i64 x n), key lengths (u32 x n), payload lengths (u32 x n)
         every key, then every payload
-        the struct records, one after the other
+        the struct records, one after the other: a head, the key, the items' lengths (u32 x count), the items
     trailer: body length (u64), xxh3-64 of the body (u64), record count (u64), END (8 bytes)
 """
 
@@ -35,8 +35,10 @@ from ..errors import BadInput
 from ..net.keyspace import NO_EXPIRY, key_slots
 from ..net.rdb import MIN_PAYLOAD, rdb_version_of
 
-MAGIC = b"RMSEG\x02\n\x00"
-END = b"RMEND\x02\n\x00"
+MAGIC = b"RMSEG\x03\n\x00"
+END = b"RMEND\x03\n\x00"
+# Version 2 segments (each item's length before the item) are still read; their records are a subset of version 3's.
+READABLE = {b"\x02": b"RMEND\x02\n\x00", b"\x03": END}
 TRAILER = struct.Struct("<QQQ8s")
 
 DUMP = 0
@@ -45,7 +47,12 @@ STRUCT = 1
 # The type byte of a struct record in segment files. Written to disk: append only, never reorder. It is not
 # verify/digest.py's DIGEST_TYPES: that one numbers the digests' seeds, and it has no stream-group (a
 # record kind, not a Redis type) but has "none" and "other".
-CHUNK_TYPES = ("string", "hash", "list", "set", "zset", "stream", "stream-group")
+# A stream is written whole as: its entries ("stream", an entry with 0 fields is a placeholder for a deleted entry
+# still pending in a group), "stream-groups" (the counters, the groups and their consumers), "stream-pel" (one
+# group's pending entries) and "stream-end" (placeholders to delete, the counters again). "hash-ttl": a hash
+# chunk whose fields carry their own expiries, as field, value, absolute expiry ms (or -1) triples.
+CHUNK_TYPES = ("string", "hash", "list", "set", "zset", "stream", "stream-group", "stream-groups", "stream-pel",
+               "stream-end", "hash-ttl")
 CHUNK_TYPE_CODES = {name: code for code, name in enumerate(CHUNK_TYPES)}
 
 _COUNTS = struct.Struct("<II")
@@ -161,15 +168,16 @@ def _pick(blob: bytes, starts: list[int], ends: list[int], indices: Indices) -> 
 
 
 def encode_struct(record: Record) -> bytes:
-    parts = [_STRUCT_HEAD.pack(STRUCT, record.expire_at, len(record.key), CHUNK_TYPE_CODES[record.type], record.offset,
-                               record.first, len(record.items)), record.key]
-    for item in record.items:
-        parts.append(_LEN.pack(len(item)))
-        parts.append(item)
-    return b"".join(parts)
+    """Head, key, every item's length, then the items: packed with no Python step per item."""
+    lengths = array("I", map(len, record.items))
+    if _SWAP:
+        lengths.byteswap()
+    return b"".join((_STRUCT_HEAD.pack(STRUCT, record.expire_at, len(record.key), CHUNK_TYPE_CODES[record.type],
+                                       record.offset, record.first, len(record.items)), record.key,
+                     lengths.tobytes(), *record.items))
 
 
-def decode_body(body: bytes, source: Path) -> Segment:
+def decode_body(body: bytes, source: Path, version: bytes = MAGIC[5:6]) -> Segment:
     """A segment body, checked. Any inconsistency is a corrupt segment, never a silent skip."""
     try:
         dump_count, struct_count = _COUNTS.unpack_from(body, 0)
@@ -196,8 +204,9 @@ def decode_body(body: bytes, source: Path) -> Segment:
             raise ValueError("record runs past the end of the segment")
         view = memoryview(body)
         structs = []
+        decode = _decode_struct if version == MAGIC[5:6] else _decode_struct_v2
         for _ in range(struct_count):
-            record, pos = _decode_struct(body, view, pos)
+            record, pos = decode(body, view, pos)
             structs.append(record)
         if pos != len(body):
             raise ValueError(f"{len(body) - pos} bytes after the last record")
@@ -217,26 +226,52 @@ def _check_columns(slots: array, expiries: array, payload_lengths: array) -> Non
         raise ValueError("a DUMP payload is too short to be one")
 
 
-def _decode_struct(body: bytes, view: memoryview, pos: int) -> tuple[Record, int]:
+def _decode_head(body: bytes, view: memoryview, pos: int) -> tuple:
     kind_code, expire_at, key_len, type_code, offset, first, count = _STRUCT_HEAD.unpack_from(body, pos)
     if kind_code != STRUCT:
         raise ValueError(f"unknown record kind {kind_code} at byte {pos}")
     pos += _STRUCT_HEAD.size
     key = bytes(view[pos:pos + key_len])
-    pos += key_len
+    if len(key) != key_len:
+        raise ValueError("record runs past the end of the segment")
+    return expire_at, key, type_code, offset, first, count, pos + key_len
+
+
+def _decode_struct(body: bytes, view: memoryview, pos: int) -> tuple[Record, int]:
+    expire_at, key, type_code, offset, first, count, pos = _decode_head(body, view, pos)
+    lengths = array("I", body[pos:pos + 4 * count])
+    if len(lengths) != count:
+        raise ValueError("record runs past the end of the segment")
+    if _SWAP:
+        lengths.byteswap()
+    pos += 4 * count
+    ends = list(accumulate(lengths, initial=pos))
+    if ends[-1] > len(body):
+        raise ValueError("record runs past the end of the segment")
+    items = list(map(body.__getitem__, map(slice, ends[:-1], ends[1:])))
+    return _record(key, expire_at, type_code, offset, first, items), ends[-1]
+
+
+def _decode_struct_v2(body: bytes, view: memoryview, pos: int) -> tuple[Record, int]:
+    """A version 2 struct record: each item's length before the item."""
+    expire_at, key, type_code, offset, first, count, pos = _decode_head(body, view, pos)
     items = []
     for _ in range(count):
         (length,) = _LEN.unpack_from(body, pos)
         pos += _LEN.size
         items.append(bytes(view[pos:pos + length]))
         pos += length
-    if pos > len(body) or len(key) != key_len:
+    if pos > len(body):
         raise ValueError("record runs past the end of the segment")
+    return _record(key, expire_at, type_code, offset, first, items), pos
+
+
+def _record(key: bytes, expire_at: int, type_code: int, offset: int, first: int, items: list[bytes]) -> Record:
     kind = CHUNK_TYPES[type_code]
     _check_items(kind, items)
     if expire_at < NO_EXPIRY:
         raise ValueError(f"record for key {key[:60]!r} has expiry {expire_at}")
-    return Record(key, expire_at, kind=STRUCT, type=kind, offset=offset, first=bool(first), items=items), pos
+    return Record(key, expire_at, kind=STRUCT, type=kind, offset=offset, first=bool(first), items=items)
 
 
 def _check_items(kind: str, items: list[bytes]) -> None:
@@ -255,6 +290,37 @@ def _check_items(kind: str, items: list[bytes]) -> None:
             pos += 2 + 2 * int(items[pos + 1])
         if pos != len(items):
             raise ValueError("a stream chunk's last entry is cut short")
+    if kind == "hash-ttl" and (len(items) % 3 or not all(_is_int(t) for t in items[2::3])):
+        raise ValueError("a hash-ttl chunk needs field, value, expiry triples")
+    if kind == "stream-pel" and (not items or (len(items) - 1) % 4
+                                 or not all(_is_int(t) for t in items[3::4] + items[4::4])):
+        raise ValueError("a stream-pel record needs the group, then id, consumer, time, count quadruples")
+    if kind == "stream-end" and len(items) < 3:
+        raise ValueError("a stream-end record needs the last ID and the counters")
+    if kind == "stream-groups":
+        stream_groups(items)
+
+
+def _is_int(item: bytes) -> bool:
+    return item.lstrip(b"-").isdigit()
+
+
+def stream_groups(items: list[bytes]) -> tuple[tuple[bytes, bytes, bytes], list[tuple]]:
+    """A stream-groups record's counters (last ID, entries-added, max-deleted ID; b"" where the source has none)
+    and its groups: (name, last-delivered ID, entries-read or b"", consumer names). ValueError if malformed."""
+    if len(items) < 3:
+        raise ValueError("a stream-groups record needs the last ID and the counters")
+    groups, pos = [], 3
+    while pos < len(items):
+        if pos + 3 >= len(items) or not items[pos + 3].isdigit():
+            raise ValueError("a stream-groups record has a group without its consumer count")
+        count = int(items[pos + 3])
+        consumers = items[pos + 4:pos + 4 + count]
+        if len(consumers) != count:
+            raise ValueError("a stream-groups record's last group is cut short")
+        groups.append((items[pos], items[pos + 1], items[pos + 2], consumers))
+        pos += 4 + count
+    return (items[0], items[1], items[2]), groups
 
 
 def corrupt(path: Path, why: str) -> BadInput:
@@ -328,14 +394,15 @@ def load_segment(path: Path) -> Segment:
     except OSError as exc:
         raise BadInput(f"cannot read dump segment {path}: {exc.strerror}",
                        "check the run directory's permissions") from None
-    if data[:5] == MAGIC[:5] and data[5:8] != MAGIC[5:]:
+    version = data[5:6]
+    if data[:5] == MAGIC[:5] and (version not in READABLE or data[6:8] != MAGIC[6:]):
         raise BadInput(f"dump segment {path} was written by another version of redis-migrate",
                        "dump again into a new --run-dir with this version")
-    if len(data) < len(MAGIC) + TRAILER.size or not data.startswith(MAGIC):
+    if len(data) < len(MAGIC) + TRAILER.size or data[:5] != MAGIC[:5]:
         raise corrupt(path, "not a redis-migrate segment (bad header or truncated)")
     body_len, checksum, count, end = TRAILER.unpack_from(data, len(data) - TRAILER.size)
     body = data[len(MAGIC):len(data) - TRAILER.size]
-    if end != END or body_len != len(body):
+    if end != READABLE[version] or body_len != len(body):
         raise corrupt(path, "truncated or bad trailer")
     if xxhash.xxh3_64_intdigest(body) != checksum:
         raise corrupt(path, "checksum mismatch")
@@ -343,7 +410,7 @@ def load_segment(path: Path) -> Segment:
         raw = zstandard.ZstdDecompressor().decompress(body)
     except zstandard.ZstdError as exc:
         raise corrupt(path, f"cannot decompress: {exc}") from None
-    segment = decode_body(raw, path)
+    segment = decode_body(raw, path, version)
     if segment.dump_count + len(segment.structs) != count:
         raise corrupt(path, f"holds {segment.dump_count + len(segment.structs)} records, its trailer says {count}")
     return segment

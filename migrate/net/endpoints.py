@@ -200,6 +200,10 @@ class Topology:
         return engines.has_hash_field_ttl(self.server, self.version)
 
     @property
+    def has_stream_counters(self) -> bool:
+        return engines.has_stream_counters(self.server, self.version)
+
+    @property
     def has_cluster_databases(self) -> bool:
         """A cluster whose nodes may hold keys outside db 0 (Valkey 9): its other databases are checked too."""
         return self.is_cluster and engines.has_cluster_databases(self.server, self.version)

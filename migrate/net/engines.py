@@ -15,6 +15,7 @@ _RDB_BY_ENGINE = {
     "valkey": [((9, 0), 80), ((7, 2), 11)],
 }
 _HASH_FIELD_TTL_SINCE = {"redis": (7, 4), "valkey": (9, 0)}  # HEXPIRE and friends
+_STREAM_COUNTERS_SINCE = {"redis": (7, 0), "valkey": (7, 2)}  # entries-read, entries-added, max-deleted ID
 _CLUSTER_DATABASES_SINCE = {"valkey": (9, 0)}  # SELECT in cluster mode (cluster-databases)
 DISPLAY_NAMES = {"redis": "Redis", "valkey": "Valkey"}
 
@@ -53,4 +54,11 @@ def has_hash_field_ttl(engine: str, version: str) -> bool:
 def has_cluster_databases(engine: str, version: str) -> bool:
     """Whether a cluster node can hold keys outside db 0 (Valkey 9.0+ with cluster-databases > 1)."""
     since = _CLUSTER_DATABASES_SINCE.get(engine)
+    return since is not None and version_tuple(version) >= since
+
+
+def has_stream_counters(engine: str, version: str) -> bool:
+    """Whether streams keep entries-added, max-deleted ID and groups' entries-read (XSETID ENTRIESADDED,
+    XGROUP ... ENTRIESREAD): Redis 7.0+, every Valkey."""
+    since = _STREAM_COUNTERS_SINCE.get(engine)
     return since is not None and version_tuple(version) >= since

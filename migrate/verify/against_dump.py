@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
-from ..datapath.segments import DUMP, Record, read_segment
+from ..datapath.segments import DUMP, Record, read_segment, stream_groups
 from ..datapath.store import list_segments
 from ..errors import BadInput
 from ..net.endpoints import Topology, translated_errors
@@ -60,11 +60,17 @@ class StructAssembler:
     def add(self, record: Record) -> None:
         digest = None if record.first else self.digests.get(record.key)
         if digest is None:
-            kind = "stream" if record.type == "stream-group" else record.type
-            digest = self.digests[record.key] = new_digest(kind, dedupe=True)
+            digest = self.digests[record.key] = new_digest(value_type(record.type), dedupe=True)
         if record.type == "stream-group":  # [last-generated-id, name, last-delivered-id, ...]
             for index in range(1, len(record.items), 2):
                 digest.add_group(record.items[index], record.items[index + 1])
+        elif record.type == "stream-groups":
+            for name, last_delivered, _, _ in stream_groups(record.items)[1]:
+                digest.add_group(name, last_delivered)
+        elif record.type in ("stream-pel", "stream-end"):
+            pass
+        elif record.type == "hash-ttl":  # field, value, expiry triples
+            digest.update([x for i in range(0, len(record.items), 3) for x in record.items[i:i + 2]])
         elif record.type == "stream":     # [id, field count, field, value, ..., id, ...]
             digest.update(_stream_entries(record.items))
         elif record.type == "string":
@@ -81,12 +87,21 @@ class StructAssembler:
 
 
 def _stream_entries(items: list[bytes]) -> list:
+    """The entries of a stream chunk, without placeholders (0 fields: deleted entries still pending)."""
     entries, pos = [], 0
     while pos < len(items):
         count = int(items[pos + 1])
-        entries.append((items[pos], items[pos + 2:pos + 2 + 2 * count]))
+        if count:
+            entries.append((items[pos], items[pos + 2:pos + 2 + 2 * count]))
         pos += 2 + 2 * count
     return entries
+
+
+def value_type(record_type: str) -> str:
+    """The Redis type a struct record's chunks make up."""
+    if record_type.startswith("stream"):
+        return "stream"
+    return "hash" if record_type == "hash-ttl" else record_type
 
 
 class DumpReference:
@@ -132,8 +147,7 @@ class DumpReference:
                 else:
                     if record.first or record.key not in self.index:
                         self._forget(record.key)
-                        kind = "stream" if record.type == "stream-group" else record.type
-                        self.index[record.key] = Entry(kind, record.expire_at, number, True)
+                        self.index[record.key] = Entry(value_type(record.type), record.expire_at, number, True)
                     self.structs.add(record)
             if fast_path:
                 self._compare_payloads(batch)
