@@ -115,8 +115,10 @@ class LedgerCounts:
                 setattr(self, item.name, mine + theirs)
 
     def to_dict(self) -> dict:
-        counters = {item.name: dict(getattr(self, item.name)) for item in fields(self) if item.default_factory is Counter}
-        return {**asdict(self), **counters}  # asdict would rebuild a Counter from its (key, count) pairs
+        # asdict would rebuild a Counter from its (key, count) pairs: counters are copied as dicts instead
+        counters = {item.name: dict(getattr(self, item.name)) for item in fields(self)
+                    if item.default_factory is Counter}
+        return {**asdict(self), **counters}
 
     @classmethod
     def from_dict(cls, data: dict):

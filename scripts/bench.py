@@ -13,6 +13,10 @@ then times, into a 3-master TLS cluster:
 and, into one TLS node, `redis-cli --pipe` of the same RESTORE commands: the single-client ceiling.
 
     .venv/bin/python scripts/bench.py --keys 1000000 [--rss-keys 100000] [--mix mixed|tiny]... [--skip-naive]
+        [--mode auto|struct]...
+
+`--mode struct` (repeatable with `--mode auto`) times `run --mode struct` too, the type-by-type path, into the
+same (flushed) target, and reports its keys/s against auto's (`struct_vs_auto`: a share of RESTORE's speed).
 
 `--mix big` seeds big values instead (100 x 5 MB and 4,000 x 100 KB, scaled by --keys / 4100) and
 measures what `dump` costs the source: the longest wait of a client that GETs and PINGs it meanwhile,
@@ -193,7 +197,8 @@ def redis_cli_pipe(run_dir: Path, node: testbed.RedisServer, certs: testbed.Cert
     return time.monotonic() - started
 
 
-def bench(keys: int, mix: str, base: Path, certs: testbed.Certs, skip_naive: bool) -> dict:
+def bench(keys: int, mix: str, base: Path, certs: testbed.Certs, skip_naive: bool,
+          modes: tuple[str, ...] = ("auto",)) -> dict:
     print(f"\n== {keys:,} keys, {mix} mix", flush=True)
     base = base / mix
     source = testbed.start_standalone(base / f"src-{keys}", password="bench-source-pw")
@@ -206,6 +211,17 @@ def bench(keys: int, mix: str, base: Path, certs: testbed.Certs, skip_naive: boo
             result["naive_s"], _ = timed("naive copier", lambda: naive_copy(source.client(), target.cluster_client()))
             target.flush()
         run_dir = base / f"run-{keys}"
+        for mode in modes:
+            if mode == "auto":
+                continue
+            run = run_tool(["run", "--source", source.url(), "--target", target.url(), "--run-dir",
+                            str(base / f"run-{keys}-{mode}"), "--mode", mode],
+                           [node.client() for node in target.nodes], result["keys"])
+            print(f"  {'redis-migrate run --mode ' + mode:<28} {run['seconds']:8.2f} s   (every key on the target "
+                  f"after {run['copy_seconds']:.2f} s, then verify)", flush=True)
+            result[f"{mode}_s"] = run["copy_seconds"]
+            result[f"{mode}_keys_per_s"] = round(result["keys"] / run["copy_seconds"])
+            target.flush()
         run = run_tool(["run", "--source", source.url(), "--target", target.url(), "--run-dir", str(run_dir)],
                        [node.client() for node in target.nodes], result["keys"])
         copy = run["copy_seconds"]
@@ -313,6 +329,8 @@ def main() -> None:
                              "the dump costs the source")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--tool-root", type=Path, default=ROOT, help="time redis-migrate from this checkout")
+    parser.add_argument("--mode", choices=("auto", "struct"), action="append",
+                        help="run's --mode to time (repeatable; default auto): struct is the type-by-type path")
     args = parser.parse_args()
     global TOOL_ROOT
     TOOL_ROOT = args.tool_root.resolve()
@@ -326,7 +344,8 @@ def main() -> None:
             return
     args.keys = args.keys or 1_000_000
     certs = testbed.Certs.make(base / "certs")
-    results = [bench(n, mix, base, certs, args.skip_naive) for mix in mixes
+    modes = tuple(args.mode or ["auto"])
+    results = [bench(n, mix, base, certs, args.skip_naive, modes) for mix in mixes
                for n in sorted({args.rss_keys, args.keys}) if n]
     print("\n== results")
     for result in results:
@@ -336,6 +355,8 @@ def main() -> None:
                 result["verify_vs_naive"] = round(result["verify_s"] / result["naive_s"], 3)
         result["tool_vs_redis_cli"] = round(result["tool_s"] / result["redis_cli_pipe_s"], 2)
         result["tool_keys_per_s"] = round(result["keys"] / result["tool_s"])
+        if "struct_s" in result:
+            result["struct_vs_auto"] = round(result["struct_keys_per_s"] / result["tool_keys_per_s"], 3)
         print(json.dumps(result))
     testbed.remove(base)
 

@@ -61,13 +61,20 @@ class StructAssembler:
         digest = None if record.first else self.digests.get(record.key)
         if digest is None:
             digest = self.digests[record.key] = new_digest(value_type(record.type), dedupe=True)
-        if record.type == "stream-group":  # [last-generated-id, name, last-delivered-id, ...]
+        if record.type == "stream-group":  # [last-generated-id, name, last-delivered-id, ...] (version 2)
+            digest.set_last_id(record.items[0])
             for index in range(1, len(record.items), 2):
                 digest.add_group(record.items[index], record.items[index + 1])
-        elif record.type == "stream-groups":
-            for name, last_delivered, _, _ in stream_groups(record.items)[1]:
+        elif record.type == "stream-groups":  # counters are left out: the dump's source may not have them
+            counters, groups = stream_groups(record.items)
+            digest.set_last_id(counters[0])
+            for name, last_delivered, _, consumers in groups:
                 digest.add_group(name, last_delivered)
-        elif record.type in ("stream-pel", "stream-end"):
+                digest.add_consumers(name, consumers)
+        elif record.type == "stream-pel":  # [group, id, consumer, delivery time, count, ...]
+            items = record.items
+            digest.add_pending(items[0], list(zip(items[1::4], items[2::4], items[4::4])))
+        elif record.type == "stream-end":
             pass
         elif record.type == "hash-ttl":  # field, value, expiry triples
             digest.update([x for i in range(0, len(record.items), 3) for x in record.items[i:i + 2]])

@@ -14,7 +14,9 @@ whole, and the result never depends on where the chunks were cut:
             ("0.10000000000000001"), Redis 7.2+ and Valkey the shortest form ("0.1"); the value
             is the same, the text is not. A change of 1e-9 changes the double.
     stream  entries in ID order (id, field count, fields and values), then consumer groups sorted
-            by name with their last-delivered-id (entries-read is left out: Redis 6.2 lacks it)
+            by name with their last-delivered-id (and entries-read where both sides keep it: Redis 6.2
+            does not), their consumers' names and pending entries (id, consumer, delivery count; not the
+            idle time, which runs on), then the last generated ID (and entries-added, max-deleted ID)
     other   (module types) the DUMP payload without its RDB version and CRC footer: best effort
 
 Each digest is seeded with its type, so an empty list and an empty set differ.
@@ -149,6 +151,9 @@ class StreamDigest:
     def __init__(self) -> None:
         self._entries = xxh3_64(seed=_SEED["stream"])
         self._groups: dict[bytes, bytes] = {}
+        self._consumers: dict[bytes, list[bytes]] = {}
+        self._pending = 0
+        self._tail = b""
         self.length = 0
         self.last_id = b""
 
@@ -164,14 +169,27 @@ class StreamDigest:
         if entries:
             self.last_id = entries[-1][0]
 
-    def add_group(self, name: bytes, last_delivered_id: bytes) -> None:
-        self._groups[name] = last_delivered_id
+    def add_group(self, name: bytes, last_delivered_id: bytes, entries_read: bytes = b"") -> None:
+        self._groups[name] = last_delivered_id + b"/" + entries_read if entries_read else last_delivered_id
+
+    def add_consumers(self, group: bytes, names: list[bytes]) -> None:
+        self._consumers.setdefault(group, []).extend(names)
+
+    def add_pending(self, group: bytes, entries: list[tuple[bytes, bytes, object]]) -> None:
+        """(id, consumer, delivery count) of pending entries, in any order and any number of calls."""
+        self._pending += sum(xxh3_128_intdigest(b"\x00".join((group, entry_id, consumer, b"%d" % int(count))))
+                             for entry_id, consumer, count in entries)
+
+    def set_last_id(self, last_id: bytes, entries_added: bytes = b"", max_deleted: bytes = b"") -> None:
+        self._tail = b"\x00".join((last_id, entries_added, max_deleted))
 
     def intdigest(self) -> int:
         groups = xxh3_64(seed=_SEED["stream"])
         for name in sorted(self._groups):
-            groups.update(xxh3_64_digest(name) + xxh3_64_digest(self._groups[name]))
-        return xxh3_64_intdigest(self._entries.digest() + groups.digest(), _SEED["stream"])
+            consumers = b"".join(map(xxh3_64_digest, sorted(set(self._consumers.get(name, ())))))
+            groups.update(xxh3_64_digest(name) + xxh3_64_digest(self._groups[name]) + consumers)
+        rest = (self._pending & MASK128).to_bytes(16, "little") + xxh3_64_digest(self._tail)
+        return xxh3_64_intdigest(self._entries.digest() + groups.digest() + rest, _SEED["stream"])
 
 
 class OtherDigest:

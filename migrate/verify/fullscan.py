@@ -34,7 +34,7 @@ from ..net.endpoints import Endpoint, Node, translated_errors
 from ..net.keyspace import NO_EXPIRY, SLOT_COUNT, key_slot
 from ..net.wire import Wire, pack
 from .digest import DIGEST_TYPE_CODE, DIGEST_TYPES
-from .readers import Batch, DigestReader, View
+from .readers import NO_DETAIL, Batch, Detail, DigestReader, View
 
 SCAN_COUNT = 1000
 PROGRESS_EVERY = 20_000
@@ -52,6 +52,7 @@ class ScanJob:
     ttl_grid: int         # ms: expiries are folded as expire_at // ttl_grid
     db: int = 0
     digest: bool = True  # False: type and expiry only (a census of the keys)
+    detail: Detail = NO_DETAIL  # what both sides hold beyond plain values (stream counters, field TTLs)
 
 
 @dataclass
@@ -105,7 +106,7 @@ class _Worker:
         job = self.job
         wire = Wire(job.endpoint, job.node.host, job.node.port, job.db)
         side = Wire(job.endpoint, job.node.host, job.node.port, job.db)
-        reader = DigestReader(wire, job.exact_ttl, digest=job.digest, side=side)
+        reader = DigestReader(wire, job.exact_ttl, digest=job.digest, side=side, detail=job.detail)
         self.result = ScanTotals(job.node.name, [0] * SLOT_COUNT)
         self.type_counts = [0] * len(DIGEST_TYPES)
         cursor: bytes | None = b"0"

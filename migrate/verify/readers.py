@@ -2,7 +2,7 @@
 
 Per batch, one round trip carries TYPE + PEXPIRETIME for every key (PTTL on servers older than
 7.0, turned into an absolute time at the reply), and a second one the first window of each value
-chosen by type: GETRANGE, LRANGE, ZRANGE WITHSCORES, HSCAN/SSCAN, XRANGE + XINFO GROUPS. A value
+chosen by type: GETRANGE, LRANGE, ZRANGE WITHSCORES, HSCAN/SSCAN, XRANGE + XINFO STREAM FULL. A value
 that fills its window is big: it is read on in larger windows, one key at a time, and digested as
 it streams, so it is never held whole. Only commands that ElastiCache Serverless allows are used
 (no DEBUG, OBJECT or MEMORY).
@@ -21,6 +21,21 @@ from .digest import DIGESTS, digest_hash, digest_list, digest_set, digest_string
 WINDOW = 1000              # elements in the first read of a collection
 BIG_WINDOW = 10_000        # elements per read of the rest of a big collection
 STRING_WINDOW = 1 << 20    # bytes per read of a string
+
+
+class Detail(NamedTuple):
+    """What both sides hold, so it is compared: stream counters (entries-added, max-deleted ID, entries-read;
+    Redis 7.0+ and Valkey) and hash field TTLs (Redis 7.4+, Valkey 9). One side alone cannot be compared."""
+
+    stream_counters: bool = False
+    field_ttl: bool = False
+
+    @classmethod
+    def shared(cls, *sides) -> Detail:
+        return cls(all(side.has_stream_counters for side in sides), all(side.has_hash_field_ttl for side in sides))
+
+
+NO_DETAIL = Detail()
 
 
 class View(NamedTuple):
@@ -58,7 +73,7 @@ _ZRANGE = prefix("ZRANGE", argc=5)
 _SSCAN = prefix("SSCAN", argc=5)
 _HSCAN = prefix("HSCAN", argc=5)
 _XRANGE = prefix("XRANGE", argc=6)
-_XINFO_GROUPS = prefix("XINFO", "GROUPS", argc=3)
+_XINFO_FULL = prefix("XINFO", "STREAM", argc=6)
 _DUMP = prefix("DUMP", argc=2)
 
 _FIRST = {
@@ -68,7 +83,7 @@ _FIRST = {
     b"set": _SSCAN + b"%b" + bulk(b"0") + bulk(b"COUNT") + bulk(b"%d" % WINDOW),
     b"hash": _HSCAN + b"%b" + bulk(b"0") + bulk(b"COUNT") + bulk(b"%d" % WINDOW),
     b"stream": _XRANGE + b"%b" + bulk(b"-") + bulk(b"+") + bulk(b"COUNT") + bulk(b"%d" % WINDOW)
-               + _XINFO_GROUPS + b"%b",
+               + _XINFO_FULL + b"%b" + bulk(b"FULL") + bulk(b"COUNT") + bulk(b"%d" % WINDOW),
 }
 _REPLIES = {b"stream": 2, b"none": 0}
 
@@ -130,7 +145,9 @@ class DigestReader:
     big values are then read on `side`, a second connection, since `wire` has replies in flight.
     """
 
-    def __init__(self, wire: Wire, exact_ttl: bool, digest: bool = True, side: Wire | None = None) -> None:
+    def __init__(self, wire: Wire, exact_ttl: bool, digest: bool = True, side: Wire | None = None,
+                 detail: Detail = NO_DETAIL) -> None:
+        self.detail = detail
         self.wire = wire
         self.side = side or wire
         self._expiry = _PEXPIRETIME if exact_ttl else _PTTL
@@ -193,6 +210,8 @@ class DigestReader:
                 append(ABSENT)
                 continue
             small = small_values(type_reply)
+            if small is not None and type_reply == b"hash" and self.detail.field_ttl:
+                small = None  # the fields' expiries are read too
             if small is not None and value.__class__ is not ReplyError:
                 done = small[1](value)
                 if done is not None:
@@ -247,27 +266,53 @@ class DigestReader:
     def _read_hash(self, key: bytes, reply: list):
         return self._scanned("hash", "HSCAN", key, reply)
 
+    def _with_field_ttls(self, key: bytes, flat: list) -> list:
+        """A hash window with each expiring field's absolute expiry folded into its value (HPEXPIRETIME)."""
+        fields = flat[0::2]
+        if not fields:
+            return flat
+        ttls = self._one("HPEXPIRETIME", key, "FIELDS", len(fields), *fields)
+        return with_field_ttls(flat, ttls)
+
     def _scanned(self, type_name: str, scan: str, key: bytes, reply: list):
         """HSCAN/SSCAN: one call is enough for a small value; a big one is scanned on, deduplicated."""
         cursor, chunk = reply
         digest = new_digest(type_name, dedupe=cursor != b"0")
         while True:
+            if type_name == "hash" and self.detail.field_ttl:
+                chunk = self._with_field_ttls(key, chunk)
             digest.update(chunk)
             if cursor == b"0":
                 return digest
             cursor, chunk = self._one(scan, key, cursor, "COUNT", BIG_WINDOW)
 
     def _read_stream(self, key: bytes, reply: tuple):
-        entries, groups = reply
+        """Entries, then what XINFO STREAM FULL tells: the last ID (and counters where both sides have them),
+        each group with its consumers and pending entries (id, consumer, delivery count)."""
+        entries, full = reply
         digest = new_digest("stream")
         while True:
             digest.update(entries)
             if len(entries) < WINDOW:
                 break
             entries = self._one("XRANGE", key, b"(" + digest.last_id, "+", "COUNT", WINDOW)
-        for group in groups:
+        info = dict(zip(full[0::2], full[1::2]))
+        counters = self.detail.stream_counters
+        digest.set_last_id(info[b"last-generated-id"], _counter(info.get(b"entries-added")) if counters else b"",
+                           _counter(info.get(b"max-deleted-entry-id")) if counters else b"")
+        for group in info.get(b"groups") or []:
             fields = dict(zip(group[0::2], group[1::2]))
-            digest.add_group(fields[b"name"], fields[b"last-delivered-id"])
+            name = fields[b"name"]
+            digest.add_group(name, fields[b"last-delivered-id"],
+                             _counter(fields.get(b"entries-read")) if counters else b"")
+            digest.add_consumers(name, [dict(zip(c[0::2], c[1::2]))[b"name"] for c in fields.get(b"consumers") or []])
+            pending = [(p[0], p[1], p[3]) for p in fields.get(b"pending") or []]
+            while pending and len(pending) < (fields.get(b"pel-count") or 0):
+                page = self._one("XPENDING", key, name, b"(" + pending[-1][0], "+", WINDOW)
+                if not page:
+                    break
+                pending += [(p[0], p[1], p[3]) for p in page]
+            digest.add_pending(name, pending)
         return digest
 
     def _read_other(self, key: bytes, payload):
@@ -277,12 +322,26 @@ class DigestReader:
         return digest
 
 
+def _counter(value) -> bytes:
+    return b"" if value is None else value if isinstance(value, bytes) else b"%d" % value
+
+
+def with_field_ttls(flat: list, ttls: list) -> list:
+    """field, value pairs where an expiring field's value carries its absolute expiry: digested as one."""
+    out = list(flat)
+    for index, ttl in enumerate(ttls):
+        if isinstance(ttl, int) and ttl >= 0:
+            out[2 * index + 1] = out[2 * index + 1] + b"\x00field-ttl:%d" % ttl
+    return out
+
+
 class SideReader:
     """Reads any keys of a whole side, each on the master that owns its slot (for the few keys
     that verify re-reads, samples or repairs; full scans use one worker per master instead)."""
 
-    def __init__(self, topology, db: int = 0, batch: int = WINDOW) -> None:
+    def __init__(self, topology, db: int = 0, batch: int = WINDOW, detail: Detail = NO_DETAIL) -> None:
         self.topology = topology
+        self.detail = detail
         self.db = db
         self.exact_ttl = topology.has_pexpiretime
         self._owners = topology.slot_owners()
@@ -293,7 +352,7 @@ class SideReader:
         if index not in self._readers:
             node = self.topology.masters[index]
             wire = Wire(self.topology.endpoint, node.host, node.port, self.db)
-            self._readers[index] = DigestReader(wire, self.exact_ttl)
+            self._readers[index] = DigestReader(wire, self.exact_ttl, detail=self.detail)
         return self._readers[index]
 
     def owner(self, key: bytes) -> int:

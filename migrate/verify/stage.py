@@ -40,7 +40,7 @@ from ..net.wire import pack
 from ..rundir import DumpLedger, ReplayLedger, RunDir, VerifyLedger, atomic_write, skipped_reasons
 from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
 from .fullscan import ScanJob, SideScans, combined
-from .readers import SideReader, View
+from .readers import NO_DETAIL, Detail, SideReader, View
 
 REPORT_NAME = "verify-report.jsonl"
 Progress = Callable[[int], None]
@@ -102,11 +102,11 @@ class Reference(Protocol):
 class SourceReference:
     """The live source: keys are read on the master that owns them."""
 
-    def __init__(self, topology: Topology, db: int) -> None:
+    def __init__(self, topology: Topology, db: int, detail: Detail = NO_DETAIL) -> None:
         self.topology = topology
         self.db = db
         self.label = topology.endpoint.redacted
-        self.reader = SideReader(topology, db)
+        self.reader = SideReader(topology, db, detail=detail)
 
     def read(self, keys: list[bytes]) -> dict[bytes, View]:
         with translated_errors(self.topology.endpoint):
@@ -133,8 +133,11 @@ class SourceReference:
 def full_pass(source: Topology, target: Topology, db: int, options: VerifyOptions, progress: Progress | None) -> Pass:
     """Both sides scanned at once, one process per master; keys compared only in slots whose totals differ."""
     grid = max(options.ttl_tolerance_ms, 1)
-    jobs = {"source": [ScanJob(source.endpoint, node, source.has_pexpiretime, grid, db) for node in source.masters],
-            "target": [ScanJob(target.endpoint, node, target.has_pexpiretime, grid) for node in target.masters]}
+    detail = Detail.shared(source, target)
+    jobs = {"source": [ScanJob(source.endpoint, node, source.has_pexpiretime, grid, db, detail=detail)
+                       for node in source.masters],
+            "target": [ScanJob(target.endpoint, node, target.has_pexpiretime, grid, detail=detail)
+                       for node in target.masters]}
     with SideScans(jobs) as scans:
         done = scans.totals(progress)
         source_totals, target_totals = combined(done["source"]), combined(done["target"])
@@ -273,7 +276,8 @@ def run_verify(source: Topology | None, target: Topology, run_dir: RunDir | None
     `progress("verify", total)` gives the bar: keys read on both sides, out of `progress_total`."""
     started = time.monotonic()
     reference = _reference(source, target, run_dir, options)
-    target_reader = SideReader(target)
+    target_reader = SideReader(target, detail=Detail.shared(source, target) if source and not options.against_dump
+                               else NO_DETAIL)
     repaired = None
     try:
         with progress("verify", progress_total(reference, target, run_dir, options)) as update:
@@ -354,7 +358,8 @@ def _reference(source: Topology | None, target: Topology, run_dir: RunDir | None
     if source is None:
         raise BadInput("verify needs --source (or --against-dump with --run-dir)",
                        "give the source URL to compare against, or --against-dump to use the run dir's dump")
-    return SourceReference(source, source.endpoint.db if options.db is None else options.db)
+    return SourceReference(source, source.endpoint.db if options.db is None else options.db,
+                           Detail.shared(source, target))
 
 
 def _fresh(reference: Reference, target: SideReader, differences: list[Difference]) -> dict[bytes, tuple[View, View]]:
