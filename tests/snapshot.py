@@ -33,7 +33,7 @@ def read_value(client: redis.Redis, key: bytes):
     if kind == "stream":
         entries = client.xrange(key, "-", "+")
         groups = sorted((g["name"], g["last-delivered-id"]) for g in client.xinfo_groups(key))
-        return kind, (entries, groups)
+        return kind, (entries, groups, _stream_detail(client, key, [name for name, _ in groups]))
     if kind == "none":
         return None
     return kind, None
@@ -66,6 +66,18 @@ _READS = {
 }
 
 
+def _stream_detail(client: redis.Redis, key: bytes, groups: list[bytes]) -> tuple:
+    """What a queue's workers depend on besides the entries: the last generated ID, and per group its consumers
+    and every pending entry with its consumer and delivery count (idle times run on: left out)."""
+    detail = [client.xinfo_stream(key)["last-generated-id"]]
+    for name in groups:
+        consumers = sorted((c["name"], c["pending"]) for c in client.xinfo_consumers(key, name))
+        pending = [(p["message_id"], p["consumer"], p["times_delivered"])
+                   for p in client.xpending_range(key, name, "-", "+", 1_000_000)]
+        detail.append((name, consumers, pending))
+    return tuple(detail)
+
+
 def _canonical(kind: str, replies: list):
     if kind == "hash":
         return sorted(replies[0].items())
@@ -74,6 +86,11 @@ def _canonical(kind: str, replies: list):
     if kind == "stream":
         return replies[0], sorted((g["name"], g["last-delivered-id"]) for g in replies[1])
     return replies[0]
+
+
+def _with_stream_detail(client: redis.Redis, key: bytes, value: tuple) -> tuple:
+    entries, groups = value
+    return entries, groups, _stream_detail(client, key, [name for name, _ in groups])
 
 
 def _read_batch(client: redis.Redis, keys: list[bytes]) -> dict[bytes, tuple]:
@@ -98,8 +115,30 @@ def _read_batch(client: redis.Redis, keys: list[bytes]) -> dict[bytes, tuple]:
             expiry = _expiry(client, key)
         if expiry == -2:
             continue
-        result[key] = (kind, _canonical(kind, values) if kind in _READS else None, expiry)
+        value = _canonical(kind, values) if kind in _READS else None
+        if kind == "stream":
+            value = _with_stream_detail(client, key, value)
+        result[key] = (kind, value, expiry)
+    _add_field_ttls(client, result, [k for k, kind in zip(keys, kinds) if kind == "hash" and k in result])
     return result
+
+
+def _add_field_ttls(client: redis.Redis, result: dict, hashes: list[bytes]) -> None:
+    """A hash whose fields have their own expiries (Valkey 9, Redis 7.4+) reads as (fields, [(field, expiry)]);
+    on servers without field TTLs (the command is refused) every hash stays as it is."""
+    if not hashes:
+        return
+    pipe = client.pipeline(transaction=False)
+    for key in hashes:
+        fields = [f for f, _ in result[key][1]]
+        pipe.execute_command("HPEXPIRETIME", key, "FIELDS", len(fields), *fields)
+    for key, ttls in zip(hashes, pipe.execute(raise_on_error=False)):
+        if isinstance(ttls, Exception):
+            return
+        expiring = [(f, ttl) for (f, _), ttl in zip(result[key][1], ttls) if ttl >= 0]
+        if expiring:
+            kind, value, expiry = result[key]
+            result[key] = (kind, (value, expiring), expiry)
 
 
 def _expiry(client: redis.Redis, key: bytes) -> int:
