@@ -243,7 +243,9 @@ def test_plan_shows_engines_rdb_versions_and_the_type_by_type_path_from_valkey_9
     assert types["hash with field TTLs"]["path"] == "skipped" and "HEXPIRE" in types["hash with field TTLs"]["why"]
     assert f"standalone, Valkey {source['version']}, RDB 80" in text
     assert f"cluster, Valkey {target['version']}, RDB 11" in text
-    assert "paths    string, list, set, zset, hash, stream: type-by-type (the target (RDB 11) refuses RDB 80" in text
+    assert "paths    string, list, set, zset, hash: type-by-type (the target (RDB 11) refuses RDB 80" in text
+    assert "stream: type-by-type (the target (RDB 11) refuses RDB 80 payloads; whole: entries, last ID, groups, " \
+           "consumers, pending entries, entries-added and entries-read)" in text
     assert "hash with field TTLs (1 key in the source): skipped (Valkey 8.1" in text
 
 
@@ -274,7 +276,11 @@ def test_type_paths_skip_module_types_without_a_writer_and_carry_field_ttls_wher
     sample = {"sample": {"types": {"string": 5, "ReJSON-RL": 2}}, "hash_field_ttl_keys": 3}
     struct = type_paths(offline("redis", "8.0.2"), offline("redis", "7.4.1"), {**sample, "rdb_version": 12}, 11)
     assert struct["ReJSON-RL"]["path"] == "skipped" and "module" in struct["ReJSON-RL"]["why"]
-    assert struct["hash with field TTLs"] == {**struct["hash"], "keys": 3}  # Redis 7.4 has HEXPIRE
+    assert struct["hash with field TTLs"]["path"] == "type-by-type" and "HPEXPIREAT" in struct[
+        "hash with field TTLs"]["why"]  # Redis 7.4 has HEXPIRE
+    assert "entries-read" in struct["stream"]["why"]
+    old = type_paths(offline("redis", "7.0.15"), offline("redis", "6.2.5"), {**sample, "rdb_version": 10}, 9)
+    assert "cannot hold entries-added" in old["stream"]["why"]
     restore = type_paths(offline("redis", "8.0.2"), offline("redis", "8.0.2"), {**sample, "rdb_version": 12}, 12)
     assert restore["ReJSON-RL"]["path"] == "restore" and "same module" in restore["ReJSON-RL"]["why"]
     older = type_paths(offline("redis", "7.0.15"), offline("valkey", "8.1.1"), {**sample, "rdb_version": 10}, 11)

@@ -284,6 +284,8 @@ def type_paths(source: Topology, target: Topology, src: dict, target_rdb: int) -
     else:
         standard = {"path": "type-by-type", "why": f"the target (RDB {target_rdb}) refuses RDB {source_rdb} payloads"}
     paths = {kind: dict(standard) for kind in STANDARD_TYPES}
+    if not restore:
+        paths["stream"]["why"] += _stream_note(target)
     for kind in src["sample"]["types"]:
         if kind not in STANDARD_TYPES:
             paths[kind] = ({"path": "restore", "why": "a module type: RESTOREd where the target has the same module, "
@@ -295,12 +297,23 @@ def type_paths(source: Topology, target: Topology, src: dict, target_rdb: int) -
     return paths
 
 
+def _stream_note(target: Topology) -> str:
+    """What the type-by-type path carries of a stream, and what this target cannot hold."""
+    note = "; whole: entries, last ID, groups, consumers, pending entries"
+    if target.has_stream_counters:
+        return note + ", entries-added and entries-read"
+    return note + (f"; {target.engine} {target.version} cannot hold entries-added, max-deleted ID or entries-read: "
+                   "such streams are named in the summary (not_held)")
+
+
 def _field_ttl_path(target: Topology, restore: bool, standard: dict) -> dict:
     if not target.has_hash_field_ttl:
         return {"path": "skipped", "why": f"{target.engine} {target.version} has no hash field TTLs (HEXPIRE): such "
                                           "keys are skipped, named and counted, never copied without their fields' "
                                           "expiries"}
-    return dict(standard)
+    if restore:
+        return dict(standard)
+    return {**standard, "why": standard["why"] + "; the fields' expiries with HPEXPIREAT"}
 
 
 # --- the serverless cache and SSM ---------------------------------------------------------------------
