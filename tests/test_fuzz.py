@@ -321,6 +321,8 @@ records = st.one_of(
     ("string", []), ("string", [b"a", b"b"]), ("hash", [b"field"]), ("zset", [b"m", b"1", b"n"]),
     ("stream", [b"1-1"]), ("stream", [b"1-1", b"x"]), ("stream", [b"1-1", b"2", b"f", b"v"]),
     ("stream-group", []), ("stream-group", [b"0-1", b"group"]),
+    ("stream-groups", [b"1-1"]), ("stream-groups", [b"1-1", b"", b"", b"g", b"0-0", b"", b"2", b"c"]),
+    ("stream-pel", [b"g", b"1-1", b"c", b"x", b"1"]), ("stream-end", [b"1-1"]), ("hash-ttl", [b"f", b"v"]),
 ])
 def test_malformed_struct_chunks_are_a_corrupt_segment(world, tmp_path, kind, items):
     """A chunk its writer could not turn into commands (say from a buggy dump) is refused as corrupt, with
