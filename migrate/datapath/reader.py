@@ -464,7 +464,9 @@ def _with_field_ttls(wire: Wire, key: bytes, chunks: Iterator[tuple[int, list, s
     chunk, so the fields are never written without their expiries."""
     for offset, flat, record_type in chunks:
         fields = flat[0::2]
-        ttls = wire.call(b"HPEXPIRETIME", key, b"FIELDS", b"%d" % len(fields), *fields)
+        ttls = wire.call(b"HPEXPIRETIME", key, b"FIELDS", b"%d" % len(fields), *fields, check=False)
+        if not isinstance(ttls, list):  # the key is gone (or changed type) since HSCAN: nothing more of it
+            return
         yield (offset, _ttl_triples(flat, ttls), "hash-ttl") if max(ttls, default=-1) >= 0 else (
             offset, flat, record_type)
 

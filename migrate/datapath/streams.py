@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import redis
+
 from ..net.wire import ReplyError, Wire, pack
 from .segments import stream_groups
 
@@ -69,8 +71,13 @@ def _text(value) -> bytes:
 # --- reading ---------------------------------------------------------------------------------------------
 
 def read_stream(wire: Wire, key: bytes) -> Iterator[tuple[int, list, str]]:
-    """The stream as records: entries (with placeholders), groups, pending entries, then the end record."""
-    info = wire.call(b"XINFO", b"STREAM", key, b"FULL", b"COUNT", b"%d" % CHUNK_ITEMS)
+    """The stream as records: entries (with placeholders), groups, pending entries, then the end record. None
+    for a key gone since its type was read (the caller counts it as vanished)."""
+    info = wire.call(b"XINFO", b"STREAM", key, b"FULL", b"COUNT", b"%d" % CHUNK_ITEMS, check=False)
+    if isinstance(info, ReplyError):
+        if "no such key" in str(info).lower():
+            return
+        raise redis.ResponseError(str(info))
     fields = _as_map(info)
     groups = [_as_map(group) for group in fields.get(b"groups") or []]
     pels = {group[b"name"]: list(_pending(wire, key, group)) for group in groups}
