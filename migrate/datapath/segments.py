@@ -57,6 +57,8 @@ CHUNK_TYPE_CODES = {name: code for code, name in enumerate(CHUNK_TYPES)}
 
 _COUNTS = struct.Struct("<II")
 _STRUCT_HEAD = struct.Struct("<BqIBQBI")  # kind, expire_at, key length, type, offset, first, item count
+_HEAD_SIZE = _STRUCT_HEAD.size
+_unpack_head = _STRUCT_HEAD.unpack_from
 _LEN = struct.Struct("<I")
 _COLUMNS = "HqII"  # array type codes: slots, expiries, key lengths, payload lengths
 _SWAP = sys.byteorder != "little"
@@ -238,18 +240,28 @@ def _decode_head(body: bytes, view: memoryview, pos: int) -> tuple:
 
 
 def _decode_struct(body: bytes, view: memoryview, pos: int) -> tuple[Record, int]:
-    expire_at, key, type_code, offset, first, count, pos = _decode_head(body, view, pos)
-    lengths = array("I", body[pos:pos + 4 * count])
-    if len(lengths) != count:
+    """Head, key, the items' lengths, the items (the replay hot path for type-by-type copies: kept lean)."""
+    kind_code, expire_at, key_len, type_code, offset, first, count = _unpack_head(body, pos)
+    if kind_code != STRUCT:
+        raise ValueError(f"unknown record kind {kind_code} at byte {pos}")
+    key_start = pos + _HEAD_SIZE
+    key_end = key_start + key_len
+    items_start = key_end + 4 * count
+    if items_start > len(body):
         raise ValueError("record runs past the end of the segment")
-    if _SWAP:
-        lengths.byteswap()
-    pos += 4 * count
-    ends = list(accumulate(lengths, initial=pos))
-    if ends[-1] > len(body):
+    if count == 1:
+        end = items_start + _LEN.unpack_from(body, key_end)[0]
+        items = [body[items_start:end]]
+    else:
+        lengths = array("I", body[key_end:items_start])
+        if _SWAP:
+            lengths.byteswap()
+        ends = list(accumulate(lengths, initial=items_start))
+        end = ends[-1]
+        items = list(map(body.__getitem__, map(slice, ends, ends[1:])))
+    if end > len(body):
         raise ValueError("record runs past the end of the segment")
-    items = list(map(body.__getitem__, map(slice, ends[:-1], ends[1:])))
-    return _record(key, expire_at, type_code, offset, first, items), ends[-1]
+    return _record(body[key_start:key_end], expire_at, type_code, offset, first, items), end
 
 
 def _decode_struct_v2(body: bytes, view: memoryview, pos: int) -> tuple[Record, int]:
