@@ -130,6 +130,8 @@ def test_valkey_9_streams_reach_valkey_8_whole(valkey_source, valkey_target, run
     assert (summary["restored"], summary["struct_written"], summary["not_held"]) == (0, len(names), {}), summary
     assert_streams_whole(valkey_source, valkey_target.first.client(), names)
     assert summary["verify"]["equal"], summary
+    against_dump = invoke("verify", "--against-dump", "--run-dir", run_dir, "--target", valkey_target.url(), "--json")
+    assert against_dump.exit_code == 0, str(against_dump)  # the dump's records digest as the target reads
 
 
 def test_redis_7_streams_in_struct_mode_and_a_replay_again_changes_nothing(standalone_source, serverless_target,
@@ -178,6 +180,10 @@ def test_verify_names_a_stream_whose_pending_entries_or_positions_differ(valkey_
     outcome = invoke("verify", "--source", valkey_source.url(), "--target", valkey_target.url(), "--json")
     assert outcome.exit_code == 1, str(outcome)
     result = json.loads(outcome.stdout)
+    assert sorted(base64.b64decode(d["key"]) for d in result["first_differences"]) == sorted(names[:2]), result
+    against_dump = invoke("verify", "--against-dump", "--run-dir", run_dir, "--target", valkey_target.url(), "--json")
+    assert against_dump.exit_code == 1, str(against_dump)  # the pending entry's consumer, the group's position
+    result = json.loads(against_dump.stdout)
     assert sorted(base64.b64decode(d["key"]) for d in result["first_differences"]) == sorted(names[:2]), result
 
 
