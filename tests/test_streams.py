@@ -168,6 +168,7 @@ def test_a_redis_62_target_is_named_for_the_counters_it_cannot_hold(standalone_s
     assert_streams_whole(standalone_source, old_target.first.client(), names, counters=False)
     text = invoke("status", "--run-dir", run_dir)
     assert text.exit_code == 0, str(text)
+    assert "not held: queue:small: stream entries-read" in text.stdout, str(text)
 
 
 def test_verify_names_a_stream_whose_pending_entries_or_positions_differ(valkey_source, valkey_target, run_dir):
