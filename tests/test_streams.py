@@ -219,3 +219,15 @@ def test_idle_times_are_carried_as_delivery_times(valkey_source, valkey_target, 
     pending = valkey_target.first.client().xpending_range(b"queue:old", "g", "-", "+", 10)
     assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(b"c", 4)]
     assert abs(pending[0]["time_since_delivered"] - 3_600_000) <= IDLE_TOLERANCE_MS
+
+
+def test_every_type_from_redis_62_in_struct_mode(old_source, valkey_target, run_dir):
+    """The struct batch script on a server without PEXPIRETIME (expiries from PTTL and the server's TIME),
+    with the chunked reads for big values: every type exact, the streams whole."""
+    from test_engines import matrix_specs, write
+
+    written = write(old_source.client(), matrix_specs())
+    names = streams(old_source.client())
+    summary = run(old_source, valkey_target, run_dir, "--mode", "struct")
+    assert (summary["struct_written"], summary["restored"]) == (written + len(names), 0), summary
+    assert_streams_whole(old_source, valkey_target.first.client(), names, counters=False)
