@@ -285,7 +285,7 @@ def type_paths(source: Topology, target: Topology, src: dict, target_rdb: int) -
         standard = {"path": "type-by-type", "why": f"the target (RDB {target_rdb}) refuses RDB {source_rdb} payloads"}
     paths = {kind: dict(standard) for kind in STANDARD_TYPES}
     if not restore:
-        paths["stream"]["why"] += _stream_note(target)
+        paths["stream"]["why"] += _stream_note(source, target)
     for kind in src["sample"]["types"]:
         if kind not in STANDARD_TYPES:
             paths[kind] = ({"path": "restore", "why": "a module type: RESTOREd where the target has the same module, "
@@ -297,9 +297,11 @@ def type_paths(source: Topology, target: Topology, src: dict, target_rdb: int) -
     return paths
 
 
-def _stream_note(target: Topology) -> str:
+def _stream_note(source: Topology, target: Topology) -> str:
     """What the type-by-type path carries of a stream, and what this target cannot hold."""
     note = "; whole: entries, last ID, groups, consumers, pending entries"
+    if not source.has_stream_counters:
+        return note
     if target.has_stream_counters:
         return note + ", entries-added and entries-read"
     return note + (f"; {target.engine} {target.version} cannot hold entries-added, max-deleted ID or entries-read: "
