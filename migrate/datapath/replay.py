@@ -182,7 +182,7 @@ class TargetWriter:
     def _wire(self, index: int) -> Wire:
         if index not in self.wires:
             node = self.topology.masters[index]
-            self.wires[index] = Wire(self.topology.endpoint, node.host, node.port)
+            self.wires[index] = Wire(self.topology.endpoint, node.host, node.port, renew=True)
         return self.wires[index]
 
     def close(self) -> None:
