@@ -80,7 +80,7 @@ class _Signer:
         from botocore.model import ServiceId
         from botocore.signers import RequestSigner
 
-        session = botocore.session.get_session()
+        self.session = session = botocore.session.get_session()  # the signer holds its events weakly
         self.region = session.get_config_variable("region")
         if not self.region:
             raise BadInput("IAM authentication needs an AWS region, and none is configured",

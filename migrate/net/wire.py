@@ -45,9 +45,11 @@ class Renewing(ConnectionError):
 class Wire:
     """One connection to one node, authenticated, in the right db, with socket timeouts.
 
-    `renew`: the caller reconnects and resends after a dropped connection (dump, replay), so an IAM
-    connection older than `iam.renew_after_seconds()` is closed at its next send (`Renewing`) rather than
-    left for the server to cut at 12 hours, possibly mid-reply."""
+    ElastiCache closes an IAM connection after 12 hours. A caller that knows when nothing is in flight
+    closes a connection that is `renew_due` there and opens a new one (replay, between segments). `renew`
+    is for a caller that always has a request in flight but reconnects and resends after a dropped
+    connection (the dump): an IAM connection older than `iam.renew_after_seconds()` is closed at its next
+    send (`Renewing`), rather than left for the server to cut, possibly mid-reply."""
 
     def __init__(self, endpoint: Endpoint, host: str, port: int, db: int = 0, *, renew: bool = False) -> None:
         self.endpoint = endpoint
@@ -100,8 +102,13 @@ class Wire:
                 raise no_such_database(self.endpoint, self.db, *self.address)
             raise redis.ResponseError(str(reply))
 
+    @property
+    def renew_due(self) -> bool:
+        """An IAM connection old enough to be replaced before the server's 12-hour limit."""
+        return self.endpoint.iam is not None and time.monotonic() - self.connected_at > renew_after_seconds()
+
     def send(self, data: bytes) -> None:
-        if self.renew and time.monotonic() - self.connected_at > renew_after_seconds():
+        if self.renew and self.renew_due:
             self.close()
             raise Renewing(f"{self.name}: renewing the IAM connection before the 12-hour limit")
         self.sock.sendall(data)
