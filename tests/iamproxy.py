@@ -97,6 +97,7 @@ class IamProxy:
         self.refusals: list[str] = []  # why each refused connection was refused
         self.signatures: set[str] = set()  # of accepted tokens: tests look for them in the tool's output
         self.advance_and_cut_after_bytes: tuple[int, float] | None = None
+        self.accepted_before_cut: int | None = None  # connections accepted when that trigger fired
         self._client_bytes = 0
         self._jumps: list[tuple[float, float]] = []  # (real time of the jump, floored to the second; seconds)
         self._writers: set[asyncio.StreamWriter] = set()
@@ -252,5 +253,6 @@ class IamProxy:
         trigger = self.advance_and_cut_after_bytes
         if trigger and self._client_bytes >= trigger[0]:
             self.advance_and_cut_after_bytes = None
+            self.accepted_before_cut = self.accepted
             self.advance(trigger[1])
             self._close_all()
