@@ -95,6 +95,7 @@ def test_plan_run_verify_through_iam(standalone_source, _plain_target, proxies, 
     args = iam_args(source, target)
     plan = invoke("plan", *args, "--source-iam-type", "replication-group", "--target-iam-type", "serverless")
     assert plan.exit_code == 0, plan
+    assert plan.stdout.count("auth IAM") == 2, plan.stdout
     ran = invoke("run", *args, "--run-dir", run_dir)
     assert ran.exit_code == 0, ran
     verified = invoke("verify", *args, "--run-dir", run_dir)

@@ -245,7 +245,8 @@ class Topology:
             "engine": self.engine,
             "version": self.version,
             "tls": self.endpoint.tls,
-            "auth": "iam" if self.endpoint.iam else bool(self.endpoint.password),
+            "auth": bool(self.endpoint.password or self.endpoint.iam),
+            "iam": self.endpoint.iam.describe() if self.endpoint.iam else None,
             "masters": [n.name for n in self.masters],
         }
 

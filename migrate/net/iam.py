@@ -62,6 +62,9 @@ class IamAuth:
     def credentials(self) -> tuple[str, str]:
         return self.user, self.token()
 
+    def describe(self) -> dict:
+        return {"cache": self.cache.name, "type": self.cache.kind, "user": self.user}
+
 
 def connect_url(cache: IamCache, user: str) -> str:
     """The request a token presigns; ResourceType only for a serverless cache."""
