@@ -119,6 +119,13 @@ def test_refused_token_is_exit_2_naming_iam(standalone_source, proxies, run_dir,
                            secrets=SECRETS)
         assert_no_token(outcome.output, source, target)
     assert "signature does not match" in source.refusals
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")  # not the cache's region
+    iam._SIGNERS.clear()
+    wrong_region = invoke("plan", *iam_args(source, target))
+    assert_clean_error(wrong_region, 2, "IAM authentication failed", "region", secrets=SECRETS)
+    assert_no_token(wrong_region.output, source, target)
+    assert "credential scope is not this key, region and service" in source.refusals
     assert source.accepted == 0 and target.accepted == 0
 
 
