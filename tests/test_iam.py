@@ -118,6 +118,9 @@ def test_refused_token_is_exit_2_naming_iam(standalone_source, proxies, run_dir,
         assert_clean_error(outcome, 2, "IAM authentication failed", "elasticache:Connect", "user group",
                            secrets=SECRETS)
         assert_no_token(outcome.output, source, target)
+    debug = invoke("--debug", "run", *iam_args(source, target), "--run-dir", run_dir)  # tracebacks too
+    assert debug.exit_code == 2 and "IAM authentication failed" in debug.stderr
+    assert_no_token(debug.output, source, target)
     assert "signature does not match" in source.refusals
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")  # not the cache's region
