@@ -19,6 +19,7 @@ from . import __version__, commands
 from .console import TERMINAL, emit, render_plan, render_status, render_summary, render_switch, render_verify
 from .datapath.replay import ReplayOptions
 from .errors import MigrateError
+from .net.iam import KINDS, REPLICATION_GROUP, SERVERLESS, IamCache
 from .redact import scrub
 from .verify.stage import VerifyOptions
 
@@ -76,6 +77,41 @@ def run_dir_option(required: bool = True):
 def tls_insecure_option(func):
     return click.option("--tls-insecure", is_flag=True,
                         help="Do not verify TLS certificates (prints a warning; never for production).")(func)
+
+
+def iam_options(*roles: str):
+    """--ROLE-iam NAME and --ROLE-iam-type for each role ("source", "target"); the command receives one
+    `ROLE_iam` argument: an `IamCache`, or None without the flag. Pass it on to commands.py, which opens
+    the endpoint with it (`_endpoint(..., iam)`)."""
+    defaults = {"source": REPLICATION_GROUP, "target": SERVERLESS}
+
+    def check_name(ctx, param, value):
+        try:
+            return value if value is None else IamCache(value).name
+        except MigrateError as exc:
+            raise click.BadParameter(f"{exc.message} ({exc.hint})") from None
+
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            for role in roles:
+                name, kind = kwargs.pop(f"{role}_iam_name"), kwargs.pop(f"{role}_iam_type")
+                kwargs[f"{role}_iam"] = IamCache(name, kind) if name else None
+            return func(*args, **kwargs)
+
+        for role in reversed(roles):
+            wrapper = click.option(f"--{role}-iam-type", f"{role}_iam_type", type=click.Choice(KINDS),
+                                   default=defaults[role], show_default=True,
+                                   help=f"What --{role}-iam names: a serverless cache or a node-based replication "
+                                        "group (the token's ResourceType).")(wrapper)
+            wrapper = click.option(f"--{role}-iam", f"{role}_iam_name", metavar="NAME", default=None,
+                                   callback=check_name,
+                                   help=f"IAM authentication: sign a fresh token for every {role} connection, for "
+                                        "the ElastiCache cache (or replication group) NAME, as the URL's user "
+                                        "(rediss://USER@host:6379), with the standard AWS credential chain.")(wrapper)
+        return wrapper
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -172,14 +208,16 @@ def _replay_options(mode, max_ops_per_sec, allow_nonempty_target) -> ReplayOptio
 @source_check_options
 @skip_unsupported_option
 @tls_insecure_option
+@iam_options("source")
 @json_option
 @handle_errors
 def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, mode, ignore_other_dbs,
-         allow_empty_source, skip_unsupported, tls_insecure, as_json):
+         allow_empty_source, skip_unsupported, tls_insecure, source_iam, as_json):
     """Scan every source master and write keys with absolute expiries to durable segments."""
     outcome = commands.dump(source_url, run_dir, _selection(db, match, types, scan_count, max_payload, batch_bytes),
                             mode=mode, checks=_source_checks(ignore_other_dbs, allow_empty_source),
-                            skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL)
+                            skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
+                            source_iam=source_iam)
     _finish(outcome, as_json)
 
 
@@ -189,13 +227,15 @@ def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_b
 @replay_options
 @skip_unsupported_option
 @tls_insecure_option
+@iam_options("target")
 @json_option
 @handle_errors
 def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, skip_unsupported, tls_insecure,
-           as_json):
+           target_iam, as_json):
     """Write the dump into the target, pipelined per target master; resumes where it stopped."""
     outcome = commands.replay(target_url, run_dir, _replay_options(mode, max_ops_per_sec, allow_nonempty_target),
-                              skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL)
+                              skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
+                              target_iam=target_iam)
     _finish(outcome, as_json)
 
 
@@ -210,11 +250,12 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, sk
 @source_check_options
 @skip_unsupported_option
 @tls_insecure_option
+@iam_options("source", "target")
 @json_option
 @handle_errors
 def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, mode,
         max_ops_per_sec, allow_nonempty_target, redo, ignore_other_dbs, allow_empty_source, skip_unsupported,
-        tls_insecure, as_json):
+        tls_insecure, source_iam, target_iam, as_json):
     """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume.
 
     Stages the run dir records as done are skipped; --redo STAGE does one again.
@@ -223,7 +264,8 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
                            _selection(db, match, types, scan_count, max_payload, batch_bytes),
                            _replay_options(mode, max_ops_per_sec, allow_nonempty_target), redo=redo,
                            checks=_source_checks(ignore_other_dbs, allow_empty_source),
-                           skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL)
+                           skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
+                           source_iam=source_iam, target_iam=target_iam)
     _finish(outcome, as_json, render_summary)
 
 
@@ -258,16 +300,17 @@ def status(run_dir, as_json):
 @click.option("--delete-extra", is_flag=True, help="With --repair: delete keys that exist only on the target.")
 @click.option("--db", type=click.IntRange(0), default=None, help="Source database (default: the URL's, else 0).")
 @tls_insecure_option
+@iam_options("source", "target")
 @json_option
 @handle_errors
 def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance, rounds, report, repair,
-           delete_extra, db, tls_insecure, as_json):
+           delete_extra, db, tls_insecure, source_iam, target_iam, as_json):
     """Prove the target holds what the source (or the dump) holds. Exit 0 equal, 1 differences, 2 bad input."""
     options = VerifyOptions(sample=sample, ttl_tolerance_ms=ttl_tolerance, rounds=rounds,
                             report=Path(report) if report else None, repair=repair, delete_extra=delete_extra,
                             against_dump=against_dump, db=db)
     outcome = commands.verify(target_url, options, source_url=source_url, run_dir=run_dir, tls_insecure=tls_insecure,
-                              events=TERMINAL)
+                              events=TERMINAL, source_iam=source_iam, target_iam=target_iam)
     _finish(outcome, as_json, render_verify)
 
 
@@ -313,13 +356,15 @@ def switch_options(func):
 @click.option("--storage-headroom", default=1.5, show_default=True, type=click.FloatRange(1.0),
               help="The cache's storage maximum must hold the source data times this.")
 @tls_insecure_option
+@iam_options("source", "target")
 @json_option
 @handle_errors
-def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, storage_headroom, tls_insecure, as_json):
+def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, storage_headroom, tls_insecure,
+         source_iam, target_iam, as_json):
     """Read-only preflight: versions, replay mode, sizes, blockers, and a go / blockers verdict (exit 1)."""
     outcome = commands.plan(source_url, target_url, serverless_cache=serverless_cache, env=env, prefix=param_prefix,
                             sample=sample, storage_headroom=storage_headroom, tls_insecure=tls_insecure,
-                            clients=_aws_clients(), events=TERMINAL)
+                            clients=_aws_clients(), events=TERMINAL, source_iam=source_iam, target_iam=target_iam)
     _finish(outcome, as_json, render_plan)
 
 

@@ -22,6 +22,7 @@ from .datapath.replay import ReplayOptions
 from .errors import BadInput, DifferencesFound, GateRefused, MigrateError, RuntimeFailure, Unreachable
 from .events import SILENT, Events, Warn
 from .net.endpoints import Endpoint, Topology, discover, no_such_database, probe_rdb_version, translated_errors
+from .net.iam import IamCache
 from .pipeline import dump_stage, judge_skipped, redo_stages, replay_stage, run_stages
 from .pipeline import status as run_status
 from .rundir import PlanLedger, RunDir, RunLedger
@@ -43,10 +44,15 @@ class Outcome:
 
 # --- endpoints, and the source a copy is admitted from ------------------------------------------------
 
-def _endpoint(role: str, url: str, tls_insecure: bool, warn: Warn) -> Endpoint:
+def _endpoint(role: str, url: str, tls_insecure: bool, warn: Warn, iam: IamCache | None = None) -> Endpoint:
+    """The endpoint of `url`; with `iam` (--source-iam / --target-iam) every connection signs its own IAM
+    token, and one is signed here already, so missing AWS credentials or region stop the command at once."""
     if tls_insecure:
         warn("--tls-insecure: TLS certificates are NOT verified; never use this in production")
-    return Endpoint.from_url(role, url, tls_insecure=tls_insecure)
+    endpoint = Endpoint.from_url(role, url, tls_insecure=tls_insecure, iam=iam)
+    if endpoint.iam is not None:
+        endpoint.iam.token()
+    return endpoint
 
 
 def open_source(endpoint: Endpoint, db: int) -> Topology:
@@ -175,8 +181,8 @@ def _copy(directory: RunDir, work: Callable[[], dict], skip_unsupported: bool) -
 
 def dump(source_url: str, run_dir: str, selection: Selection, *, mode: str = "auto",
          checks: SourceChecks = SourceChecks(), skip_unsupported: bool = False, tls_insecure: bool = False,
-         events: Events = SILENT) -> Outcome:
-    source = _endpoint("source", source_url, tls_insecure, events.warn)
+         events: Events = SILENT, source_iam: IamCache | None = None) -> Outcome:
+    source = _endpoint("source", source_url, tls_insecure, events.warn, source_iam)
     options = selection.dump_options(source, mode)
     directory = RunDir(run_dir, create=True)
 
@@ -189,8 +195,8 @@ def dump(source_url: str, run_dir: str, selection: Selection, *, mode: str = "au
 
 
 def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupported: bool = False,
-           tls_insecure: bool = False, events: Events = SILENT) -> Outcome:
-    target = _endpoint("target", target_url, tls_insecure, events.warn)
+           tls_insecure: bool = False, events: Events = SILENT, target_iam: IamCache | None = None) -> Outcome:
+    target = _endpoint("target", target_url, tls_insecure, events.warn, target_iam)
     directory = RunDir(run_dir)
 
     def work() -> dict:
@@ -203,11 +209,12 @@ def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupp
 
 def run(source_url: str, target_url: str, run_dir: str, selection: Selection, options: ReplayOptions, *,
         redo: tuple[str, ...] = (), checks: SourceChecks = SourceChecks(), skip_unsupported: bool = False,
-        tls_insecure: bool = False, events: Events = SILENT) -> Outcome:
+        tls_insecure: bool = False, events: Events = SILENT, source_iam: IamCache | None = None,
+        target_iam: IamCache | None = None) -> Outcome:
     """Dump and replay at once, then verify. The target's RDB version decides which payloads the dump
     reads type by type (mode auto). Exit 1 when the verify found differences."""
-    source = _endpoint("source", source_url, tls_insecure, events.warn)
-    target = _endpoint("target", target_url, tls_insecure, events.warn)
+    source = _endpoint("source", source_url, tls_insecure, events.warn, source_iam)
+    target = _endpoint("target", target_url, tls_insecure, events.warn, target_iam)
     target_topology = open_target(target)
     target_rdb = probe_rdb_version(target_topology) if options.mode == "auto" else None
     dump_options = selection.dump_options(source, options.mode, target_rdb)
@@ -235,16 +242,17 @@ def status(run_dir: str) -> Outcome:
 # --- verify ------------------------------------------------------------------------------------------
 
 def verify(target_url: str, options: VerifyOptions, *, source_url: str | None = None, run_dir: str | None = None,
-           tls_insecure: bool = False, events: Events = SILENT) -> Outcome:
+           tls_insecure: bool = False, events: Events = SILENT, source_iam: IamCache | None = None,
+           target_iam: IamCache | None = None) -> Outcome:
     """The reference is the source, or with --against-dump the run dir's dump, which must exist (so the
     run dir is created only for a verify against the source). Exit 1 when the two sides differ."""
     if options.delete_extra and not options.repair:
         raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
     directory = RunDir(run_dir, create=not options.against_dump) if run_dir else None
     source = None
-    target = open_target(_endpoint("target", target_url, tls_insecure, events.warn))
+    target = open_target(_endpoint("target", target_url, tls_insecure, events.warn, target_iam))
     if source_url and not options.against_dump:
-        source_endpoint = _endpoint("source", source_url, tls_insecure, events.warn)
+        source_endpoint = _endpoint("source", source_url, tls_insecure, events.warn, source_iam)
         options = replace(options, db=source_endpoint.db if options.db is None else options.db)
         source = open_source(source_endpoint, options.db)
     with directory.lock() if directory else contextlib.nullcontext():
@@ -256,12 +264,13 @@ def verify(target_url: str, options: VerifyOptions, *, source_url: str | None = 
 
 def plan(source_url: str, target_url: str, *, serverless_cache: str | None = None, env: str | None = None,
          prefix: str, sample: int = 5000, storage_headroom: float = 1.5, tls_insecure: bool = False,
-         clients: Clients | None = None, events: Events = SILENT) -> Outcome:
+         clients: Clients | None = None, events: Events = SILENT, source_iam: IamCache | None = None,
+         target_iam: IamCache | None = None) -> Outcome:
     """Read-only: survey the source URL's database and the target. Exit 1 when there are blockers."""
     from .cloud import plan as planning
-    source_endpoint = _endpoint("source", source_url, tls_insecure, events.warn)
+    source_endpoint = _endpoint("source", source_url, tls_insecure, events.warn, source_iam)
     source = open_source(source_endpoint, source_endpoint.db)
-    target = open_target(_endpoint("target", target_url, tls_insecure, events.warn))
+    target = open_target(_endpoint("target", target_url, tls_insecure, events.warn, target_iam))
     result = planning.plan(source, target, source_endpoint.db, serverless_cache=serverless_cache, env=env,
                            prefix=prefix, sample=sample, storage_headroom=storage_headroom, clients=clients)
     return Outcome(result, exit_code=0 if result["verdict"] == "go" else GateRefused.exit_code)

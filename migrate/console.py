@@ -133,7 +133,8 @@ def render_plan(result: dict) -> str:
         lines.append(f"  {role:<8} {side['kind']}, {side.get('engine', side['server'])} {side['version']}, "
                      f"RDB {side['rdb_version']}, "
                      f"{len(side['masters'])} master(s) ({slots} slots), TLS {'yes' if side['tls'] else 'no'}, "
-                     f"auth {'yes' if side['auth'] else 'no'}, {side['keys']} keys  {side['url']}")
+                     f"auth {'IAM' if side.get('iam') else 'yes' if side['auth'] else 'no'}, {side['keys']} keys  "
+                     f"{side['url']}")
     lines.append(f"  replay   {result['replay']['mode']}: {result['replay']['why']}")
     lines += _type_path_lines(result.get("types", {}))
     sample = src["sample"]

@@ -16,10 +16,22 @@ def register_secret(secret: str | None) -> None:
 
 
 def scrub(text: str) -> str:
-    """Replace every registered secret, and any password inside a URL, with ***."""
+    """Replace every registered secret, any password inside a URL and the secret parts of any SigV4 token
+    (an IAM auth token is signed per connection, so it cannot be registered before it is printed) with ***."""
     for secret in sorted(_SECRETS, key=len, reverse=True):
         text = text.replace(secret, "***")
-    return _mask_url_passwords(text)
+    return _mask_sigv4(_mask_url_passwords(text))
+
+
+# The parts of a SigV4 query-signed URL (an ElastiCache IAM token) that let someone use it: the signature,
+# the access key with its scope, and a session token. Names match case-insensitively, raw or %-encoded '='.
+_SIGV4 = re.compile(r"(X-Amz-(?:Signature|Credential|Security-Token)(?:=|%3D))[^&\s\"']*", re.I)
+
+
+def _mask_sigv4(text: str) -> str:
+    if "x-amz-" not in text.lower():  # the common case: no token anywhere, no regex pass
+        return text
+    return _SIGV4.sub(r"\1***", text)
 
 
 _USERINFO_END = re.compile(r"([@\s])")

@@ -97,7 +97,8 @@ class MasterDumper:
 
     def _connect(self) -> tuple[Wire, Wire]:
         """Two connections: `wire` for SCAN and struct reads, `bulk` for the batch scripts."""
-        return tuple(Wire(self.endpoint, self.node.host, self.node.port, self.options.db) for _ in range(2))
+        return tuple(Wire(self.endpoint, self.node.host, self.node.port, self.options.db, renew=True)
+                     for _ in range(2))
 
     def _close(self) -> None:
         self.reader.wire.close()

@@ -235,6 +235,14 @@ class TargetWriter:
         for wire in self.wires.values():
             wire.close()
 
+    def renew_old_connections(self) -> None:
+        """Between segments, when no reply is outstanding: replace IAM connections near ElastiCache's
+        12-hour limit (a planned close, not a lost connection: the segment is not written again)."""
+        for index, wire in list(self.wires.items()):
+            if wire.renew_due:
+                wire.close()
+                del self.wires[index]
+
     def write_segment(self, segment: Segment, counts: ReplayCounts) -> None:
         """The DUMP records in runs per node (interleaved, so every node works), then the struct records."""
         self._pipeline(self._spans(segment), counts)
@@ -520,6 +528,7 @@ def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger,
     segment is written again, which is idempotent."""
     for _ in range(MAX_SEGMENT_REWRITES):
         counts = ReplayCounts()
+        writer.renew_old_connections()
         writer.disturbed = False
         writer.write_segment(segment, counts)
         if not writer.disturbed:

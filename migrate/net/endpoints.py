@@ -22,6 +22,7 @@ from redis.retry import Retry
 from ..errors import AuthenticationFailed, BadInput, MigrateError, Unreachable
 from ..redact import redact_url, register_secret, scrub
 from . import engines
+from .iam import IamAuth, IamCache, IamCredentialProvider
 from .keyspace import SLOT_COUNT, key_slot
 from .rdb import rdb_version_of
 
@@ -38,10 +39,13 @@ class Endpoint:
     socket_timeout: float = 60.0
     connect_timeout: float = 10.0
     password: str | None = field(default=None, repr=False, compare=False)
+    iam: IamAuth | None = None  # IAM authentication: a token signed per connection instead of the password
 
     @classmethod
-    def from_url(cls, role: str, url: str, *, tls_insecure: bool = False, **kwargs) -> Endpoint:
-        """Validate the URL early, and take the password from the environment when it is set there."""
+    def from_url(cls, role: str, url: str, *, tls_insecure: bool = False, iam: IamCache | None = None,
+                 **kwargs) -> Endpoint:
+        """Validate the URL early, and take the password from the environment when it is set there
+        (or, with IAM, the user name from the URL: tokens are signed per connection)."""
         if not url or _scheme(url) not in ("redis", "rediss", "unix"):
             raise BadInput(
                 f"{role} URL {redact_url(url or '')!r} is not a Redis URL",
@@ -54,6 +58,9 @@ class Endpoint:
                            "check the port number and the query arguments") from None
         password = os.environ.get(f"REDIS_MIGRATE_{role.upper()}_PASSWORD") or parsed.get("password")
         register_secret(password)
+        if iam is not None:
+            kwargs["iam"] = _iam_auth(role, url, parsed, password, iam)
+            password = None
         for name, field_name in (("socket_timeout", "socket_timeout"), ("socket_connect_timeout", "connect_timeout")):
             if parsed.get(name):  # the URL may bound the timeouts itself, as redis-py's URLs do
                 kwargs.setdefault(field_name, float(parsed[name]))
@@ -78,10 +85,15 @@ class Endpoint:
         return f"{urlsplit(self.url).scheme}://{parsed.get('host')}:{parsed.get('port')}/{self.db}"
 
     def connection_kwargs(self, db: int | None = None) -> dict:
-        """Keyword arguments for `redis.Redis`, with timeouts, TLS verification and the password."""
+        """Keyword arguments for `redis.Redis`, with timeouts, TLS verification and the password (or, with
+        IAM, a credential provider that signs a token per connection)."""
         kwargs = parse_url(self.url)
         kwargs.pop("connection_class", None)
         kwargs["password"] = self.password
+        if self.iam is not None:
+            kwargs.pop("username", None)
+            kwargs.pop("password", None)
+            kwargs["credential_provider"] = IamCredentialProvider(self.iam)
         kwargs["db"] = self.db if db is None else db
         kwargs["socket_timeout"] = self.socket_timeout
         kwargs["socket_connect_timeout"] = self.connect_timeout
@@ -95,6 +107,15 @@ class Endpoint:
                 kwargs.setdefault("ssl_check_hostname", True)
         return kwargs
 
+    def credentials(self) -> tuple[str | None, str] | None:
+        """(user, password) for one new connection's AUTH, None when the server wants none. With IAM a
+        token signed now: a connection opened later signs its own."""
+        if self.iam is not None:
+            return self.iam.credentials()
+        if not self.password:
+            return None
+        return parse_url(self.url).get("username"), self.password
+
     def node_client(self, host: str | None = None, port: int | None = None, db: int | None = None) -> redis.Redis:
         """A client for one node (the URL's own, or a cluster member), with the same auth and TLS.
 
@@ -106,6 +127,18 @@ class Endpoint:
             kwargs["host"], kwargs["port"] = host, port
         kwargs["socket_timeout"] = self.connect_timeout
         return redis.Redis(**kwargs)
+
+
+def _iam_auth(role: str, url: str, parsed: dict, password: str | None, cache: IamCache) -> IamAuth:
+    """The IAM login of an endpoint: the user must be in the URL, and no password may compete with the tokens."""
+    user = parsed.get("username")
+    if not user:
+        raise BadInput(f"--{role}-iam needs the ElastiCache user name in the {role} URL ({redact_url(url)!r})",
+                       "put the IAM-enabled user in the URL: rediss://USER@host:6379 (the user's name equals its id)")
+    if password:
+        raise BadInput(f"--{role}-iam signs a token for every connection, but a {role} password was given too",
+                       f"drop the password from the URL and unset REDIS_MIGRATE_{role.upper()}_PASSWORD")
+    return IamAuth(cache, user)
 
 
 def _scheme(url: str) -> str | None:
@@ -216,7 +249,8 @@ class Topology:
             "engine": self.engine,
             "version": self.version,
             "tls": self.endpoint.tls,
-            "auth": bool(self.endpoint.password),
+            "auth": bool(self.endpoint.password or self.endpoint.iam),
+            "iam": self.endpoint.iam.describe() if self.endpoint.iam else None,
             "masters": [n.name for n in self.masters],
         }
 
@@ -232,6 +266,16 @@ def is_auth_refusal(text: str) -> bool:
 
 def authentication_failed(endpoint: Endpoint, reply: str) -> AuthenticationFailed:
     """The one error for a refused login, wherever a connection is opened (start, reconnect, worker)."""
+    if endpoint.iam is not None:
+        iam = endpoint.iam
+        return AuthenticationFailed(
+            f"{endpoint.role} {endpoint.redacted}: IAM authentication failed for user {iam.user!r} on "
+            f"{iam.cache.kind} {iam.cache.name!r} ({_first_line(reply)})",
+            f"check that the ElastiCache user {iam.user!r} exists with authentication mode IAM (its name equal to its "
+            f"id), that it is in the cache's user group, and that the AWS identity's IAM policy allows "
+            f"elasticache:Connect on the cache's ARN and the user's ARN; that --{endpoint.role}-iam names the cache "
+            f"(not its DNS name) with the right --{endpoint.role}-iam-type, and that the AWS region and "
+            f"credentials are the cache's")
     return AuthenticationFailed(
         f"{endpoint.role} {endpoint.redacted}: authentication failed ({_first_line(reply)})",
         f"check the password (or IAM token) and user in the URL or REDIS_MIGRATE_{endpoint.role.upper()}_PASSWORD: "

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 
 import hiredis
 import redis
 
 from .endpoints import Endpoint, authentication_failed, is_auth_refusal, no_such_database, translated_errors
+from .iam import renew_after_seconds
 
 ReplyError = hiredis.ReplyError
 _RECV = 1 << 20
@@ -35,13 +37,26 @@ def pack_restore(key: bytes, expire_at: int, payload: bytes) -> bytes:
         len(key), key, len(ttl), ttl, len(payload), payload)
 
 
-class Wire:
-    """One connection to one node, authenticated, in the right db, with socket timeouts."""
+class Renewing(ConnectionError):
+    """An IAM connection closed on purpose before ElastiCache's 12-hour limit: the caller reconnects (a new
+    token) and resends what was in flight, as after any dropped connection."""
 
-    def __init__(self, endpoint: Endpoint, host: str, port: int, db: int = 0) -> None:
+
+class Wire:
+    """One connection to one node, authenticated, in the right db, with socket timeouts.
+
+    ElastiCache closes an IAM connection after 12 hours. A caller that knows when nothing is in flight
+    closes a connection that is `renew_due` there and opens a new one (replay, between segments). `renew`
+    is for a caller that always has a request in flight but reconnects and resends after a dropped
+    connection (the dump): an IAM connection older than `iam.renew_after_seconds()` is closed at its next
+    send (`Renewing`), rather than left for the server to cut, possibly mid-reply."""
+
+    def __init__(self, endpoint: Endpoint, host: str, port: int, db: int = 0, *, renew: bool = False) -> None:
         self.endpoint = endpoint
         self.address = (host, port)
         self.db = db
+        self.renew = renew and endpoint.iam is not None
+        self.connected_at = 0.0
         self.sock: socket.socket | None = None
         self.reader = hiredis.Reader()
         self._unparsed = b""
@@ -60,6 +75,7 @@ class Wire:
             sock = _tls_context(self.endpoint).wrap_socket(sock, server_hostname=self.address[0])
         sock.settimeout(self.endpoint.socket_timeout)
         self.sock = sock
+        self.connected_at = time.monotonic()
         self.reader = hiredis.Reader()
         self._unparsed = b""  # bytes received by read_ok and not yet given to the reader
         self._handshake()
@@ -68,12 +84,11 @@ class Wire:
         """AUTH and SELECT in one round trip (PING when neither is needed, so that a server that wants a
         password says so here). A refused login is `AuthenticationFailed` on every (re)connect: the
         retry loops give up at once instead of retrying a credential that time cannot fix."""
-        kwargs = self.endpoint.connection_kwargs(self.db)
+        credentials = self.endpoint.credentials()  # with IAM: a token signed for this connection only
         commands = []
-        if kwargs.get("password"):
-            user = kwargs.get("username")
-            commands.append((b"AUTH", user.encode(), kwargs["password"].encode()) if user
-                            else (b"AUTH", kwargs["password"].encode()))
+        if credentials:
+            user, password = credentials
+            commands.append((b"AUTH", user.encode(), password.encode()) if user else (b"AUTH", password.encode()))
         if self.db:
             commands.append((b"SELECT", b"%d" % self.db))
         commands = commands or [(b"PING",)]
@@ -87,7 +102,15 @@ class Wire:
                 raise no_such_database(self.endpoint, self.db, *self.address)
             raise redis.ResponseError(str(reply))
 
+    @property
+    def renew_due(self) -> bool:
+        """An IAM connection old enough to be replaced before the server's 12-hour limit."""
+        return self.endpoint.iam is not None and time.monotonic() - self.connected_at > renew_after_seconds()
+
     def send(self, data: bytes) -> None:
+        if self.renew and self.renew_due:
+            self.close()
+            raise Renewing(f"{self.name}: renewing the IAM connection before the 12-hour limit")
         self.sock.sendall(data)
 
     def read_ok(self, count: int) -> list | bool:
