@@ -17,14 +17,16 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
+from xxhash import xxh3_128_intdigest as xxh3
+
 from .. import errors
 from ..children import die_with_parent, raise_relayed, relay_errors
 from ..net.endpoints import Endpoint, Node, translated_errors
-from ..net.keyspace import NO_EXPIRY, key_slot
+from ..net.keyspace import NO_EXPIRY, key_slots
 from ..net.wire import Wire, pack
 from .digest import DIGEST_TYPE_CODE
 from .readers import Batch, DigestReader, View
-from .slotdigest import TYPE_COUNT, SlotDigests, combined, fold
+from .slotdigest import FOLD, TYPE_COUNT, SlotDigests, combined, fold
 
 __all__ = ["ScanJob", "ScanTotals", "SideScans", "combined", "fold"]
 
@@ -103,25 +105,25 @@ class _Worker:
         return ScanTotals(job.node.name, self.digests, sum(self.digests.types))
 
     def _add(self, keys: list[bytes], views: list[View]) -> None:
-        """Fold each key into its slot's digest (the hot loop: locals only, nothing kept per key)."""
+        """Fold each key into its slot's digest (the hot loop: locals only, nothing kept per key;
+        `fold` inlined)."""
         self.scanned += len(keys)
         if self.scanned - self.reported >= PROGRESS_EVERY:
             self.pipe.send(("progress", self.scanned - self.reported))
             self.reported = self.scanned
         digests, wanted = self.digests, self.job.slots
         totals, types, with_ttl = digests.totals, digests.types, digests.with_ttl
-        ttl_grid, codes, width = self.job.ttl_grid, DIGEST_TYPE_CODE, TYPE_COUNT
-        for key, (type_name, digest, expire_at, _) in zip(keys, views):
-            if type_name == "none":
-                continue
-            slot = key_slot(key)
-            if wanted is not None and slot not in wanted:
+        grid, codes, width, pack_fold, hash128 = self.job.ttl_grid, DIGEST_TYPE_CODE, TYPE_COUNT, FOLD.pack, xxh3
+        for key, slot, (type_name, digest, expire_at, _) in zip(keys, key_slots(keys), views):
+            if type_name == "none" or (wanted is not None and slot not in wanted):
                 continue
             code = codes[type_name]
-            totals[slot] ^= fold(key, code, digest, expire_at, ttl_grid)
-            types[slot * width + code] += 1
-            if expire_at != NO_EXPIRY:
+            if expire_at == NO_EXPIRY:
+                totals[slot] ^= hash128(key + pack_fold(code, digest, NO_EXPIRY))
+            else:
+                totals[slot] ^= hash128(key + pack_fold(code, digest, expire_at // grid))
                 with_ttl[slot] += 1
+            types[slot * width + code] += 1
 
 
 def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) -> None:

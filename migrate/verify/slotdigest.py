@@ -28,14 +28,14 @@ from xxhash import xxh3_128_intdigest
 from ..net.keyspace import NO_EXPIRY, SLOT_COUNT
 from .digest import DIGEST_TYPE_CODE, DIGEST_TYPES
 
-_FOLD = struct.Struct("<BQq")
+FOLD = struct.Struct("<BQq")
 TYPE_COUNT = len(DIGEST_TYPES)
 
 
 def fold(key: bytes, code: int, digest: int, expire_at: int, ttl_grid: int) -> int:
     """A key's share of its slot's XOR total: name, type code, digest and expiry cell."""
     cell = NO_EXPIRY if expire_at == NO_EXPIRY else expire_at // ttl_grid
-    return xxh3_128_intdigest(key + _FOLD.pack(code, digest, cell))
+    return xxh3_128_intdigest(key + FOLD.pack(code, digest, cell))
 
 
 class SlotDigests:
