@@ -108,9 +108,9 @@ class SlotLister:
         self._readers.clear()
 
 
-def groups(slots: list[int], sizes: Iterable[SlotDigests], limit: int = GROUP_KEYS) -> Iterator[list[int]]:
-    """The slots in groups of at most `limit` keys on the larger side (a bigger slot goes alone)."""
-    sizes = list(sizes)
+def groups(slots: list[int], sizes: Iterable[SlotDigests], limit: int | None = None) -> Iterator[list[int]]:
+    """The slots in groups of at most `limit` (GROUP_KEYS) keys on the larger side (a bigger slot goes alone)."""
+    sizes, limit = list(sizes), limit or GROUP_KEYS
     group: list[int] = []
     held = 0
     for slot in slots:
