@@ -39,7 +39,7 @@ class SlotLister:
         self.db = db
         self._owners = topology.slot_owners()
         self._readers: dict[int, DigestReader] = {}
-        self._slot_commands = topology.is_cluster
+        self._slot_commands = topology.is_cluster and db == 0  # other databases: SCAN (their slot commands vary)
 
     def _reader(self, index: int) -> DigestReader:
         if index not in self._readers:
