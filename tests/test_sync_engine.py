@@ -206,3 +206,89 @@ def test_follow_applies_every_change_and_stops_equal(notifying, serverless_targe
     assert {"lag_ms", "pending", "gaps", "reconciles", "proof"} <= set(sync)
     final = stopped_equal(run, notifying, serverless_target)
     assert final["state"] == "stopped" and final["gaps"] == 0 and final["proof"]["holds"]
+
+
+# --- gaps and reconciles -----------------------------------------------------------------------------------
+
+def wait_reconciled(run: SyncRun, gaps: int) -> dict:
+    """Wait until at least `gaps` gaps were seen and every one is reconciled and applied."""
+    wait_for(lambda: run.state().get("gaps", 0) >= gaps, f"{gaps} gap(s)", run.process, timeout=20)
+    return run.settled(since=time.time())
+
+
+def test_flushdb_is_a_gap_and_the_reconcile_deletes_on_the_target(notifying, serverless_target, run_dir):
+    source = notifying.client()
+    seed(source, 500)
+    run = SyncRun(notifying.url(), serverless_target.url(), run_dir)
+    run.following()
+    source.flushdb()                 # no key events at all
+    source.set("after", "1")
+    state = wait_reconciled(run, 1)
+    assert state["reconciles"] >= 1 and any("FLUSHDB" in reason for reason in state["gap_reasons"])
+    final = stopped_equal(run, notifying, serverless_target)
+    assert final["unreconciled_gaps"] == 0 and serverless_target.cluster_client().dbsize() == 1
+
+
+def test_a_dropped_subscriber_is_a_gap_resubscribed_then_reconciled(notifying, serverless_target, run_dir):
+    source = notifying.client()
+    seed(source, 100)
+    run = SyncRun(notifying.url(), serverless_target.url(), run_dir)
+    run.following()
+    source.client_kill_filter(_type="pubsub")
+    source.set("seed:5", "after the drop")
+    state = wait_reconciled(run, 1)
+    assert any("dropped" in reason for reason in state["gap_reasons"])
+    source.set("seed:6", "heard again")       # the new subscription works
+    run.settled(since=time.time())
+    stopped_equal(run, notifying, serverless_target)
+
+
+def test_pending_over_its_bound_falls_back_to_a_reconcile(notifying, serverless_target, run_dir):
+    source = notifying.client()
+    seed(source, 50)
+    run = SyncRun(notifying.url(), serverless_target.url(), run_dir, "--max-pending", "1000", "--max-ops-per-sec",
+                  "2000")
+    run.following()
+    pipe = source.pipeline(transaction=False)
+    for i in range(6000):
+        pipe.set(f"burst:{i}", i)
+    pipe.execute()
+    state = wait_reconciled(run, 1)
+    assert any("bound" in reason for reason in state["gap_reasons"]) and state["reconciles"] >= 1
+    stopped_equal(run, notifying, serverless_target)
+
+
+def test_kill_9_then_restart_reconciles_what_changed_meanwhile(notifying, serverless_target, run_dir):
+    source = notifying.client()
+    seed(source, 200)
+    run = SyncRun(notifying.url(), serverless_target.url(), run_dir)
+    run.following()
+    source.set("seed:1", "heard")
+    run.settled(since=time.time())
+    run.kill()
+    source.delete("seed:2")                # while no sync listens
+    source.set("seed:3", "unheard", ex=800)
+    source.hset("new:hash", "f", "v")
+    assert ledger(run_dir).crashed()
+    run = SyncRun(notifying.url(), serverless_target.url(), run_dir)
+    state = run.following()
+    assert state["gaps"] >= 1 and "not running" in " ".join(state["gap_reasons"])
+    run.settled()
+    final = stopped_equal(run, notifying, serverless_target)
+    assert final["reconciles"] >= 1
+
+
+def test_cluster_source_followed_on_every_primary(cluster_notifying, serverless_target, run_dir):
+    source = cluster_notifying.cluster_client()
+    for i in range(300):
+        source.set(f"c:{i}", i)
+    run = SyncRun(cluster_notifying.url(), serverless_target.url(), run_dir)
+    run.following()
+    for i in range(0, 300, 3):
+        source.delete(f"c:{i}")
+        source.set(f"c:{i + 1}", "new", px=60_000)
+        source.hset(f"h:{i}", "f", i)
+    run.settled(since=time.time())
+    code, out, err = run.stop()
+    assert code == 0, err
+    assert_same(snapshot(cluster_notifying), snapshot(serverless_target))
