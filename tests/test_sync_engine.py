@@ -292,3 +292,23 @@ def test_cluster_source_followed_on_every_primary(cluster_notifying, serverless_
     code, out, err = run.stop()
     assert code == 0, err
     assert_same(snapshot(cluster_notifying), snapshot(serverless_target))
+
+
+def test_drain_request_answered_and_flip_switches_to_forwarding(notifying, serverless_target, run_dir):
+    from migrate.sync.protocol import DrainRequests, FlipLedger
+    source = notifying.client()
+    seed(source, 50)
+    run = SyncRun(notifying.url(), serverless_target.url(), run_dir)
+    run.following()
+    fence = time.time()
+    for i in range(100):
+        source.set(f"late:{i}", i)
+    drains = DrainRequests(RunDir(run_dir))
+    answer = drains.wait(drains.request(fence), timeout_s=20)
+    assert answer is not None and answer["differences"] == 0 and answer["rechecked"] >= 100, answer
+    assert serverless_target.cluster_client().get("late:99") == b"99"   # applied before the answer
+    names = [c["name"] for c in source.client_list() if c["name"]]
+    assert names and all(name == "redis-migrate-sync" for name in names)
+    FlipLedger.load(RunDir(run_dir)).record(time.time(), 5, False, "target")
+    wait_for(lambda: run.state().get("phase") == "forwarding", "the flip to be seen", run.process, timeout=10)
+    stopped_equal(run, notifying, serverless_target)
