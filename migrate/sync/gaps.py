@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..errors import Unreachable
 from ..net.endpoints import Topology, discover
 from ..net.wire import ReplyError, Wire, pack
 
@@ -45,12 +47,15 @@ class GapBook:
 
 
 class FlushWatch:
-    """DBSIZE of each primary every 0.5 s: a drop larger than the deletions heard meanwhile is a flush."""
+    """DBSIZE of each primary every 0.5 s: a drop larger than the deletions heard meanwhile is a flush.
+    `wire(index)` gives a connection to primary `index`; `lost()` drops them after a connection error."""
 
-    def __init__(self, wires: list[Wire]) -> None:
-        self.wires = wires
-        self.sizes: list[int | None] = [None] * len(wires)
-        self.deletes = [0] * len(wires)
+    def __init__(self, count: int, wire: Callable[[int], Wire], lost: Callable[[], None]) -> None:
+        self.wire = wire
+        self.lost = lost
+        self.count = count
+        self.sizes: list[int | None] = [None] * count
+        self.deletes = [0] * count
         self.lock = threading.Lock()
         self.due = 0.0
 
@@ -66,9 +71,14 @@ class FlushWatch:
             return []
         self.due = now + DBSIZE_EVERY_S
         flushed = []
-        for index, wire in enumerate(self.wires):
-            wire.send(pack(b"DBSIZE"))
-            size = wire.read(1)[0]
+        for index in range(self.count):
+            try:
+                wire = self.wire(index)
+                wire.send(pack(b"DBSIZE"))
+                size = wire.read(1)[0]
+            except (OSError, ConnectionError, Unreachable):
+                self.lost()  # a restarted node shows as a drop at the next look, if it lost keys
+                continue
             if isinstance(size, ReplyError):
                 continue
             with self.lock:

@@ -14,11 +14,14 @@ talks to the running sync through the run dir (protocol.py: drain requests, the 
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import redis
 
 from ..datapath.reader import DumpOptions
 from ..datapath.replay import ReplayOptions
@@ -40,6 +43,7 @@ RECHECK_EVERY_S = 1.0
 RECHECK_PER_ROUND = 5000
 RECONCILE_RETRY_S = 5.0
 TTL_TOLERANCE_MS = 2000
+RECHECK_ERRORS = (OSError, ConnectionError, MigrateError, redis.RedisError)
 FINISH_HINT = ("rerun the same `redis-migrate sync` command on this run dir: it reconciles every primary "
                "(a verify with repair), then follows again; stop it once `status` shows no unreconciled gap")
 
@@ -153,12 +157,12 @@ class Sync:
     def _start_capture(self) -> None:
         """Subscribe on every primary, then make sure its events arrive (probe), enabling them if allowed."""
         self.engine.on_delete = lambda index: self.flush_watch.heard_delete(index)
-        self.flush_watch = FlushWatch([])
+        self.flush_watch = FlushWatch(0, self.engine.source_wire, self.engine.close_readers)
         self.topology_watch = TopologyWatch(self.source)
         self._subscribe()
         for index, node in enumerate(self.source.masters):
             self._check_notifications(index, node)
-        self.flush_watch = FlushWatch([self.engine.source_wire(i) for i in range(len(self.source.masters))])
+        self.flush_watch = FlushWatch(len(self.source.masters), self.engine.source_wire, self.engine.close_readers)
 
     def _subscribe(self) -> None:
         for index in range(len(self.source.masters)):
@@ -229,7 +233,7 @@ class Sync:
         self.source = topology
         self.engine.retarget_source(topology)
         self._subscribe()
-        self.flush_watch = FlushWatch([self.engine.source_wire(i) for i in range(len(topology.masters))])
+        self.flush_watch = FlushWatch(len(topology.masters), self.engine.source_wire, self.engine.close_readers)
 
     def _manage_reconcile(self) -> None:
         running = self.reconcile
@@ -283,16 +287,19 @@ class Sync:
         if changed is None or not changed:
             self._update_proof()
             return 0, []
-        with self.engine.pending.lock:
-            waiting = set(self.engine.pending.keys)
-        keys = [key for key in changed if key not in waiting][:limit]
+        waiting = self.engine.pending.keys  # membership only (atomic under the GIL): no copy of a big set
+        keys = list(itertools.islice((key for key in list(changed) if key not in waiting), limit))
         if not keys:
             return 0, []
-        source_reader, target_reader = self._side_readers()
-        with translated_errors(self.source.endpoint):
-            ref = source_reader.read(keys)
-        with translated_errors(self.target.endpoint):
-            tgt = target_reader.read(keys)
+        try:
+            source_reader, target_reader = self._side_readers()
+            with translated_errors(self.source.endpoint):
+                ref = source_reader.read(keys)
+            with translated_errors(self.target.endpoint):
+                tgt = target_reader.read(keys)
+        except RECHECK_ERRORS:
+            self._close_readers()  # a cut or a restart: the next round reads again
+            return 0, keys
         now = now_ms()
         different = []
         for key in keys:
