@@ -46,7 +46,7 @@ class Sync:
 
     def __init__(self, run_dir: Path, source_url: str, target_url: str, *extra: str) -> None:
         self.run_dir = run_dir
-        self.args = ["sync", "--source", source_url, "--target", target_url, "--run-dir", run_dir, *extra]
+        self.args = ["--debug", "sync", "--source", source_url, "--target", target_url, "--run-dir", run_dir, *extra]
         self.logs = run_dir.parent / "sync-logs"
         self.logs.mkdir(exist_ok=True)
         self.process: subprocess.Popen | None = None
@@ -108,10 +108,12 @@ class Sync:
 
 @pytest.fixture
 def sync_processes():
-    started: list[Sync] = []
+    """Every sync and app a test starts, killed at its end whatever happened (a stray app would keep writing
+    into the next test's source)."""
+    started: list = []
     yield started
-    for sync in started:
-        sync.cleanup()
+    for process in started:
+        process.cleanup() if isinstance(process, Sync) else process.kill()
 
 
 @pytest.fixture
@@ -159,8 +161,10 @@ def print_figures(name: str, records, final: dict) -> None:
           f" deleted {final.get('deleted')} gaps {final.get('gaps')} reconciles {final.get('reconciles')}")
 
 
-def start_writer(tmp_path: Path, url: str, name: str = "writes") -> AppWriter:
-    return AppWriter(tmp_path / f"{name}.jsonl", url=url, rate=WRITER_RATE).start()
+def start_writer(started: list, tmp_path: Path, url: str, name: str = "writes") -> AppWriter:
+    writer = AppWriter(tmp_path / f"{name}.jsonl", url=url, rate=WRITER_RATE)
+    started.append(writer)
+    return writer.start()
 
 
 def follow_for(sync: Sync, writer: AppWriter, seconds: float) -> None:
@@ -190,7 +194,7 @@ def test_into_the_serverless_like_tls_target(source, serverless_target, run_dir,
     client = source.client()
     seed(client)
     client.hset("big:hash", mapping={f"field:{i}": "x" * 20 for i in range(5000)})
-    writer = start_writer(tmp_path, source.url())
+    writer = start_writer(sync_processes, tmp_path, source.url())
     sync = Sync(run_dir, source.url(), serverless_target.url(), "--enable-notifications", "--max-payload", "65536")
     sync_processes.append(sync.start())
     sync.following()
@@ -211,7 +215,7 @@ def test_into_the_serverless_like_tls_target(source, serverless_target, run_dir,
 
 def test_from_the_three_master_cluster(notifying_cluster, serverless_target, run_dir, tmp_path, sync_processes):
     seed(notifying_cluster.cluster_client())
-    writer = start_writer(tmp_path, notifying_cluster.url())
+    writer = start_writer(sync_processes, tmp_path, notifying_cluster.url())
     sync = Sync(run_dir, notifying_cluster.url(), serverless_target.url())
     sync_processes.append(sync.start())
     sync.following()
@@ -228,7 +232,7 @@ def test_subscriber_cut_by_the_fault_proxy_is_a_gap_then_a_reconcile(source, ser
     mid-follow must count a gap, reconcile it, and still end exact."""
     seed(source.client())
     with FaultProxy(source.port, max_seconds=600) as proxy:
-        writer = start_writer(tmp_path, source.url())
+        writer = start_writer(sync_processes, tmp_path, source.url())
         sync = Sync(run_dir, source_url(proxy.port), serverless_target.url(), "--enable-notifications")
         sync_processes.append(sync.start())
         sync.following()
@@ -250,7 +254,7 @@ def test_subscriber_killed_at_the_pubsub_output_buffer_limit(source, serverless_
     """A tiny `client-output-buffer-limit pubsub` and a burst of writes: the server itself drops the subscriber."""
     client = source.client()
     seed(client)
-    writer = start_writer(tmp_path, source.url())
+    writer = start_writer(sync_processes, tmp_path, source.url())
     sync = Sync(run_dir, source.url(), serverless_target.url(), "--enable-notifications")
     sync_processes.append(sync.start())
     sync.following()
@@ -278,7 +282,7 @@ def test_subscriber_killed_at_the_pubsub_output_buffer_limit(source, serverless_
 def test_kill_9_mid_follow_then_restart_reconciles_and_is_exact(source, serverless_target, run_dir, tmp_path,
                                                                  sync_processes):
     seed(source.client())
-    writer = start_writer(tmp_path, source.url())
+    writer = start_writer(sync_processes, tmp_path, source.url())
     sync = Sync(run_dir, source.url(), serverless_target.url(), "--enable-notifications")
     sync_processes.append(sync.start())
     sync.following()
@@ -305,7 +309,7 @@ def test_flushdb_on_the_source_mid_follow(source, serverless_target, run_dir, tm
     """FLUSHDB publishes no key events: only the DBSIZE drop tells, and the target must follow it."""
     client = source.client()
     seed(client)
-    writer = start_writer(tmp_path, source.url())
+    writer = start_writer(sync_processes, tmp_path, source.url())
     sync = Sync(run_dir, source.url(), serverless_target.url(), "--enable-notifications")
     sync_processes.append(sync.start())
     sync.following()
