@@ -336,3 +336,30 @@ def test_notifications_off_without_the_option_exits_2_with_the_parameter_group_h
                        secrets=(SOURCE_PASSWORD, TARGET_PASSWORD, CLUSTER_PASSWORD))
     assert serverless_target.first.client().dbsize() == 0, "nothing is copied before events can be captured"
     assert source.client().config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
+
+
+def test_two_threads_saving_the_sync_ledger_never_fail(tmp_path):
+    """sync's status thread and its main loop both save sync.json (the stop raced the beat: ENOENT on rename)."""
+    import threading
+
+    from migrate.rundir import RunDir
+    from migrate.sync.protocol import SyncLedger
+
+    run_dir = RunDir(tmp_path / "run", create=True)
+    errors: list[Exception] = []
+
+    def beat() -> None:
+        ledger = SyncLedger(run_dir)
+        for count in range(200):
+            try:
+                ledger.update(applied=count)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=beat) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert SyncLedger.load(run_dir).applied == 199
