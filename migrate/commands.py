@@ -307,13 +307,15 @@ def sync(source_url: str, target_url: str, run_dir: str, selection: Selection, o
     stopped with every gap reconciled, 3 when one is not (rerun sync to finish)."""
     from .pipeline import copy_stages
     from .rundir import DumpLedger
+    from .sync.capture import CLIENT_NAME
     from .sync.follow import DEFAULT_MAX_PENDING
     from .sync.stage import SyncOptions, sync_stage
     if selection.match is not None or selection.types:
         raise BadInput("sync copies and follows a whole database: --match and --type do not apply",
                        "drop --match/--type (use dump/replay for a partial copy)")
-    source = _endpoint("source", source_url, tls_insecure, events.warn)
-    target = _endpoint("target", target_url, tls_insecure, events.warn)
+    name = CLIENT_NAME.decode()
+    source = replace(_endpoint("source", source_url, tls_insecure, events.warn), client_name=name)
+    target = replace(_endpoint("target", target_url, tls_insecure, events.warn), client_name=name)
     target_topology = open_target(target)
     target_rdb = probe_rdb_version(target_topology) if options.mode == "auto" else None
     dump_options = selection.dump_options(source, options.mode, target_rdb)

@@ -27,6 +27,8 @@ class Baseline:
         folder.mkdir(mode=0o700, exist_ok=True)
         self.path = folder / "baseline.sqlite"
         self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a crash loses at most the last batches: they are re-read
         self._db.execute("CREATE TABLE IF NOT EXISTS baseline (key BLOB PRIMARY KEY, digest BLOB)")
 
     def record(self, items: Iterable[tuple[bytes, bytes | None]]) -> None:

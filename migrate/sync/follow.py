@@ -143,7 +143,9 @@ class Engine:
         self.changed: set[bytes] | None = None       # keys applied since the proof (its open set)
         self.changed_count = 0
         self.after_batch: list[Callable[[list[tuple[bytes, bytes | None]]], None]] = []
-        self.write_changes = self.write_target       # the seam: after the flip, forward.py replaces it
+        # The seam for cutover: after the flip, forward.attach(engine, run_dir) replaces write_changes
+        # (records: list[Record], gone: list[bytes]) -> None, and counts in counts.forwarded / self.conflicts.
+        self.write_changes = self.write_target
         self._readers: dict[int, KeyReader] = {}
 
     # --- what the subscribers hand over -------------------------------------------------------------
@@ -232,6 +234,9 @@ class Engine:
         if self.changed is not None:
             self.changed.update(keys)
             self.changed_count += len(keys)
+            if len(self.changed) > self.pending.bound:  # bounded too: the reconcile proves them instead
+                self.changed = set()
+                self.gaps.add("keys to re-check over the pending bound")
 
     def read_source(self, keys: list[bytes]) -> list[Record]:
         """The keys as dump records, each read on the master that owns it (vanished keys give none)."""

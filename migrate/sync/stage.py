@@ -29,6 +29,7 @@ from ..rundir import DumpLedger, ReplayLedger, RunDir
 from ..verify.compare import EXPIRED, classify, now_ms
 from ..verify.readers import SideReader
 from . import capture
+from .baseline import Baseline
 from .follow import DEFAULT_MAX_PENDING, Engine
 from .gaps import FlushWatch, GapBook, TopologyWatch
 from .protocol import ConflictLog, DrainRequests, FlipLedger, SyncLedger, empty_proof
@@ -114,6 +115,8 @@ class Sync:
         self.started_at = time.time()
         self.drains = DrainRequests(run_dir)
         self.conflicts = ConflictLog(run_dir)
+        self.baseline = Baseline(run_dir)
+        self.engine.after_batch.append(self.baseline.record)  # what sync last wrote per key, for cutover
         self._status_stop = threading.Event()
         self._status_thread: threading.Thread | None = None
         self._readers: tuple[SideReader, SideReader] | None = None
@@ -401,6 +404,8 @@ class Sync:
             self._write_status()
         self._close_readers()
         self.engine.close()
+        if hasattr(self.baseline, "close"):
+            self.baseline.close()
         left = capture.restore_notifications(self.run_dir, self.source)
         if left:
             self.warn(f"could not restore notify-keyspace-events on {', '.join(left)}: the next sync on this run "
