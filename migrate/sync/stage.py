@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import redis
 
+from ..backoff import Backoff
 from ..datapath.reader import DumpOptions
 from ..datapath.replay import ReplayOptions
-from ..errors import BadInput, MigrateError, RuntimeFailure
+from ..errors import BadInput, MigrateError, RuntimeFailure, Unreachable
 from ..events import ProgressFactory, Warn, no_progress, no_warning
 from ..net.endpoints import Topology, translated_errors
 from ..rundir import DumpLedger, ReplayLedger, RunDir
@@ -44,6 +45,8 @@ RECHECK_PER_ROUND = 5000
 RECONCILE_RETRY_S = 5.0
 TTL_TOLERANCE_MS = 2000
 RECHECK_ERRORS = (OSError, ConnectionError, MigrateError, redis.RedisError)
+CONNECTION_RETRY_S = 120.0
+CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError, redis.ConnectionError, redis.TimeoutError, Unreachable)
 FINISH_HINT = ("rerun the same `redis-migrate sync` command on this run dir: it reconciles every primary "
                "(a verify with repair), then follows again; stop it once `status` shows no unreconciled gap")
 
@@ -193,22 +196,49 @@ class Sync:
     # --- following ------------------------------------------------------------------------------------------
 
     def _follow(self) -> None:
-        next_poll = next_recheck = 0.0
+        self._next_poll = self._next_recheck = 0.0
+        lost: Backoff | None = None
         while not self.stop_requested.is_set():
-            self._raise_subscriber_errors()
-            applied = self.engine.apply_pending(limit=5000)
-            now = time.monotonic()
-            self._watch_gaps()
-            self.engine.watch_tick()
-            self._manage_reconcile()
-            if now >= next_recheck:
-                next_recheck = now + RECHECK_EVERY_S
-                self.recheck(RECHECK_PER_ROUND)
-            if now >= next_poll:
-                next_poll = now + POLL_EVERY_S
-                self._poll_cutover()
+            try:
+                if lost is not None:
+                    self._reconnect()
+                applied = self._follow_round()
+                lost = None
+            except CONNECTION_ERRORS as exc:
+                lost = self._connection_lost(exc, lost)
+                continue
             if not applied:
                 time.sleep(0.01)
+
+    def _follow_round(self) -> int:
+        self._raise_subscriber_errors()
+        applied = self.engine.apply_pending(limit=5000)
+        now = time.monotonic()
+        self._watch_gaps()
+        self.engine.watch_tick()
+        self._manage_reconcile()
+        if now >= self._next_recheck:
+            self._next_recheck = now + RECHECK_EVERY_S
+            self.recheck(RECHECK_PER_ROUND)
+        if now >= self._next_poll:
+            self._next_poll = now + POLL_EVERY_S
+            self._poll_cutover()
+        return applied
+
+    def _connection_lost(self, exc: BaseException, lost: Backoff | None) -> Backoff:
+        """A reader's or writer's connection dropped (a cut link, a node restarting). The keys it carried stay
+        pending and are re-read (state-based, so a half-applied batch is harmless); a lost subscriber reports its
+        own gap. Reconnect with backoff; give up (exit 3) only after CONNECTION_RETRY_S without a good round."""
+        lost = lost or Backoff(CONNECTION_RETRY_S)
+        if lost.expired():
+            raise RuntimeFailure(f"sync could not reconnect for {CONNECTION_RETRY_S:.0f}s ({exc})", FINISH_HINT)
+        self.engine.close_readers()
+        self._close_readers()
+        lost.wait()
+        return lost
+
+    def _reconnect(self) -> None:
+        """Source connections are reopened on first use (the engine's readers, which the flush watch uses)."""
 
     def _raise_subscriber_errors(self) -> None:
         for subscriber in self.subscribers:
