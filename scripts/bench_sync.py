@@ -95,7 +95,10 @@ class LagProbe:
             if not keys:
                 continue
             seen = time.monotonic()
-            values = self.target.mget(keys)
+            pipe = self.target.pipeline(transaction=False)  # GETs, not MGET: the target is in cluster mode
+            for key in keys:
+                pipe.get(key)
+            values = pipe.execute()
             with self.lock:
                 for key, value in zip(keys, values):
                     if value is not None:
@@ -115,6 +118,7 @@ class Sampler:
         self.path = run_dir / "sync.json"
         self.process = psutil.Process(pid)
         self.lag_ms: list[float] = []
+        self.states: dict[str, int] = {}
         self.rss_mb: list[tuple[float, float]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -128,7 +132,10 @@ class Sampler:
         tick = 0
         while not self.stop.wait(0.1):
             tick += 1
-            lag = read_sync(self.path).get("lag_ms")
+            status = read_sync(self.path)
+            lag = status.get("lag_ms")
+            state = status.get("state", "?")
+            self.states[state] = self.states.get(state, 0) + 1
             if isinstance(lag, int | float):
                 self.lag_ms.append(lag)
             if tick % 10 == 0:
@@ -144,7 +151,7 @@ class Sampler:
         self.thread.join(5)
         rss = [mb for _, mb in self.rss_mb]
         third = max(1, len(rss) // 3)
-        return {"lag_ms_status": percentiles(self.lag_ms),
+        return {"lag_ms_status": percentiles(self.lag_ms), "state_samples": self.states,
                 "rss_mb": {"first_third_avg": round(sum(rss[:third]) / third, 1) if rss else None,
                            "last_third_avg": round(sum(rss[-third:]) / third, 1) if rss else None,
                            "max": max(rss) if rss else None, "series": self.rss_mb}}
@@ -237,10 +244,13 @@ def run(args: argparse.Namespace, base: Path) -> dict:
 
         records = writer.stop()
         writer = None
+        at_stop = read_sync(run_dir / "sync.json")
         stop_at = time.monotonic()
         sync.send_signal(signal.SIGTERM)
-        code = sync.wait(120)
-        result["stop"] = {"seconds_to_exit": round(time.monotonic() - stop_at, 2), "exit_code": code}
+        code = sync.wait(300)
+        result["stop"] = {"seconds_to_exit": round(time.monotonic() - stop_at, 2), "exit_code": code,
+                          "state_at_sigterm": at_stop.get("state"), "pending_at_sigterm": at_stop.get("pending"),
+                          "proof_open_at_sigterm": (at_stop.get("proof") or {}).get("open")}
         print(f"  stop: {result['stop']}", flush=True)
         if args.check:
             from snapshot import assert_same, snapshot
