@@ -175,9 +175,15 @@ def sync_status(run_dir: Path) -> dict:
         return {}
 
 
+def following(status: dict) -> bool:
+    """Following with the proof pass done: `state` reads `following` for a moment between the copy and the
+    proof pass (a full verify with repair), which is not the steady state to measure."""
+    return status.get("state") == "following" and bool((status.get("proof") or {}).get("verified_at"))
+
+
 def wait_following(process: subprocess.Popen, run_dir: Path, timeout: float, err: Path) -> None:
     deadline = time.monotonic() + timeout
-    while sync_status(run_dir).get("state") != "following":
+    while not following(sync_status(run_dir)):
         if process.poll() is not None:
             raise SystemExit(f"sync exited {process.returncode} before following:\n{err.read_text()[-3000:]}")
         if time.monotonic() > deadline:
