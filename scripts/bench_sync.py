@@ -95,7 +95,10 @@ class LagProbe:
             if not keys:
                 continue
             seen = time.monotonic()
-            values = self.target.mget(keys)
+            pipe = self.target.pipeline(transaction=False)  # not MGET: a cluster-mode node refuses it across slots
+            for key in keys:
+                pipe.get(key)
+            values = pipe.execute()
             with self.lock:
                 for key, value in zip(keys, values):
                     if value is not None:
