@@ -204,6 +204,8 @@ def test_follow_applies_every_change_and_stops_equal(notifying, serverless_targe
     assert status.exit_code == 0 and sync["running"] and sync["state"] == "following"
     assert 55 <= sync["applied"] < 300 and sync["deleted"] >= 2 and sync["last_event_at"]  # 350 writes coalesced
     assert {"lag_ms", "pending", "gaps", "reconciles", "proof"} <= set(sync)
+    text = spawn("status", "--run-dir", run_dir, timeout=30).stdout
+    assert "sync following: lag" in text and "applied" in text
     final = stopped_equal(run, notifying, serverless_target)
     assert final["state"] == "stopped" and final["gaps"] == 0 and final["proof"]["holds"]
 
