@@ -68,6 +68,8 @@ class LagProbe:
         self.source, self.target = source, target
         self.outstanding: dict[str, float] = {}
         self.lags_ms: list[float] = []
+        self.spikes: list[tuple[float, float]] = []  # (seconds into the follow, lag ms) over 500 ms
+        self.started = time.monotonic()
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._write, daemon=True),
@@ -102,13 +104,17 @@ class LagProbe:
             with self.lock:
                 for key, value in zip(keys, values):
                     if value is not None:
-                        self.lags_ms.append(max(0.0, (seen - self.outstanding.pop(key)) * 1000))
+                        acked = self.outstanding.pop(key)
+                        self.lags_ms.append(max(0.0, (seen - acked) * 1000))
+                        if self.lags_ms[-1] > 500:
+                            self.spikes.append((round(acked - self.started, 2), round(self.lags_ms[-1])))
 
     def finish(self) -> dict:
         self.stop.set()
         for thread in self.threads:
             thread.join(10)
-        return {**percentiles(self.lags_ms), "never_seen": len(self.outstanding)}
+        return {**percentiles(self.lags_ms), "never_seen": len(self.outstanding),
+                "over_1s": sum(lag > 1000 for lag in self.lags_ms), "spikes_over_500ms": self.spikes[:40]}
 
 
 class Sampler:
