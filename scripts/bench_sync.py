@@ -45,6 +45,7 @@ from appwriter import AppWriter, missing_witnesses  # noqa: E402
 
 PROBE_EVERY_S = 0.02
 WATCH_EVERY_S = 0.005
+STEADY_AFTER_S = 5.0  # the first seconds after the proof pass drain the backlog it left
 
 
 def percentiles(values: list[float]) -> dict:
@@ -68,6 +69,7 @@ class LagProbe:
         self.source, self.target = source, target
         self.outstanding: dict[str, float] = {}
         self.lags_ms: list[float] = []
+        self.timed: list[tuple[float, float]] = []  # (seconds into the follow, lag ms)
         self.spikes: list[tuple[float, float]] = []  # (seconds into the follow, lag ms) over 500 ms
         self.started = time.monotonic()
         self.lock = threading.Lock()
@@ -106,6 +108,7 @@ class LagProbe:
                     if value is not None:
                         acked = self.outstanding.pop(key)
                         self.lags_ms.append(max(0.0, (seen - acked) * 1000))
+                        self.timed.append((acked - self.started, self.lags_ms[-1]))
                         if self.lags_ms[-1] > 500:
                             self.spikes.append((round(acked - self.started, 2), round(self.lags_ms[-1])))
 
@@ -113,7 +116,9 @@ class LagProbe:
         self.stop.set()
         for thread in self.threads:
             thread.join(10)
-        return {**percentiles(self.lags_ms), "never_seen": len(self.outstanding),
+        steady = [lag for at, lag in self.timed if at >= STEADY_AFTER_S]
+        return {**percentiles(self.lags_ms), f"steady_after_{STEADY_AFTER_S:.0f}s": percentiles(steady),
+                "never_seen": len(self.outstanding),
                 "over_1s": sum(lag > 1000 for lag in self.lags_ms), "spikes_over_500ms": self.spikes[:40]}
 
 
@@ -125,6 +130,7 @@ class Sampler:
         self.process = psutil.Process(pid)
         self.lag_ms: list[float] = []
         self.states: dict[str, int] = {}
+        self.by_state: dict[str, list[float]] = {}
         self.rss_mb: list[tuple[float, float]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -144,6 +150,7 @@ class Sampler:
             self.states[state] = self.states.get(state, 0) + 1
             if isinstance(lag, int | float):
                 self.lag_ms.append(lag)
+                self.by_state.setdefault(state, []).append(lag)
             if tick % 10 == 0:
                 try:
                     tree = [self.process, *self.process.children(recursive=True)]
@@ -158,6 +165,7 @@ class Sampler:
         rss = [mb for _, mb in self.rss_mb]
         third = max(1, len(rss) // 3)
         return {"lag_ms_status": percentiles(self.lag_ms), "state_samples": self.states,
+                "lag_ms_status_by_state": {state: percentiles(lags) for state, lags in self.by_state.items()},
                 "rss_mb": {"first_third_avg": round(sum(rss[:third]) / third, 1) if rss else None,
                            "last_third_avg": round(sum(rss[-third:]) / third, 1) if rss else None,
                            "max": max(rss) if rss else None, "series": self.rss_mb}}
@@ -227,8 +235,12 @@ def run(args: argparse.Namespace, base: Path) -> dict:
         started = time.monotonic()
         sync = subprocess.Popen(command, env=env, cwd=bench.TOOL_ROOT, stdout=open(base / "sync.out", "w"),
                                 stderr=open(err, "w"), preexec_fn=testbed.die_with_parent)
+        before_following = Sampler(run_dir, sync.pid).start()
         wait_following(sync, run_dir, args.copy_timeout, err)
         result["copy_seconds"] = round(time.monotonic() - started, 1)
+        copy_samples = before_following.finish()
+        result["until_following"] = {"lag_ms_status_by_state": copy_samples["lag_ms_status_by_state"],
+                                     "rss_mb_max": copy_samples["rss_mb"]["max"]}
         print(f"  copy until following: {result['copy_seconds']} s", flush=True)
 
         target_client = target.first.client()
