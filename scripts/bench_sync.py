@@ -248,7 +248,9 @@ def run(args: argparse.Namespace, base: Path) -> dict:
         sampler = Sampler(run_dir, sync.pid).start()
         cpu0, acks0, status0 = cpu_seconds(client), writer.lines(), sync_status(run_dir)
         t0 = time.monotonic()
+        result["load_average_at_follow_start"] = [round(x, 1) for x in os.getloadavg()]
         time.sleep(args.follow_seconds)
+        result["load_average_at_follow_end"] = [round(x, 1) for x in os.getloadavg()]
         cpu1, acks1, status1 = cpu_seconds(client), writer.lines(), sync_status(run_dir)
         t1 = time.monotonic()
         lag = probe.finish()
