@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import Unreachable
+from ..errors import AuthenticationFailed, BadInput, Unreachable
 from ..net.endpoints import Topology, discover
 from ..net.wire import ReplyError, Wire, pack
 
@@ -100,6 +100,7 @@ class TopologyWatch:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self.due = time.monotonic() + TOPOLOGY_EVERY_S
+        self.broken = False  # seen as a replica or with uncovered slots since the last good look
 
     @staticmethod
     def shape(topology: Topology) -> list:
@@ -113,9 +114,15 @@ class TopologyWatch:
         self.due = now + TOPOLOGY_EVERY_S
         try:
             found = discover(self.topology.endpoint)
-        except Exception:  # noqa: BLE001 - a node restarting or failing over: the subscriber reports it
+        except (Unreachable, AuthenticationFailed):  # a node restarting: its subscriber reports the gap
             return None
-        if self.shape(found) == self.shape(self.topology):
+        except BadInput:  # the primary became a replica, or slots are uncovered: a failover under way
+            self.broken = True
             return None
+        except Exception:  # noqa: BLE001 - a node restarting: the subscriber reports it
+            return None
+        if self.shape(found) == self.shape(self.topology) and not self.broken:
+            return None
+        self.broken = False
         self.topology = found
         return found

@@ -125,6 +125,7 @@ class Sync:
         self.baseline = Baseline(run_dir)
         self.engine.after_batch.append(self.baseline.record)  # what sync last wrote per key, for cutover
         self._status_stop = threading.Event()
+        self._status_lock = threading.Lock()
         self._status_thread: threading.Thread | None = None
         self._readers: tuple[SideReader, SideReader] | None = None
 
@@ -403,7 +404,11 @@ class Sync:
     def _stop(self) -> dict:
         if self.state != "copying":
             self._catch_up()
-            self.recheck()
+            for _ in range(3):  # a key found different is applied again, then re-checked
+                _, different = self.recheck()
+                if not different:
+                    break
+                self.engine.apply_pending()
         self.state = "stopped"
         self.phase = "stopped"
         status = self._write_status()
@@ -463,10 +468,11 @@ class Sync:
                 "targets": {"source": self.source.endpoint.redacted, "target": self.target.endpoint.redacted}}
 
     def _write_status(self) -> dict:
-        status = self.status()
-        self.ledger.update(**status)
-        if self.live is not None:
-            self.live(status)
+        with self._status_lock:  # the status thread and the stop both write it
+            status = self.status()
+            self.ledger.update(**status)
+            if self.live is not None:
+                self.live(status)
         return status
 
     def _start_status_thread(self) -> None:
