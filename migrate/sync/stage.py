@@ -177,7 +177,7 @@ class Sync:
 
     def _check_notifications(self, index: int, node) -> None:
         client = self.source.client(node)
-        flags = capture._config_get(client)
+        flags = capture.config_flags(client)
         working = (flags is None or capture.covers(flags)) and capture.probe(self.source, index, self.db,
                                                                             self.engine.probe_seen)
         if working:
