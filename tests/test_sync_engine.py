@@ -116,6 +116,46 @@ def stopped_equal(run: SyncRun, source, target) -> dict:
     return ledger(run.run_dir).to_dict()
 
 
+# --- the pure parts: flags, the pending set, the flush rule ----------------------------------------------------
+
+def test_flags_that_cover_every_change_and_the_merge():
+    from migrate.sync.capture import covers, merged
+    assert covers("KA") and covers("AKE") and covers("Kg$lshzxetd")
+    assert not covers("AE") and not covers("K$") and not covers("Kg$lshzetd")  # no x: expiries unheard
+    assert merged("") == "KA" and merged("Kg") == "KgA" and merged("AK") == "AK"
+
+
+def test_pending_coalesces_keeps_order_and_drops_everything_past_its_bound():
+    from migrate.sync.follow import Pending
+    overflows = []
+    pending = Pending(3, lambda: overflows.append(1))
+    pending.add(b"a", 1.0)
+    pending.add(b"b", 2.0)
+    pending.add(b"a", 3.0)            # coalesced: still first seen at 1.0
+    assert len(pending) == 2 and pending.oldest() == 1.0
+    assert pending.take(1) == [b"a"] and pending.oldest() == 1.0  # in flight until done()
+    pending.done()
+    pending.add_many([b"c", b"d"], 4.0)
+    assert overflows == [] and len(pending) == 3
+    pending.add(b"e", 5.0)            # past the bound: the set is dropped (a reconcile finds them)
+    assert overflows == [1] and pending.take(10) == [b"e"]
+
+
+def test_a_dbsize_drop_counts_as_a_flush_only_when_the_next_look_confirms_it():
+    from migrate.sync.gaps import FlushWatch
+    watch = FlushWatch(1, lambda index: None, lambda: None)
+    assert not watch._look(0, 1000)
+    for _ in range(400):
+        watch.heard_delete(0)
+    assert not watch._look(0, 600)    # explained by the deletions heard
+    assert not watch._look(0, 100)    # 500 gone unheard: suspect only
+    for _ in range(500):
+        watch.heard_delete(0)         # their events arrive late
+    assert not watch._look(0, 100)    # explained after all
+    assert not watch._look(0, 0)      # a flush: suspect ...
+    assert watch._look(0, 0)          # ... confirmed
+
+
 # --- capture: notifications --------------------------------------------------------------------------------
 
 def test_notifications_off_exit_2_naming_the_parameter(standalone_source, serverless_target, run_dir):
@@ -314,3 +354,33 @@ def test_drain_request_answered_and_flip_switches_to_forwarding(notifying, serve
     FlipLedger.load(RunDir(run_dir)).record(time.time(), 5, False, "target")
     wait_for(lambda: run.state().get("phase") == "forwarding", "the flip to be seen", run.process, timeout=10)
     stopped_equal(run, notifying, serverless_target)
+
+
+@pytest.mark.slow  # its own cluster with a replica takes ~8 s to start: opt-in (--runslow), ~20 s
+def test_a_failover_is_a_gap_resubscribed_on_the_new_primary(tmp_path, serverless_target, run_dir):
+    import testbed
+    cluster = testbed.start_cluster(tmp_path / "failover", 3, password="fo-secret", replicas=1)
+    try:
+        for node in cluster.nodes + cluster.replicas:
+            node.client().config_set("notify-keyspace-events", "KA")
+        client = cluster.cluster_client()
+        for i in range(200):
+            client.set(f"f:{i}", i)
+        run = SyncRun(cluster.url(), serverless_target.url(), run_dir)
+        run.following()
+        promoted = cluster.replicas[0]
+        promoted.client().execute_command("CLUSTER", "FAILOVER")
+        wait_for(lambda: promoted.client().execute_command("ROLE")[0] == b"master", "the failover", run.process)
+        state = wait_reconciled(run, 1)
+        assert any("failover" in reason for reason in state["gap_reasons"]), state["gap_reasons"]
+        client = cluster.cluster_client()                   # the new slot map
+        for i in range(200):
+            client.set(f"f:{i}", f"after {i}")            # heard from the new primary too
+        run.settled(since=time.time())
+        masters = type("Masters", (), {"nodes": [promoted, *cluster.nodes[1:]]})()
+        code, out, err = run.stop()
+        assert code == 0, err
+        assert_same(snapshot(masters), snapshot(serverless_target))
+        assert serverless_target.cluster_client().get("f:0") == b"after 0"
+    finally:
+        cluster.stop()

@@ -268,7 +268,9 @@ class Engine:
         for index, node_keys in by_node.items():
             if index < 0:
                 continue  # no master owns the slot right now: the topology watch reports it
-            self._reader(index).read(node_keys, counts, records)
+            reader = self._reader(index)
+            reader.read(node_keys, counts, records)
+            reader.skipped_keys.clear()  # names over 4 KiB: never on the target, nothing to keep
         return list(records)
 
     def write_target(self, records: list[Record], gone: list[bytes]) -> None:

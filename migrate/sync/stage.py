@@ -44,6 +44,7 @@ RECHECK_EVERY_S = 1.0
 RECHECK_PER_ROUND = 5000
 RECONCILE_RETRY_S = 5.0
 TTL_TOLERANCE_MS = 2000
+STUBBORN_TRIES = 3
 RECHECK_ERRORS = (OSError, ConnectionError, MigrateError, redis.RedisError)
 CONNECTION_RETRY_S = 120.0
 CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError, redis.ConnectionError, redis.TimeoutError, Unreachable)
@@ -125,8 +126,10 @@ class Sync:
         self.baseline = Baseline(run_dir)
         self.engine.after_batch.append(self.baseline.record)  # what sync last wrote per key, for cutover
         self._status_stop = threading.Event()
+        self._status_lock = threading.Lock()
         self._status_thread: threading.Thread | None = None
         self._readers: tuple[SideReader, SideReader] | None = None
+        self.stubborn: dict[bytes, int] = {}  # keys found different at re-checks in a row
 
     # --- the whole run -------------------------------------------------------------------------------------
 
@@ -176,7 +179,7 @@ class Sync:
 
     def _check_notifications(self, index: int, node) -> None:
         client = self.source.client(node)
-        flags = capture._config_get(client)
+        flags = capture.config_flags(client)
         working = (flags is None or capture.covers(flags)) and capture.probe(self.source, index, self.db,
                                                                             self.engine.probe_seen)
         if working:
@@ -293,6 +296,7 @@ class Sync:
         self.reconciles += reconcile.kind == "gap" or reconcile.covered > 0
         self.engine.changed = set(touched)
         self.engine.changed_count = 0
+        self.stubborn = {}
         self.proof = {"verified_at": time.time(), "holds": reconcile.stable_differences() == 0,
                       "changed_since": 0, "rechecked_equal": 0, "open": len(touched)}
 
@@ -331,21 +335,26 @@ class Sync:
             self._close_readers()  # a cut or a restart: the next round reads again
             return 0, keys
         now = now_ms()
-        different = []
+        different, again = [], []
         for key in keys:
             kind = classify(ref[key], tgt[key], now, TTL_TOLERANCE_MS)
             if kind is None or kind == EXPIRED:
                 changed.discard(key)
+                self.stubborn.pop(key, None)
                 self.proof["rechecked_equal"] += 1
             else:
                 different.append(key)
-        self.engine.pending.add_many(different, time.time())
+                self.stubborn[key] = self.stubborn.get(key, 0) + 1
+                if self.stubborn[key] <= STUBBORN_TRIES:  # past that (a key the target cannot take, or one
+                    again.append(key)                      # that never rests), its own events re-apply it
+        self.engine.pending.add_many(again, time.time())
         self._update_proof()
         return len(keys), different
 
     def _update_proof(self) -> None:
         self.proof["changed_since"] = self.engine.changed_count
         self.proof["open"] = len(self.engine.changed or ())
+        self.proof["different"] = sum(count > STUBBORN_TRIES for count in self.stubborn.values())
 
     # --- cutover: drain requests and the flip ---------------------------------------------------------------
 
@@ -367,6 +376,7 @@ class Sync:
             rechecked += count
             if not different:
                 break
+            self.engine.pending.add_many(different, time.time())
             self.engine.apply_pending()
         different += [b"<unreconciled gap>"] * bool(self.gaps.claim())
         self.drains.answer(request["id"], self.engine.counts.applied - applied_before, rechecked, len(different),
@@ -403,7 +413,12 @@ class Sync:
     def _stop(self) -> dict:
         if self.state != "copying":
             self._catch_up()
-            self.recheck()
+            for _ in range(3):  # a key found different is applied again, then re-checked
+                _, different = self.recheck()
+                if not different:
+                    break
+                self.engine.pending.add_many(different, time.time())
+                self.engine.apply_pending()
         self.state = "stopped"
         self.phase = "stopped"
         status = self._write_status()
@@ -463,10 +478,11 @@ class Sync:
                 "targets": {"source": self.source.endpoint.redacted, "target": self.target.endpoint.redacted}}
 
     def _write_status(self) -> dict:
-        status = self.status()
-        self.ledger.update(**status)
-        if self.live is not None:
-            self.live(status)
+        with self._status_lock:  # the status thread and the stop both write it
+            status = self.status()
+            self.ledger.update(**status)
+            if self.live is not None:
+                self.live(status)
         return status
 
     def _start_status_thread(self) -> None:
