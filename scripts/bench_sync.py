@@ -205,6 +205,22 @@ def wait_following(process: subprocess.Popen, run_dir: Path, timeout: float, err
         time.sleep(0.5)
 
 
+def stop_during_proof(sync: subprocess.Popen, run_dir: Path, timeout: float, result: dict) -> dict:
+    """SIGTERM once the proof pass (the verify after the copy) is running: how long the stop then takes."""
+    deadline = time.monotonic() + timeout
+    while read_sync(run_dir / "sync.json").get("state") != "reconciling":
+        if sync.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("sync never reached its proof pass")
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside the pass
+    stop_at = time.monotonic()
+    sync.send_signal(signal.SIGTERM)
+    code = sync.wait(600)
+    result["stop_during_proof"] = {"seconds_to_exit": round(time.monotonic() - stop_at, 2), "exit_code": code}
+    print(f"  stop during the proof pass: {result['stop_during_proof']}", flush=True)
+    return result
+
+
 def run(args: argparse.Namespace, base: Path) -> dict:
     certs = testbed.Certs.make(base / "certs")
     source = testbed.start_standalone(base / "source", password="bench-source-pw")
@@ -236,6 +252,8 @@ def run(args: argparse.Namespace, base: Path) -> dict:
         sync = subprocess.Popen(command, env=env, cwd=bench.TOOL_ROOT, stdout=open(base / "sync.out", "w"),
                                 stderr=open(err, "w"), preexec_fn=testbed.die_with_parent)
         before_following = Sampler(run_dir, sync.pid).start()
+        if args.stop_during_proof:
+            return stop_during_proof(sync, run_dir, args.copy_timeout, result)
         wait_following(sync, run_dir, args.copy_timeout, err)
         result["copy_seconds"] = round(time.monotonic() - started, 1)
         copy_samples = before_following.finish()
@@ -305,6 +323,8 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=10)
     parser.add_argument("--follow-seconds", type=float, default=60)
     parser.add_argument("--copy-timeout", type=float, default=1800)
+    parser.add_argument("--stop-during-proof", action="store_true",
+                        help="only measure a SIGTERM sent while the proof pass runs")
     parser.add_argument("--check", action="store_true", help="snapshot both sides after the stop")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
@@ -316,7 +336,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        result["follow"]["rss_mb"].pop("series", None)
+        result.get("follow", {}).get("rss_mb", {}).pop("series", None)
         print(json.dumps(result, indent=2))
 
 
