@@ -358,8 +358,10 @@ def test_drain_request_answered_and_flip_switches_to_forwarding(notifying, serve
     from migrate.sync.protocol import DrainRequests, FlipLedger
     source = notifying.client()
     seed(source, 50)
-    run = SyncRun(notifying.url(), serverless_target.url(), run_dir)
+    run = SyncRun(notifying.url(), serverless_target.url(), run_dir, "--max-payload", "1024")
     run.following()
+    source.hset("big", mapping={f"f{i}": "x" * 20 for i in range(200)})  # over 1 KiB: written type by type
+    source.set("small", "v", ex=900)
     fence = time.time()
     for i in range(100):
         source.set(f"late:{i}", i)
@@ -367,6 +369,12 @@ def test_drain_request_answered_and_flip_switches_to_forwarding(notifying, serve
     answer = drains.wait(drains.request(fence), timeout_s=20)
     assert answer is not None and answer["differences"] == 0 and answer["rechecked"] >= 100, answer
     assert serverless_target.cluster_client().get("late:99") == b"99"   # applied before the answer
+    from migrate.sync.baseline import Baseline, digest
+    target = serverless_target.first.client()
+    baseline = Baseline(RunDir(run_dir))
+    for key in (b"big", b"small"):  # what cutover's compare-and-set expects on the target: its own DUMP
+        assert baseline.get(key) == (True, digest(target.dump(key), target.pexpiretime(key))), key
+    baseline.close()
     names = [c["name"] for c in source.client_list() if c["name"]]
     assert names and all(name == "redis-migrate-sync" for name in names)
     FlipLedger.load(RunDir(run_dir)).record(time.time(), 5, False, "target")

@@ -42,7 +42,8 @@ STREAM_RDB_TYPES = (15, 19, 21)  # RDB_TYPE_STREAM_LISTPACKS, _2, _3: a DUMP pay
 
 
 def record_digest(records: list[Record]) -> bytes:
-    """What was written for one key, for the cutover's baseline (DUMP payload and expiry, or its chunks)."""
+    """What was read for one key (DUMP payload and expiry, or its chunks): tells a re-read watched key that
+    did not change, and is the cutover's baseline digest of a key written by RESTORE."""
     from .baseline import digest
     first = records[0]
     if first.kind == DUMP and len(records) == 1:
@@ -241,7 +242,11 @@ class Engine:
         self.forget_gone_streams(gone)
         for key in live.keys() & self.watched.keys():
             self.watched[key] = digests[key]
-        results = [(key, found) for key, found in digests.items() if key not in same] + [(key, None) for key in gone]
+        recorded = {key: found for key, found in digests.items() if key not in same}
+        chunked = [key for key in recorded if live[key][0].kind != DUMP]
+        if chunked and self.after_batch:  # written type by type: the baseline holds the target's own DUMP
+            recorded.update(self.target_digests(chunked))
+        results = [(key, found) for key, found in recorded.items() if found is not None] + [(key, None) for key in gone]
         for hook in self.after_batch:
             hook(results)
         if self.touched is not None:
@@ -253,6 +258,27 @@ class Engine:
             if len(self.changed) > self.pending.bound:  # bounded too: the reconcile proves them instead
                 self.changed = set()
                 self.gaps.add("keys to re-check over the pending bound")
+
+    def target_digests(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
+        """The baseline digest of keys as the target holds them (DUMP + PEXPIRETIME there); None where it
+        cannot be read (left out of the baseline: cutover reads it from the target itself)."""
+        from .baseline import digest
+        found: dict[bytes, bytes | None] = dict.fromkeys(keys)
+        by_node: dict[int, list[bytes]] = {}
+        for key in keys:
+            by_node.setdefault(self.writer.owners[key_slot(key)], []).append(key)
+        for index, group in by_node.items():
+            try:
+                wire = self.writer._wire(index)
+                wire.send(b"".join(pack(b"PEXPIRETIME", key) + pack(b"DUMP", key) for key in group))
+                replies = wire.read(2 * len(group))
+            except (OSError, ConnectionError, Unreachable):
+                self.writer._drop(index)
+                continue
+            for key, expiry, payload in zip(group, replies[0::2], replies[1::2]):
+                if isinstance(payload, bytes) and isinstance(expiry, int):
+                    found[key] = digest(payload, expiry)
+        return found
 
     def forget_written(self) -> None:
         """Someone else wrote the target (a reconcile's repair): watched keys are written again next time."""

@@ -147,7 +147,7 @@ class Sync:
             self._start_status_thread()
             if not (DumpLedger.load(self.run_dir).finished and ReplayLedger.load(self.run_dir).finished):
                 self.copy()
-            self.state = "following"
+            self.state = "reconciling"  # what changed during the copy, then the proof pass
             if self.stop_requested.is_set():
                 return self._stop()
             if blind:
