@@ -45,6 +45,7 @@ from appwriter import AppWriter, missing_witnesses  # noqa: E402
 
 PROBE_EVERY_S = 0.02
 WATCH_EVERY_S = 0.005
+STEADY_AFTER_S = 5.0  # the first seconds after the proof pass drain the backlog it left
 
 
 def percentiles(values: list[float]) -> dict:
@@ -68,6 +69,9 @@ class LagProbe:
         self.source, self.target = source, target
         self.outstanding: dict[str, float] = {}
         self.lags_ms: list[float] = []
+        self.timed: list[tuple[float, float]] = []  # (seconds into the follow, lag ms)
+        self.spikes: list[tuple[float, float]] = []  # (seconds into the follow, lag ms) over 500 ms
+        self.started = time.monotonic()
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._write, daemon=True),
@@ -95,20 +99,27 @@ class LagProbe:
             if not keys:
                 continue
             seen = time.monotonic()
-            pipe = self.target.pipeline(transaction=False)  # not MGET: a cluster-mode node refuses it across slots
+            pipe = self.target.pipeline(transaction=False)  # GETs, not MGET: the target is in cluster mode
             for key in keys:
                 pipe.get(key)
             values = pipe.execute()
             with self.lock:
                 for key, value in zip(keys, values):
                     if value is not None:
-                        self.lags_ms.append(max(0.0, (seen - self.outstanding.pop(key)) * 1000))
+                        acked = self.outstanding.pop(key)
+                        self.lags_ms.append(max(0.0, (seen - acked) * 1000))
+                        self.timed.append((acked - self.started, self.lags_ms[-1]))
+                        if self.lags_ms[-1] > 500:
+                            self.spikes.append((round(acked - self.started, 2), round(self.lags_ms[-1])))
 
     def finish(self) -> dict:
         self.stop.set()
         for thread in self.threads:
             thread.join(10)
-        return {**percentiles(self.lags_ms), "never_seen": len(self.outstanding)}
+        steady = [lag for at, lag in self.timed if at >= STEADY_AFTER_S]
+        return {**percentiles(self.lags_ms), f"steady_after_{STEADY_AFTER_S:.0f}s": percentiles(steady),
+                "never_seen": len(self.outstanding),
+                "over_1s": sum(lag > 1000 for lag in self.lags_ms), "spikes_over_500ms": self.spikes[:40]}
 
 
 class Sampler:
@@ -118,6 +129,8 @@ class Sampler:
         self.path = run_dir / "sync.json"
         self.process = psutil.Process(pid)
         self.lag_ms: list[float] = []
+        self.states: dict[str, int] = {}
+        self.by_state: dict[str, list[float]] = {}
         self.rss_mb: list[tuple[float, float]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -131,9 +144,13 @@ class Sampler:
         tick = 0
         while not self.stop.wait(0.1):
             tick += 1
-            lag = read_sync(self.path).get("lag_ms")
+            status = read_sync(self.path)
+            lag = status.get("lag_ms")
+            state = status.get("state", "?")
+            self.states[state] = self.states.get(state, 0) + 1
             if isinstance(lag, int | float):
                 self.lag_ms.append(lag)
+                self.by_state.setdefault(state, []).append(lag)
             if tick % 10 == 0:
                 try:
                     tree = [self.process, *self.process.children(recursive=True)]
@@ -147,7 +164,8 @@ class Sampler:
         self.thread.join(5)
         rss = [mb for _, mb in self.rss_mb]
         third = max(1, len(rss) // 3)
-        return {"lag_ms_status": percentiles(self.lag_ms),
+        return {"lag_ms_status": percentiles(self.lag_ms), "state_samples": self.states,
+                "lag_ms_status_by_state": {state: percentiles(lags) for state, lags in self.by_state.items()},
                 "rss_mb": {"first_third_avg": round(sum(rss[:third]) / third, 1) if rss else None,
                            "last_third_avg": round(sum(rss[-third:]) / third, 1) if rss else None,
                            "max": max(rss) if rss else None, "series": self.rss_mb}}
@@ -171,14 +189,36 @@ def sync_status(run_dir: Path) -> dict:
         return {}
 
 
+def following(status: dict) -> bool:
+    """Following with the proof pass done: `state` reads `following` for a moment between the copy and the
+    proof pass (a full verify with repair), which is not the steady state to measure."""
+    return status.get("state") == "following" and bool((status.get("proof") or {}).get("verified_at"))
+
+
 def wait_following(process: subprocess.Popen, run_dir: Path, timeout: float, err: Path) -> None:
     deadline = time.monotonic() + timeout
-    while sync_status(run_dir).get("state") != "following":
+    while not following(sync_status(run_dir)):
         if process.poll() is not None:
             raise SystemExit(f"sync exited {process.returncode} before following:\n{err.read_text()[-3000:]}")
         if time.monotonic() > deadline:
             raise SystemExit(f"sync not following after {timeout}s:\n{err.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+def stop_during_proof(sync: subprocess.Popen, run_dir: Path, timeout: float, result: dict) -> dict:
+    """SIGTERM once the proof pass (the verify after the copy) is running: how long the stop then takes."""
+    deadline = time.monotonic() + timeout
+    while read_sync(run_dir / "sync.json").get("state") != "reconciling":
+        if sync.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("sync never reached its proof pass")
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside the pass
+    stop_at = time.monotonic()
+    sync.send_signal(signal.SIGTERM)
+    code = sync.wait(600)
+    result["stop_during_proof"] = {"seconds_to_exit": round(time.monotonic() - stop_at, 2), "exit_code": code}
+    print(f"  stop during the proof pass: {result['stop_during_proof']}", flush=True)
+    return result
 
 
 def run(args: argparse.Namespace, base: Path) -> dict:
@@ -211,8 +251,14 @@ def run(args: argparse.Namespace, base: Path) -> dict:
         started = time.monotonic()
         sync = subprocess.Popen(command, env=env, cwd=bench.TOOL_ROOT, stdout=open(base / "sync.out", "w"),
                                 stderr=open(err, "w"), preexec_fn=testbed.die_with_parent)
+        before_following = Sampler(run_dir, sync.pid).start()
+        if args.stop_during_proof:
+            return stop_during_proof(sync, run_dir, args.copy_timeout, result)
         wait_following(sync, run_dir, args.copy_timeout, err)
         result["copy_seconds"] = round(time.monotonic() - started, 1)
+        copy_samples = before_following.finish()
+        result["until_following"] = {"lag_ms_status_by_state": copy_samples["lag_ms_status_by_state"],
+                                     "rss_mb_max": copy_samples["rss_mb"]["max"]}
         print(f"  copy until following: {result['copy_seconds']} s", flush=True)
 
         target_client = target.first.client()
@@ -220,7 +266,9 @@ def run(args: argparse.Namespace, base: Path) -> dict:
         sampler = Sampler(run_dir, sync.pid).start()
         cpu0, acks0, status0 = cpu_seconds(client), writer.lines(), sync_status(run_dir)
         t0 = time.monotonic()
+        result["load_average_at_follow_start"] = [round(x, 1) for x in os.getloadavg()]
         time.sleep(args.follow_seconds)
+        result["load_average_at_follow_end"] = [round(x, 1) for x in os.getloadavg()]
         cpu1, acks1, status1 = cpu_seconds(client), writer.lines(), sync_status(run_dir)
         t1 = time.monotonic()
         lag = probe.finish()
@@ -240,10 +288,13 @@ def run(args: argparse.Namespace, base: Path) -> dict:
 
         records = writer.stop()
         writer = None
+        at_stop = read_sync(run_dir / "sync.json")
         stop_at = time.monotonic()
         sync.send_signal(signal.SIGTERM)
-        code = sync.wait(120)
-        result["stop"] = {"seconds_to_exit": round(time.monotonic() - stop_at, 2), "exit_code": code}
+        code = sync.wait(300)
+        result["stop"] = {"seconds_to_exit": round(time.monotonic() - stop_at, 2), "exit_code": code,
+                          "state_at_sigterm": at_stop.get("state"), "pending_at_sigterm": at_stop.get("pending"),
+                          "proof_open_at_sigterm": (at_stop.get("proof") or {}).get("open")}
         print(f"  stop: {result['stop']}", flush=True)
         if args.check:
             from snapshot import assert_same, snapshot
@@ -272,6 +323,8 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=10)
     parser.add_argument("--follow-seconds", type=float, default=60)
     parser.add_argument("--copy-timeout", type=float, default=1800)
+    parser.add_argument("--stop-during-proof", action="store_true",
+                        help="only measure a SIGTERM sent while the proof pass runs")
     parser.add_argument("--check", action="store_true", help="snapshot both sides after the stop")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
@@ -283,7 +336,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        result["follow"]["rss_mb"].pop("series", None)
+        result.get("follow", {}).get("rss_mb", {}).pop("series", None)
         print(json.dumps(result, indent=2))
 
 

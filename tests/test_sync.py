@@ -85,7 +85,9 @@ class Sync:
             time.sleep(0.1)
 
     def following(self) -> dict:
-        return self.wait(lambda s: s.get("state") == "following", "state=following")
+        """Following, with the proof pass (the verify after the copy) done."""
+        return self.wait(lambda s: s.get("state") == "following" and (s.get("proof") or {}).get("verified_at"),
+                         "state=following after the proof pass")
 
     def stop(self) -> int:
         """SIGTERM, as the operator stops it; its exit code."""
