@@ -29,7 +29,8 @@ def ledger(run_dir: Path) -> SyncLedger:
     return SyncLedger.load(RunDir(run_dir))
 
 
-def wait_for(predicate, what: str, process: subprocess.Popen | None = None, timeout: float = WAIT_S):
+def wait_for(predicate, what: str, process: subprocess.Popen | None = None, timeout: float = WAIT_S,
+             describe=lambda: ""):
     """Poll until `predicate()` is truthy; fail with the sync's output if it exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -40,7 +41,7 @@ def wait_for(predicate, what: str, process: subprocess.Popen | None = None, time
             out, err = process.communicate()
             pytest.fail(f"sync exited {process.returncode} while waiting for {what}\n{out[-2000:]}\n{err[-3000:]}")
         time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    pytest.fail(f"timed out waiting for {what} {describe()}")
 
 
 class SyncRun:
@@ -69,6 +70,13 @@ class SyncRun:
             return (s.get("state") == "following" and s["pending"] == 0 and s["lag_ms"] == 0
                     and s["unreconciled_gaps"] == 0 and (since is None or s["heartbeat_at"] > since) and s)
         return wait_for(done, "sync to settle", self.process)
+
+    def rechecked(self) -> dict:
+        """Settled, and every key applied since the proof re-read equal (the re-checks no longer look at any:
+        a change without an event is then seen only through the watchlist)."""
+        self.settled(since=time.time())
+        return wait_for(lambda: (s := self.state()).get("proof", {}).get("open") == 0 and s["pending"] == 0 and s,
+                        "the re-checks to finish", self.process, describe=self.state)
 
     def stop(self, timeout: float = 30) -> tuple[int, str, str]:
         self.process.send_signal(signal.SIGTERM)
@@ -231,13 +239,23 @@ def test_follow_applies_every_change_and_stops_equal(notifying, serverless_targe
     # streams: XREADGROUP of an existing consumer and XACK publish no event; the watchlist re-reads them
     source.xadd("s:events", {"f": "1"})
     source.xreadgroup("g", "c1", {"s:events": ">"}, count=1)   # creates the consumer (an event)
-    run.settled(since=time.time())
+    wait_for(lambda: [c["name"] for c in target.xinfo_consumers("s:events", "g")] == [b"c1"], "the consumer",
+             run.process, timeout=10)
+    run.rechecked()
     source.xreadgroup("g", "c1", {"s:events": ">"}, count=1)   # no event
     entry = source.xpending_range("s:events", "g", "-", "+", 10)[0]["message_id"]
     source.xack("s:events", "g", entry)                         # no event
     expected = {g["name"]: g["last-delivered-id"] for g in source.xinfo_groups("s:events")}
     wait_for(lambda: {g["name"]: g["last-delivered-id"] for g in target.xinfo_groups("s:events")} == expected,
              "the stream's group to follow XREADGROUP", run.process, timeout=10)
+
+    # PFCOUNT writes the HyperLogLog's cached count into the value without an event: watched too
+    source.pfadd("visitors", *[f"u{i}" for i in range(50)])
+    wait_for(lambda: target.get("visitors") == source.get("visitors"), "the PFADD", run.process, timeout=10)
+    run.rechecked()
+    assert source.pfcount("visitors") == 50                      # no event
+    wait_for(lambda: target.get("visitors") == source.get("visitors"), "the HyperLogLog's cache to follow PFCOUNT",
+             run.process, timeout=10)
 
     status = spawn("status", "--run-dir", run_dir, "--json", timeout=30)
     sync = json.loads(status.stdout)["sync"]
@@ -340,8 +358,10 @@ def test_drain_request_answered_and_flip_switches_to_forwarding(notifying, serve
     from migrate.sync.protocol import DrainRequests, FlipLedger
     source = notifying.client()
     seed(source, 50)
-    run = SyncRun(notifying.url(), serverless_target.url(), run_dir)
+    run = SyncRun(notifying.url(), serverless_target.url(), run_dir, "--max-payload", "1024")
     run.following()
+    source.hset("big", mapping={f"f{i}": "x" * 20 for i in range(200)})  # over 1 KiB: written type by type
+    source.set("small", "v", ex=900)
     fence = time.time()
     for i in range(100):
         source.set(f"late:{i}", i)
@@ -349,6 +369,12 @@ def test_drain_request_answered_and_flip_switches_to_forwarding(notifying, serve
     answer = drains.wait(drains.request(fence), timeout_s=20)
     assert answer is not None and answer["differences"] == 0 and answer["rechecked"] >= 100, answer
     assert serverless_target.cluster_client().get("late:99") == b"99"   # applied before the answer
+    from migrate.sync.baseline import Baseline, digest
+    target = serverless_target.first.client()
+    baseline = Baseline(RunDir(run_dir))
+    for key in (b"big", b"small"):  # what cutover's compare-and-set expects on the target: its own DUMP
+        assert baseline.get(key) == (True, digest(target.dump(key), target.pexpiretime(key))), key
+    baseline.close()
     names = [c["name"] for c in source.client_list() if c["name"]]
     assert names and all(name == "redis-migrate-sync" for name in names)
     FlipLedger.load(RunDir(run_dir)).record(time.time(), 5, False, "target")

@@ -28,6 +28,7 @@ from ..datapath.reader import DumpOptions
 from ..datapath.replay import ReplayOptions
 from ..errors import BadInput, MigrateError, RuntimeFailure, Unreachable
 from ..events import ProgressFactory, Warn, no_progress, no_warning
+from ..keynames import readable
 from ..net.endpoints import Topology, translated_errors
 from ..rundir import DumpLedger, ReplayLedger, RunDir
 from ..verify.compare import EXPIRED, classify, now_ms
@@ -146,7 +147,7 @@ class Sync:
             self._start_status_thread()
             if not (DumpLedger.load(self.run_dir).finished and ReplayLedger.load(self.run_dir).finished):
                 self.copy()
-            self.state = "following"
+            self.state = "reconciling"  # what changed during the copy, then the proof pass
             if self.stop_requested.is_set():
                 return self._stop()
             if blind:
@@ -218,11 +219,11 @@ class Sync:
         applied = self.engine.apply_pending(limit=5000)
         now = time.monotonic()
         self._watch_gaps()
-        self.engine.watch_tick()
-        self._manage_reconcile()
-        if now >= self._next_recheck:
+        if now >= self._next_recheck:  # before the watchlist is queued: a queued key is not re-checked
             self._next_recheck = now + RECHECK_EVERY_S
             self.recheck(RECHECK_PER_ROUND)
+        self.engine.watch_tick()
+        self._manage_reconcile()
         if now >= self._next_poll:
             self._next_poll = now + POLL_EVERY_S
             self._poll_cutover()
@@ -283,6 +284,7 @@ class Sync:
 
     def _finish_reconcile(self, reconcile: Reconcile) -> None:
         touched, self.engine.touched = self.engine.touched or set(), None
+        self.engine.forget_written()
         self.engine.pending.add_many(touched, time.time())  # the repair may have written older values
         self.reconcile = None
         self.state = "following"
@@ -354,7 +356,7 @@ class Sync:
     def _update_proof(self) -> None:
         self.proof["changed_since"] = self.engine.changed_count
         self.proof["open"] = len(self.engine.changed or ())
-        self.proof["different"] = sum(count > STUBBORN_TRIES for count in self.stubborn.values())
+        self.proof["different"] = sum(count > STUBBORN_TRIES for count in list(self.stubborn.values()))
 
     # --- cutover: drain requests and the flip ---------------------------------------------------------------
 
@@ -467,6 +469,7 @@ class Sync:
 
     def status(self) -> dict:
         counts = self.engine.counts
+        self._update_proof()
         return {"pid": _pid(), "heartbeat_at": time.time(), "started_at": self.started_at, "state": self.state,
                 "phase": self.phase, "lag_ms": self.engine.lag_ms(), "pending": len(self.engine.pending),
                 "applied": counts.applied, "deleted": counts.deleted, "gaps": self.gaps.gaps,
@@ -475,6 +478,7 @@ class Sync:
                 "forwarded": counts.forwarded, "conflicts": getattr(self.engine, "conflicts", 0),
                 "proof": dict(self.proof), "watched_streams": len(self.engine.watched),
                 "gap_reasons": list(self.gaps.reasons[-5:]),
+                "open_keys": [readable(key) for key in itertools.islice(list(self.engine.changed or ()), 5)],
                 "targets": {"source": self.source.endpoint.redacted, "target": self.target.endpoint.redacted}}
 
     def _write_status(self) -> dict:
