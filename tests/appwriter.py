@@ -4,7 +4,8 @@
     python tests/appwriter.py --ssm-env test --password pw [--tls-ca ca.pem] --out writes.jsonl
 
 It writes the storefront's own shapes (sessions, API cache, rate limits, locks), the types the sync must
-carry (hashes, counters, lists, sorted sets, streams read by consumer groups with XREADGROUP and XACK), the
+carry (hashes, counters, lists, sorted sets, HyperLogLogs counted with PFCOUNT, streams read by consumer
+groups with XREADGROUP and XACK), the
 key-space churn it must follow (short TTLs, EXPIRE, PERSIST, DEL, RENAME), and *witness* writes: a unique
 value SET on a key `<prefix>:w:<n>` that nothing else touches. Every reply is recorded, one JSON line per
 command: `[ack_time, latency_ms, op, key, arg, status]` with status `ok`, `err` (the server refused it) or
@@ -48,7 +49,7 @@ GROUPS = ("g1", "g2")
 MIX = {
     "witness": 14, "session": 7, "api": 5, "tmp": 5, "s_set": 8, "s_expire": 5, "s_persist": 4, "s_del": 4,
     "rename": 4, "ratelimit": 5, "lock": 4, "unlock": 3, "hset": 7, "incr": 5, "rpush": 5, "zincrby": 5,
-    "xadd": 6, "xreadgroup": 4, "xack": 4,
+    "xadd": 6, "xreadgroup": 4, "xack": 4, "pfadd": 3, "pfcount": 2,
 }
 
 
@@ -179,6 +180,15 @@ class Workload:
     def _xadd(self) -> list[Command]:
         key, value = self.stream(), self.value()
         return [Command("xadd", key, value, ("XADD", key, "MAXLEN", 500, "*", "v", value))]
+
+    def _pfadd(self) -> list[Command]:
+        key, member = self.key("uniques", 50), f"u{self.rng.randrange(100_000)}"
+        return [Command("pfadd", key, member, ("PFADD", key, member))]
+
+    def _pfcount(self) -> list[Command]:
+        """A read that rewrites the HyperLogLog's cached count (its bytes change, and no event says so)."""
+        key = self.key("uniques", 50)
+        return [Command("pfcount", key, "", ("PFCOUNT", key))]
 
     def _xreadgroup(self) -> list[Command]:
         key, group = self.stream(), self.rng.choice(GROUPS)

@@ -16,7 +16,7 @@ from conftest import TARGET_PASSWORD
 from snapshot import assert_same_groups, stream_groups
 
 RECORDED_OPS = {"set", "setex", "setpx", "expire", "persist", "del", "rename", "incr", "setnx", "hset", "rpush",
-                "ltrim", "zincrby", "xadd", "xreadgroup", "xack", "xgroup"}
+                "ltrim", "zincrby", "xadd", "xreadgroup", "xack", "xgroup", "pfadd", "pfcount"}
 
 
 def run_for(writer: AppWriter, seconds: float):
