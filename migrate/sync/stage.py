@@ -179,10 +179,11 @@ class Sync:
                 return self._stop()
             if blind:
                 self.gaps.add("sync was not running before: events meanwhile are unknown")
-            self.engine.apply_pending()
-            self.engine.discover_streams()
-            self._start_reconcile("proof")
-            self._follow()
+            self.engine.apply_pending()  # what changed during the copy
+            if not self.stop_requested.is_set():
+                self.engine.discover_streams()
+                self._start_reconcile("proof")
+                self._follow()
             return self._stop()
         finally:
             self._restore_signals(old_handlers)
