@@ -175,9 +175,7 @@ class Sync:
             if not (DumpLedger.load(self.run_dir).finished and ReplayLedger.load(self.run_dir).finished):
                 self.copy()
             self.state = "reconciling"  # what changed during the copy, then the proof pass
-            if self.stop_requested.is_set():
-                return self._stop()
-            if blind:
+            if blind:  # before any stop: a sync stopped now has not reconciled it (exit 3)
                 self.gaps.add("sync was not running before: events meanwhile are unknown")
             self.engine.apply_pending()  # what changed during the copy
             if not self.stop_requested.is_set():
