@@ -367,7 +367,7 @@ def test_drain_request_answered_and_flip_switches_to_forwarding(notifying, serve
         source.set(f"late:{i}", i)
     drains = DrainRequests(RunDir(run_dir))
     answer = drains.wait(drains.request(fence), timeout_s=20)
-    assert answer is not None and answer["differences"] == 0 and answer["rechecked"] >= 100, answer
+    assert answer is not None and answer["differences"] == 0, answer
     assert serverless_target.cluster_client().get("late:99") == b"99"   # applied before the answer
     from migrate.sync.baseline import Baseline, digest
     target = serverless_target.first.client()
@@ -410,3 +410,16 @@ def test_a_failover_is_a_gap_resubscribed_on_the_new_primary(tmp_path, serverles
         assert serverless_target.cluster_client().get("f:0") == b"after 0"
     finally:
         cluster.stop()
+
+
+def test_sigterm_during_the_proof_pass_exits_0_with_the_target_exact(notifying, serverless_target, run_dir):
+    """The proof pass after a fresh copy only reads (the keys it finds different go to the follower): a stop
+    does not wait for it, and what the follower applied is exact."""
+    source = notifying.client()
+    seed(source, 5000)
+    run = SyncRun(notifying.url(), serverless_target.url(), run_dir)
+    wait_for(lambda: run.state().get("state") in ("reconciling", "following"), "the copy", run.process)
+    source.set("seed:1", "during the proof")
+    source.delete("seed:2")
+    final = stopped_equal(run, notifying, serverless_target)
+    assert final["state"] == "stopped" and final["unreconciled_gaps"] == 0

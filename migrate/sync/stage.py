@@ -65,12 +65,20 @@ class Stopped(RuntimeFailure):
 
 
 class Reconcile:
-    """One verify with repair of the whole source, in its own thread beside the follower."""
+    """One verify of the whole source, in its own thread beside the follower.
+
+    A gap's reconcile repairs (and deletes extras before the flip) as `verify --repair` does: the keys the
+    follower wrote meanwhile are re-read after it (`touched`), since the repair may have written an older
+    value over them. The proof pass after a fresh copy (no gap open) only reads: the keys it finds different
+    go to the follower, which re-reads them like any changed key, so nothing else writes the target and a
+    stop need not wait for it."""
 
     def __init__(self, sync: Sync, covered: int, kind: str) -> None:
         self.covered = covered
         self.kind = kind
+        self.repair = kind != "proof" or covered > 0
         self.result = None
+        self.keys: list[bytes] = []
         self.error: BaseException | None = None
         self.started_at = time.time()
         self.thread = threading.Thread(target=self._run, args=(sync,), name="sync-reconcile", daemon=True)
@@ -78,10 +86,16 @@ class Reconcile:
 
     def _run(self, sync: Sync) -> None:
         from ..verify.stage import VerifyOptions, run_verify
+        report = sync.run_dir.path / "sync" / "proof-report.jsonl"
         try:
             with translated_errors(sync.target.endpoint):
-                self.result = run_verify(sync.source, sync.target, sync.run_dir,
-                                         VerifyOptions(db=sync.db, repair=True, delete_extra=not sync.flipped))
+                if self.repair:
+                    options = VerifyOptions(db=sync.db, repair=True, delete_extra=not sync.flipped)
+                else:
+                    options = VerifyOptions(db=sync.db, report=report)
+                self.result = run_verify(sync.source, sync.target, sync.run_dir, options)
+            if not self.repair:
+                self.keys = _reported_keys(report)
         except BaseException as exc:  # noqa: BLE001 - the loop counts it and tries again
             self.error = exc
 
@@ -89,10 +103,23 @@ class Reconcile:
         return not self.thread.is_alive()
 
     def stable_differences(self) -> int:
-        """Differences left after the repair that were not just keys moving (those the follower re-reads)."""
-        if self.result is None:
+        """Differences left after a repair that were not just keys moving (those the follower re-reads)."""
+        if self.result is None or not self.repair:
             return 0
         return self.result.differences - self.result.kinds.get("changing", 0)
+
+
+def _reported_keys(path) -> list[bytes]:
+    """The keys a verify report lists as different (not those skipped on purpose by the copy)."""
+    import base64
+    import json
+    keys = []
+    with open(path) as lines:
+        for line in lines:
+            entry = json.loads(line)
+            if entry.get("kind") != "skipped":
+                keys.append(base64.b64decode(entry["key"]))
+    return keys
 
 
 class Sync:
@@ -148,14 +175,13 @@ class Sync:
             if not (DumpLedger.load(self.run_dir).finished and ReplayLedger.load(self.run_dir).finished):
                 self.copy()
             self.state = "reconciling"  # what changed during the copy, then the proof pass
-            if self.stop_requested.is_set():
-                return self._stop()
-            if blind:
+            if blind:  # before any stop: a sync stopped now has not reconciled it (exit 3)
                 self.gaps.add("sync was not running before: events meanwhile are unknown")
-            self.engine.apply_pending()
-            self.engine.discover_streams()
-            self._start_reconcile("proof")
-            self._follow()
+            self.engine.apply_pending()  # what changed during the copy
+            if not self.stop_requested.is_set():
+                self.engine.discover_streams()
+                self._start_reconcile("proof")
+                self._follow()
             return self._stop()
         finally:
             self._restore_signals(old_handlers)
@@ -296,11 +322,14 @@ class Sync:
             return
         self.gaps.close(reconcile.covered)
         self.reconciles += reconcile.kind == "gap" or reconcile.covered > 0
-        self.engine.changed = set(touched)
+        if len(reconcile.keys) > self.engine.pending.bound // 2:  # too many to re-read one by one: repair
+            self.gaps.add(f"the proof pass found {len(reconcile.keys)} keys different")
+        self.engine.pending.add_many(reconcile.keys, time.time())
+        self.engine.changed = set(touched) | set(reconcile.keys)
         self.engine.changed_count = 0
         self.stubborn = {}
         self.proof = {"verified_at": time.time(), "holds": reconcile.stable_differences() == 0,
-                      "changed_since": 0, "rechecked_equal": 0, "open": len(touched)}
+                      "changed_since": 0, "rechecked_equal": 0, "open": len(self.engine.changed)}
 
     # --- the proof's re-checks ---------------------------------------------------------------------------
 
@@ -396,7 +425,7 @@ class Sync:
             forward.attach(self.engine, self.run_dir)
         self.phase = "forwarding"
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, stopping: bool = False) -> None:
         """Everything published before now is applied: PING/PONG on each subscriber, watched streams
         re-read, the pending set emptied, a running reconcile finished."""
         for subscriber in self.subscribers:
@@ -404,6 +433,10 @@ class Sync:
         self.engine.watch_tick(force=True)
         self.engine.apply_pending()
         while self.reconcile is not None:
+            if stopping and not self.reconcile.repair:
+                self.reconcile = None  # the proof pass only reads: left unfinished (the next sync proves again)
+                self.state = "following"
+                break
             self.engine.apply_pending()
             self._manage_reconcile()
             if self.reconcile is not None:
@@ -414,7 +447,7 @@ class Sync:
 
     def _stop(self) -> dict:
         if self.state != "copying":
-            self._catch_up()
+            self._catch_up(stopping=True)
             for _ in range(3):  # a key found different is applied again, then re-checked
                 _, different = self.recheck()
                 if not different:
