@@ -1,0 +1,180 @@
+"""After the flip: forward an old-side change to the new cache by compare-and-set, never over an app's write.
+
+Once the SSM parameters point at the cache, a key that an app wrote there belongs to the cache. Sync keeps
+following the old Redis (old tasks still write there during the rolling deploy) and hands each changed key
+here. Per key, on the node that owns its slot (one slot: WATCH/MULTI work on Serverless):
+
+    WATCH key; DUMP key; PEXPIRETIME key      the target's state now
+    differs from the baseline (what sync last wrote there)?
+        -> an app wrote it: UNWATCH, record a conflict by name (conflicts.jsonl), write nothing
+    MULTI; RESTORE ... REPLACE ABSTTL (or DEL, or the type-by-type chunks); DUMP; PEXPIRETIME; EXEC
+        -> EXEC nil: the key changed between the read and the write: look again
+        -> the new state's digest becomes the baseline
+
+A key the target dropped by expiry is not an app write. A key absent from the baseline is expected absent
+on the target: if it is there, an app created it (conflict). Nothing here deletes a key sync did not put
+on the cache, so keys that only the cache has are never touched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..errors import RuntimeFailure
+from ..keynames import readable
+from ..net.endpoints import Topology, discover, translated_errors
+from ..net.keyspace import NO_EXPIRY, key_slot
+from ..net.wire import ReplyError, Wire, pack, pack_restore
+from ..rundir import RunDir
+from .baseline import FORWARD, Baseline, digest, expired
+from .protocol import ConflictLog
+
+APPLIED, DELETED, CONFLICT, UNCHANGED = "applied", "deleted", "conflict", "unchanged"
+ATTEMPTS = 5  # EXEC refused this often (the key keeps changing on the cache): an app is writing it
+
+
+@dataclass
+class ForwardCounts:
+    outcomes: Counter = field(default_factory=Counter)
+
+    @property
+    def forwarded(self) -> int:
+        return self.outcomes[APPLIED] + self.outcomes[DELETED]
+
+    @property
+    def conflicts(self) -> int:
+        return self.outcomes[CONFLICT]
+
+
+class Forwarder:
+    """Compare-and-set writes into the cache for one sync process (one connection per target master)."""
+
+    def __init__(self, run_dir: RunDir, target: Topology, baseline: Baseline | None = None) -> None:
+        self.run_dir = run_dir
+        self.target = target
+        self.baseline = baseline or Baseline(run_dir)
+        self.conflicts = ConflictLog(run_dir)
+        self.counts = ForwardCounts()
+        self.owners = target.slot_owners()
+        self.wires: dict[int, Wire] = {}
+
+    def apply_dump(self, key: bytes, payload: bytes | None, expire_at: int = NO_EXPIRY) -> str:
+        """The old side's state of `key` (its DUMP payload and absolute expiry, or None: gone)."""
+        if payload is None or (expire_at != NO_EXPIRY and expire_at <= _now_ms()):
+            return self._forward(key, [pack(b"DEL", key)], gone=True)
+        return self._forward(key, [pack_restore(key, expire_at, payload)], gone=False)
+
+    def apply(self, key: bytes, records: list | None) -> str:
+        """The old side's state of `key` as the data path reads it: Records (one DUMP record, or the type-by-type
+        chunks of a big key or an older target), or None / [] when the key is gone."""
+        if not records:
+            return self.apply_dump(key, None)
+        if len(records) == 1 and records[0].payload:
+            return self.apply_dump(key, records[0].payload, records[0].expire_at)
+        from ..datapath.replay import record_commands
+        commands = [command for per_record in record_commands(records) for command, _ in per_record]
+        return self._forward(key, commands, gone=False)
+
+    def close(self) -> None:
+        for wire in self.wires.values():
+            wire.close()
+        self.wires = {}
+
+    # --- one key ----------------------------------------------------------------------------------
+
+    def _forward(self, key: bytes, writes: list[bytes], gone: bool) -> str:
+        outcome = self._attempts(key, writes, gone)
+        self.counts.outcomes[outcome] += 1
+        return outcome
+
+    def _attempts(self, key: bytes, writes: list[bytes], gone: bool) -> str:
+        expected, known_conflict = self.baseline.state(key)
+        if known_conflict:
+            return CONFLICT
+        for _ in range(ATTEMPTS):
+            wire = self._wire(key)
+            try:
+                outcome = self._attempt(wire, key, writes, gone, expected)
+            except (ConnectionError, OSError):  # the WATCH state is lost with the connection: look again
+                self._drop(wire)
+                continue
+            if outcome is not None:
+                return outcome
+        return self._conflict(key, None)
+
+    def _attempt(self, wire: Wire, key: bytes, writes: list[bytes], gone: bool, expected: bytes | None) -> str | None:
+        """One look and, if the target holds what sync last wrote, one transaction; None: look again."""
+        current = self._watch(wire, key)
+        if not _matches(expected, current):
+            wire.call(b"UNWATCH")
+            return self._conflict(key, current)
+        if gone and current is None:
+            wire.call(b"UNWATCH")
+            self.baseline.record([(key, None)], origin=FORWARD)
+            return UNCHANGED
+        written = self._transaction(wire, key, writes)
+        if written is False:
+            return None
+        self.baseline.record([(key, written)], origin=FORWARD)
+        return DELETED if gone else APPLIED
+
+    def _watch(self, wire: Wire, key: bytes) -> bytes | None:
+        wire.send(pack(b"WATCH", key) + pack(b"DUMP", key) + pack(b"PEXPIRETIME", key))
+        watched, payload, expire_at = wire.read(3)
+        for reply in (watched, payload, expire_at):
+            if isinstance(reply, ReplyError):
+                raise RuntimeFailure(f"forwarding {readable(key)}: the target refused WATCH/DUMP ({reply})",
+                                     "the target user needs WATCH, MULTI, EXEC, DUMP, PEXPIRETIME and RESTORE")
+        return digest(payload, expire_at) if payload is not None else None
+
+    def _transaction(self, wire: Wire, key: bytes, writes: list[bytes]) -> bytes | None | bool:
+        """MULTI, the writes, a read of the result, EXEC: the new digest, or False when EXEC was refused."""
+        wire.send(pack(b"MULTI") + b"".join(writes) + pack(b"DUMP", key) + pack(b"PEXPIRETIME", key) + pack(b"EXEC"))
+        replies = wire.read(len(writes) + 4)
+        queued, result = replies[:-1], replies[-1]
+        refused = [r for r in [*queued, result] if isinstance(r, ReplyError)]
+        if result is None and not refused:
+            return False
+        refused += [r for r in result or () if isinstance(r, ReplyError)]
+        if refused:
+            raise RuntimeFailure(f"forwarding {readable(key)}: the target refused the write ({refused[0]})",
+                                 "check the target's health and its memory limit; sync reconciles this key again")
+        payload, expire_at = result[-2], result[-1]
+        return digest(payload, expire_at) if payload is not None else None
+
+    def _conflict(self, key: bytes, current: bytes | None) -> str:
+        if self.baseline.mark_conflict(key):
+            reason = f"{'changed' if current is not None else 'deleted'} on the cache after the flip"
+            self.conflicts.add(key, reason)
+        return CONFLICT
+
+    def _drop(self, wire: Wire) -> None:
+        wire.close()
+        self.wires = {index: w for index, w in self.wires.items() if w is not wire}
+
+    def _wire(self, key: bytes) -> Wire:
+        index = self.owners[key_slot(key)]
+        if index < 0:
+            self.target = discover(self.target.endpoint)
+            self.owners = self.target.slot_owners()
+            self.close()
+            index = self.owners[key_slot(key)]
+        wire = self.wires.get(index)
+        if wire is None:
+            node = self.target.masters[index]
+            with translated_errors(self.target.endpoint):
+                wire = self.wires[index] = Wire(self.target.endpoint, node.host, node.port)
+        return wire
+
+
+def _matches(expected: bytes | None, current: bytes | None) -> bool:
+    """The target holds what sync last wrote (or what it wrote has expired there, which is no app's doing)."""
+    if expected == current:
+        return True
+    return current is None and expired(expected, _now_ms())
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
