@@ -277,11 +277,32 @@ def _switched(result: dict) -> Outcome:
     return Outcome(result, exit_code=GateRefused.exit_code if result["refused"] else 0)
 
 
+@dataclass(frozen=True)
+class Fencing:
+    """A cutover on a running sync: the old Redis to fence, how long, or no fence; sync's lag bound."""
+
+    source_url: str | None = None
+    fence_ms: int = 2000
+    no_fence: bool = False
+    max_lag_ms: int = 2000
+    tls_insecure: bool = False
+
+
 def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
             run_dir: str | None = None, prefix: str, max_verify_age: str = "30m", force: bool = False,
-            redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None) -> Outcome:
+            redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
+            fencing: Fencing = Fencing()) -> Outcome:
+    """With a sync following on the run dir: the fenced live cutover (cloud/live_cutover.py); else today's."""
     from .cloud import cutover as switching
+    from .cloud import live_cutover as live
     directory = RunDir(run_dir) if run_dir else None
+    sync = live.running_sync(directory)
+    if sync is not None:
+        return _switched(live.cutover_on_sync(
+            env, sync, directory, target_url=target_url, serverless_cache=serverless_cache,
+            source_url=fencing.source_url, prefix=prefix, fence_ms=fencing.fence_ms, no_fence=fencing.no_fence,
+            max_lag_ms=fencing.max_lag_ms, force=force, redeploy=redeploy, dry_run=dry_run, clients=clients,
+            tls_insecure=fencing.tls_insecure))
     with _switch_lock(directory, dry_run):
         return _switched(switching.cutover(env, target_url=target_url, serverless_cache=serverless_cache,
                                            run_dir=directory, prefix=prefix, max_verify_age=max_verify_age,

@@ -206,6 +206,8 @@ def render_switch(result: dict) -> str:
     widths = [max(len(cell[i]) for cell in cells + [("parameter", "now", "")]) for i in (0, 1)]
     for name, now, after in [("parameter", "now", "after"), *cells]:
         lines.append(f"  {name.ljust(widths[0])}  {now.ljust(widths[1])}  {after}")
+    if result.get("live"):
+        lines.append("  live      " + _live_line(result["live"]))
     for deploy in result["redeployed"]:
         lines.append(f"  redeploy  {deploy['service']}: {deploy['deployment'] or 'would force a new deployment'}")
     for refusal in result["refused"]:
@@ -214,3 +216,17 @@ def render_switch(result: dict) -> str:
         lines += [f"  would     {action}" for action in result["actions"]]
     lines.append(f"  result    {result['outcome']}")
     return "\n".join(lines)
+
+
+def _live_line(live: dict) -> str:
+    """A live cutover's fence (or race window), and what sync's drain did."""
+    parts = []
+    if live.get("no_fence"):
+        parts.append("no fence" + (f", race window {live['race_window_ms']} ms" if "race_window_ms" in live else ""))
+    elif live.get("fence_ms") is not None:
+        parts.append(f"fence held {live['fence_ms']} ms (limit {live['fence_limit_ms']} ms)")
+    drain = live.get("drain")
+    if drain:
+        parts.append(f"drain {live.get('drain_ms')} ms: {drain['applied']} applied, {drain['rechecked']} re-checked, "
+                     f"{drain['differences']} differences")
+    return "; ".join(parts) or "sync following"

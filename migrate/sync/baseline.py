@@ -68,15 +68,16 @@ class Baseline:
         self._db.commit()
 
     def record(self, items: Iterable[tuple], origin: int = COPY) -> None:
-        """What sync wrote on the target: (key, digest) pairs, digest None for a delete. A key once written by a
-        forward keeps that origin; a recorded write clears an old conflict (sync wrote over it on purpose)."""
+        """What sync wrote on the target: (key, digest) pairs, digest None for a delete. Once a forward wrote a key
+        (origin FORWARD: the digest of what the target then held) or found it a conflict, a later COPY record
+        of the same key (sync's own after-batch hook, from the source's payload) changes nothing."""
         now = time.time()
         rows = [(bytes(item[0]), item[1], origin, now) for item in items]
         with self._db:
             self._db.executemany(
                 "INSERT INTO baseline (key, digest, origin, conflict, at) VALUES (?, ?, ?, 0, ?) "
-                "ON CONFLICT(key) DO UPDATE SET digest = excluded.digest, conflict = 0, at = excluded.at, "
-                "origin = MAX(origin, excluded.origin)", rows)
+                "ON CONFLICT(key) DO UPDATE SET digest = excluded.digest, at = excluded.at, origin = excluded.origin "
+                "WHERE excluded.origin >= baseline.origin AND baseline.conflict = 0", rows)
 
     def get(self, key: bytes) -> tuple[bool, bytes | None]:
         """(known, digest) for a key."""

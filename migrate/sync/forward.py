@@ -178,3 +178,26 @@ def _matches(expected: bytes | None, current: bytes | None) -> bool:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# --- the seam in sync's follow engine -------------------------------------------------------------------
+
+def attach(engine, run_dir: RunDir) -> Forwarder:
+    """After the flip, sync's engine writes every change through compare-and-set: its `write_changes(records,
+    gone)` is replaced, and its counters (applied, deleted, forwarded, conflicts) kept up to date."""
+    forwarder = Forwarder(run_dir, engine.target)
+
+    def write_changes(records: list, gone: list[bytes]) -> None:
+        by_key: dict[bytes, list] = {}
+        for record in records:
+            by_key.setdefault(record.key, []).append(record)
+        outcomes = [forwarder.apply(key, chunks) for key, chunks in by_key.items()]
+        outcomes += [forwarder.apply(key, None) for key in gone]
+        engine.counts.applied += len(outcomes)
+        engine.counts.deleted += outcomes.count(DELETED)
+        engine.counts.forwarded = forwarder.counts.forwarded
+        engine.conflicts = forwarder.counts.conflicts
+
+    engine.write_changes = write_changes
+    engine.forwarder = forwarder
+    return forwarder
