@@ -76,6 +76,11 @@ def render_status(result: dict) -> str:
     for name, stage in result["stages"].items():
         lines.append(f"{name:<8} {stage['state']:<12} {stage.get('finished_at') or '-':<21} "
                      f"{stage.get('seconds') or '-'}")
+    if result.get("live"):
+        live = result["live"]
+        lines.append(f"live     {live['phase']:<12} fence {live['fence_ms']} ms, forwarded {live['forwarded']}, "
+                     f"conflicts {live['conflicts']}, last old-side write {live['seconds_since_last_old_write']} s "
+                     f"ago, old-side clients {live['old_side_clients']}")
     return "\n".join(lines) + "\n\n" + render_summary(result["counts"])
 
 

@@ -227,7 +227,19 @@ def status(run_dir: RunDir) -> dict:
                         if verify.found else {"state": "not started"})
     cutover = CutoverLedger.load(run_dir).record
     stages["cutover"] = {"state": cutover.state or "recorded"} if cutover else {"state": "not started"}
-    return {"stages": stages, "counts": summary, "run": RunLedger.load(run_dir).describe()}
+    result = {"stages": stages, "counts": summary, "run": RunLedger.load(run_dir).describe()}
+    live = _live_status(run_dir)
+    if live is not None:
+        result["live"] = live
+    return result
+
+
+def _live_status(run_dir: RunDir) -> dict | None:
+    """A live cutover's figures (phase, fence, forwarded, conflicts, old-side activity), once one began."""
+    if not any((run_dir.path / name).exists() for name in ("flip.json", "live-cutover.json")):
+        return None
+    from .cloud.live_cutover import live_status
+    return live_status(run_dir)
 
 
 def _when(timestamp: float | None) -> str | None:
