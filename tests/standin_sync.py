@@ -31,13 +31,22 @@ from migrate.sync.protocol import DrainRequests, FlipLedger, SyncLedger  # noqa:
 NAME = "redis-migrate-sync"
 
 
+def named(client: redis.Redis) -> redis.Redis:
+    """CLIENT SETNAME where allowed (a source that renamed CLIENT away refuses it)."""
+    try:
+        client.client_setname(NAME)
+    except redis.ResponseError:
+        pass
+    return client
+
+
 class StandIn:
     def __init__(self, source_url: str, target_url: str, run_dir: str) -> None:
         self.run_dir = RunDir(run_dir, create=True)
         self.source_endpoint = Endpoint.from_url("source", source_url)
         self.target_endpoint = Endpoint.from_url("target", target_url)
-        self.source = redis.Redis(**self.source_endpoint.connection_kwargs(), client_name=NAME)
-        self.target = redis.Redis(**self.target_endpoint.connection_kwargs(), client_name=NAME)
+        self.source = named(redis.Redis(**self.source_endpoint.connection_kwargs(), single_connection_client=True))
+        self.target = named(redis.Redis(**self.target_endpoint.connection_kwargs(), single_connection_client=True))
         self.baseline = Baseline(self.run_dir)
         self.run_dir.bind("source", {"url": self.source_endpoint.identity, "db": 0})
         self.run_dir.bind("target", {"url": self.target_endpoint.identity})

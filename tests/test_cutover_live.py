@@ -119,6 +119,7 @@ def bed(ssm, standalone_source, serverless_target, run_dir, tmp_path):
     for index in range(2000):
         source.set(f"seed:{index}", "x" * (index % 50), ex=3600 if index % 3 else None)
     source.hset("cart:1", mapping={"a": "1", "b": "2"})
+    source.close()  # an open connection of the test would count as an old-side client
     bed = Bed(standalone_source, serverless_target, run_dir, tmp_path)
     yield bed
     bed.close()

@@ -37,7 +37,8 @@ ATTEMPTS = 5  # EXEC refused this often (the key keeps changing on the cache): a
 
 @dataclass
 class ForwardCounts:
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: Counter = field(default_factory=Counter)  # per forwarded change: applied, deleted, conflict, unchanged
+    conflict_keys: int = 0                               # keys newly found written by an app on the cache
 
     @property
     def forwarded(self) -> int:
@@ -45,6 +46,11 @@ class ForwardCounts:
 
     @property
     def conflicts(self) -> int:
+        """Keys in conflict (each once), as conflicts.jsonl lists them; `dropped` counts the changes not written."""
+        return self.conflict_keys
+
+    @property
+    def dropped(self) -> int:
         return self.outcomes[CONFLICT]
 
 
@@ -146,6 +152,7 @@ class Forwarder:
 
     def _conflict(self, key: bytes, current: bytes | None) -> str:
         if self.baseline.mark_conflict(key):
+            self.counts.conflict_keys += 1
             reason = f"{'changed' if current is not None else 'deleted'} on the cache after the flip"
             self.conflicts.add(key, reason)
         return CONFLICT
