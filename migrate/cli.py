@@ -16,7 +16,17 @@ from pathlib import Path
 import click
 
 from . import __version__, commands
-from .console import TERMINAL, emit, render_plan, render_status, render_summary, render_switch, render_verify
+from .console import (
+    TERMINAL,
+    emit,
+    live_sync_line,
+    render_plan,
+    render_status,
+    render_summary,
+    render_switch,
+    render_sync,
+    render_verify,
+)
 from .datapath.replay import ReplayOptions
 from .errors import MigrateError
 from .redact import scrub
@@ -234,6 +244,46 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
 def status(run_dir, as_json):
     """Show every stage's state, counts and timings, and the last verify and cutover."""
     _finish(commands.status(run_dir), as_json, render_status)
+
+
+# --- sync ---
+
+@cli.command()
+@source_option
+@target_option
+@run_dir_option()
+@click.option("--enable-notifications", is_flag=True,
+              help="Turn on keyspace events (CONFIG SET notify-keyspace-events, adding K and A) where they are off "
+                   "and the server allows it; the old value is restored when sync ends (or by the next sync after a "
+                   "crash).")
+@click.option("--max-pending", type=click.IntRange(1000), default=None, metavar="KEYS",
+              help="Most changed keys waiting to be applied (default 500000); past it sync drops them and "
+                   "reconciles instead, so memory stays bounded.")
+@dump_options
+@replay_options
+@source_check_options
+@skip_unsupported_option
+@tls_insecure_option
+@json_option
+@handle_errors
+def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db, match, types, scan_count,
+         max_payload, batch_bytes, mode, max_ops_per_sec, allow_nonempty_target, ignore_other_dbs, allow_empty_source,
+         skip_unsupported, tls_insecure, as_json):
+    """Copy while the apps keep writing, then follow every change until SIGTERM/SIGINT.
+
+    Subscribes to keyspace events on every source primary first, bulk copies (skipped when the run dir's
+    copy is done), proves the copy with a verify, then applies every changed key. Gaps (a dropped
+    subscriber, FLUSHDB, a failover, too many pending keys) are reconciled with a verify with repair.
+    Exit 0 once stopped with nothing unreconciled; 3 otherwise (rerun sync to finish).
+    """
+    live = live_sync_line if sys.stderr.isatty() and not as_json else None
+    outcome = commands.sync(source_url, target_url, run_dir,
+                            _selection(db, match, types, scan_count, max_payload, batch_bytes),
+                            _replay_options(mode, max_ops_per_sec, allow_nonempty_target),
+                            enable_notifications=enable_notifications, max_pending=max_pending,
+                            checks=_source_checks(ignore_other_dbs, allow_empty_source),
+                            skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL, live=live)
+    _finish(outcome, as_json, render_sync)
 
 
 # --- verify ---

@@ -316,3 +316,46 @@ def rollback(env: str, *, run_dir: str | None = None, prefix: str, force: bool =
     with _switch_lock(directory, dry_run):
         return _switched(switching.rollback(env, run_dir=directory, prefix=prefix, force=force, redeploy=redeploy,
                                             dry_run=dry_run, clients=clients))
+
+
+# --- sync --------------------------------------------------------------------------------------------
+
+def sync(source_url: str, target_url: str, run_dir: str, selection: Selection, options: ReplayOptions, *,
+         enable_notifications: bool = False, max_pending: int | None = None, checks: SourceChecks = SourceChecks(),
+         skip_unsupported: bool = False, tls_insecure: bool = False, events: Events = SILENT,
+         live: Callable[[dict], None] | None = None) -> Outcome:
+    """Capture keyspace events, bulk copy, then follow every change until SIGTERM/SIGINT. Exit 0 when
+    stopped with every gap reconciled, 3 when one is not (rerun sync to finish)."""
+    from .pipeline import copy_stages
+    from .rundir import DumpLedger
+    from .sync.capture import CLIENT_NAME
+    from .sync.follow import DEFAULT_MAX_PENDING
+    from .sync.stage import SyncOptions, sync_stage
+    if selection.match is not None or selection.types:
+        raise BadInput("sync copies and follows a whole database: --match and --type do not apply",
+                       "drop --match/--type (use dump/replay for a partial copy)")
+    name = CLIENT_NAME.decode()
+    source = replace(_endpoint("source", source_url, tls_insecure, events.warn), client_name=name)
+    target = replace(_endpoint("target", target_url, tls_insecure, events.warn), client_name=name)
+    target_topology = open_target(target)
+    target_rdb = probe_rdb_version(target_topology) if options.mode == "auto" else None
+    dump_options = selection.dump_options(source, options.mode, target_rdb)
+    directory = RunDir(run_dir, create=True)
+    sync_options = SyncOptions(enable_notifications=enable_notifications,
+                               max_pending=max_pending or DEFAULT_MAX_PENDING, mode=options.mode)
+    with directory.lock():
+        source_topology = open_source(source, dump_options.db)
+        if DumpLedger.load(directory).found:
+            bind_endpoints(directory, source, target, dump_options.db)
+        else:
+            admit_source(directory, source_topology, target, dump_options.db, checks, events.warn)
+            preflight(directory, source_topology, target_topology, dump_options.db, events.warn)
+
+        def copy() -> None:
+            copy_stages(directory, source_topology, target_topology, dump_options, options, events.progress,
+                        events.warn)
+
+        result = sync_stage(directory, source_topology, target_topology, dump_options, options, sync_options, copy,
+                            events.progress, events.warn, live)
+        refusal = judge_skipped(directory, skip_unsupported)
+    return Outcome(result, refusal=refusal)

@@ -76,12 +76,37 @@ def render_status(result: dict) -> str:
     for name, stage in result["stages"].items():
         lines.append(f"{name:<8} {stage['state']:<12} {stage.get('finished_at') or '-':<21} "
                      f"{stage.get('seconds') or '-'}")
+    text = "\n".join(lines) + "\n\n" + render_summary(result["counts"])
+    if result.get("sync"):
+        text += "\n\n" + sync_line(result["sync"])
     if result.get("live"):
         live = result["live"]
-        lines.append(f"live     {live['phase']:<12} fence {live['fence_ms']} ms, forwarded {live['forwarded']}, "
-                     f"conflicts {live['conflicts']}, last old-side write {live['seconds_since_last_old_write']} s "
-                     f"ago, old-side clients {live['old_side_clients']}")
-    return "\n".join(lines) + "\n\n" + render_summary(result["counts"])
+        text += (f"\nlive cutover {live['phase']}: fence {live['fence_ms']} ms, forwarded {live['forwarded']}, "
+                 f"conflicts {live['conflicts']}, last old-side write {live['seconds_since_last_old_write']} s ago, "
+                 f"old-side clients {live['old_side_clients']}")
+    return text
+
+
+# --- sync --------------------------------------------------------------------------------------------
+
+def sync_line(status: dict) -> str:
+    """One line: state, lag, pending, applied, gaps, the proof."""
+    proof = status.get("proof") or {}
+    alive = "" if status.get("running", True) else " (not running)"
+    return (f"sync {status['state']}{alive}: lag {status['lag_ms']} ms, pending {status['pending']}, "
+            f"applied {status['applied']}, deleted {status['deleted']}, gaps {status['gaps']} "
+            f"({status.get('unreconciled_gaps', 0)} open), reconciles {status['reconciles']}, "
+            f"proof {'holds' if proof.get('holds') else 'not yet'} ({proof.get('open', 0)} open)")
+
+
+def live_sync_line(status: dict) -> None:
+    """The running sync's line, rewritten in place on the terminal."""
+    sys.stderr.write("\r\x1b[2K" + scrub(sync_line(status)))
+    sys.stderr.flush()
+
+
+def render_sync(result: dict) -> str:
+    return sync_line(result)
 
 
 # --- verify ------------------------------------------------------------------------------------------

@@ -88,6 +88,23 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     return summary
 
 
+def copy_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: DumpOptions,
+                replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress,
+                warn: Warn = no_warning) -> None:
+    """`run`'s copy without its verify (sync proves the copy itself): dump in a child, replay here."""
+    child, errors = _start_dump_process(run_dir, source, dump_options)
+    try:
+        replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
+                                expected=source.key_count(dump_options.db), warn=warn)
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join()
+    _raise_child_error(child, errors)
+    if not replayed["replay_done"]:
+        replay_stage(run_dir, target, replay_options, warn=warn)
+
+
 def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_options: DumpOptions,
                  progress: ProgressFactory = no_progress) -> None:
     """`run`'s last stage. Skipped when a passing verify is newer than the replay; a dump limited by
@@ -228,10 +245,22 @@ def status(run_dir: RunDir) -> dict:
     cutover = CutoverLedger.load(run_dir).record
     stages["cutover"] = {"state": cutover.state or "recorded"} if cutover else {"state": "not started"}
     result = {"stages": stages, "counts": summary, "run": RunLedger.load(run_dir).describe()}
+    sync = sync_status(run_dir)
+    if sync is not None:
+        result["sync"] = sync
     live = _live_status(run_dir)
     if live is not None:
         result["live"] = live
     return result
+
+
+def sync_status(run_dir: RunDir) -> dict | None:
+    """The last (or running) sync's state from sync.json, with whether it is alive."""
+    from .sync.protocol import SyncLedger
+    ledger = SyncLedger.load(run_dir)
+    if not ledger.found:
+        return None
+    return {**ledger.to_dict(), "running": ledger.running()}
 
 
 def _live_status(run_dir: RunDir) -> dict | None:

@@ -38,6 +38,7 @@ class Endpoint:
     socket_timeout: float = 60.0
     connect_timeout: float = 10.0
     password: str | None = field(default=None, repr=False, compare=False)
+    client_name: str | None = None  # CLIENT SETNAME on every connection (sync: cutover tells ours from the apps')
 
     @classmethod
     def from_url(cls, role: str, url: str, *, tls_insecure: bool = False, **kwargs) -> Endpoint:
@@ -86,6 +87,8 @@ class Endpoint:
         kwargs["socket_timeout"] = self.socket_timeout
         kwargs["socket_connect_timeout"] = self.connect_timeout
         kwargs["retry"] = Retry(NoBackoff(), 0)  # fail fast: the stages retry what is worth retrying
+        if self.client_name:
+            kwargs["client_name"] = self.client_name
         if self.tls:
             kwargs["ssl"] = True
             if self.tls_insecure:

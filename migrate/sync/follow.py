@@ -1,0 +1,331 @@
+"""Follow: apply every changed key to the target, state-based.
+
+Events only say "this key changed". Each key waits once in an ordered set (coalesced: repeated events
+keep its first-seen time, which gives the lag); the apply loop takes the oldest keys in batches,
+re-reads them on the source with the dump's own batch script (DUMP + absolute expiry; big keys and
+payloads newer than the target type by type), and writes them with `RESTORE ... REPLACE ABSTTL`, or DEL
+when the key is gone. Since the value written is read after the key's last event, the order of events
+does not matter: a DEL cannot overtake a later write of the same key.
+
+Streams with consumer groups change without any event (XREADGROUP, XACK, XCLAIM, XAUTOCLAIM move the
+pending entries lists and consumers), so they are kept in a watchlist and re-read every second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from ..datapath.reader import DumpOptions, KeyReader, RecordList
+from ..datapath.replay import RateLimiter, ReplayOptions, TargetWriter
+from ..datapath.segments import DUMP, Record
+from ..net.endpoints import Topology
+from ..net.keyspace import NO_EXPIRY, key_slot
+from ..net.wire import ReplyError, Wire, pack
+from ..rundir import DumpCounts, ReplayCounts
+from .capture import PROBE_PREFIX, named
+from .gaps import DELETING_EVENTS, GapBook
+
+BATCH_KEYS = 500
+DEFAULT_MAX_PENDING = 500_000
+WATCH_EVERY_S = 1.0
+WATCH_PER_ROUND = 5000
+STREAM_RDB_TYPES = (15, 19, 21)  # RDB_TYPE_STREAM_LISTPACKS, _2, _3: a DUMP payload's first byte
+
+
+def record_digest(records: list[Record]) -> bytes:
+    """What was written for one key, for the cutover's baseline (DUMP payload and expiry, or its chunks)."""
+    from .baseline import digest
+    first = records[0]
+    if first.kind == DUMP and len(records) == 1:
+        return digest(first.payload, first.expire_at)
+    sha = hashlib.sha1()
+    for record in records:
+        sha.update(b"%d|%d|" % (record.offset, record.expire_at))
+        for item in record.items:
+            sha.update(b"%d:" % len(item) + item)
+    return sha.digest()
+
+
+def is_stream(record: Record) -> bool:
+    if record.kind == DUMP:
+        return bool(record.payload) and record.payload[0] in STREAM_RDB_TYPES
+    return record.type in ("stream", "stream-group")
+
+
+class Pending:
+    """Keys changed and not applied yet, oldest first, each with the time it was first heard (thread-safe).
+
+    Bounded: past `bound` keys the set is dropped and `overflowed` is called, so memory stays flat
+    under any write rate and the reconcile finds what was dropped."""
+
+    def __init__(self, bound: int, overflowed: Callable[[], None]) -> None:
+        self.bound = bound
+        self.overflowed = overflowed
+        self.keys: OrderedDict[bytes, float] = OrderedDict()
+        self.lock = threading.Lock()
+        self.in_flight_since: float | None = None
+
+    def add(self, key: bytes, at: float) -> None:
+        with self.lock:
+            if key in self.keys:
+                return
+            if len(self.keys) >= self.bound:
+                self.keys.clear()
+                overflow = True
+            else:
+                overflow = False
+            self.keys[key] = at
+        if overflow:
+            self.overflowed()
+
+    def add_many(self, keys, at: float) -> None:
+        for key in keys:
+            self.add(key, at)
+
+    def take(self, count: int) -> list[bytes]:
+        with self.lock:
+            taken = []
+            oldest = None
+            while self.keys and len(taken) < count:
+                key, at = self.keys.popitem(last=False)
+                oldest = at if oldest is None else min(oldest, at)
+                taken.append(key)
+            self.in_flight_since = oldest
+            return taken
+
+    def done(self) -> None:
+        with self.lock:
+            self.in_flight_since = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def oldest(self) -> float | None:
+        with self.lock:
+            times = [t for t in (self.in_flight_since, next(iter(self.keys.values()), None)) if t is not None]
+        return min(times) if times else None
+
+
+class Counters:
+    applied = 0
+    deleted = 0
+    forwarded = 0
+    last_event_at: float | None = None
+
+
+class Engine:
+    """Applies changed keys from the source to the target. Runs in one thread (the stage's loop); the
+    subscriber threads only call `heard` and `gaps.add`."""
+
+    def __init__(self, source: Topology, target: Topology, db: int, options: ReplayOptions, gaps: GapBook,
+                 max_pending: int = DEFAULT_MAX_PENDING, mode: str = "auto") -> None:
+        self.source = source
+        self.target = target
+        self.db = db
+        self.gaps = gaps
+        self.counts = Counters()
+        self.writer = TargetWriter(target, ReplayOptions(max_ops_per_sec=options.max_ops_per_sec,
+                                                         allow_nonempty_target=True,
+                                                         retry_seconds=options.retry_seconds))
+        self.read_limiter = RateLimiter(options.max_ops_per_sec)
+        self.struct_all = mode == "struct"
+        self.pending = Pending(max_pending, lambda: gaps.add("pending set over its bound"))
+        self.watched: OrderedDict[bytes, None] = OrderedDict()
+        self.watch_due = 0.0
+        self.probes: dict[bytes, set[bytes]] = {}
+        self.probe_lock = threading.Lock()
+        self.on_delete: Callable[[int], None] = lambda index: None
+        self.touched: set[bytes] | None = None       # keys applied while a reconcile runs (re-read after it)
+        self.changed: set[bytes] | None = None       # keys applied since the proof (its open set)
+        self.changed_count = 0
+        self.after_batch: list[Callable[[list[tuple[bytes, bytes | None]]], None]] = []
+        # The seam for cutover: after the flip, forward.attach(engine, run_dir) replaces write_changes
+        # (records: list[Record], gone: list[bytes]) -> None, and counts in counts.forwarded / self.conflicts.
+        self.write_changes = self.write_target
+        self._readers: dict[int, KeyReader] = {}
+
+    # --- what the subscribers hand over -------------------------------------------------------------
+
+    def heard(self, index: int, key: bytes, event: bytes) -> None:
+        """One keyspace event (a subscriber thread)."""
+        now = time.time()
+        if key.startswith(PROBE_PREFIX):
+            with self.probe_lock:
+                self.probes.setdefault(key, set()).add(event)
+            return
+        self.counts.last_event_at = now
+        if event in DELETING_EVENTS:
+            self.on_delete(index)
+        self.pending.add(key, now)
+
+    def probe_seen(self, key: bytes) -> bool:
+        """Whether the probe key's expiry was heard: K and the expired class (x) both work."""
+        with self.probe_lock:
+            return b"expired" in self.probes.get(key, ())
+
+    # --- source readers --------------------------------------------------------------------------------
+
+    def retarget_source(self, source: Topology) -> None:
+        """A new slot map or primary: read from the new masters."""
+        self.close_readers()
+        self.source = source
+
+    def _reader(self, index: int) -> KeyReader:
+        if index not in self._readers:
+            node = self.source.masters[index]
+            wire = named(Wire(self.source.endpoint, node.host, node.port, self.db))
+            self._readers[index] = KeyReader(wire, wire, self.source, DumpOptions(
+                db=self.db, struct_all=self.struct_all, target_rdb=self.writer.target_rdb))
+        return self._readers[index]
+
+    def source_wire(self, index: int) -> Wire:
+        return self._reader(index).wire
+
+    def close_readers(self) -> None:
+        for reader in self._readers.values():
+            reader.wire.close()
+        self._readers = {}
+
+    def close(self) -> None:
+        self.close_readers()
+        self.writer.close()
+
+    # --- applying -----------------------------------------------------------------------------------------
+
+    def apply_pending(self, limit: int | None = None) -> int:
+        """Apply batches until the pending set is empty (or `limit` keys were applied); keys applied."""
+        total = 0
+        while len(self.pending) and (limit is None or total < limit):
+            keys = self.pending.take(BATCH_KEYS)
+            try:
+                self.apply(keys)
+            except BaseException:
+                self.pending.add_many(keys, time.time())  # not applied: they stay pending
+                raise
+            finally:
+                self.pending.done()
+            total += len(keys)
+        return total
+
+    def apply(self, keys: list[bytes]) -> None:
+        """Re-read these keys on the source, then write or delete each on the target."""
+        if not keys:
+            return
+        records = self.read_source(keys)
+        by_key: dict[bytes, list[Record]] = {}
+        now_ms = int(time.time() * 1000)
+        for record in records:
+            by_key.setdefault(record.key, []).append(record)
+        live = {key: recs for key, recs in by_key.items()
+                if recs[0].expire_at == NO_EXPIRY or recs[0].expire_at > now_ms}
+        gone = [key for key in keys if key not in live]
+        self.write_changes([r for recs in live.values() for r in recs], gone)
+        self._watch_streams(live)
+        self.forget_gone_streams(gone)
+        results = [(key, record_digest(recs)) for key, recs in live.items()] + [(key, None) for key in gone]
+        for hook in self.after_batch:
+            hook(results)
+        if self.touched is not None:
+            self.touched.update(keys)
+        if self.changed is not None:
+            self.changed.update(keys)
+            self.changed_count += len(keys)
+            if len(self.changed) > self.pending.bound:  # bounded too: the reconcile proves them instead
+                self.changed = set()
+                self.gaps.add("keys to re-check over the pending bound")
+
+    def read_source(self, keys: list[bytes]) -> list[Record]:
+        """The keys as dump records, each read on the master that owns it (vanished keys give none)."""
+        self.read_limiter.acquire(len(keys))
+        owners = self.source.slot_owners()
+        by_node: dict[int, list[bytes]] = {}
+        for key in keys:
+            by_node.setdefault(owners[key_slot(key)], []).append(key)
+        records, counts = RecordList(), DumpCounts()
+        for index, node_keys in by_node.items():
+            if index < 0:
+                continue  # no master owns the slot right now: the topology watch reports it
+            self._reader(index).read(node_keys, counts, records)
+        return list(records)
+
+    def write_target(self, records: list[Record], gone: list[bytes]) -> None:
+        """Before the flip: the target follows the source (written like replay; gone keys deleted)."""
+        counts = ReplayCounts()
+        if records:
+            self.writer.write(records, counts)
+        keys = len({r.key for r in records})
+        self.counts.applied += keys + len(gone)
+        if gone:
+            self.counts.deleted += self.writer.delete(gone)
+
+    # --- streams whose changes publish no event ------------------------------------------------------------
+
+    def _watch_streams(self, live: dict[bytes, list[Record]]) -> None:
+        streams = [key for key, recs in live.items() if key not in self.watched and is_stream(recs[0])]
+        for key in self.with_groups(streams):
+            self.watched[key] = None
+
+    def with_groups(self, keys: list[bytes]) -> list[bytes]:
+        """The streams among these keys that have consumer groups (XINFO STREAM's `groups`)."""
+        if not keys:
+            return []
+        owners = self.source.slot_owners()
+        found = []
+        for key in keys:
+            index = owners[key_slot(key)]
+            if index < 0:
+                continue
+            wire = self.source_wire(index)
+            wire.send(pack(b"XINFO", b"STREAM", key))
+            reply = wire.read(1)[0]
+            if isinstance(reply, ReplyError) or not isinstance(reply, list):
+                continue
+            fields = dict(zip(reply[0::2], reply[1::2]))
+            if fields.get(b"groups"):
+                found.append(key)
+        return found
+
+    def discover_streams(self) -> int:
+        """Streams with groups that exist now (SCAN TYPE stream on every master): they may change silently."""
+        found = 0
+        for index in range(len(self.source.masters)):
+            wire = self.source_wire(index)
+            cursor = b"0"
+            while True:
+                reply = wire.call(b"SCAN", cursor, b"COUNT", b"1000", b"TYPE", b"stream", check=False)
+                if isinstance(reply, ReplyError):
+                    break
+                cursor, keys = reply
+                for key in self.with_groups([k for k in keys if k not in self.watched]):
+                    self.watched[key] = None
+                    found += 1
+                if cursor == b"0":
+                    break
+        return found
+
+    def watch_tick(self, force: bool = False) -> None:
+        """Every second (and when asked: at a drain, at stop), every watched stream is re-read."""
+        now = time.monotonic()
+        if not force and now < self.watch_due:
+            return
+        self.watch_due = now + WATCH_EVERY_S
+        keys = list(self.watched)
+        if not force and len(keys) > WATCH_PER_ROUND:
+            keys = keys[:WATCH_PER_ROUND]
+            for key in keys:
+                self.watched.move_to_end(key)
+        self.pending.add_many(keys, time.time())
+
+    def forget_gone_streams(self, keys: list[bytes]) -> None:
+        for key in keys:
+            self.watched.pop(key, None)
+
+    # --- the proof's re-checks -------------------------------------------------------------------------------
+
+    def lag_ms(self) -> int:
+        oldest = self.pending.oldest()
+        return 0 if oldest is None else max(int((time.time() - oldest) * 1000), 0)
