@@ -2,8 +2,8 @@
 real servers and moto's SSM: the fenced flip loses no acknowledged write, old tasks' writes are forwarded,
 a write an app made on the cache is never overwritten, rollback --bring-back brings the cache's writes back.
 
-Sync here is SYNC_COMMAND: the real `redis-migrate sync` once merged, else tests/standin_sync.py (a minimal
-follower of the same run-dir protocol, see its docstring).
+Sync here is the real `redis-migrate sync`; with REDIS_MIGRATE_TEST_STANDIN_SYNC=1, tests/standin_sync.py (a
+minimal follower of the same run-dir protocol, see its docstring), which these tests used before sync was merged.
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def sync_command(source_url: str, target_url: str, run_dir: Path) -> list[str]:
-    return [sys.executable, str(HERE / "standin_sync.py"), "--source", source_url, "--target", target_url,
-            "--run-dir", str(run_dir)]
+    if os.environ.get("REDIS_MIGRATE_TEST_STANDIN_SYNC") == "1":
+        return [sys.executable, str(HERE / "standin_sync.py"), "--source", source_url, "--target", target_url,
+                "--run-dir", str(run_dir)]
+    return [sys.executable, "-m", "migrate.cli", "sync", "--source", source_url, "--target", target_url, "--run-dir",
+            str(run_dir), "--enable-notifications"]
 
 
 @pytest.fixture
@@ -212,13 +215,16 @@ def test_overlapping_writes_are_conflicts_and_the_cache_wins(bed, ssm):
 
 
 def test_a_source_that_refuses_client_pause_needs_no_fence(ssm, aws, serverless_target, run_dir, tmp_path, bed_dir):
+    """ElastiCache refuses CLIENT PAUSE but allows CLIENT SETNAME (which sync uses), so renaming CLIENT away as a
+    whole would refuse too much: the server denies the two subcommands through its ACL instead."""
     port = testbed.free_port()
     server = testbed.RedisServer(port, bed_dir / f"no-pause-{port}",
-                                 testbed.server_args(port, password=SOURCE_PASSWORD,
-                                                     extra=("--rename-command", "CLIENT", "")),
-                                 password=SOURCE_PASSWORD).start()
+                                 testbed.server_args(port, password=SOURCE_PASSWORD), password=SOURCE_PASSWORD).start()
     try:
-        server.client().set("k", "v")
+        admin = server.client()
+        admin.execute_command("ACL", "SETUSER", "default", "-client|pause", "-client|unpause")
+        admin.set("k", "v")
+        admin.close()
         ssm.put_parameter(Name=f"{PREFIX}/port", Value=str(port), Overwrite=True)
         before = ssm_values(ssm)
         bed = Bed(server, serverless_target, run_dir, tmp_path)

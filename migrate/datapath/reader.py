@@ -97,6 +97,9 @@ end
 out[n + 1] = plain
 return out
 """
+# Redis 7+ and Valkey: the same script declared read-only (a shebang with flags), so that a CLIENT PAUSE WRITE
+# (the live cutover's fence) does not block it as it blocks every undeclared script; it reads keys of any slot.
+READ_SCRIPT_NO_WRITES = b"#!lua flags=no-writes,allow-cross-slot-keys\n" + READ_SCRIPT.lstrip(b"\n")
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class KeyReader:
         self.has_pexpiretime = topology.has_pexpiretime
         self.has_memory_usage = True
         self.use_script = not options.struct_all
+        self.script = READ_SCRIPT_NO_WRITES if topology.version_tuple >= (7, 0) else READ_SCRIPT
         self.skipped_keys: list[tuple[bytes, str]] = []
 
     def read(self, keys: list[bytes], counts: DumpCounts, sink: RecordSink) -> None:
@@ -160,7 +164,7 @@ class KeyReader:
         if not (self.use_script and admissible):
             return False
         value_max = min(self.options.batch_bytes // SCRIPT_VALUE_SHARE, self.options.max_payload)
-        self.bulk.send(pack(b"EVAL", READ_SCRIPT, b"0", b"%d" % value_max, b"%d" % self.options.batch_bytes,
+        self.bulk.send(pack(b"EVAL", self.script, b"0", b"%d" % value_max, b"%d" % self.options.batch_bytes,
                             b"1" if self.has_pexpiretime else b"0", b"%d" % (self.options.target_rdb or 0),
                             *admissible))
         return True
