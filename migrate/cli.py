@@ -28,7 +28,7 @@ from .console import (
     render_verify,
 )
 from .datapath.replay import ReplayOptions
-from .errors import MigrateError
+from .errors import BadInput, MigrateError
 from .redact import scrub
 from .verify.stage import VerifyOptions
 
@@ -407,12 +407,33 @@ def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify
 
 
 @cli.command()
+@click.option("--bring-back", is_flag=True,
+              help="First copy the apps' writes on the cache back to the old Redis (scan-based rounds), then flip "
+                   "back, then copy the stragglers; needs --source, --target and the cutover's --run-dir.")
+@click.option("--source", "source_url", metavar="URL", default=None,
+              help="With --bring-back: the old Redis (the migration's source), which receives the writes.")
+@click.option("--target", "target_url", metavar="URL", default=None,
+              help="With --bring-back: the serverless cache (the migration's target), the reference.")
+@click.option("--threshold", type=click.IntRange(1), default=100, show_default=True,
+              help="With --bring-back: copy-back rounds go on until one finds fewer differences than this.")
+@tls_insecure_option
 @switch_options
 @handle_errors
-def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json):
-    """Put back the SSM values the cutover recorded (run dir, else the SSM labels)."""
+def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json, bring_back, source_url, target_url,
+             threshold, tls_insecure):
+    """Put back the SSM values the cutover recorded (run dir, else the SSM labels).
+
+    With --bring-back, the writes the apps made on the cache are copied back to the old Redis first (sync must
+    be stopped); exit 0 only when a last compare finds nothing but the reported conflicts.
+    """
+    options = None
+    if bring_back:
+        if not (source_url and target_url):
+            raise BadInput("--bring-back needs --source (the old Redis) and --target (the serverless cache)",
+                           "give both: the old Redis receives the cache's writes")
+        options = commands.BringBack(source_url, target_url, threshold, tls_insecure)
     outcome = commands.rollback(env, run_dir=run_dir, prefix=param_prefix, force=force, redeploy=redeploy,
-                                dry_run=dry_run, clients=_aws_clients())
+                                dry_run=dry_run, clients=_aws_clients(), bring_back=options, events=TERMINAL)
     _finish(outcome, as_json, render_switch)
 
 

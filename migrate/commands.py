@@ -309,13 +309,44 @@ def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | 
                                            force=force, redeploy=redeploy, dry_run=dry_run, clients=clients))
 
 
+@dataclass(frozen=True)
+class BringBack:
+    """rollback --bring-back: the migration's own old Redis (--source) and cache (--target)."""
+
+    source_url: str
+    target_url: str
+    threshold: int = 100
+    tls_insecure: bool = False
+
+
 def rollback(env: str, *, run_dir: str | None = None, prefix: str, force: bool = False,
-             redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None) -> Outcome:
+             redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
+             bring_back: BringBack | None = None, events: Events = SILENT) -> Outcome:
+    """Put the recorded SSM values back; with --bring-back, copy the cache's writes back to the old Redis first
+    (and the stragglers after): exit 0 only when a last compare is clean."""
     from .cloud import cutover as switching
     directory = RunDir(run_dir) if run_dir else None
+    if bring_back is not None:
+        return _brought_back(env, directory, prefix, force, redeploy, dry_run, clients, bring_back, events)
     with _switch_lock(directory, dry_run):
         return _switched(switching.rollback(env, run_dir=directory, prefix=prefix, force=force, redeploy=redeploy,
                                             dry_run=dry_run, clients=clients))
+
+
+def _brought_back(env: str, directory: RunDir | None, prefix: str, force: bool, redeploy: tuple[str, ...],
+                  dry_run: bool, clients: Clients | None, options: BringBack, events: Events) -> Outcome:
+    from .cloud import bring_back as back
+    if directory is None:
+        raise BadInput("--bring-back needs --run-dir", "pass the run dir of the sync and cutover: its baseline says "
+                                                       "which keys sync put on the cache")
+    back.refuse_running_sync(directory)
+    old = open_source(_endpoint("source", options.source_url, options.tls_insecure, events.warn), 0)
+    cache = open_target(_endpoint("target", options.target_url, options.tls_insecure, events.warn))
+    with _switch_lock(directory, dry_run):
+        result = back.bring_back(env, run_dir=directory, old=old, cache=cache, threshold=options.threshold,
+                                 prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run, clients=clients)
+    clean = not result["refused"] and result["bring_back"]["final_differences"] == 0
+    return Outcome(result, exit_code=0 if clean or dry_run and not result["refused"] else GateRefused.exit_code)
 
 
 # --- sync --------------------------------------------------------------------------------------------

@@ -238,6 +238,8 @@ def render_switch(result: dict) -> str:
         lines.append(f"  {name.ljust(widths[0])}  {now.ljust(widths[1])}  {after}")
     if result.get("live"):
         lines.append("  live      " + _live_line(result["live"]))
+    if result.get("bring_back"):
+        lines += ["  back      " + line for line in _bring_back_lines(result["bring_back"])]
     for deploy in result["redeployed"]:
         lines.append(f"  redeploy  {deploy['service']}: {deploy['deployment'] or 'would force a new deployment'}")
     for refusal in result["refused"]:
@@ -260,3 +262,17 @@ def _live_line(live: dict) -> str:
         parts.append(f"drain {live.get('drain_ms')} ms: {drain['applied']} applied, {drain['rechecked']} re-checked, "
                      f"{drain['differences']} differences")
     return "; ".join(parts) or "sync following"
+
+
+def _bring_back_lines(back: dict) -> list[str]:
+    """Rounds, stragglers, conflicts and the last compare of rollback --bring-back."""
+    lines = [f"round {n}: {r['found']} differences, {r['copied']} copied, {r['deleted']} deleted ({r['seconds']}s)"
+             for n, r in enumerate(back["rounds"], 1)]
+    if back["stragglers"]:
+        s = back["stragglers"]
+        lines.append(f"stragglers after the flip back: {s['found']} differences, {s['copied']} copied, "
+                     f"{s['deleted']} deleted")
+    lines.append(f"brought back {back['brought_back']} keys in {back['seconds']}s; conflicts {back['conflicts']}"
+                 + (f" ({', '.join(back['conflict_keys'])})" if back["conflict_keys"] else "")
+                 + f"; final differences {back['final_differences']}")
+    return lines

@@ -24,6 +24,7 @@ from conftest import SOURCE_PASSWORD
 from migrate.rundir import RunDir
 from migrate.sync.protocol import SyncLedger
 from reliability import ROOT, child_env, popen, spawn
+from snapshot import assert_same, snapshot
 
 ENV = "test"
 PREFIX = f"/storefront/{ENV}/redis"
@@ -169,6 +170,9 @@ def test_flip_with_stragglers_loses_no_acknowledged_write(bed, ssm):
     live = result["live"]
     assert live["drain"]["differences"] == 0 and live["fence_ms"] is not None
     app2, log2 = bed.start_app("app2", "--rate", 500)   # a new task: reads SSM, lands on the cache
+    old = bed.source.client()
+    old.set("seed:1", "changed by an old task after the flip")   # a key of the bulk copy: forwarded, no conflict
+    old.close()
     time.sleep(ROLLOUT_S)                               # the rollout: app1 still writes to the old Redis
     assert bed.stop(app1) == 0
     bed.idle()
@@ -180,6 +184,7 @@ def test_flip_with_stragglers_loses_no_acknowledged_write(bed, ssm):
     assert summary1["endpoint"].endswith(str(bed.source.port)) and summary2["endpoint"].endswith(
         str(bed.target.first.port))
     assert missing_on(cache, writes1) == {} and missing_on(cache, writes2) == {}
+    assert cache.get("seed:1") == b"changed by an old task after the flip"
     assert summary1["longest_stall_ms"] <= 2500
     ledger = bed.sync()
     assert ledger.forwarded > 0 and conflicts(bed.run_dir) == []
@@ -277,3 +282,43 @@ def test_kill_9_between_fence_and_flip(bed, ssm):
     bed.wait(lambda: bed.sync().running() and bed.target.first.client().get("after:kill") == b"1",
              what="sync still following")
     assert bed.stop(sync) == 0
+
+
+# --- rollback --bring-back --------------------------------------------------------------------------------------
+
+def test_rollback_after_writes_brings_them_back(bed, ssm):
+    sync = bed.start_sync()
+    app1, _ = bed.start_app("app1", "--rate", 300)
+    assert bed.cutover().exit_code == 0
+    back = ["rollback", "--env", ENV, "--run-dir", bed.run_dir, "--bring-back", "--source", bed.source.url(),
+            "--target", bed.target.url(), "--json"]
+    refused = spawn(*back)
+    assert refused.exit_code == 2 and "kill -TERM" in refused.stderr, str(refused)
+    assert bed.stop(app1) == 0
+    bed.idle()
+    assert bed.stop(sync) == 0
+    app2, log2 = bed.start_app("app2", "--changes", 5000, "--rate", 5000)   # 5,000 changes on the cache
+    assert app2.wait(60) == 0
+    cache, old = bed.target.first.client(), bed.source.client()
+    for index in range(0, 300, 3):
+        cache.delete(f"seed:{index}")                     # existed at the flip: deleted on the old Redis too
+    cache.hset("cart:1", "c", "3")
+    old.set("old:only", "created on the old side after sync stopped")   # a conflict: kept, reported
+    started = time.monotonic()
+    out = spawn(*back)
+    took = time.monotonic() - started
+    assert out.exit_code == 0, str(out)
+    result = json.loads(out.stdout)["bring_back"]
+    assert ssm_values(ssm) == ("127.0.0.1", str(bed.source.port))
+    assert result["conflicts"] == 1 and result["conflict_keys"] == ["old:only"] and result["final_differences"] == 0
+    assert old.get("old:only") is not None
+    old_side = {k: v for k, v in snapshot(bed.source).items() if k != b"old:only"}
+    assert_same(snapshot(bed.target), old_side, ttl_tolerance_ms=0)
+    writes2, _ = acknowledged(log2)
+    assert missing_on(old, writes2) == {}
+    started = time.monotonic()
+    verify = spawn("verify", "--source", bed.source.url(), "--target", bed.target.url(), "--json")
+    verify_took = time.monotonic() - started
+    print(f"\nbring-back {took:.1f}s wall ({result['seconds']}s inside, rounds {result['rounds']}, stragglers "
+          f"{result['stragglers']}), brought back {result['brought_back']}; a full verify {verify_took:.1f}s "
+          f"(exit {verify.exit_code})")

@@ -24,6 +24,7 @@ from ..errors import BadInput, GateRefused, MigrateError
 from ..net.endpoints import Endpoint, Topology, discover
 from ..redact import redact_url
 from ..rundir import Ledger, RunDir, RunLedger
+from ..sync.forward import baseline_from_target
 from ..sync.protocol import ConflictLog, DrainRequests, FlipLedger, SyncLedger
 from .cutover import Check, Writer
 from .fence import Fence
@@ -67,16 +68,17 @@ def sync_gate(ledger: SyncLedger, max_lag_ms: int) -> Check:
                        f"({proof.get('rechecked_equal', 0)} keys changed since the verify re-read equal)")
 
 
-def source_endpoint(run_dir: RunDir, source_url: str | None, tls_insecure: bool = False) -> Endpoint:
-    """The old Redis: --source, else the run dir's own source (its address; the password from
-    REDIS_MIGRATE_SOURCE_PASSWORD)."""
+def source_endpoint(run_dir: RunDir, source_url: str | None, tls_insecure: bool = False,
+                    role: str = "source") -> Endpoint:
+    """The old Redis (or with role "target", the cache): the URL given, else the run dir's own (its address;
+    the password from REDIS_MIGRATE_SOURCE_PASSWORD / REDIS_MIGRATE_TARGET_PASSWORD)."""
     if source_url:
-        return Endpoint.from_url("source", source_url, tls_insecure=tls_insecure, socket_timeout=10.0)
-    bound = (RunLedger.load(run_dir).describe().get("source") or {}).get("url")
+        return Endpoint.from_url(role, source_url, tls_insecure=tls_insecure, socket_timeout=10.0)
+    bound = (RunLedger.load(run_dir).describe().get(role) or {}).get("url")
     if not bound:
-        raise BadInput(f"run directory {run_dir.path} does not name its source",
-                       "pass --source URL (the old Redis the apps write to now)")
-    return Endpoint.from_url("source", bound, tls_insecure=tls_insecure, socket_timeout=10.0)
+        raise BadInput(f"run directory {run_dir.path} does not name its {role}",
+                       f"pass --{role} URL" + (" (the old Redis the apps write to now)" if role == "source" else ""))
+    return Endpoint.from_url(role, bound, tls_insecure=tls_insecure, socket_timeout=10.0)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class LiveFlip:
     no_fence: bool
     target: str                      # redacted, for flip.json
     drain_timeout_s: float
+    cache: Topology | None = None
     fence: Fence | None = None
     dry_run: bool = False
     facts: dict = field(default_factory=dict)
@@ -97,6 +100,10 @@ class LiveFlip:
 
     def before_write(self, writer: Writer) -> None:
         self.dry_run = writer.dry_run
+        started = time.monotonic()
+        added = writer.step("baseline: record the cache's state of every key sync copied and did not record",
+                            lambda: baseline_from_target(self.run_dir, self.cache))
+        self.facts["baseline_added"], self.facts["baseline_ms"] = added, int((time.monotonic() - started) * 1000)
         if not self.no_fence:
             self.fence = Fence(self.source, self.fence_ms, writer.step)
             self._fence_wall = self.fence.raise_fence()
@@ -164,13 +171,13 @@ class LiveFlip:
 
 
 def live_hooks(run_dir: RunDir, source_url: str | None, *, fence_ms: int, no_fence: bool, target: str,
-               tls_insecure: bool = False) -> LiveFlip:
+               cache: Topology, tls_insecure: bool = False) -> LiveFlip:
     """The hooks for a cutover on a running sync: the source's primaries are found before anything is paused."""
     if fence_ms < 200:
         raise BadInput(f"--fence-ms {fence_ms} is too short to drain sync and write SSM", "use e.g. --fence-ms 2000")
     source = None if no_fence else discover(source_endpoint(run_dir, source_url, tls_insecure))
     drain_timeout = NO_FENCE_DRAIN_S if no_fence else max(fence_ms * 0.6 / 1000, 0.2)
-    return LiveFlip(run_dir, source, fence_ms, no_fence, redact_url(target), drain_timeout)
+    return LiveFlip(run_dir, source, fence_ms, no_fence, redact_url(target), drain_timeout, cache=cache)
 
 
 # --- status: the live cutover's figures -------------------------------------------------------------------
@@ -218,7 +225,8 @@ def cutover_on_sync(env: str, sync: SyncLedger, run_dir: RunDir, *, target_url: 
     """cutover.py's switch with sync's gate and the fence/drain/unpause hooks. No run-dir lock: the running
     sync holds it, and this writes only cutover.json, live-cutover.json, flip.json and the drain request."""
     from .cutover import cutover
-    hooks = live_hooks(run_dir, source_url, fence_ms=fence_ms, no_fence=no_fence,
+    cache = discover(source_endpoint(run_dir, target_url, tls_insecure, role="target"))
+    hooks = live_hooks(run_dir, source_url, fence_ms=fence_ms, no_fence=no_fence, cache=cache,
                        target=target_url or f"serverless-cache:{serverless_cache}", tls_insecure=tls_insecure)
     result = cutover(env, target_url=target_url, serverless_cache=serverless_cache, run_dir=run_dir, prefix=prefix,
                      force=force, redeploy=redeploy, dry_run=dry_run, clients=clients,

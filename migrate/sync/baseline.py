@@ -79,6 +79,15 @@ class Baseline:
                 "ON CONFLICT(key) DO UPDATE SET digest = excluded.digest, at = excluded.at, origin = excluded.origin "
                 "WHERE excluded.origin >= baseline.origin AND baseline.conflict = 0", rows)
 
+    def record_missing(self, items: Iterable[tuple]) -> int:
+        """Rows for keys the baseline does not know yet (a write sync records meanwhile wins); how many were new."""
+        rows = [(bytes(item[0]), item[1], COPY, time.time()) for item in items]
+        with self._db:
+            before = self._db.total_changes
+            self._db.executemany("INSERT OR IGNORE INTO baseline (key, digest, origin, conflict, at) "
+                                 "VALUES (?, ?, ?, 0, ?)", rows)
+            return self._db.total_changes - before
+
     def get(self, key: bytes) -> tuple[bool, bytes | None]:
         """(known, digest) for a key."""
         row = self._db.execute("SELECT digest FROM baseline WHERE key = ?", (bytes(key),)).fetchone()

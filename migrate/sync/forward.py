@@ -187,6 +187,36 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# --- before the flip: what the cache holds is what sync put there -------------------------------------------
+
+SCAN_COUNT = b"1000"
+
+
+def baseline_from_target(run_dir: RunDir, target: Topology) -> int:
+    """Record the cache's own state of every key the baseline does not know (the bulk copy's keys, if sync did not
+    record them). Before the flip no app writes there, so each key on the cache is one sync wrote. Keys sync
+    records meanwhile keep sync's row. Runs before the fence: a scan of the cache, DUMP + PEXPIRETIME pipelined."""
+    added = 0
+    with Baseline(run_dir) as baseline, translated_errors(target.endpoint):
+        for node in target.masters:
+            wire = Wire(target.endpoint, node.host, node.port)
+            try:
+                cursor = b"0"
+                while True:
+                    cursor, keys = wire.call(b"SCAN", cursor, b"COUNT", SCAN_COUNT)
+                    if keys:
+                        wire.send(b"".join(pack(b"DUMP", k) + pack(b"PEXPIRETIME", k) for k in keys))
+                        replies = wire.read(2 * len(keys))
+                        added += baseline.record_missing(
+                            (key, digest(replies[2 * i], replies[2 * i + 1])) for i, key in enumerate(keys)
+                            if replies[2 * i] is not None and not isinstance(replies[2 * i], ReplyError))
+                    if cursor == b"0":
+                        break
+            finally:
+                wire.close()
+    return added
+
+
 # --- the seam in sync's follow engine -------------------------------------------------------------------
 
 def attach(engine, run_dir: RunDir) -> Forwarder:
