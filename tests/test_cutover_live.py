@@ -322,3 +322,41 @@ def test_rollback_after_writes_brings_them_back(bed, ssm):
     print(f"\nbring-back {took:.1f}s wall ({result['seconds']}s inside, rounds {result['rounds']}, stragglers "
           f"{result['stragglers']}), brought back {result['brought_back']}; a full verify {verify_took:.1f}s "
           f"(exit {verify.exit_code})")
+
+
+def test_dry_run_lists_every_step_and_pauses_nothing(bed, ssm):
+    sync = bed.start_sync()
+    before = ssm_values(ssm)
+    out = spawn("cutover", "--env", ENV, "--target", bed.target.url(), "--run-dir", bed.run_dir, "--source",
+                bed.source.url(), "--fence-ms", 5000, "--dry-run")
+    assert out.exit_code == 0, str(out)
+    steps = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("would")]
+    order = ["baseline", "CLIENT PAUSE 5000 WRITE", "drain", "put /storefront", "flip.json", "CLIENT UNPAUSE"]
+    positions = [next(i for i, step in enumerate(steps) if word in step) for word in order]
+    assert positions == sorted(positions), steps
+    assert "sync following" in out.stdout and "would go ahead" in out.stdout
+    started = time.monotonic()
+    bed.source.client().set("written:during:dry:run", "1")   # nothing was paused
+    assert time.monotonic() - started < 1
+    assert ssm_values(ssm) == before and not (bed.run_dir / "flip.json").exists()
+    assert bed.stop(sync) == 0
+
+
+def test_a_drain_that_fails_lifts_the_fence_at_once_and_flips_nothing(bed, ssm):
+    sync = bed.start_sync()
+    before = ssm_values(ssm)
+    os.kill(sync.pid, signal.SIGSTOP)       # the drain is never answered
+    try:
+        started = time.monotonic()
+        out = bed.cutover("--fence-ms", 10_000, "--max-lag-ms", 60_000)
+        took = time.monotonic() - started
+    finally:
+        os.kill(sync.pid, signal.SIGCONT)
+    assert out.exit_code == 1 and "did not answer the drain" in out.stderr and "hint:" in out.stderr, str(out)
+    unpaused = time.monotonic()
+    bed.source.client().set("after:abort", "1")
+    assert time.monotonic() - unpaused < 1 and took < 9     # lifted at once, not when the 10 s pause expires
+    assert ssm_values(ssm) == before and not (bed.run_dir / "flip.json").exists()
+    record = json.loads((bed.run_dir / "cutover.json").read_text())
+    assert record["state"] == "cutover-failed"
+    assert bed.stop(sync) == 0
