@@ -2,7 +2,10 @@
 
 Once the SSM parameters point at the cache, a key that an app wrote there belongs to the cache. Sync keeps
 following the old Redis (old tasks still write there during the rolling deploy) and hands each changed key
-here. Per key, on the node that owns its slot (one slot: WATCH/MULTI work on Serverless):
+here. A key read as one DUMP payload (the common case) goes through CAS_SCRIPT, one script per key,
+pipelined per target master: compare and write in one atomic step, one round trip per batch (about 10x the
+throughput of two round trips per key). A big key read type by type (struct chunks) takes WATCH/MULTI, per
+key, on the node that owns its slot (one slot: both work on Serverless):
 
     WATCH key; DUMP key; PEXPIRETIME key      the target's state now
     differs from the baseline (what sync last wrote there)?
@@ -18,6 +21,8 @@ on the cache, so keys that only the cache has are never touched.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +31,7 @@ from ..errors import RuntimeFailure
 from ..keynames import readable
 from ..net.endpoints import Topology, discover, translated_errors
 from ..net.keyspace import NO_EXPIRY, key_slot
-from ..net.wire import ReplyError, Wire, pack, pack_restore
+from ..net.wire import ReplyError, Wire, pack
 from ..rundir import RunDir
 from .baseline import FORWARD, Baseline, digest, expired
 from .protocol import ConflictLog
@@ -68,9 +73,52 @@ class Forwarder:
 
     def apply_dump(self, key: bytes, payload: bytes | None, expire_at: int = NO_EXPIRY) -> str:
         """The old side's state of `key` (its DUMP payload and absolute expiry, or None: gone)."""
-        if payload is None or (expire_at != NO_EXPIRY and expire_at <= _now_ms()):
-            return self._forward(key, [pack(b"DEL", key)], gone=True)
-        return self._forward(key, [pack_restore(key, expire_at, payload)], gone=False)
+        return self.apply_dumps([(key, payload, expire_at)])[0]
+
+    def apply_dumps(self, items: list[tuple[bytes, bytes | None, int]]) -> list[str]:
+        """Many keys' states at once: one compare-and-set script per key, pipelined per target master (one round
+        trip per batch instead of two per key). Each script compares and writes atomically, like WATCH/MULTI."""
+        now = _now_ms()
+        items = [(key, None if payload is None or (exp != NO_EXPIRY and exp <= now) else payload, exp)
+                 for key, payload, exp in items]
+        states = {key: self.baseline.state(key) for key, _, _ in items}
+        outcomes: dict[bytes, str] = {key: CONFLICT for key, _, _ in items if states[key][1]}
+        by_node: dict[int, list[tuple[bytes, bytes | None, int]]] = {}
+        for item in items:
+            if item[0] not in outcomes:
+                by_node.setdefault(self._owner(item[0]), []).append(item)
+        for index, group in by_node.items():
+            outcomes.update(self._scripted(index, group, states, now))
+        result = [outcomes[key] for key, _, _ in items]
+        self.counts.outcomes.update(result)
+        return result
+
+    def _scripted(self, index: int, group: list, states: dict, now: int) -> dict[bytes, str]:
+        wire = self._node_wire(index)
+        wire.send(b"".join(pack(b"EVALSHA", CAS_SHA, b"1", key, *_cas_args(states[key][0], payload, exp, now))
+                           for key, payload, exp in group))
+        replies = wire.read(len(group))
+        if any(isinstance(r, ReplyError) and str(r).startswith("NOSCRIPT") for r in replies):
+            wire.send(b"".join(pack(b"EVAL", CAS_SCRIPT, b"1", key, *_cas_args(states[key][0], payload, exp, now))
+                               for key, payload, exp in group))
+            replies = wire.read(len(group))
+        outcomes, recorded = {}, []
+        for (key, _, _), reply in zip(group, replies):
+            if isinstance(reply, ReplyError):
+                raise RuntimeFailure(f"forwarding {readable(key)}: the target refused the write ({reply})",
+                                     "the target user needs EVAL, DUMP, PEXPIRETIME, RESTORE and DEL; check the "
+                                     "target's health and memory limit")
+            code = int(reply[0])
+            if code == 0:
+                outcomes[key] = self._conflict(key, reply[1] or None)
+            elif code == 1:
+                recorded.append((key, bytes.fromhex(reply[1].decode()) + _EXPIRY.pack(int(reply[2]))))
+                outcomes[key] = APPLIED
+            else:
+                recorded.append((key, None))
+                outcomes[key] = DELETED if code == 2 else UNCHANGED
+        self.baseline.record(recorded, origin=FORWARD)
+        return outcomes
 
     def apply(self, key: bytes, records: list | None) -> str:
         """The old side's state of `key` as the data path reads it: Records (one DUMP record, or the type-by-type
@@ -161,19 +209,62 @@ class Forwarder:
         wire.close()
         self.wires = {index: w for index, w in self.wires.items() if w is not wire}
 
-    def _wire(self, key: bytes) -> Wire:
+    def _owner(self, key: bytes) -> int:
         index = self.owners[key_slot(key)]
         if index < 0:
             self.target = discover(self.target.endpoint)
             self.owners = self.target.slot_owners()
             self.close()
             index = self.owners[key_slot(key)]
+        return index
+
+    def _wire(self, key: bytes) -> Wire:
+        return self._node_wire(self._owner(key))
+
+    def _node_wire(self, index: int) -> Wire:
         wire = self.wires.get(index)
         if wire is None:
             node = self.target.masters[index]
             with translated_errors(self.target.endpoint):
                 wire = self.wires[index] = Wire(self.target.endpoint, node.host, node.port)
         return wire
+
+
+# The compare-and-set of one key, atomic on the server: the target's digest now (sha1 of the DUMP body and the
+# expiry, as baseline.digest makes it) against the baseline's; equal (or absent where the baseline allows it)
+# -> RESTORE ... ABSTTL or DEL, and the new digest back. Replies: {0, digest now} conflict, {1, sha1, expiry}
+# written, {2} deleted, {3} already absent.
+CAS_SCRIPT = b"""
+local key = KEYS[1]
+local cur = redis.call('DUMP', key)
+local now = ''
+if cur then
+  now = redis.sha1hex(string.sub(cur, 1, #cur - 10) .. '|' .. redis.call('PEXPIRETIME', key))
+end
+local ok
+if cur then ok = (now == ARGV[1]) else ok = (ARGV[1] == '' or ARGV[2] == '1') end
+if not ok then return {0, now} end
+if ARGV[3] == '' then
+  if not cur then return {3} end
+  redis.call('DEL', key)
+  return {2}
+end
+redis.call('RESTORE', key, ARGV[4], ARGV[3], 'REPLACE', 'ABSTTL')
+local written = redis.call('DUMP', key)
+local expiry = redis.call('PEXPIRETIME', key)
+return {1, redis.sha1hex(string.sub(written, 1, #written - 10) .. '|' .. expiry), expiry}
+"""
+CAS_SHA = hashlib.sha1(CAS_SCRIPT).hexdigest().encode()
+_EXPIRY = struct.Struct(">q")
+
+
+def _cas_args(expected: bytes | None, payload: bytes | None, expire_at: int, now: int) -> tuple[bytes, ...]:
+    """The script's ARGV: the baseline's sha1 (hex, '' absent), whether absence is fine (it expired), the payload
+    ('' to delete) and the absolute expiry (0: none)."""
+    sha = expected[:20].hex().encode() if expected is not None else b""
+    absent_ok = b"1" if expired(expected, now) else b"0"
+    ttl = b"0" if payload is None or expire_at < 0 else b"%d" % expire_at
+    return sha, absent_ok, payload or b"", ttl
 
 
 def _matches(expected: bytes | None, current: bytes | None) -> bool:
@@ -228,8 +319,12 @@ def attach(engine, run_dir: RunDir) -> Forwarder:
         by_key: dict[bytes, list] = {}
         for record in records:
             by_key.setdefault(record.key, []).append(record)
-        outcomes = [forwarder.apply(key, chunks) for key, chunks in by_key.items()]
-        outcomes += [forwarder.apply(key, None) for key in gone]
+        dumps = [(key, chunks[0].payload, chunks[0].expire_at) for key, chunks in by_key.items()
+                 if len(chunks) == 1 and chunks[0].payload]
+        dumps += [(key, None, NO_EXPIRY) for key in gone]
+        outcomes = forwarder.apply_dumps(dumps) if dumps else []
+        outcomes += [forwarder.apply(key, chunks) for key, chunks in by_key.items()
+                     if not (len(chunks) == 1 and chunks[0].payload)]
         engine.counts.applied += len(outcomes)
         engine.counts.deleted += outcomes.count(DELETED)
         engine.counts.forwarded = forwarder.counts.forwarded
