@@ -19,6 +19,7 @@ from . import __version__, commands
 from .console import (
     TERMINAL,
     emit,
+    end_live_line,
     live_sync_line,
     render_plan,
     render_status,
@@ -283,6 +284,8 @@ def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db,
                             enable_notifications=enable_notifications, max_pending=max_pending,
                             checks=_source_checks(ignore_other_dbs, allow_empty_source),
                             skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL, live=live)
+    if live is not None:
+        end_live_line()
     _finish(outcome, as_json, render_sync)
 
 

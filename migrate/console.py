@@ -105,6 +105,12 @@ def live_sync_line(status: dict) -> None:
     sys.stderr.flush()
 
 
+def end_live_line() -> None:
+    """Leave the live line where it is: what follows starts on a line of its own."""
+    sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
 def render_sync(result: dict) -> str:
     return sync_line(result)
 

@@ -204,6 +204,8 @@ def test_follow_applies_every_change_and_stops_equal(notifying, serverless_targe
     assert status.exit_code == 0 and sync["running"] and sync["state"] == "following"
     assert 55 <= sync["applied"] < 300 and sync["deleted"] >= 2 and sync["last_event_at"]  # 350 writes coalesced
     assert {"lag_ms", "pending", "gaps", "reconciles", "proof"} <= set(sync)
+    text = spawn("status", "--run-dir", run_dir, timeout=30).stdout
+    assert "sync following: lag" in text and "applied" in text
     final = stopped_equal(run, notifying, serverless_target)
     assert final["state"] == "stopped" and final["gaps"] == 0 and final["proof"]["holds"]
 
@@ -312,3 +314,33 @@ def test_drain_request_answered_and_flip_switches_to_forwarding(notifying, serve
     FlipLedger.load(RunDir(run_dir)).record(time.time(), 5, False, "target")
     wait_for(lambda: run.state().get("phase") == "forwarding", "the flip to be seen", run.process, timeout=10)
     stopped_equal(run, notifying, serverless_target)
+
+
+@pytest.mark.slow  # its own cluster with a replica takes ~8 s to start: opt-in (--runslow), ~20 s
+def test_a_failover_is_a_gap_resubscribed_on_the_new_primary(tmp_path, serverless_target, run_dir):
+    import testbed
+    cluster = testbed.start_cluster(tmp_path / "failover", 3, password="fo-secret", replicas=1)
+    try:
+        for node in cluster.nodes + cluster.replicas:
+            node.client().config_set("notify-keyspace-events", "KA")
+        client = cluster.cluster_client()
+        for i in range(200):
+            client.set(f"f:{i}", i)
+        run = SyncRun(cluster.url(), serverless_target.url(), run_dir)
+        run.following()
+        promoted = cluster.replicas[0]
+        promoted.client().execute_command("CLUSTER", "FAILOVER")
+        wait_for(lambda: promoted.client().execute_command("ROLE")[0] == b"master", "the failover", run.process)
+        state = wait_reconciled(run, 1)
+        assert any("failover" in reason for reason in state["gap_reasons"]), state["gap_reasons"]
+        client = cluster.cluster_client()                   # the new slot map
+        for i in range(200):
+            client.set(f"f:{i}", f"after {i}")            # heard from the new primary too
+        run.settled(since=time.time())
+        masters = type("Masters", (), {"nodes": [promoted, *cluster.nodes[1:]]})()
+        code, out, err = run.stop()
+        assert code == 0, err
+        assert_same(snapshot(masters), snapshot(serverless_target))
+        assert serverless_target.cluster_client().get("f:0") == b"after 0"
+    finally:
+        cluster.stop()

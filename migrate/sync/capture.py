@@ -95,7 +95,7 @@ class NotificationsLedger(Ledger):
             self.forget()
 
 
-def _config_get(client: redis.Redis) -> str | None:
+def config_flags(client: redis.Redis) -> str | None:
     try:
         value = client.config_get("notify-keyspace-events")
     except redis.ResponseError:
@@ -120,7 +120,7 @@ def restore_notifications(run_dir: RunDir, topology: Topology) -> list[str]:
 def enable_notifications(run_dir: RunDir, topology: Topology, node: Node) -> None:
     """CONFIG SET the flags K and A into the node's value, recording the old value first."""
     client = topology.client(node)
-    old = _config_get(client)
+    old = config_flags(client)
     if old is None:
         raise BadInput(f"keyspace notifications are off on source {node.name} and CONFIG is not allowed there "
                        "(ElastiCache?), so --enable-notifications cannot turn them on", SETTING_HINT)

@@ -19,9 +19,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from ..backoff import Backoff
 from ..datapath.reader import DumpOptions, KeyReader, RecordList
 from ..datapath.replay import RateLimiter, ReplayOptions, TargetWriter
 from ..datapath.segments import DUMP, Record
+from ..errors import RuntimeFailure, Unreachable
 from ..net.endpoints import Topology
 from ..net.keyspace import NO_EXPIRY, key_slot
 from ..net.wire import ReplyError, Wire, pack
@@ -29,6 +31,7 @@ from ..rundir import DumpCounts, ReplayCounts
 from .capture import PROBE_PREFIX, named
 from .gaps import DELETING_EVENTS, GapBook
 
+SOURCE_ERRORS = (OSError, ConnectionError, Unreachable)
 BATCH_KEYS = 500
 DEFAULT_MAX_PENDING = 500_000
 WATCH_EVERY_S = 1.0
@@ -132,6 +135,7 @@ class Engine:
                                                          allow_nonempty_target=True,
                                                          retry_seconds=options.retry_seconds))
         self.read_limiter = RateLimiter(options.max_ops_per_sec)
+        self.retry_seconds = options.retry_seconds
         self.struct_all = mode == "struct"
         self.pending = Pending(max_pending, lambda: gaps.add("pending set over its bound"))
         self.watched: OrderedDict[bytes, None] = OrderedDict()
@@ -239,8 +243,23 @@ class Engine:
                 self.gaps.add("keys to re-check over the pending bound")
 
     def read_source(self, keys: list[bytes]) -> list[Record]:
-        """The keys as dump records, each read on the master that owns it (vanished keys give none)."""
+        """The keys as dump records, each read on the master that owns it (vanished keys give none).
+        A lost connection (a cut, a restart) is reopened and the read retried, for up to retry_seconds."""
         self.read_limiter.acquire(len(keys))
+        backoff = Backoff(self.retry_seconds)
+        while True:
+            try:
+                return self._read_source(keys)
+            except SOURCE_ERRORS as exc:
+                self.close_readers()
+                if backoff.expired():
+                    raise RuntimeFailure(f"the source kept failing for {self.retry_seconds:.0f}s while sync read "
+                                         f"changed keys ({exc})",
+                                         "check the source's health and network path, then rerun sync: it "
+                                         "reconciles what it missed") from None
+                backoff.wait()
+
+    def _read_source(self, keys: list[bytes]) -> list[Record]:
         owners = self.source.slot_owners()
         by_node: dict[int, list[bytes]] = {}
         for key in keys:
@@ -249,7 +268,9 @@ class Engine:
         for index, node_keys in by_node.items():
             if index < 0:
                 continue  # no master owns the slot right now: the topology watch reports it
-            self._reader(index).read(node_keys, counts, records)
+            reader = self._reader(index)
+            reader.read(node_keys, counts, records)
+            reader.skipped_keys.clear()  # names over 4 KiB: never on the target, nothing to keep
         return list(records)
 
     def write_target(self, records: list[Record], gone: list[bytes]) -> None:
@@ -279,9 +300,14 @@ class Engine:
             index = owners[key_slot(key)]
             if index < 0:
                 continue
-            wire = self.source_wire(index)
-            wire.send(pack(b"XINFO", b"STREAM", key))
-            reply = wire.read(1)[0]
+            try:
+                wire = self.source_wire(index)
+                wire.send(pack(b"XINFO", b"STREAM", key))
+                reply = wire.read(1)[0]
+            except SOURCE_ERRORS:
+                self.close_readers()
+                found.append(key)  # cannot tell now: watch it anyway
+                continue
             if isinstance(reply, ReplyError) or not isinstance(reply, list):
                 continue
             fields = dict(zip(reply[0::2], reply[1::2]))
@@ -296,7 +322,7 @@ class Engine:
             wire = self.source_wire(index)
             cursor = b"0"
             while True:
-                reply = wire.call(b"SCAN", cursor, b"COUNT", b"1000", b"TYPE", b"stream", check=False)
+                reply = wire.call(b"SCAN", cursor, b"COUNT", b"1000", b"TYPE", b"stream", check=False)  # 6.0+
                 if isinstance(reply, ReplyError):
                     break
                 cursor, keys = reply

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..errors import AuthenticationFailed, BadInput, Unreachable
 from ..net.endpoints import Topology, discover
 from ..net.wire import ReplyError, Wire, pack
 
@@ -45,12 +47,19 @@ class GapBook:
 
 
 class FlushWatch:
-    """DBSIZE of each primary every 0.5 s: a drop larger than the deletions heard meanwhile is a flush."""
+    """DBSIZE of each primary every 0.5 s: a drop larger than the deletions heard meanwhile is a flush.
 
-    def __init__(self, wires: list[Wire]) -> None:
-        self.wires = wires
-        self.sizes: list[int | None] = [None] * len(wires)
-        self.deletes = [0] * len(wires)
+    A drop is confirmed at the next look (the deletions heard by then included), so a burst of DELs whose
+    events are still on their way is not taken for a flush. `wire(index)` gives a connection to primary
+    `index`; `lost()` drops them after a connection error."""
+
+    def __init__(self, count: int, wire: Callable[[int], Wire], lost: Callable[[], None]) -> None:
+        self.wire = wire
+        self.lost = lost
+        self.count = count
+        self.base: list[int | None] = [None] * count      # the size at the last look that raised no doubt
+        self.deletes = [0] * count                         # deletions heard since that look
+        self.suspect = [False] * count
         self.lock = threading.Lock()
         self.due = 0.0
 
@@ -60,23 +69,36 @@ class FlushWatch:
                 self.deletes[index] += 1
 
     def check(self) -> list[int]:
-        """The primaries whose keys vanished without events since the last look."""
+        """The primaries whose keys vanished without events."""
         now = time.monotonic()
         if now < self.due:
             return []
         self.due = now + DBSIZE_EVERY_S
         flushed = []
-        for index, wire in enumerate(self.wires):
-            wire.send(pack(b"DBSIZE"))
-            size = wire.read(1)[0]
-            if isinstance(size, ReplyError):
+        for index in range(self.count):
+            try:
+                wire = self.wire(index)
+                wire.send(pack(b"DBSIZE"))
+                size = wire.read(1)[0]
+            except (OSError, ConnectionError, Unreachable):
+                self.lost()  # a restarted node shows as a drop at the next look, if it lost keys
                 continue
-            with self.lock:
-                heard, self.deletes[index] = self.deletes[index], 0
-            before, self.sizes[index] = self.sizes[index], size
-            if before is not None and self._unexplained(before, size, heard):
+            if not isinstance(size, ReplyError) and self._look(index, size):
                 flushed.append(index)
         return flushed
+
+    def _look(self, index: int, size: int) -> bool:
+        with self.lock:
+            before, heard = self.base[index], self.deletes[index]
+            if before is not None and self._unexplained(before, size, heard):
+                if not self.suspect[index]:
+                    self.suspect[index] = True  # keep the base and the count: decide at the next look
+                    return False
+                flushed = True
+            else:
+                flushed = False
+            self.base[index], self.deletes[index], self.suspect[index] = size, 0, False
+            return flushed
 
     @staticmethod
     def _unexplained(before: int, after: int, heard: int) -> bool:
@@ -90,6 +112,7 @@ class TopologyWatch:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self.due = time.monotonic() + TOPOLOGY_EVERY_S
+        self.broken = False  # seen as a replica or with uncovered slots since the last good look
 
     @staticmethod
     def shape(topology: Topology) -> list:
@@ -103,9 +126,15 @@ class TopologyWatch:
         self.due = now + TOPOLOGY_EVERY_S
         try:
             found = discover(self.topology.endpoint)
-        except Exception:  # noqa: BLE001 - a node restarting or failing over: the subscriber reports it
+        except (Unreachable, AuthenticationFailed):  # a node restarting: its subscriber reports the gap
             return None
-        if self.shape(found) == self.shape(self.topology):
+        except BadInput:  # the primary became a replica, or slots are uncovered: a failover under way
+            self.broken = True
             return None
+        except Exception:  # noqa: BLE001 - a node restarting: the subscriber reports it
+            return None
+        if self.shape(found) == self.shape(self.topology) and not self.broken:
+            return None
+        self.broken = False
         self.topology = found
         return found

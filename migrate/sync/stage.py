@@ -14,15 +14,19 @@ talks to the running sync through the run dir (protocol.py: drain requests, the 
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import redis
+
+from ..backoff import Backoff
 from ..datapath.reader import DumpOptions
 from ..datapath.replay import ReplayOptions
-from ..errors import BadInput, MigrateError, RuntimeFailure
+from ..errors import BadInput, MigrateError, RuntimeFailure, Unreachable
 from ..events import ProgressFactory, Warn, no_progress, no_warning
 from ..net.endpoints import Topology, translated_errors
 from ..rundir import DumpLedger, ReplayLedger, RunDir
@@ -40,6 +44,9 @@ RECHECK_EVERY_S = 1.0
 RECHECK_PER_ROUND = 5000
 RECONCILE_RETRY_S = 5.0
 TTL_TOLERANCE_MS = 2000
+RECHECK_ERRORS = (OSError, ConnectionError, MigrateError, redis.RedisError)
+CONNECTION_RETRY_S = 120.0
+CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError, redis.ConnectionError, redis.TimeoutError, Unreachable)
 FINISH_HINT = ("rerun the same `redis-migrate sync` command on this run dir: it reconciles every primary "
                "(a verify with repair), then follows again; stop it once `status` shows no unreconciled gap")
 
@@ -118,6 +125,7 @@ class Sync:
         self.baseline = Baseline(run_dir)
         self.engine.after_batch.append(self.baseline.record)  # what sync last wrote per key, for cutover
         self._status_stop = threading.Event()
+        self._status_lock = threading.Lock()
         self._status_thread: threading.Thread | None = None
         self._readers: tuple[SideReader, SideReader] | None = None
 
@@ -153,12 +161,12 @@ class Sync:
     def _start_capture(self) -> None:
         """Subscribe on every primary, then make sure its events arrive (probe), enabling them if allowed."""
         self.engine.on_delete = lambda index: self.flush_watch.heard_delete(index)
-        self.flush_watch = FlushWatch([])
+        self.flush_watch = FlushWatch(0, self.engine.source_wire, self.engine.close_readers)
         self.topology_watch = TopologyWatch(self.source)
         self._subscribe()
         for index, node in enumerate(self.source.masters):
             self._check_notifications(index, node)
-        self.flush_watch = FlushWatch([self.engine.source_wire(i) for i in range(len(self.source.masters))])
+        self.flush_watch = FlushWatch(len(self.source.masters), self.engine.source_wire, self.engine.close_readers)
 
     def _subscribe(self) -> None:
         for index in range(len(self.source.masters)):
@@ -169,7 +177,7 @@ class Sync:
 
     def _check_notifications(self, index: int, node) -> None:
         client = self.source.client(node)
-        flags = capture._config_get(client)
+        flags = capture.config_flags(client)
         working = (flags is None or capture.covers(flags)) and capture.probe(self.source, index, self.db,
                                                                             self.engine.probe_seen)
         if working:
@@ -189,22 +197,49 @@ class Sync:
     # --- following ------------------------------------------------------------------------------------------
 
     def _follow(self) -> None:
-        next_poll = next_recheck = 0.0
+        self._next_poll = self._next_recheck = 0.0
+        lost: Backoff | None = None
         while not self.stop_requested.is_set():
-            self._raise_subscriber_errors()
-            applied = self.engine.apply_pending(limit=5000)
-            now = time.monotonic()
-            self._watch_gaps()
-            self.engine.watch_tick()
-            self._manage_reconcile()
-            if now >= next_recheck:
-                next_recheck = now + RECHECK_EVERY_S
-                self.recheck(RECHECK_PER_ROUND)
-            if now >= next_poll:
-                next_poll = now + POLL_EVERY_S
-                self._poll_cutover()
+            try:
+                if lost is not None:
+                    self._reconnect()
+                applied = self._follow_round()
+                lost = None
+            except CONNECTION_ERRORS as exc:
+                lost = self._connection_lost(exc, lost)
+                continue
             if not applied:
                 time.sleep(0.01)
+
+    def _follow_round(self) -> int:
+        self._raise_subscriber_errors()
+        applied = self.engine.apply_pending(limit=5000)
+        now = time.monotonic()
+        self._watch_gaps()
+        self.engine.watch_tick()
+        self._manage_reconcile()
+        if now >= self._next_recheck:
+            self._next_recheck = now + RECHECK_EVERY_S
+            self.recheck(RECHECK_PER_ROUND)
+        if now >= self._next_poll:
+            self._next_poll = now + POLL_EVERY_S
+            self._poll_cutover()
+        return applied
+
+    def _connection_lost(self, exc: BaseException, lost: Backoff | None) -> Backoff:
+        """A reader's or writer's connection dropped (a cut link, a node restarting). The keys it carried stay
+        pending and are re-read (state-based, so a half-applied batch is harmless); a lost subscriber reports its
+        own gap. Reconnect with backoff; give up (exit 3) only after CONNECTION_RETRY_S without a good round."""
+        lost = lost or Backoff(CONNECTION_RETRY_S)
+        if lost.expired():
+            raise RuntimeFailure(f"sync could not reconnect for {CONNECTION_RETRY_S:.0f}s ({exc})", FINISH_HINT)
+        self.engine.close_readers()
+        self._close_readers()
+        lost.wait()
+        return lost
+
+    def _reconnect(self) -> None:
+        """Source connections are reopened on first use (the engine's readers, which the flush watch uses)."""
 
     def _raise_subscriber_errors(self) -> None:
         for subscriber in self.subscribers:
@@ -229,7 +264,7 @@ class Sync:
         self.source = topology
         self.engine.retarget_source(topology)
         self._subscribe()
-        self.flush_watch = FlushWatch([self.engine.source_wire(i) for i in range(len(topology.masters))])
+        self.flush_watch = FlushWatch(len(topology.masters), self.engine.source_wire, self.engine.close_readers)
 
     def _manage_reconcile(self) -> None:
         running = self.reconcile
@@ -283,16 +318,19 @@ class Sync:
         if changed is None or not changed:
             self._update_proof()
             return 0, []
-        with self.engine.pending.lock:
-            waiting = set(self.engine.pending.keys)
-        keys = [key for key in changed if key not in waiting][:limit]
+        waiting = self.engine.pending.keys  # membership only (atomic under the GIL): no copy of a big set
+        keys = list(itertools.islice((key for key in list(changed) if key not in waiting), limit))
         if not keys:
             return 0, []
-        source_reader, target_reader = self._side_readers()
-        with translated_errors(self.source.endpoint):
-            ref = source_reader.read(keys)
-        with translated_errors(self.target.endpoint):
-            tgt = target_reader.read(keys)
+        try:
+            source_reader, target_reader = self._side_readers()
+            with translated_errors(self.source.endpoint):
+                ref = source_reader.read(keys)
+            with translated_errors(self.target.endpoint):
+                tgt = target_reader.read(keys)
+        except RECHECK_ERRORS:
+            self._close_readers()  # a cut or a restart: the next round reads again
+            return 0, keys
         now = now_ms()
         different = []
         for key in keys:
@@ -366,7 +404,11 @@ class Sync:
     def _stop(self) -> dict:
         if self.state != "copying":
             self._catch_up()
-            self.recheck()
+            for _ in range(3):  # a key found different is applied again, then re-checked
+                _, different = self.recheck()
+                if not different:
+                    break
+                self.engine.apply_pending()
         self.state = "stopped"
         self.phase = "stopped"
         status = self._write_status()
@@ -426,10 +468,11 @@ class Sync:
                 "targets": {"source": self.source.endpoint.redacted, "target": self.target.endpoint.redacted}}
 
     def _write_status(self) -> dict:
-        status = self.status()
-        self.ledger.update(**status)
-        if self.live is not None:
-            self.live(status)
+        with self._status_lock:  # the status thread and the stop both write it
+            status = self.status()
+            self.ledger.update(**status)
+            if self.live is not None:
+                self.live(status)
         return status
 
     def _start_status_thread(self) -> None:
