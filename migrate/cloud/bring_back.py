@@ -25,6 +25,7 @@ from ..keynames import readable
 from ..net.endpoints import Topology
 from ..rundir import RunDir
 from ..sync.baseline import Baseline
+from ..sync.forward import baseline_from_target
 from ..sync.protocol import ConflictLog
 from ..verify.compare import Difference
 from ..verify.readers import SideReader
@@ -32,6 +33,7 @@ from ..verify.stage import SourceReference, VerifyOptions, delete_keys, full_pas
 
 DEFAULT_THRESHOLD = 100
 MAX_ROUNDS = 10
+BACK = "baseline-back"  # sync/baseline-back.sqlite: the old Redis's state at the flip back
 COMPARE = VerifyOptions(ttl_tolerance_ms=2000, rounds=3, round_interval=0.2, repair=True)
 
 
@@ -44,6 +46,7 @@ class CopyBack:
     run_dir: RunDir
     dry_run: bool = False
     conflicts: set[bytes] = field(default_factory=set)
+    kept: set[bytes] = field(default_factory=set)  # written on the old Redis after the flip back: newer, kept
 
     def compare(self) -> list[Difference]:
         """Every key that differs between the cache and the old Redis, settled over a few re-reads."""
@@ -86,21 +89,57 @@ class CopyBack:
             if not self.dry_run:
                 log.add(key, "bring-back: created on the old Redis after the flip, absent on the cache; kept there")
 
+    def stragglers(self) -> dict:
+        """After the flip back: new tasks write to the old Redis, late ones still to the cache. Each key that
+        differs is copied by compare-and-set against the old Redis's state at the flip back (BACK baseline): a key
+        a new task already wrote on the old Redis is theirs (a conflict, kept), never overwritten."""
+        from ..datapath.reader import DumpOptions, read_records
+        from ..net.endpoints import probe_rdb_version
+        from ..sync.forward import APPLIED, CONFLICT, DELETED, Forwarder, forward_records
+        differences = self.compare()
+        extra = [d.key for d in differences if d.kind == "extra"]
+        with Baseline(self.run_dir) as baseline:
+            ours = baseline.put_by_sync(extra)
+        self._report([key for key in extra if key not in ours and key not in self.conflicts])
+        keys = [d.key for d in differences if d.kind != "extra"]
+        records, _ = read_records(self.cache, keys, DumpOptions(target_rdb=probe_rdb_version(self.old))) \
+            if keys else ([], None)
+        read = {record.key for record in records}
+        gone = [key for key in keys if key not in read] + [key for key in extra if key in ours]
+        forwarder = Forwarder(self.run_dir, self.old, Baseline(self.run_dir, BACK))
+        forwarder.log_conflicts = False
+        try:
+            outcomes = forward_records(forwarder, records, gone) if records or gone else {}
+        finally:
+            forwarder.close()
+            forwarder.baseline.close()
+        self.kept.update(key for key, outcome in outcomes.items() if outcome == CONFLICT)
+        values = list(outcomes.values())
+        return {"found": len([d for d in differences if d.key not in self.conflicts | self.kept]),
+                "copied": values.count(APPLIED), "deleted": values.count(DELETED),
+                "kept_newer_on_old": values.count(CONFLICT)}
+
     def final(self) -> list[Difference]:
-        """The last compare: the differences other than the reported conflicts."""
-        return [d for d in self.compare() if d.key not in self.conflicts]
+        """The last compare: the differences other than the reported conflicts and the keys newer on the old Redis."""
+        return [d for d in self.compare() if d.key not in self.conflicts | self.kept]
 
 
 def copy_back_rounds(copier: CopyBack, threshold: int, max_rounds: int = MAX_ROUNDS) -> list[dict]:
-    """Rounds until one finds fewer than `threshold` differences; refused (SSM untouched) if none does."""
-    rounds = []
+    """Rounds until one finds fewer than `threshold` differences, or no fewer than nine tenths of the round before
+    (steady: the apps change that many keys per round, more rounds cannot shrink it; the straggler round after
+    the flip back takes the rest); refused (SSM untouched) if neither happens within `max_rounds`."""
+    rounds: list[dict] = []
     for _ in range(max_rounds):
         started = time.monotonic()
-        rounds.append({**copier.round(), "seconds": round(time.monotonic() - started, 2)})
-        if rounds[-1]["found"] < threshold or copier.dry_run:
+        found = copier.round()
+        steady = bool(rounds) and found["found"] >= 0.9 * rounds[-1]["found"]
+        rounds.append({**found, "seconds": round(time.monotonic() - started, 2),
+                       **({"steady": True} if steady and found["found"] >= threshold else {})})
+        if found["found"] < threshold or steady or copier.dry_run:
             return rounds
     raise GateRefused(f"bring-back: {max_rounds} rounds each found {threshold} or more differences (the last "
-                      f"{rounds[-1]['found']}): the apps change the cache faster than it is copied back; SSM untouched",
+                      f"{rounds[-1]['found']}) and still shrinking: the copy-back is slower than it should be; "
+                      "SSM untouched",
                       "rerun with a higher --threshold (more is then left for the rounds after the flip back), or "
                       "when the apps write less")
 
@@ -130,15 +169,18 @@ def bring_back(env: str, *, run_dir: RunDir, old: Topology, cache: Topology, thr
     check_old(old)
     copier = CopyBack(old, cache, run_dir, dry_run=dry_run)
     rounds = copy_back_rounds(copier, threshold)
+    if not dry_run:  # the old Redis as the apps find it at the flip back: what the straggler round compares with
+        baseline_from_target(run_dir, old, BACK, fresh=True)
     result = rollback(env, run_dir=run_dir, prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run,
                       clients=clients)
-    stragglers = None if dry_run or result["refused"] else copier.round()
+    stragglers = None if dry_run or result["refused"] else copier.stragglers()
     final = [] if stragglers is not None and stragglers["found"] == 0 else copier.final()  # that round compared
     result["bring_back"] = {
         "rounds": rounds, "stragglers": stragglers,
         "brought_back": sum(r["copied"] + r["deleted"] for r in [*rounds, *([stragglers] if stragglers else [])]),
         "conflicts": len(copier.conflicts),
         "conflict_keys": [readable(key) for key in sorted(copier.conflicts)[:20]],
+        "kept_newer_on_old": len(copier.kept),
         "final_differences": len(final), "seconds": round(time.monotonic() - started, 2),
     }
     return result

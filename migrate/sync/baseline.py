@@ -55,10 +55,15 @@ def expired(value: bytes | None, now_ms: int, slack_ms: int = 1000) -> bool:
 class Baseline:
     """The table, opened by sync (which writes it) and by cutover's bring-back (which reads it)."""
 
-    def __init__(self, run_dir: RunDir) -> None:
+    def __init__(self, run_dir: RunDir, name: str = "baseline", fresh: bool = False) -> None:
+        """`name` "baseline" is sync's; bring-back keeps the old Redis's state at the flip back in another."""
         folder = run_dir.path / "sync"
         folder.mkdir(mode=DIR_MODE, exist_ok=True)
-        self.path = folder / "baseline.sqlite"
+        self.path = folder / f"{name}.sqlite"
+        if fresh:
+            for stale in (self.path, self.path.with_name(self.path.name + "-wal"),
+                          self.path.with_name(self.path.name + "-shm")):
+                stale.unlink(missing_ok=True)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)

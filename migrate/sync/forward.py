@@ -70,6 +70,8 @@ class Forwarder:
         self.counts = ForwardCounts()
         self.owners = target.slot_owners()
         self.wires: dict[int, Wire] = {}
+        self.where = "the cache after the flip"  # in conflict reasons; bring-back forwards to the old Redis
+        self.log_conflicts = True                 # bring-back's straggler round counts them apart instead
 
     def apply_dump(self, key: bytes, payload: bytes | None, expire_at: int = NO_EXPIRY) -> str:
         """The old side's state of `key` (its DUMP payload and absolute expiry, or None: gone)."""
@@ -201,7 +203,9 @@ class Forwarder:
     def _conflict(self, key: bytes, current: bytes | None) -> str:
         if self.baseline.mark_conflict(key):
             self.counts.conflict_keys += 1
-            reason = f"{'changed' if current is not None else 'deleted'} on the cache after the flip"
+            if not self.log_conflicts:
+                return CONFLICT
+            reason = f"{'changed' if current is not None else 'deleted'} on {self.where}"
             self.conflicts.add(key, reason)
         return CONFLICT
 
@@ -283,12 +287,12 @@ def _now_ms() -> int:
 SCAN_COUNT = b"1000"
 
 
-def baseline_from_target(run_dir: RunDir, target: Topology) -> int:
+def baseline_from_target(run_dir: RunDir, target: Topology, name: str = "baseline", fresh: bool = False) -> int:
     """Record the cache's own state of every key the baseline does not know (the bulk copy's keys, if sync did not
     record them). Before the flip no app writes there, so each key on the cache is one sync wrote. Keys sync
     records meanwhile keep sync's row. Runs before the fence: a scan of the cache, DUMP + PEXPIRETIME pipelined."""
     added = 0
-    with Baseline(run_dir) as baseline, translated_errors(target.endpoint):
+    with Baseline(run_dir, name, fresh) as baseline, translated_errors(target.endpoint):
         for node in target.masters:
             wire = Wire(target.endpoint, node.host, node.port)
             try:
@@ -308,6 +312,24 @@ def baseline_from_target(run_dir: RunDir, target: Topology) -> int:
     return added
 
 
+def forward_records(forwarder: Forwarder, records: list, gone: list[bytes]) -> dict[bytes, str]:
+    """Records as the data path reads them (one DUMP record per key, or a big key's struct chunks) and keys gone:
+    the DUMP ones in pipelined batches, the chunked ones key by key. The outcome per key."""
+    by_key: dict[bytes, list] = {}
+    for record in records:
+        by_key.setdefault(record.key, []).append(record)
+    dumps = [(key, chunks[0].payload, chunks[0].expire_at) for key, chunks in by_key.items()
+             if len(chunks) == 1 and chunks[0].payload]
+    dumps += [(key, None, NO_EXPIRY) for key in gone]
+    outcomes: dict[bytes, str] = {}
+    for start in range(0, len(dumps), 500):
+        batch = dumps[start:start + 500]
+        outcomes.update(zip([key for key, _, _ in batch], forwarder.apply_dumps(batch)))
+    outcomes.update({key: forwarder.apply(key, chunks) for key, chunks in by_key.items()
+                     if not (len(chunks) == 1 and chunks[0].payload)})
+    return outcomes
+
+
 # --- the seam in sync's follow engine -------------------------------------------------------------------
 
 def attach(engine, run_dir: RunDir) -> Forwarder:
@@ -316,15 +338,7 @@ def attach(engine, run_dir: RunDir) -> Forwarder:
     forwarder = Forwarder(run_dir, engine.target)
 
     def write_changes(records: list, gone: list[bytes]) -> None:
-        by_key: dict[bytes, list] = {}
-        for record in records:
-            by_key.setdefault(record.key, []).append(record)
-        dumps = [(key, chunks[0].payload, chunks[0].expire_at) for key, chunks in by_key.items()
-                 if len(chunks) == 1 and chunks[0].payload]
-        dumps += [(key, None, NO_EXPIRY) for key in gone]
-        outcomes = forwarder.apply_dumps(dumps) if dumps else []
-        outcomes += [forwarder.apply(key, chunks) for key, chunks in by_key.items()
-                     if not (len(chunks) == 1 and chunks[0].payload)]
+        outcomes = list(forward_records(forwarder, records, gone).values())
         engine.counts.applied += len(outcomes)
         engine.counts.deleted += outcomes.count(DELETED)
         engine.counts.forwarded = forwarder.counts.forwarded
