@@ -120,3 +120,18 @@ def test_big_keys_and_struct_records_go_through_the_same_compare_and_set(sides):
     assert len(records) >= 1 and not records[0].payload
     assert forwarder.apply(b"list:big", records) == APPLIED
     assert cache.llen(b"list:big") == 3001 and cache.lindex(b"list:big", -1) == b"more"
+
+
+def test_the_baseline_of_the_cache_is_made_on_the_server_as_in_python(sides):
+    """The cutover records the cache's state of keys sync did not record; the server-side digest must be the one
+    baseline.digest makes, or every such key would look changed by an app after the flip."""
+    from migrate.sync.forward import baseline_from_target
+    _, cache, forwarder, rd = sides
+    cache.set(b"plain", b"v")
+    cache.set(b"ttl", b"12345", px=600_000)
+    cache.hset(b"hash", mapping={b"f%d" % i: b"x" * i for i in range(300)})
+    forwarder.baseline.record([(b"plain", b"recorded by sync")])
+    assert baseline_from_target(rd, forwarder.target) == 2          # a known key keeps sync's row
+    for key in (b"ttl", b"hash"):
+        assert forwarder.baseline.get(key) == (True, digest(cache.dump(key), cache.pexpiretime(key)))
+    assert forwarder.baseline.get(b"plain") == (True, b"recorded by sync")

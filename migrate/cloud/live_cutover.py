@@ -92,6 +92,7 @@ class LiveFlip:
     target: str                      # redacted, for flip.json
     drain_timeout_s: float
     cache: Topology | None = None
+    max_lag_ms: int = DEFAULT_MAX_LAG_MS
     fence: Fence | None = None
     dry_run: bool = False
     facts: dict = field(default_factory=dict)
@@ -104,6 +105,8 @@ class LiveFlip:
         added = writer.step("baseline: record the cache's state of every key sync copied and did not record",
                             lambda: baseline_from_target(self.run_dir, self.cache))
         self.facts["baseline_added"], self.facts["baseline_ms"] = added, int((time.monotonic() - started) * 1000)
+        if not writer.dry_run:
+            self._still_healthy()
         if not self.no_fence:
             self.fence = Fence(self.source, self.fence_ms, writer.step)
             self._fence_wall = self.fence.raise_fence()
@@ -112,6 +115,12 @@ class LiveFlip:
             self._fence_wall = time.time()
             writer.step("no fence (--no-fence): writes in flight race the flip", lambda: None)
         self._drain(writer)
+
+    def _still_healthy(self) -> None:
+        """The gate again, right before the fence: the baseline's scan of a big cache takes a while."""
+        check = sync_gate(SyncLedger.load(self.run_dir), self.max_lag_ms)
+        if not check.passed:
+            raise GateRefused(f"cutover refused right before the fence: {check.reason}", check.hint)
 
     def _drain(self, writer: Writer) -> None:
         drains = DrainRequests(self.run_dir)
@@ -171,13 +180,14 @@ class LiveFlip:
 
 
 def live_hooks(run_dir: RunDir, source_url: str | None, *, fence_ms: int, no_fence: bool, target: str,
-               cache: Topology, tls_insecure: bool = False) -> LiveFlip:
+               cache: Topology, max_lag_ms: int = DEFAULT_MAX_LAG_MS, tls_insecure: bool = False) -> LiveFlip:
     """The hooks for a cutover on a running sync: the source's primaries are found before anything is paused."""
     if fence_ms < 200:
         raise BadInput(f"--fence-ms {fence_ms} is too short to drain sync and write SSM", "use e.g. --fence-ms 2000")
     source = None if no_fence else discover(source_endpoint(run_dir, source_url, tls_insecure))
     drain_timeout = NO_FENCE_DRAIN_S if no_fence else max(fence_ms * 0.6 / 1000, 0.2)
-    return LiveFlip(run_dir, source, fence_ms, no_fence, redact_url(target), drain_timeout, cache=cache)
+    return LiveFlip(run_dir, source, fence_ms, no_fence, redact_url(target), drain_timeout, cache=cache,
+                    max_lag_ms=max_lag_ms)
 
 
 # --- status: the live cutover's figures -------------------------------------------------------------------
@@ -226,7 +236,7 @@ def cutover_on_sync(env: str, sync: SyncLedger, run_dir: RunDir, *, target_url: 
     sync holds it, and this writes only cutover.json, live-cutover.json, flip.json and the drain request."""
     from .cutover import cutover
     cache = discover(source_endpoint(run_dir, target_url, tls_insecure, role="target"))
-    hooks = live_hooks(run_dir, source_url, fence_ms=fence_ms, no_fence=no_fence, cache=cache,
+    hooks = live_hooks(run_dir, source_url, fence_ms=fence_ms, no_fence=no_fence, cache=cache, max_lag_ms=max_lag_ms,
                        target=target_url or f"serverless-cache:{serverless_cache}", tls_insecure=tls_insecure)
     result = cutover(env, target_url=target_url, serverless_cache=serverless_cache, run_dir=run_dir, prefix=prefix,
                      force=force, redeploy=redeploy, dry_run=dry_run, clients=clients,

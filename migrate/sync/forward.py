@@ -284,32 +284,71 @@ def _now_ms() -> int:
 
 # --- before the flip: what the cache holds is what sync put there -------------------------------------------
 
-SCAN_COUNT = b"1000"
+# One key's digest, made on the server (baseline.digest's sha1 and the expiry): a small reply instead of the payload.
+DIGEST_SCRIPT = b"""
+local p = redis.call('DUMP', KEYS[1])
+if not p then return false end
+local e = redis.call('PEXPIRETIME', KEYS[1])
+return {redis.sha1hex(string.sub(p, 1, #p - 10) .. '|' .. e), e}
+"""
+DIGEST_SHA = hashlib.sha1(DIGEST_SCRIPT).hexdigest().encode()
+FILL_SCAN_COUNT = b"2000"
+FILL_FLUSH_ROWS = 20_000
 
 
 def baseline_from_target(run_dir: RunDir, target: Topology, name: str = "baseline", fresh: bool = False) -> int:
     """Record the cache's own state of every key the baseline does not know (the bulk copy's keys, if sync did not
     record them). Before the flip no app writes there, so each key on the cache is one sync wrote. Keys sync
-    records meanwhile keep sync's row. Runs before the fence: a scan of the cache, DUMP + PEXPIRETIME pipelined."""
+    records meanwhile keep sync's row. Runs before the fence: a scan of the cache; each unknown key's digest is
+    made on the server by a one-key script (pipelined; DUMP + PEXPIRETIME where scripts are refused)."""
     added = 0
     with Baseline(run_dir, name, fresh) as baseline, translated_errors(target.endpoint):
         for node in target.masters:
             wire = Wire(target.endpoint, node.host, node.port)
             try:
-                cursor = b"0"
-                while True:
-                    cursor, keys = wire.call(b"SCAN", cursor, b"COUNT", SCAN_COUNT)
-                    if keys:
-                        wire.send(b"".join(pack(b"DUMP", k) + pack(b"PEXPIRETIME", k) for k in keys))
-                        replies = wire.read(2 * len(keys))
-                        added += baseline.record_missing(
-                            (key, digest(replies[2 * i], replies[2 * i + 1])) for i, key in enumerate(keys)
-                            if replies[2 * i] is not None and not isinstance(replies[2 * i], ReplyError))
-                    if cursor == b"0":
-                        break
+                added += _fill_from_node(wire, baseline)
             finally:
                 wire.close()
     return added
+
+
+def _fill_from_node(wire: Wire, baseline: Baseline) -> int:
+    added, rows, scripted, cursor = 0, [], True, b"0"
+    while True:
+        cursor, keys = wire.call(b"SCAN", cursor, b"COUNT", FILL_SCAN_COUNT)
+        unknown = baseline.unknown(keys) if keys else []
+        if unknown and scripted:
+            found = _digests_by_script(wire, unknown)
+            scripted = found is not None
+        if unknown and not scripted:
+            found = _digests_by_dump(wire, unknown)
+        if unknown:
+            rows += [(key, value) for key, value in zip(unknown, found) if value is not None]
+        if len(rows) >= FILL_FLUSH_ROWS or cursor == b"0":
+            added += baseline.record_missing(rows)
+            rows = []
+        if cursor == b"0":
+            return added
+
+
+def _digests_by_script(wire: Wire, keys: list[bytes]) -> list | None:
+    """Digests made on the server; None where scripts are refused (then DUMP + PEXPIRETIME)."""
+    wire.send(b"".join(pack(b"EVALSHA", DIGEST_SHA, b"1", key) for key in keys))
+    replies = wire.read(len(keys))
+    if any(isinstance(r, ReplyError) and str(r).startswith("NOSCRIPT") for r in replies):
+        wire.send(b"".join(pack(b"EVAL", DIGEST_SCRIPT, b"1", key) for key in keys))
+        replies = wire.read(len(keys))
+    if any(isinstance(r, ReplyError) for r in replies):
+        return None
+    return [None if reply is None else bytes.fromhex(reply[0].decode()) + _EXPIRY.pack(int(reply[1]))
+            for reply in replies]
+
+
+def _digests_by_dump(wire: Wire, keys: list[bytes]) -> list:
+    wire.send(b"".join(pack(b"DUMP", k) + pack(b"PEXPIRETIME", k) for k in keys))
+    replies = wire.read(2 * len(keys))
+    return [None if replies[2 * i] is None or isinstance(replies[2 * i], ReplyError)
+            else digest(replies[2 * i], replies[2 * i + 1]) for i in range(len(keys))]
 
 
 def forward_records(forwarder: Forwarder, records: list, gone: list[bytes]) -> dict[bytes, str]:
