@@ -304,6 +304,9 @@ def test_rollback_after_writes_brings_them_back(bed, ssm):
         cache.delete(f"seed:{index}")                     # existed at the flip: deleted on the old Redis too
     cache.hset("cart:1", "c", "3")
     old.set("old:only", "created on the old side after sync stopped")   # a conflict: kept, reported
+    dry = spawn(*back[:-1], "--dry-run")
+    assert dry.exit_code == 0 and "would go ahead" in dry.stdout and "round 1: 5" in dry.stdout, str(dry)
+    assert ssm_values(ssm) == ("127.0.0.1", str(bed.target.first.port)) and old.exists("app2:1") == 0
     started = time.monotonic()
     out = spawn(*back)
     took = time.monotonic() - started
