@@ -29,7 +29,8 @@ def ledger(run_dir: Path) -> SyncLedger:
     return SyncLedger.load(RunDir(run_dir))
 
 
-def wait_for(predicate, what: str, process: subprocess.Popen | None = None, timeout: float = WAIT_S):
+def wait_for(predicate, what: str, process: subprocess.Popen | None = None, timeout: float = WAIT_S,
+             describe=lambda: ""):
     """Poll until `predicate()` is truthy; fail with the sync's output if it exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -40,7 +41,7 @@ def wait_for(predicate, what: str, process: subprocess.Popen | None = None, time
             out, err = process.communicate()
             pytest.fail(f"sync exited {process.returncode} while waiting for {what}\n{out[-2000:]}\n{err[-3000:]}")
         time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    pytest.fail(f"timed out waiting for {what} {describe()}")
 
 
 class SyncRun:
@@ -69,6 +70,13 @@ class SyncRun:
             return (s.get("state") == "following" and s["pending"] == 0 and s["lag_ms"] == 0
                     and s["unreconciled_gaps"] == 0 and (since is None or s["heartbeat_at"] > since) and s)
         return wait_for(done, "sync to settle", self.process)
+
+    def rechecked(self) -> dict:
+        """Settled, and every key applied since the proof re-read equal (the re-checks no longer look at any:
+        a change without an event is then seen only through the watchlist)."""
+        self.settled(since=time.time())
+        return wait_for(lambda: (s := self.state()).get("proof", {}).get("open") == 0 and s["pending"] == 0 and s,
+                        "the re-checks to finish", self.process, describe=self.state)
 
     def stop(self, timeout: float = 30) -> tuple[int, str, str]:
         self.process.send_signal(signal.SIGTERM)
@@ -114,6 +122,46 @@ def stopped_equal(run: SyncRun, source, target) -> dict:
     assert code == 0, f"exit {code}\n{out}\n{err}"
     assert_same(snapshot(source), snapshot(target))
     return ledger(run.run_dir).to_dict()
+
+
+# --- the pure parts: flags, the pending set, the flush rule ----------------------------------------------------
+
+def test_flags_that_cover_every_change_and_the_merge():
+    from migrate.sync.capture import covers, merged
+    assert covers("KA") and covers("AKE") and covers("Kg$lshzxetd")
+    assert not covers("AE") and not covers("K$") and not covers("Kg$lshzetd")  # no x: expiries unheard
+    assert merged("") == "KA" and merged("Kg") == "KgA" and merged("AK") == "AK"
+
+
+def test_pending_coalesces_keeps_order_and_drops_everything_past_its_bound():
+    from migrate.sync.follow import Pending
+    overflows = []
+    pending = Pending(3, lambda: overflows.append(1))
+    pending.add(b"a", 1.0)
+    pending.add(b"b", 2.0)
+    pending.add(b"a", 3.0)            # coalesced: still first seen at 1.0
+    assert len(pending) == 2 and pending.oldest() == 1.0
+    assert pending.take(1) == [b"a"] and pending.oldest() == 1.0  # in flight until done()
+    pending.done()
+    pending.add_many([b"c", b"d"], 4.0)
+    assert overflows == [] and len(pending) == 3
+    pending.add(b"e", 5.0)            # past the bound: the set is dropped (a reconcile finds them)
+    assert overflows == [1] and pending.take(10) == [b"e"]
+
+
+def test_a_dbsize_drop_counts_as_a_flush_only_when_the_next_look_confirms_it():
+    from migrate.sync.gaps import FlushWatch
+    watch = FlushWatch(1, lambda index: None, lambda: None)
+    assert not watch._look(0, 1000)
+    for _ in range(400):
+        watch.heard_delete(0)
+    assert not watch._look(0, 600)    # explained by the deletions heard
+    assert not watch._look(0, 100)    # 500 gone unheard: suspect only
+    for _ in range(500):
+        watch.heard_delete(0)         # their events arrive late
+    assert not watch._look(0, 100)    # explained after all
+    assert not watch._look(0, 0)      # a flush: suspect ...
+    assert watch._look(0, 0)          # ... confirmed
 
 
 # --- capture: notifications --------------------------------------------------------------------------------
@@ -191,13 +239,23 @@ def test_follow_applies_every_change_and_stops_equal(notifying, serverless_targe
     # streams: XREADGROUP of an existing consumer and XACK publish no event; the watchlist re-reads them
     source.xadd("s:events", {"f": "1"})
     source.xreadgroup("g", "c1", {"s:events": ">"}, count=1)   # creates the consumer (an event)
-    run.settled(since=time.time())
+    wait_for(lambda: [c["name"] for c in target.xinfo_consumers("s:events", "g")] == [b"c1"], "the consumer",
+             run.process, timeout=10)
+    run.rechecked()
     source.xreadgroup("g", "c1", {"s:events": ">"}, count=1)   # no event
     entry = source.xpending_range("s:events", "g", "-", "+", 10)[0]["message_id"]
     source.xack("s:events", "g", entry)                         # no event
     expected = {g["name"]: g["last-delivered-id"] for g in source.xinfo_groups("s:events")}
     wait_for(lambda: {g["name"]: g["last-delivered-id"] for g in target.xinfo_groups("s:events")} == expected,
              "the stream's group to follow XREADGROUP", run.process, timeout=10)
+
+    # PFCOUNT writes the HyperLogLog's cached count into the value without an event: watched too
+    source.pfadd("visitors", *[f"u{i}" for i in range(50)])
+    wait_for(lambda: target.get("visitors") == source.get("visitors"), "the PFADD", run.process, timeout=10)
+    run.rechecked()
+    assert source.pfcount("visitors") == 50                      # no event
+    wait_for(lambda: target.get("visitors") == source.get("visitors"), "the HyperLogLog's cache to follow PFCOUNT",
+             run.process, timeout=10)
 
     status = spawn("status", "--run-dir", run_dir, "--json", timeout=30)
     sync = json.loads(status.stdout)["sync"]

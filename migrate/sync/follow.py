@@ -7,8 +7,10 @@ payloads newer than the target type by type), and writes them with `RESTORE ... 
 when the key is gone. Since the value written is read after the key's last event, the order of events
 does not matter: a DEL cannot overtake a later write of the same key.
 
-Streams with consumer groups change without any event (XREADGROUP, XACK, XCLAIM, XAUTOCLAIM move the
-pending entries lists and consumers), so they are kept in a watchlist and re-read every second.
+Some changes publish no event: XREADGROUP, XACK, XCLAIM and XAUTOCLAIM move a stream's pending entries
+lists, consumers and last-delivered IDs, and PFCOUNT writes a HyperLogLog's cached count into its value.
+Streams with consumer groups and HyperLogLogs heard with `pfadd` are kept in a watchlist and re-read
+every second (and at a drain and at stop).
 """
 
 from __future__ import annotations
@@ -138,10 +140,11 @@ class Engine:
         self.retry_seconds = options.retry_seconds
         self.struct_all = mode == "struct"
         self.pending = Pending(max_pending, lambda: gaps.add("pending set over its bound"))
-        self.watched: OrderedDict[bytes, None] = OrderedDict()
+        self.watched: OrderedDict[bytes, bytes | None] = OrderedDict()  # key -> digest sync last wrote
         self.watch_due = 0.0
         self.probes: dict[bytes, set[bytes]] = {}
         self.probe_lock = threading.Lock()
+        self.hyperloglogs: set[bytes] = set()         # keys heard with pfadd, not yet in the watchlist
         self.on_delete: Callable[[int], None] = lambda index: None
         self.touched: set[bytes] | None = None       # keys applied while a reconcile runs (re-read after it)
         self.changed: set[bytes] | None = None       # keys applied since the proof (its open set)
@@ -164,6 +167,9 @@ class Engine:
         self.counts.last_event_at = now
         if event in DELETING_EVENTS:
             self.on_delete(index)
+        elif event == b"pfadd":  # PFCOUNT later rewrites the HyperLogLog's cached count without an event
+            with self.probe_lock:
+                self.hyperloglogs.add(key)
         self.pending.add(key, now)
 
     def probe_seen(self, key: bytes) -> bool:
@@ -216,7 +222,8 @@ class Engine:
         return total
 
     def apply(self, keys: list[bytes]) -> None:
-        """Re-read these keys on the source, then write or delete each on the target."""
+        """Re-read these keys on the source, then write or delete each on the target. A watched key (re-read
+        every second though it may not have changed) whose value is what sync last wrote is not written again."""
         if not keys:
             return
         records = self.read_source(keys)
@@ -227,20 +234,30 @@ class Engine:
         live = {key: recs for key, recs in by_key.items()
                 if recs[0].expire_at == NO_EXPIRY or recs[0].expire_at > now_ms}
         gone = [key for key in keys if key not in live]
-        self.write_changes([r for recs in live.values() for r in recs], gone)
+        digests = {key: record_digest(recs) for key, recs in live.items()}
+        same = {key for key, found in digests.items() if key in self.watched and self.watched[key] == found}
+        self.write_changes([r for key, recs in live.items() if key not in same for r in recs], gone)
         self._watch_streams(live)
         self.forget_gone_streams(gone)
-        results = [(key, record_digest(recs)) for key, recs in live.items()] + [(key, None) for key in gone]
+        for key in live.keys() & self.watched.keys():
+            self.watched[key] = digests[key]
+        results = [(key, found) for key, found in digests.items() if key not in same] + [(key, None) for key in gone]
         for hook in self.after_batch:
             hook(results)
         if self.touched is not None:
             self.touched.update(keys)
         if self.changed is not None:
-            self.changed.update(keys)
-            self.changed_count += len(keys)
+            written = [key for key in keys if key not in same]
+            self.changed.update(written)
+            self.changed_count += len(written)
             if len(self.changed) > self.pending.bound:  # bounded too: the reconcile proves them instead
                 self.changed = set()
                 self.gaps.add("keys to re-check over the pending bound")
+
+    def forget_written(self) -> None:
+        """Someone else wrote the target (a reconcile's repair): watched keys are written again next time."""
+        for key in self.watched:
+            self.watched[key] = None
 
     def read_source(self, keys: list[bytes]) -> list[Record]:
         """The keys as dump records, each read on the master that owns it (vanished keys give none).
@@ -286,8 +303,14 @@ class Engine:
     # --- streams whose changes publish no event ------------------------------------------------------------
 
     def _watch_streams(self, live: dict[bytes, list[Record]]) -> None:
+        """Watch the streams with groups, and the HyperLogLogs (PFCOUNT caches its count in the value)."""
         streams = [key for key, recs in live.items() if key not in self.watched and is_stream(recs[0])]
         for key in self.with_groups(streams):
+            self.watched[key] = None
+        with self.probe_lock:
+            counted = [key for key in live if key in self.hyperloglogs]
+            self.hyperloglogs.difference_update(live)
+        for key in counted:
             self.watched[key] = None
 
     def with_groups(self, keys: list[bytes]) -> list[bytes]:
@@ -349,6 +372,8 @@ class Engine:
     def forget_gone_streams(self, keys: list[bytes]) -> None:
         for key in keys:
             self.watched.pop(key, None)
+        with self.probe_lock:
+            self.hyperloglogs.difference_update(keys)
 
     # --- the proof's re-checks -------------------------------------------------------------------------------
 

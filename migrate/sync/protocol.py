@@ -4,6 +4,15 @@ SyncLedger (sync.json): the running sync's state, written about every 0.5 s.
 DrainRequests (sync/drain-request.json, sync/drain-done.json): cutover asks sync to drain after its fence.
 FlipLedger (flip.json): cutover records the SSM flip; sync then forwards instead of copying.
 ConflictLog (conflicts.jsonl): keys whose forwarded write met a changed target.
+
+The seam for forward.py (the cutover's module): once sync sees flip.json it calls
+`forward.attach(engine, run_dir)` once, if migrate/sync/forward.py exists and defines `attach`. `engine` is
+the follow.Engine; attach replaces `engine.write_changes`, a callable `(records: list[Record], gone:
+list[bytes]) -> None` that writes the re-read source state of the changed keys (records: dump records as
+replay writes them; gone: keys deleted or expired on the source). It counts in `engine.counts.forwarded`
+and may set `engine.conflicts` (shown in sync.json). `engine.writer` is the TargetWriter, and every applied
+batch still goes through `engine.after_batch` (Baseline.record). After the flip, reconciles never delete
+keys that exist only on the target.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from ..datapath.reader import DumpOptions
 from ..datapath.replay import ReplayOptions
 from ..errors import BadInput, MigrateError, RuntimeFailure, Unreachable
 from ..events import ProgressFactory, Warn, no_progress, no_warning
+from ..keynames import readable
 from ..net.endpoints import Topology, translated_errors
 from ..rundir import DumpLedger, ReplayLedger, RunDir
 from ..verify.compare import EXPIRED, classify, now_ms
@@ -44,6 +45,7 @@ RECHECK_EVERY_S = 1.0
 RECHECK_PER_ROUND = 5000
 RECONCILE_RETRY_S = 5.0
 TTL_TOLERANCE_MS = 2000
+STUBBORN_TRIES = 3
 RECHECK_ERRORS = (OSError, ConnectionError, MigrateError, redis.RedisError)
 CONNECTION_RETRY_S = 120.0
 CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError, redis.ConnectionError, redis.TimeoutError, Unreachable)
@@ -128,6 +130,7 @@ class Sync:
         self._status_lock = threading.Lock()
         self._status_thread: threading.Thread | None = None
         self._readers: tuple[SideReader, SideReader] | None = None
+        self.stubborn: dict[bytes, int] = {}  # keys found different at re-checks in a row
 
     # --- the whole run -------------------------------------------------------------------------------------
 
@@ -216,11 +219,11 @@ class Sync:
         applied = self.engine.apply_pending(limit=5000)
         now = time.monotonic()
         self._watch_gaps()
-        self.engine.watch_tick()
-        self._manage_reconcile()
-        if now >= self._next_recheck:
+        if now >= self._next_recheck:  # before the watchlist is queued: a queued key is not re-checked
             self._next_recheck = now + RECHECK_EVERY_S
             self.recheck(RECHECK_PER_ROUND)
+        self.engine.watch_tick()
+        self._manage_reconcile()
         if now >= self._next_poll:
             self._next_poll = now + POLL_EVERY_S
             self._poll_cutover()
@@ -281,6 +284,7 @@ class Sync:
 
     def _finish_reconcile(self, reconcile: Reconcile) -> None:
         touched, self.engine.touched = self.engine.touched or set(), None
+        self.engine.forget_written()
         self.engine.pending.add_many(touched, time.time())  # the repair may have written older values
         self.reconcile = None
         self.state = "following"
@@ -294,6 +298,7 @@ class Sync:
         self.reconciles += reconcile.kind == "gap" or reconcile.covered > 0
         self.engine.changed = set(touched)
         self.engine.changed_count = 0
+        self.stubborn = {}
         self.proof = {"verified_at": time.time(), "holds": reconcile.stable_differences() == 0,
                       "changed_since": 0, "rechecked_equal": 0, "open": len(touched)}
 
@@ -332,21 +337,26 @@ class Sync:
             self._close_readers()  # a cut or a restart: the next round reads again
             return 0, keys
         now = now_ms()
-        different = []
+        different, again = [], []
         for key in keys:
             kind = classify(ref[key], tgt[key], now, TTL_TOLERANCE_MS)
             if kind is None or kind == EXPIRED:
                 changed.discard(key)
+                self.stubborn.pop(key, None)
                 self.proof["rechecked_equal"] += 1
             else:
                 different.append(key)
-        self.engine.pending.add_many(different, time.time())
+                self.stubborn[key] = self.stubborn.get(key, 0) + 1
+                if self.stubborn[key] <= STUBBORN_TRIES:  # past that (a key the target cannot take, or one
+                    again.append(key)                      # that never rests), its own events re-apply it
+        self.engine.pending.add_many(again, time.time())
         self._update_proof()
         return len(keys), different
 
     def _update_proof(self) -> None:
         self.proof["changed_since"] = self.engine.changed_count
         self.proof["open"] = len(self.engine.changed or ())
+        self.proof["different"] = sum(count > STUBBORN_TRIES for count in list(self.stubborn.values()))
 
     # --- cutover: drain requests and the flip ---------------------------------------------------------------
 
@@ -368,6 +378,7 @@ class Sync:
             rechecked += count
             if not different:
                 break
+            self.engine.pending.add_many(different, time.time())
             self.engine.apply_pending()
         different += [b"<unreconciled gap>"] * bool(self.gaps.claim())
         self.drains.answer(request["id"], self.engine.counts.applied - applied_before, rechecked, len(different),
@@ -408,6 +419,7 @@ class Sync:
                 _, different = self.recheck()
                 if not different:
                     break
+                self.engine.pending.add_many(different, time.time())
                 self.engine.apply_pending()
         self.state = "stopped"
         self.phase = "stopped"
@@ -457,6 +469,7 @@ class Sync:
 
     def status(self) -> dict:
         counts = self.engine.counts
+        self._update_proof()
         return {"pid": _pid(), "heartbeat_at": time.time(), "started_at": self.started_at, "state": self.state,
                 "phase": self.phase, "lag_ms": self.engine.lag_ms(), "pending": len(self.engine.pending),
                 "applied": counts.applied, "deleted": counts.deleted, "gaps": self.gaps.gaps,
@@ -465,6 +478,7 @@ class Sync:
                 "forwarded": counts.forwarded, "conflicts": getattr(self.engine, "conflicts", 0),
                 "proof": dict(self.proof), "watched_streams": len(self.engine.watched),
                 "gap_reasons": list(self.gaps.reasons[-5:]),
+                "open_keys": [readable(key) for key in itertools.islice(list(self.engine.changed or ()), 5)],
                 "targets": {"source": self.source.endpoint.redacted, "target": self.target.endpoint.redacted}}
 
     def _write_status(self) -> dict:
