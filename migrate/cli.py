@@ -29,7 +29,7 @@ from .console import (
     render_verify,
 )
 from .datapath.replay import ReplayOptions
-from .errors import MigrateError
+from .errors import BadInput, MigrateError
 from .net.iam import KINDS, REPLICATION_GROUP, SERVERLESS, IamCache
 from .redact import scrub
 from .verify.stage import VerifyOptions
@@ -426,24 +426,62 @@ def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, st
 @click.option("--serverless-cache", metavar="NAME", help="Cut over to this ElastiCache Serverless cache's endpoint.")
 @click.option("--max-verify-age", default="30m", show_default=True,
               help="The run dir's passing verify must be newer than this (30m, 2h, 90s).")
+@click.option("--source", "source_url", metavar="URL", default=None,
+              help="With a sync running on --run-dir: the old Redis to fence (default: the run dir's source, "
+                   "password from REDIS_MIGRATE_SOURCE_PASSWORD).")
+@click.option("--fence-ms", type=click.IntRange(200, 60_000), default=2000, show_default=True,
+              help="With a sync running: CLIENT PAUSE WRITE on the old Redis for at most this long around the flip.")
+@click.option("--no-fence", is_flag=True,
+              help="With a sync running: no write fence (ElastiCache refuses CLIENT PAUSE); in-flight writes race "
+                   "the flip and are forwarded after it.")
+@click.option("--max-lag-ms", type=click.IntRange(0), default=2000, show_default=True,
+              help="With a sync running: the gate refuses while sync lags more than this.")
+@tls_insecure_option
 @switch_options
 @handle_errors
-def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify_age, force, redeploy, dry_run,
-            as_json):
-    """Repoint the SSM endpoint/port at the target, after a fresh passing verify; recorded for rollback."""
+def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify_age, source_url, fence_ms, no_fence,
+            max_lag_ms, tls_insecure, force, redeploy, dry_run, as_json):
+    """Repoint the SSM endpoint/port at the target, after a fresh passing verify; recorded for rollback.
+
+    With a sync following on --run-dir: gate on sync's health, fence the old Redis (CLIENT PAUSE WRITE),
+    drain sync, flip, lift the fence; sync then forwards old-side writes by compare-and-set.
+    """
+    fencing = commands.Fencing(source_url=source_url, fence_ms=fence_ms, no_fence=no_fence, max_lag_ms=max_lag_ms,
+                               tls_insecure=tls_insecure)
     outcome = commands.cutover(env, target_url=target_url, serverless_cache=serverless_cache, run_dir=run_dir,
                                prefix=param_prefix, max_verify_age=max_verify_age, force=force, redeploy=redeploy,
-                               dry_run=dry_run, clients=_aws_clients())
+                               dry_run=dry_run, clients=_aws_clients(), fencing=fencing)
     _finish(outcome, as_json, render_switch)
 
 
 @cli.command()
+@click.option("--bring-back", is_flag=True,
+              help="First copy the apps' writes on the cache back to the old Redis (scan-based rounds), then flip "
+                   "back, then copy the stragglers; needs --source, --target and the cutover's --run-dir.")
+@click.option("--source", "source_url", metavar="URL", default=None,
+              help="With --bring-back: the old Redis (the migration's source), which receives the writes.")
+@click.option("--target", "target_url", metavar="URL", default=None,
+              help="With --bring-back: the serverless cache (the migration's target), the reference.")
+@click.option("--threshold", type=click.IntRange(1), default=100, show_default=True,
+              help="With --bring-back: copy-back rounds go on until one finds fewer differences than this.")
+@tls_insecure_option
 @switch_options
 @handle_errors
-def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json):
-    """Put back the SSM values the cutover recorded (run dir, else the SSM labels)."""
+def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json, bring_back, source_url, target_url,
+             threshold, tls_insecure):
+    """Put back the SSM values the cutover recorded (run dir, else the SSM labels).
+
+    With --bring-back, the writes the apps made on the cache are copied back to the old Redis first (sync must
+    be stopped); exit 0 only when a last compare finds nothing but the reported conflicts.
+    """
+    options = None
+    if bring_back:
+        if not (source_url and target_url):
+            raise BadInput("--bring-back needs --source (the old Redis) and --target (the serverless cache)",
+                           "give both: the old Redis receives the cache's writes")
+        options = commands.BringBack(source_url, target_url, threshold, tls_insecure)
     outcome = commands.rollback(env, run_dir=run_dir, prefix=param_prefix, force=force, redeploy=redeploy,
-                                dry_run=dry_run, clients=_aws_clients())
+                                dry_run=dry_run, clients=_aws_clients(), bring_back=options, events=TERMINAL)
     _finish(outcome, as_json, render_switch)
 
 

@@ -286,24 +286,76 @@ def _switched(result: dict) -> Outcome:
     return Outcome(result, exit_code=GateRefused.exit_code if result["refused"] else 0)
 
 
+@dataclass(frozen=True)
+class Fencing:
+    """A cutover on a running sync: the old Redis to fence, how long, or no fence; sync's lag bound."""
+
+    source_url: str | None = None
+    fence_ms: int = 2000
+    no_fence: bool = False
+    max_lag_ms: int = 2000
+    tls_insecure: bool = False
+
+
 def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
             run_dir: str | None = None, prefix: str, max_verify_age: str = "30m", force: bool = False,
-            redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None) -> Outcome:
+            redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
+            fencing: Fencing = Fencing()) -> Outcome:
+    """With a sync following on the run dir: the fenced live cutover (cloud/live_cutover.py); else today's."""
     from .cloud import cutover as switching
+    from .cloud import live_cutover as live
     directory = RunDir(run_dir) if run_dir else None
+    sync = live.running_sync(directory)
+    if sync is not None:
+        return _switched(live.cutover_on_sync(
+            env, sync, directory, target_url=target_url, serverless_cache=serverless_cache,
+            source_url=fencing.source_url, prefix=prefix, fence_ms=fencing.fence_ms, no_fence=fencing.no_fence,
+            max_lag_ms=fencing.max_lag_ms, force=force, redeploy=redeploy, dry_run=dry_run, clients=clients,
+            tls_insecure=fencing.tls_insecure))
     with _switch_lock(directory, dry_run):
         return _switched(switching.cutover(env, target_url=target_url, serverless_cache=serverless_cache,
                                            run_dir=directory, prefix=prefix, max_verify_age=max_verify_age,
                                            force=force, redeploy=redeploy, dry_run=dry_run, clients=clients))
 
 
+@dataclass(frozen=True)
+class BringBack:
+    """rollback --bring-back: the migration's own old Redis (--source) and cache (--target)."""
+
+    source_url: str
+    target_url: str
+    threshold: int = 100
+    tls_insecure: bool = False
+
+
 def rollback(env: str, *, run_dir: str | None = None, prefix: str, force: bool = False,
-             redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None) -> Outcome:
+             redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
+             bring_back: BringBack | None = None, events: Events = SILENT) -> Outcome:
+    """Put the recorded SSM values back; with --bring-back, copy the cache's writes back to the old Redis first
+    (and the stragglers after): exit 0 only when a last compare is clean."""
     from .cloud import cutover as switching
     directory = RunDir(run_dir) if run_dir else None
+    if bring_back is not None:
+        return _brought_back(env, directory, prefix, force, redeploy, dry_run, clients, bring_back, events)
     with _switch_lock(directory, dry_run):
         return _switched(switching.rollback(env, run_dir=directory, prefix=prefix, force=force, redeploy=redeploy,
                                             dry_run=dry_run, clients=clients))
+
+
+def _brought_back(env: str, directory: RunDir | None, prefix: str, force: bool, redeploy: tuple[str, ...],
+                  dry_run: bool, clients: Clients | None, options: BringBack, events: Events) -> Outcome:
+    from .cloud import bring_back as back
+    if directory is None:
+        raise BadInput("--bring-back needs --run-dir", "pass the run dir of the sync and cutover: its baseline says "
+                                                       "which keys sync put on the cache")
+    back.refuse_running_sync(directory)
+    old = open_source(_endpoint("source", options.source_url, options.tls_insecure, events.warn), 0)
+    cache = open_target(_endpoint("target", options.target_url, options.tls_insecure, events.warn))
+    with _switch_lock(directory, dry_run):
+        result = back.bring_back(env, run_dir=directory, old=old, cache=cache, threshold=options.threshold,
+                                 prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run, clients=clients)
+    clean = not result["refused"] and result["bring_back"]["final_differences"] == 0
+    return Outcome(result, exit_code=0 if clean or dry_run and not result["refused"] else GateRefused.exit_code)
 
 
 # --- sync --------------------------------------------------------------------------------------------

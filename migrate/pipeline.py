@@ -249,6 +249,9 @@ def status(run_dir: RunDir) -> dict:
     sync = sync_status(run_dir)
     if sync is not None:
         result["sync"] = sync
+    live = _live_status(run_dir)
+    if live is not None:
+        result["live"] = live
     return result
 
 
@@ -259,6 +262,14 @@ def sync_status(run_dir: RunDir) -> dict | None:
     if not ledger.found:
         return None
     return {**ledger.to_dict(), "running": ledger.running()}
+
+
+def _live_status(run_dir: RunDir) -> dict | None:
+    """A live cutover's figures (phase, fence, forwarded, conflicts, old-side activity), once one began."""
+    if not any((run_dir.path / name).exists() for name in ("flip.json", "live-cutover.json")):
+        return None
+    from .cloud.live_cutover import live_status
+    return live_status(run_dir)
 
 
 def _when(timestamp: float | None) -> str | None:
