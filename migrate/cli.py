@@ -307,11 +307,12 @@ def status(run_dir, as_json):
 @source_check_options
 @skip_unsupported_option
 @tls_insecure_option
+@iam_options("source", "target")
 @json_option
 @handle_errors
 def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db, match, types, scan_count,
          max_payload, batch_bytes, mode, max_ops_per_sec, allow_nonempty_target, ignore_other_dbs, allow_empty_source,
-         skip_unsupported, tls_insecure, as_json):
+         skip_unsupported, tls_insecure, source_iam, target_iam, as_json):
     """Copy while the apps keep writing, then follow every change until SIGTERM/SIGINT.
 
     Subscribes to keyspace events on every source primary first, bulk copies (skipped when the run dir's
@@ -325,7 +326,8 @@ def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db,
                             _replay_options(mode, max_ops_per_sec, allow_nonempty_target),
                             enable_notifications=enable_notifications, max_pending=max_pending,
                             checks=_source_checks(ignore_other_dbs, allow_empty_source),
-                            skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL, live=live)
+                            skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL, live=live,
+                            source_iam=source_iam, target_iam=target_iam)
     if live is not None:
         end_live_line()
     _finish(outcome, as_json, render_sync)

@@ -363,7 +363,8 @@ def _brought_back(env: str, directory: RunDir | None, prefix: str, force: bool, 
 def sync(source_url: str, target_url: str, run_dir: str, selection: Selection, options: ReplayOptions, *,
          enable_notifications: bool = False, max_pending: int | None = None, checks: SourceChecks = SourceChecks(),
          skip_unsupported: bool = False, tls_insecure: bool = False, events: Events = SILENT,
-         live: Callable[[dict], None] | None = None) -> Outcome:
+         live: Callable[[dict], None] | None = None, source_iam: IamCache | None = None,
+         target_iam: IamCache | None = None) -> Outcome:
     """Capture keyspace events, bulk copy, then follow every change until SIGTERM/SIGINT. Exit 0 when
     stopped with every gap reconciled, 3 when one is not (rerun sync to finish)."""
     from .pipeline import copy_stages
@@ -375,8 +376,8 @@ def sync(source_url: str, target_url: str, run_dir: str, selection: Selection, o
         raise BadInput("sync copies and follows a whole database: --match and --type do not apply",
                        "drop --match/--type (use dump/replay for a partial copy)")
     name = CLIENT_NAME.decode()
-    source = replace(_endpoint("source", source_url, tls_insecure, events.warn), client_name=name)
-    target = replace(_endpoint("target", target_url, tls_insecure, events.warn), client_name=name)
+    source = replace(_endpoint("source", source_url, tls_insecure, events.warn, source_iam), client_name=name)
+    target = replace(_endpoint("target", target_url, tls_insecure, events.warn, target_iam), client_name=name)
     target_topology = open_target(target)
     target_rdb = probe_rdb_version(target_topology) if options.mode == "auto" else None
     dump_options = selection.dump_options(source, options.mode, target_rdb)
