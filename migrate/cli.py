@@ -21,6 +21,7 @@ from .console import (
     emit,
     end_live_line,
     live_sync_line,
+    render_ecs_task,
     render_plan,
     render_status,
     render_summary,
@@ -485,6 +486,79 @@ def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json, brin
     outcome = commands.rollback(env, run_dir=run_dir, prefix=param_prefix, force=force, redeploy=redeploy,
                                 dry_run=dry_run, clients=_aws_clients(), bring_back=options, events=TERMINAL)
     _finish(outcome, as_json, render_switch)
+
+
+# --- ecs-task ---
+
+@cli.command("ecs-task")
+@env_option
+@click.option("--image", required=True, metavar="URI",
+              help="The redis-migrate image, pinned by tag or digest (e.g. ACCOUNT.dkr.ecr.REGION.amazonaws.com/"
+                   "redis-migrate:0.1.0).")
+@click.option("--register", is_flag=True, help="Register the task definition (and the log group) through the API.")
+@click.option("--create-roles", is_flag=True,
+              help="With --register: create or update the task and execution roles with the policies shown.")
+@click.option("--task-role-arn", metavar="ARN", default=None,
+              help="Use this task role instead of redis-migrate-ENV-task (give it the task policy shown).")
+@click.option("--execution-role-arn", metavar="ARN", default=None,
+              help="Use this execution role instead of redis-migrate-ENV-execution.")
+@click.option("--cluster", default=None, help="The storefront's ECS cluster (with --service).")
+@click.option("--service", default=None,
+              help="The storefront's ECS service: the task runs in its subnets and security groups, and may "
+                   "redeploy it (cutover --redeploy).")
+@click.option("--efs-file-system", metavar="ID", default=None,
+              help="EFS file system mounted at /data for the run dir, so a stopped task resumes.")
+@click.option("--efs-access-point", metavar="ID", default=None,
+              help="EFS access point (IAM-authorised mount; owned by the image's user, mode 0700).")
+@click.option("--source-secret", metavar="ARN", default=None,
+              help="Secrets Manager secret holding the source password (REDIS_MIGRATE_SOURCE_PASSWORD).")
+@click.option("--source-password-parameter", metavar="NAME", default=None,
+              help="SSM SecureString parameter holding the source password, instead of --source-secret.")
+@click.option("--target-secret", metavar="ARN", default=None,
+              help="Secrets Manager secret holding the target password (REDIS_MIGRATE_TARGET_PASSWORD).")
+@click.option("--target-password-parameter", metavar="NAME", default=None,
+              help="SSM SecureString parameter holding the target password, instead of --target-secret.")
+@click.option("--log-group", default="/ecs/redis-migrate", show_default=True, help="CloudWatch log group (awslogs).")
+@click.option("--keys", type=click.IntRange(0), default=None,
+              help="Size the task for this many keys (plan's figure), when no --run-dir holds a plan.")
+@click.option("--primaries", type=click.IntRange(1), default=None,
+              help="With --keys: the source's primaries (default 1, a standalone Redis).")
+@run_dir_option(required=False)
+@click.option("--slots-split", type=click.IntRange(1, 16384), default=1, show_default=True,
+              help="Scale-out: one run-task line per slot range (run --slots A-B, each with its own run dir).")
+@click.option("--stage", type=click.Choice(("sync", "run")), default="sync", show_default=True,
+              help="What the task runs: the live sync, or a one-shot run (dump, replay, verify).")
+@click.option("--source", "source_url", metavar="URL", default=None,
+              help="Source URL for the run-task lines, without a password (it comes from the secret).")
+@click.option("--target", "target_url", metavar="URL", default=None,
+              help="Target URL for the run-task lines, without a password.")
+@click.option("--serverless-cache", metavar="NAME", default=None,
+              help="The target cache, for the role's resources [default: storefront-ENV].")
+@click.option("--iam-user", "iam_users", multiple=True, metavar="USER",
+              help="ElastiCache user the task authenticates as with IAM: grants elasticache:Connect. Repeatable.")
+@param_prefix_option
+@json_option
+@handle_errors
+def ecs_task(env, image, register, create_roles, task_role_arn, execution_role_arn, cluster, service, efs_file_system,
+             efs_access_point, source_secret, source_password_parameter, target_secret, target_password_parameter,
+             log_group, keys, primaries, run_dir, slots_split, stage, source_url, target_url, serverless_cache,
+             iam_users, param_prefix, as_json):
+    """A one-off Fargate task for the migration: task definition, role policies, and the run-task lines.
+
+    Sized from plan's figures (--run-dir's plan.json, or --keys), the run dir on EFS, the passwords from
+    Secrets Manager or SSM SecureString, awslogs, and the storefront service's network. --register
+    registers it.
+    """
+    from .cloud.ecs_task import TaskRequest
+    request = TaskRequest(
+        env=env, image=image, register=register, create_roles=create_roles, cluster=cluster, service=service,
+        efs_file_system=efs_file_system, efs_access_point=efs_access_point, source_secret=source_secret,
+        source_parameter=source_password_parameter, target_secret=target_secret,
+        target_parameter=target_password_parameter, log_group=log_group, keys=keys, primaries=primaries,
+        slots_split=slots_split, stage=stage, source_url=source_url, target_url=target_url,
+        serverless_cache=serverless_cache, iam_users=tuple(iam_users), prefix=param_prefix,
+        task_role_arn=task_role_arn, execution_role_arn=execution_role_arn)
+    _finish(commands.ecs_task(request, clients=_aws_clients(), plan_dir=run_dir), as_json, render_ecs_task)
 
 
 if __name__ == "__main__":

@@ -400,3 +400,18 @@ def sync(source_url: str, target_url: str, run_dir: str, selection: Selection, o
                             events.progress, events.warn, live)
         refusal = judge_skipped(directory, skip_unsupported)
     return Outcome(result, refusal=refusal)
+
+
+# --- ecs-task ---------------------------------------------------------------------------------------------
+
+def ecs_task(request, *, clients: Clients, plan_dir: str | None = None) -> Outcome:
+    """The one-off Fargate task's definition, policies and run-task lines; sized from plan.json of
+    `plan_dir` when given (a run dir `run` planned), else from the request's --keys/--primaries."""
+    from .cloud import ecs_task as task
+    if plan_dir is not None:
+        ledger = PlanLedger.load(RunDir(plan_dir))
+        if not ledger.found:
+            raise BadInput(f"run directory {plan_dir} holds no plan.json",
+                           "give the run dir of a `run` (it records its plan first), or --keys N [--primaries S]")
+        request = replace(request, plan=ledger.plan)
+    return Outcome(task.ecs_task(request, clients))

@@ -286,3 +286,27 @@ def _bring_back_lines(back: dict) -> list[str]:
                  + (f" ({', '.join(back['conflict_keys'])})" if back["conflict_keys"] else "")
                  + f"; final differences {back['final_differences']}")
     return lines
+
+
+def render_ecs_task(result: dict) -> str:
+    """The task definition and both policies as JSON (ready for the CLI or the console), then how to run it."""
+    def block(title: str, document: dict) -> list[str]:
+        return [f"# {title}", json.dumps(document, indent=2, sort_keys=True), ""]
+
+    sizing = result["sizing"]
+    lines = block("task definition", result["task_definition"])
+    lines += block(f"task role {result['task_role']['arn']}: policy", result["task_role"]["policy"])
+    lines += block(f"execution role {result['execution_role']['arn']}: policy", result["execution_role"]["policy"])
+    lines += block("trust policy of both roles", result["trust_policy"])
+    copy = sizing["copy_cpu_bound_s"]
+    lines.append(f"# sized: {sizing['vcpu']:g} vCPU, {sizing['memory_mib']} MiB for {sizing['workers']} dump "
+                 f"worker(s) + replay" + (f"; copy ~{copy:.0f} s of CPU per task (the cache's ECPU/s may bind "
+                                          "first)" if copy is not None else ""))
+    registered = result.get("registered")
+    if registered:
+        lines.append(f"# registered: {registered['arn']}")
+    lines.append("# run it (one line per task):")
+    for run in result["run_task"]:
+        lines += [f"# {run['what']}", run["line"]]
+    lines += [f"warning: {w}" for w in result.get("warnings", [])]
+    return "\n".join(lines)
