@@ -8,6 +8,8 @@ Exit codes: 0 success; 1 differences found or a safety gate refused; 2 bad input
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -137,7 +139,24 @@ def cli(debug: bool) -> None:
     Context.debug = debug
 
 
+def stop_on_sigterm() -> None:
+    """ECS stops a task with SIGTERM, then SIGKILL after its grace period. Every stage survives a kill at any
+    moment (atomic writes, checkpoints only after what they cover is durable, children that die with their
+    parent, a lock the kernel releases), so SIGTERM ends the process at once, as a kill would, but says so in
+    the task's log with exit 143. A handler also makes it work where the process is PID 1 of a container,
+    which ignores signals it has no handler for. `sync` installs its own while it runs: it drains first."""
+    owner = os.getpid()
+
+    def stop(signum, _frame) -> None:
+        if os.getpid() == owner:  # a forked child inherits the handler: only the command's process speaks
+            os.write(2, b"stopped by SIGTERM: rerun the same command with the same --run-dir to resume\n")
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main() -> None:
+    stop_on_sigterm()
     cli(prog_name="redis-migrate")
 
 

@@ -73,7 +73,8 @@ def test_registers_and_reads_back_with_efs_secrets_and_logs(storefront):
             f"arn:aws:ssm:us-east-1:123456789012:parameter/storefront/{ENV}/redis-migrate/target-password"}
     assert not any("PASSWORD" in e["name"] for e in container["environment"])  # never in plain text
     assert container["logConfiguration"] == {"logDriver": "awslogs", "options": {
-        "awslogs-group": "/ecs/redis-migrate", "awslogs-region": "us-east-1", "awslogs-stream-prefix": f"redis-migrate-{ENV}"}}
+        "awslogs-group": "/ecs/redis-migrate", "awslogs-region": "us-east-1",
+        "awslogs-stream-prefix": f"redis-migrate-{ENV}"}}
     assert container["linuxParameters"]["initProcessEnabled"] is True and container["stopTimeout"] == 120
     assert (described["cpu"], described["memory"], described["networkMode"]) == ("4096", "8192", "awsvpc")
     assert described["taskRoleArn"].endswith(f"role/redis-migrate-{ENV}-task")
@@ -142,7 +143,7 @@ def test_sizing_model():
     assert slot_ranges(3) == ["0-5460", "5461-10922", "10923-16383"]
 
 
-@pytest.mark.parametrize("args, needle", [
+BAD_INPUTS = [
     (("--env", "nope", "--image", IMAGE), "no SSM parameters found under /storefront/nope/redis/"),
     (("--env", ENV, "--image", IMAGE, "--cluster", "storefront-test", "--service", "ghost"),
      "ECS service ghost does not exist in cluster storefront-test"),
@@ -159,11 +160,15 @@ def test_sizing_model():
     (("--env", ENV, "--image", IMAGE, "--slots-split", "2"), "splits `run` by slot range"),
     (("--env", ENV, "--image", IMAGE, "--register"), "role redis-migrate-test-task does not exist"),
     (("--env", ENV, "--image", IMAGE, "--run-dir", "/nonexistent/rd"), "does not exist"),
-])
-def test_bad_input_is_exit_2_with_a_message(storefront, args, needle):
-    result = invoke("ecs-task", *args, code=2)
-    assert needle in result.output and "hint:" in result.output, result.output
-    assert "hunter2-secret" not in result.output
+]
+
+
+def test_bad_input_is_exit_2_with_a_message(storefront):
+    """One moto set-up for every case (each is its own CLI invocation)."""
+    for args, needle in BAD_INPUTS:
+        result = invoke("ecs-task", *args, code=2)
+        assert needle in result.output and "hint:" in result.output, result.output
+        assert "hunter2-secret" not in result.output
     assert not own_client("ecs").list_task_definitions(familyPrefix="redis-migrate")["taskDefinitionArns"]
 
 
