@@ -182,3 +182,20 @@ def test_setup_actions_cover_the_calls_made(storefront, monkeypatch):
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
     ecs_task(*FULL, "--source-secret", storefront["secret"], "--register", "--create-roles", "--json")
     assert calls <= set(SETUP_ACTIONS) - {"iam:PassRole"}, calls - set(SETUP_ACTIONS)
+
+
+def test_a_sync_in_another_task_is_judged_by_its_heartbeat(tmp_path):
+    """A cutover or status in a second task on the same EFS run dir cannot see the sync task's pid; a sync on
+    this machine whose pid is gone is not running, whatever its heartbeat says."""
+    import time
+
+    from migrate.sync.protocol import SyncLedger, process_host
+    run_dir = RunDir(tmp_path / "rd", create=True)
+    ledger = SyncLedger.load(run_dir)
+    dead_pid = 2**22 + 1  # above pid_max's default: no such process here
+    ledger.update(pid=dead_pid, host="sync-task-ip-10-0-1-7/4026532", heartbeat_at=time.time(), state="following")
+    assert SyncLedger.load(run_dir).running()
+    ledger.update(heartbeat_at=time.time() - 30)
+    assert not SyncLedger.load(run_dir).running()
+    ledger.update(host=process_host(), heartbeat_at=time.time())
+    assert not SyncLedger.load(run_dir).running()

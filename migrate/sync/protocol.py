@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import uuid
 
@@ -41,6 +42,16 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_host() -> str:
+    """This process's machine and pid namespace: a pid means something only there. A second ECS task (a
+    cutover or a status beside a sync task, on the same EFS run dir) sees other pids than the sync's."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}/{namespace}"
 
 
 def empty_proof() -> dict:
@@ -80,9 +91,12 @@ class SyncLedger(Ledger):
         return {**self._empty(), **self._data}
 
     def running(self) -> bool:
-        """A live sync: not stopped, its process exists, and it beat within the last 5 s."""
+        """A live sync: not stopped, its process exists, and it beat within the last 5 s. A sync on another
+        machine (another task sharing the run dir on EFS) is judged by its heartbeat alone."""
         beat = self._data.get("heartbeat_at") or 0
-        return (self._data.get("state", "stopped") != "stopped" and pid_alive(self._data.get("pid"))
+        host = self._data.get("host")
+        here = host is None or host == process_host()
+        return (self._data.get("state", "stopped") != "stopped" and (pid_alive(self._data.get("pid")) or not here)
                 and time.time() - beat <= HEARTBEAT_STALE_S)
 
     def crashed(self) -> bool:
