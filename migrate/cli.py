@@ -556,17 +556,18 @@ def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json, brin
 @click.option("--iam-user", "iam_users", multiple=True, metavar="USER",
               help="ElastiCache user the task authenticates as with IAM: grants elasticache:Connect. Repeatable.")
 @param_prefix_option
+@click.argument("stage_args", nargs=-1, metavar="[-- STAGE OPTIONS]")
 @json_option
 @handle_errors
 def ecs_task(env, image, register, create_roles, task_role_arn, execution_role_arn, cluster, service, efs_file_system,
              efs_access_point, source_secret, source_password_parameter, target_secret, target_password_parameter,
              log_group, keys, primaries, run_dir, slots_split, stage, source_url, target_url, serverless_cache,
-             iam_users, param_prefix, as_json):
+             iam_users, param_prefix, stage_args, as_json):
     """A one-off Fargate task for the migration: task definition, role policies, and the run-task lines.
 
     Sized from plan's figures (--run-dir's plan.json, or --keys), the run dir on EFS, the passwords from
     Secrets Manager or SSM SecureString, awslogs, and the storefront service's network. --register
-    registers it.
+    registers it. Options after -- go to the stage in the run-task lines (e.g. -- --enable-notifications).
     """
     from .cloud.ecs_task import TaskRequest
     request = TaskRequest(
@@ -576,7 +577,7 @@ def ecs_task(env, image, register, create_roles, task_role_arn, execution_role_a
         target_parameter=target_password_parameter, log_group=log_group, keys=keys, primaries=primaries,
         slots_split=slots_split, stage=stage, source_url=source_url, target_url=target_url,
         serverless_cache=serverless_cache, iam_users=tuple(iam_users), prefix=param_prefix,
-        task_role_arn=task_role_arn, execution_role_arn=execution_role_arn)
+        task_role_arn=task_role_arn, execution_role_arn=execution_role_arn, extra_args=tuple(stage_args))
     _finish(commands.ecs_task(request, clients=_aws_clients(), plan_dir=run_dir), as_json, render_ecs_task)
 
 

@@ -105,17 +105,23 @@ def test_the_policy_is_accepted_by_iam_and_scoped_to_the_env(storefront):
     assert "arn:aws:ecs:us-east-1:123456789012:service/storefront-test/storefront-api" in resources
     assert "arn:aws:elasticache:us-east-1:123456789012:user:migrator" in resources
     own_client("iam").create_policy(PolicyName="exec", PolicyDocument=json.dumps(result["execution_role"]["policy"]))
+    secret_statement = [s for s in result["execution_role"]["policy"]["Statement"] if "Secretsmanager" in s["Sid"]]
+    assert secret_statement[0]["Resource"] == [storefront["secret"]]  # the one secret, exactly
     # the printed form carries the same documents
     text = ecs_task(*FULL).output
     assert "# task role" in text and ENV_PATH_ARN in text and "aws ecs run-task" in text
 
 
 def test_the_network_comes_from_the_storefront_service(storefront):
-    result = as_json(ecs_task(*FULL, "--stage", "run", "--slots-split", "2", "--json"))
+    result = as_json(ecs_task(*FULL, "--stage", "run", "--slots-split", "2", "--json", "--", "--workers", "2"))
     assert result["network"]["subnets"] == storefront["subnets"]
     assert result["network"]["securityGroups"] == [storefront["group"]]
     lines = [run["line"] for run in result["run_task"]]
-    assert len(lines) == 3  # two slot ranges, then status
+    assert len(lines) == 4  # two slot ranges, then status and the cutover
+    cutover = result["run_task"][3]["command"]
+    assert cutover[0] == "cutover" and cutover[-1] == "--dry-run"
+    assert [cutover[i + 1] for i, a in enumerate(cutover) if a == "--run-dir"] == [
+        f"/data/{ENV}/slots-0-8191", f"/data/{ENV}/slots-8192-16383"]
     for line, slots in zip(lines, ("0-8191", "8192-16383")):
         argv = shlex.split(line)
         assert argv[:3] == ["aws", "ecs", "run-task"] and argv[argv.index("--launch-type") + 1] == "FARGATE"
@@ -125,6 +131,7 @@ def test_the_network_comes_from_the_storefront_service(storefront):
         command = json.loads(argv[argv.index("--overrides") + 1])["containerOverrides"][0]["command"]
         assert command[0] == "run" and command[command.index("--slots") + 1] == slots
         assert command[command.index("--run-dir") + 1] == f"/data/{ENV}/slots-{slots}"
+        assert command[-2:] == ["--workers", "2"]
 
 
 def test_sizes_from_the_plan_in_a_run_dir(storefront, tmp_path):

@@ -39,6 +39,7 @@ SETUP_HINT = "the credentials running ecs-task need: " + ", ".join(SETUP_ACTIONS
 
 # The scale model (RUNBOOK "Scale-out"): CPU seconds per million keys, measured by scripts/bench.py.
 C_DUMP_S, C_REPLAY_S = 3.7, 3.5
+C_SOURCE_S = 7.5  # the source servers' CPU per million keys, spread over its primaries (one thread each)
 MB_PER_PROCESS = 300  # each stage process stays under this (verify 179 MB, the copy 114 MB, sync < 260 MB)
 MAX_WORKERS = 15
 SMALL_COPY_KEYS = 1_000_000  # below this one dump worker is done in seconds: more vCPUs cost more than they save
@@ -252,7 +253,8 @@ def _secret(clients: Clients, account: Account, env_name: str, secret_arn: str |
                     raise BadInput(f"--{role}-secret {base} does not exist",
                                    "check the ARN and the region (aws secretsmanager list-secrets)") from None
                 raise
-        return {"name": env_name, "valueFrom": secret_arn, "policy_arn": base + "*", "kind": "secretsmanager"}
+        exact = base if re.search(r"-[A-Za-z0-9]{6}$", base) else base + "-??????"  # the suffix AWS appends
+        return {"name": env_name, "valueFrom": secret_arn, "policy_arn": exact, "kind": "secretsmanager"}
     if parameter:
         name = parameter if parameter.startswith("arn:") else "/" + parameter.lstrip("/")
         with _setup_call(f"SSM parameter {name}"):
@@ -318,7 +320,8 @@ def size_task(keys: int | None, primaries: int, split: int = 1) -> Sizing:
     copy = None
     if task_keys is not None:
         millions, cores = task_keys / 1e6, cpu / 1024
-        copy = max(millions * C_DUMP_S / workers, millions * C_REPLAY_S, millions * (C_DUMP_S + C_REPLAY_S) / cores)
+        copy = max(millions * C_DUMP_S / workers, millions * C_REPLAY_S, millions * (C_DUMP_S + C_REPLAY_S) / cores,
+                   millions * C_SOURCE_S / min(task_primaries, workers))
     return Sizing(task_keys, task_primaries, workers, cpu, memory, copy)
 
 
@@ -426,14 +429,30 @@ def slot_ranges(split: int) -> list[str]:
 
 def stage_command(request: TaskRequest, slots: str | None) -> list[str]:
     """The container command for one task: the stage, its URLs (no password), its run dir on the volume."""
-    base = f"{RUN_DIR_VOLUME}/{request.env}"
+    [run_dir] = _run_dirs(request, [slots])
     command = [request.stage, "--source", request.source_url or "redis://OLD-REDIS:6379/0",
                "--target", request.target_url or "rediss://CACHE-ENDPOINT:6379"]
-    if slots:
-        command += ["--run-dir", f"{base}/slots-{slots}", "--slots", slots, "--allow-nonempty-target"]
-    else:
-        command += ["--run-dir", base]
+    command += ["--run-dir", run_dir]
+    if slots:  # the tasks write into the same cache at once: each finds the others' keys there
+        command += ["--slots", slots, "--allow-nonempty-target"]
     return command + list(request.extra_args)
+
+
+def _run_dirs(request: TaskRequest, ranges: list[str | None]) -> list[str]:
+    base = f"{RUN_DIR_VOLUME}/{request.env}"
+    return [f"{base}/slots-{slots}" if slots else base for slots in ranges]
+
+
+def cutover_command(request: TaskRequest, ranges: list[str | None]) -> list[str]:
+    """The cutover from a second one-off task on the same run dir(s): it sees the sync task's state there."""
+    command = ["cutover", "--env", request.env, "--target", request.target_url or "rediss://CACHE-ENDPOINT:6379"]
+    for run_dir in _run_dirs(request, ranges):
+        command += ["--run-dir", run_dir]
+    if request.stage == "sync":
+        command += ["--source", request.source_url or "redis://OLD-REDIS:6379/0"]
+    if request.service:
+        command += ["--redeploy", f"{request.cluster}/{request.service}"]
+    return command + ["--dry-run"]
 
 
 def run_task_lines(request: TaskRequest, network: dict | None, revision: int | None) -> list[dict]:
@@ -448,8 +467,8 @@ def run_task_lines(request: TaskRequest, network: dict | None, revision: int | N
     ranges = slot_ranges(request.slots_split) if request.slots_split > 1 else [None]
     commands = [(f"{request.stage} slots {slots}" if slots else request.stage, stage_command(request, slots))
                 for slots in ranges]
-    commands += [("status", ["status", "--run-dir", f"{RUN_DIR_VOLUME}/{request.env}" + (
-        f"/slots-{ranges[0]}" if ranges[0] else "")])]
+    commands += [("status", ["status", "--run-dir", _run_dirs(request, ranges)[0]]),
+                 ("cutover, rehearsed (drop --dry-run to cut over)", cutover_command(request, ranges))]
     lines = []
     for what, command in commands:
         overrides = json.dumps({"containerOverrides": [{"name": CONTAINER, "command": command}]},
