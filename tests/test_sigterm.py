@@ -80,3 +80,17 @@ def test_sigterm_mid_run_verify_leaves_no_worker_and_rerun_is_exact(standalone_s
     rerun = spawn(*args, timeout=RUN_TIMEOUT)
     assert rerun.exit_code == 0, str(rerun)
     assert_same(snapshot(standalone_source), snapshot(serverless_target))
+
+
+def replaying(run_dir: Path) -> bool:
+    return bool(ledger(run_dir, "replay").get("segments_done")) and "finished_at" not in ledger(run_dir, "replay")
+
+
+def test_sigterm_mid_replay_then_rerun_is_exact(standalone_source, serverless_target, run_dir):
+    seed_data.seed(standalone_source.client(), 30_000, seed=7, big_keys=False, short_ttl_keys=0)
+    assert spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir, timeout=RUN_TIMEOUT).exit_code == 0
+    args = ("replay", "--target", serverless_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 4000)
+    terminate_when(args, run_dir, replaying)
+    rerun = spawn(*args, timeout=RUN_TIMEOUT)
+    assert rerun.exit_code == 0, str(rerun)
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))
