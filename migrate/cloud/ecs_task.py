@@ -123,7 +123,7 @@ class Account:
 def ecs_task(request: TaskRequest, clients: Clients) -> dict:
     """Check the inputs against AWS, build everything, register it if asked; the result to show."""
     image = check_image(request.image)
-    check_urls(request)
+    check_request(request)
     names = parameter_names(request.env, request.prefix)
     prefix = names["endpoint"].rsplit("/", 1)[0]
     account = caller_account(clients)
@@ -184,9 +184,9 @@ def check_image(uri: str) -> dict:
             "ecr": {"account": ecr.group("account"), "region": ecr.group("region")} if ecr else None}
 
 
-def check_urls(request: TaskRequest) -> None:
-    """URLs go into the task's command line, which ECS shows to anyone who can describe the task: no
-    password there; the passwords come from the secrets."""
+def check_request(request: TaskRequest) -> None:
+    """The options that need no AWS: URLs go into the task's command line, which ECS shows to anyone who
+    can describe the task, so no password there (the passwords come from the secrets); names, not ARNs."""
     for role, url in (("source", request.source_url), ("target", request.target_url)):
         if url and re.match(r"^rediss?://[^/@]*:[^/@]+@", url):
             raise BadInput(f"--{role} carries a password in the URL, which ECS would show in the task's command",
