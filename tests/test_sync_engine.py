@@ -208,9 +208,13 @@ def test_follow_applies_every_change_and_stops_equal(notifying, serverless_targe
     seed(source)
     source.xadd("s:events", {"f": "0"})
     source.xgroup_create("s:events", "g", id="0")
+    source.pfadd("old:visitors", "a", "b", "c")   # a HyperLogLog from before sync: found by its scan
     run = SyncRun(notifying.url(), serverless_target.url(), run_dir)
     run.following()
     target = serverless_target.cluster_client()
+    assert source.pfcount("old:visitors") == 3    # rewrites its cached count, no event
+    wait_for(lambda: target.get("old:visitors") == source.get("old:visitors"), "a HyperLogLog older than sync",
+             run.process, timeout=10)
 
     pipe = source.pipeline(transaction=False)
     for _ in range(200):                            # coalescing: many events, one key

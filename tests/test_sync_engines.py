@@ -12,9 +12,6 @@ from appwriter import missing_witnesses
 from snapshot import assert_same, assert_same_groups, snapshot, stream_groups
 from test_sync import Sync, assert_exact, finish, follow_for, print_figures, start_writer, sync_processes  # noqa: F401
 
-STREAMS_WORK = ("a stream's consumer groups on the type-by-type path (a payload newer than the target) lose their "
-                "consumers, pending entries and entries-read; the `streams` branch of issue 14 carries them")
-
 
 @pytest.fixture
 def quiet(request):
@@ -50,7 +47,4 @@ def test_from_valkey_9_into_valkey_8(valkey_source, valkey_target, run_dir, tmp_
                                 "Valkey 9.1 source into Valkey 8.1")
     assert_same(snapshot(valkey_source), snapshot(valkey_target), ttl_tolerance_ms=1000)
     assert missing_witnesses(records, valkey_target) == []
-    try:
-        assert_same_groups(stream_groups(valkey_source), stream_groups(valkey_target))
-    except AssertionError as exc:
-        pytest.xfail(f"{STREAMS_WORK}: {exc}")
+    assert_same_groups(stream_groups(valkey_source), stream_groups(valkey_target))

@@ -34,6 +34,18 @@ from .capture import PROBE_PREFIX, named
 from .gaps import DELETING_EVENTS, GapBook
 
 SOURCE_ERRORS = (OSError, ConnectionError, Unreachable)
+KINDS_SCRIPT = b"""
+local streams, hlls = {}, {}
+for i = 1, #ARGV do
+  local kind = redis.call('TYPE', ARGV[i]).ok
+  if kind == 'stream' then
+    streams[#streams + 1] = ARGV[i]
+  elseif kind == 'string' and redis.call('GETRANGE', ARGV[i], 0, 3) == 'HYLL' then
+    hlls[#hlls + 1] = ARGV[i]
+  end
+end
+return {streams, hlls}
+"""
 BATCH_KEYS = 500
 DEFAULT_MAX_PENDING = 500_000
 WATCH_EVERY_S = 1.0
@@ -365,22 +377,36 @@ class Engine:
         return found
 
     def discover_streams(self) -> int:
-        """Streams with groups that exist now (SCAN TYPE stream on every master): they may change silently."""
+        """Keys that exist now and may change without an event: streams with groups, and HyperLogLogs (one
+        SCAN of every master; a script tells each batch's types, or a pipeline where scripts are refused)."""
         found = 0
         for index in range(len(self.source.masters)):
             wire = self.source_wire(index)
             cursor = b"0"
             while True:
-                reply = wire.call(b"SCAN", cursor, b"COUNT", b"1000", b"TYPE", b"stream", check=False)  # 6.0+
-                if isinstance(reply, ReplyError):
-                    break
-                cursor, keys = reply
-                for key in self.with_groups([k for k in keys if k not in self.watched]):
+                cursor, keys = wire.call(b"SCAN", cursor, b"COUNT", b"1000")
+                streams, hyperloglogs = self._silent_kinds(wire, [k for k in keys if k not in self.watched])
+                for key in self.with_groups(streams) + hyperloglogs:
                     self.watched[key] = None
                     found += 1
                 if cursor == b"0":
                     break
         return found
+
+    def _silent_kinds(self, wire: Wire, keys: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """The streams and the HyperLogLogs among these keys."""
+        if not keys:
+            return [], []
+        reply = wire.call(b"EVAL", KINDS_SCRIPT, b"0", *keys, check=False)
+        if isinstance(reply, ReplyError):  # scripts refused: TYPE, then the strings' first 4 bytes
+            wire.send(b"".join(pack(b"TYPE", key) for key in keys))
+            kinds = wire.read(len(keys))
+            strings = [key for key, kind in zip(keys, kinds) if kind == b"string"]
+            wire.send(b"".join(pack(b"GETRANGE", key, b"0", b"3") for key in strings))
+            heads = wire.read(len(strings))
+            return ([key for key, kind in zip(keys, kinds) if kind == b"stream"],
+                    [key for key, head in zip(strings, heads) if head == b"HYLL"])
+        return reply[0], reply[1]
 
     def watch_tick(self, force: bool = False) -> None:
         """Every second (and when asked: at a drain, at stop), every watched stream is re-read."""

@@ -48,6 +48,7 @@ TTL_TOLERANCE_MS = 2000
 STUBBORN_TRIES = 3
 RECHECK_ERRORS = (OSError, ConnectionError, MigrateError, redis.RedisError)
 CONNECTION_RETRY_S = 120.0
+STOP_WAITS_FOR_REPAIR_S = 10.0  # a stop lets a running reconcile finish this long, then leaves it (exit 3)
 CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError, redis.ConnectionError, redis.TimeoutError, Unreachable)
 FINISH_HINT = ("rerun the same `redis-migrate sync` command on this run dir: it reconciles every primary "
                "(a verify with repair), then follows again; stop it once `status` shows no unreconciled gap")
@@ -432,10 +433,17 @@ class Sync:
             subscriber.flush()
         self.engine.watch_tick(force=True)
         self.engine.apply_pending()
+        give_up_at = time.monotonic() + STOP_WAITS_FOR_REPAIR_S
         while self.reconcile is not None:
             if stopping and not self.reconcile.repair:
                 self.reconcile = None  # the proof pass only reads: left unfinished (the next sync proves again)
                 self.state = "following"
+                break
+            if stopping and time.monotonic() > give_up_at:
+                # A whole-source verify can take minutes, longer than a stop may (ECS kills after 30 s): its
+                # gap stays open, so sync exits 3 and the next run reconciles from the start.
+                self.warn("stopping before the reconcile finished: its gap stays open")
+                self.reconcile = None
                 break
             self.engine.apply_pending()
             self._manage_reconcile()
