@@ -32,7 +32,7 @@ from .console import (
     render_verify,
 )
 from .datapath.replay import ReplayOptions
-from .errors import BadInput, MigrateError
+from .errors import BadInput, MigrateError, RuntimeFailure
 from .net.iam import KINDS, REPLICATION_GROUP, SERVERLESS, IamCache
 from .redact import scrub
 from .verify.stage import VerifyOptions
@@ -143,14 +143,16 @@ def stop_on_sigterm() -> None:
     """ECS stops a task with SIGTERM, then SIGKILL after its grace period. Every stage survives a kill at any
     moment (atomic writes, checkpoints only after what they cover is durable, children that die with their
     parent, a lock the kernel releases), so SIGTERM ends the process at once, as a kill would, but says so in
-    the task's log with exit 143. A handler also makes it work where the process is PID 1 of a container,
-    which ignores signals it has no handler for. `sync` installs its own while it runs: it drains first."""
+    the task's log with exit 3 (a runtime failure: a rerun resumes). A handler also makes it work where the
+    process is PID 1 of a container, which ignores signals it has no handler for. `sync` installs its own
+    while it runs: it drains first."""
     owner = os.getpid()
 
     def stop(signum, _frame) -> None:
-        if os.getpid() == owner:  # a forked child inherits the handler: only the command's process speaks
-            os.write(2, b"stopped by SIGTERM: rerun the same command with the same --run-dir to resume\n")
-        os._exit(128 + signum)
+        if os.getpid() != owner:  # a forked child inherits the handler: only the command's process speaks
+            os._exit(128 + signum)
+        os.write(2, b"stopped by SIGTERM: rerun the same command with the same --run-dir to resume\n")
+        os._exit(RuntimeFailure.exit_code)
 
     signal.signal(signal.SIGTERM, stop)
 

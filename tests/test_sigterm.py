@@ -1,5 +1,5 @@
 """SIGTERM, what ECS sends to stop a task (SIGKILL follows after the grace period): every stage ends at once
-with exit 143 and a line saying how to resume, no traceback, no child left, the lock free; the rerun on the
+with exit 3 and a line saying how to resume, no traceback, no child left, the lock free; the rerun on the
 same run dir is exact (independent snapshot). sync's own SIGTERM handling is in test_sync.py."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def terminate_when(args, run_dir: Path, moment) -> None:
     children = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=30)
-    assert process.returncode == 143, err
+    assert process.returncode == 3, err
     assert "stopped by SIGTERM: rerun the same command" in err and "Traceback" not in err, err
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, alive
