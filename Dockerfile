@@ -31,7 +31,7 @@ COPY --from=venv /opt/redis-migrate /opt/redis-migrate
 # The CA bundle comes with the base's ca-certificates: TLS to ElastiCache and to AWS's APIs needs it.
 RUN test -s /etc/ssl/certs/ca-certificates.crt || { echo "the base image has no CA bundle (ca-certificates)" >&2; exit 1; } \
  && groupadd --system --gid 10001 redis-migrate \
- && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin redis-migrate \
+ && useradd --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin redis-migrate \
  && mkdir -p /data && chown 10001:10001 /data && chmod 0700 /data \
  && rm -rf /var/cache/* /var/log/* /root/.cache /tmp/*
 # Progress bars go to the task's log (awslogs): one line per 30 s rather than ten a second.

@@ -134,7 +134,7 @@ case "$BUILDER" in
 esac
 case "$BUILDER" in
     docker) size=$(docker image inspect -f '{{.Size}}' "$IMAGE:$VERSION") ;;
-    *) size=$("$BUILDER" images --format '{{.Size}}' "$IMAGE:$VERSION" | head -1) ;;
+    *) size=$("$BUILDER" images --format '{{.Size}}' "$IMAGE:$VERSION" | awk 'NR == 1') ;;
 esac
 log "$shown"
 log "built $IMAGE:$VERSION and :latest from $BASE in $(( $(date +%s) - start ))s; archive $ARCHIVE ($(du -m "$ARCHIVE" | cut -f1) MB)"
