@@ -21,6 +21,9 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 IMAGE=localhost/redis-migrate
 VERSION=$("$PYTHON" -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
 ARCHIVE=dist/redis-migrate-$VERSION.oci.tar
+# What the image was built from (tracked files, as they are on disk): tests/test_image.py reuses an image whose
+# label matches, and rebuilds otherwise.
+SOURCE_DIGEST=$(git ls-files -z migrate pyproject.toml Dockerfile | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16) || SOURCE_DIGEST=unknown
 start=$(date +%s)
 
 log() { echo "build-image: $*" >&2; }
@@ -111,7 +114,7 @@ else
 fi
 
 # --- the build ---------------------------------------------------------------------------------------------
-args=(--build-arg "BASE=$BASE" --build-arg "VERSION=$VERSION" -t "$IMAGE:$VERSION" -t "$IMAGE:latest" -f Dockerfile .)
+args=(--build-arg "BASE=$BASE" --build-arg "VERSION=$VERSION" --label "redis-migrate.source-digest=$SOURCE_DIGEST" -t "$IMAGE:$VERSION" -t "$IMAGE:latest" -f Dockerfile .)
 case "$BUILDER" in
     docker) docker build "${args[@]}" ;;
     podman) podman build --isolation chroot --pull=never "${args[@]}" ;;
