@@ -114,12 +114,23 @@ else
 fi
 
 # --- the build ---------------------------------------------------------------------------------------------
+image_id() {
+    case "$BUILDER" in
+        docker) docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true ;;
+        *) "$BUILDER" inspect --type image --format '{{.FromImageID}}' "$1" 2>/dev/null || true ;;
+    esac
+}
+previous=$(image_id "$IMAGE:$VERSION")
 args=(--build-arg "BASE=$BASE" --build-arg "VERSION=$VERSION" --label "redis-migrate.source-digest=$SOURCE_DIGEST" -t "$IMAGE:$VERSION" -t "$IMAGE:latest" -f Dockerfile .)
 case "$BUILDER" in
     docker) docker build "${args[@]}" ;;
     podman) podman build --isolation chroot --pull=never "${args[@]}" ;;
     buildah) buildah bud --isolation chroot --pull-never --layers=false "${args[@]}" ;;
 esac
+
+# the image this build replaced, now untagged: removed (refused, and kept, while anything still uses it)
+current=$(image_id "$IMAGE:$VERSION")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then "$BUILDER" rmi "$previous" >/dev/null 2>&1 || true; fi
 
 # --- the OCI archive, and a smoke test: the version, as the image's user --------------------------------------
 mkdir -p dist
