@@ -44,14 +44,14 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def process_home() -> str:
-    """Where a pid means something: this host and pid namespace. A cutover in a second ECS task (its own
-    namespace) cannot see the sync task's pid, and a pid it can see there is another process."""
+def process_host() -> str:
+    """This process's machine and pid namespace: a pid means something only there. A second ECS task (a
+    cutover or a status beside a sync task, on the same EFS run dir) sees other pids than the sync's."""
     try:
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         namespace = 0
-    return f"{socket.gethostname()}:{namespace}"
+    return f"{socket.gethostname()}/{namespace}"
 
 
 def empty_proof() -> dict:
@@ -66,8 +66,7 @@ class SyncLedger(Ledger):
                   "forwarded", "conflicts")
 
     def _empty(self) -> dict:
-        return {"pid": None, "home": None, "heartbeat_at": None, "started_at": None, "state": "stopped",
-                "phase": "stopped",
+        return {"pid": None, "heartbeat_at": None, "started_at": None, "state": "stopped", "phase": "stopped",
                 **{name: 0 for name in self.INT_FIELDS}, "last_event_at": None, "last_old_write_at": None,
                 "proof": empty_proof(), "targets": {}}
 
@@ -92,12 +91,12 @@ class SyncLedger(Ledger):
         return {**self._empty(), **self._data}
 
     def running(self) -> bool:
-        """A live sync: not stopped, it beat within the last 5 s, and its process exists where we can tell
-        (same host and pid namespace; a sync in another task is judged by its heartbeat alone)."""
+        """A live sync: not stopped, its process exists, and it beat within the last 5 s. A sync on another
+        machine (another task sharing the run dir on EFS) is judged by its heartbeat alone."""
         beat = self._data.get("heartbeat_at") or 0
-        home = self._data.get("home")
-        alive = pid_alive(self._data.get("pid")) if home in (None, process_home()) else True
-        return (self._data.get("state", "stopped") != "stopped" and alive
+        host = self._data.get("host")
+        here = host is None or host == process_host()
+        return (self._data.get("state", "stopped") != "stopped" and (pid_alive(self._data.get("pid")) or not here)
                 and time.time() - beat <= HEARTBEAT_STALE_S)
 
     def crashed(self) -> bool:

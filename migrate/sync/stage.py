@@ -37,7 +37,7 @@ from . import capture
 from .baseline import Baseline
 from .follow import DEFAULT_MAX_PENDING, Engine
 from .gaps import FlushWatch, GapBook, TopologyWatch
-from .protocol import ConflictLog, DrainRequests, FlipLedger, SyncLedger, empty_proof, process_home
+from .protocol import ConflictLog, DrainRequests, FlipLedger, SyncLedger, empty_proof, process_host
 
 STATUS_EVERY_S = 0.5
 POLL_EVERY_S = 0.05
@@ -503,9 +503,9 @@ class Sync:
     def status(self) -> dict:
         counts = self.engine.counts
         self._update_proof()
-        return {"pid": _pid(), "home": process_home(), "heartbeat_at": time.time(), "started_at": self.started_at,
-                "state": self.state, "phase": self.phase, "lag_ms": self.engine.lag_ms(),
-                "pending": len(self.engine.pending),
+        return {"pid": _pid(), "host": process_host(), "heartbeat_at": time.time(), "started_at": self.started_at,
+                "state": self.state,
+                "phase": self.phase, "lag_ms": self.engine.lag_ms(), "pending": len(self.engine.pending),
                 "applied": counts.applied, "deleted": counts.deleted, "gaps": self.gaps.gaps,
                 "unreconciled_gaps": self.gaps.claim(), "reconciles": self.reconciles,
                 "last_event_at": counts.last_event_at, "last_old_write_at": counts.last_event_at,
