@@ -28,6 +28,7 @@ from migrate.rundir import (
     VerifyLedger,
     _checksum,
 )
+from migrate.sync.protocol import SyncLedger, process_host
 
 HOUR = 3600.0
 TARGET = Target("cache.example.com", 6379)
@@ -383,3 +384,17 @@ def test_verify_knows_the_keys_both_stages_skipped_by_their_exact_id(rd):
     assert skipped_on_purpose(rd) == {key_id(b"x" * 5000): "key name over 4 KiB",
                                       key_id(b"mod"): "module type not supported by the target"}
     assert skipped_on_purpose(None) == {}
+
+
+def test_a_sync_in_another_task_is_judged_by_its_heartbeat(rd):
+    """A cutover in a second ECS task cannot see the sync task's pid: the heartbeat decides there; here
+    (same host and pid namespace, or a sync.json from before `host`) a dead pid still means no sync."""
+    no_such_pid = 2**22 + 12345  # above Linux's largest pid_max
+    SyncLedger.load(rd).update(state="following", pid=no_such_pid, host="ip-10-0-1-7/4026532179",
+                               heartbeat_at=time.time())
+    assert SyncLedger.load(rd).running()
+    SyncLedger.load(rd).update(heartbeat_at=time.time() - 10)
+    assert not SyncLedger.load(rd).running() and SyncLedger.load(rd).crashed()
+    for host in (process_host(), None):
+        SyncLedger.load(rd).update(host=host, heartbeat_at=time.time())
+        assert not SyncLedger.load(rd).running()
