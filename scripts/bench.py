@@ -14,9 +14,14 @@ and, into one TLS node, `redis-cli --pipe` of the same RESTORE commands: the sin
 
     .venv/bin/python scripts/bench.py --keys 1000000 [--rss-keys 100000] [--mix mixed|tiny]... [--skip-naive]
         [--mode auto|struct]...
+    .venv/bin/python scripts/bench.py --keys 10000000 --rss-keys 1000000 --skip-naive --skip-pipe   # flatness
 
 `--mode struct` (repeatable with `--mode auto`) times `run --mode struct` too, the type-by-type path, into the
 same (flushed) target, and reports its keys/s against auto's (`struct_vs_auto`: a share of RESTORE's speed).
+
+Each result also gives seconds per million keys (copy, verify), the run dir's bytes per key, and the
+peak RSS of the copy stages (until the target holds every key) and of the separate verify (children
+included). Seeding is streamed, so 10M keys need only the servers' memory (about 1.2 GB a side).
 
 `--mix big` seeds big values instead (100 x 5 MB and 4,000 x 100 KB, scaled by --keys / 4100) and
 measures what `dump` costs the source: the longest wait of a client that GETs and PINGs it meanwhile,
@@ -135,6 +140,7 @@ class Watch:
         self.target, self.expected = target or [], expected
         self.started = time.monotonic()
         self.peak_rss = self.peak_pss = 0
+        self.copy_peak_rss = 0  # until the target holds every key: the copy stages alone
         self.all_keys_at: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -146,6 +152,8 @@ class Watch:
                 tree = [self.process, *self.process.children(recursive=True)]
                 memory = [p.memory_full_info() for p in tree if p.is_running()]
                 self.peak_rss = max(self.peak_rss, sum(m.rss for m in memory))
+                if self.all_keys_at is None:
+                    self.copy_peak_rss = self.peak_rss
                 self.peak_pss = max(self.peak_pss, sum(m.pss for m in memory))  # pages shared after fork once
             except psutil.Error:
                 pass
@@ -176,7 +184,13 @@ def run_tool(args: list[str], target: list[redis.Redis] | None = None, expected:
     if process.returncode not in (0, 1):
         raise SystemExit(f"redis-migrate {args[0]} failed: {err}")
     return {"seconds": seconds, "copy_seconds": watch.all_keys_at, "rss_mb": watch.peak_rss >> 20,
-            "pss_mb": watch.peak_pss >> 20, "summary": json.loads(out or "{}")}
+            "copy_rss_mb": watch.copy_peak_rss >> 20, "pss_mb": watch.peak_pss >> 20,
+            "summary": json.loads(out or "{}")}
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of every file under a directory (a run dir: segments and ledgers)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def redis_cli_pipe(run_dir: Path, node: testbed.RedisServer, certs: testbed.Certs) -> float:
@@ -198,7 +212,7 @@ def redis_cli_pipe(run_dir: Path, node: testbed.RedisServer, certs: testbed.Cert
 
 
 def bench(keys: int, mix: str, base: Path, certs: testbed.Certs, skip_naive: bool,
-          modes: tuple[str, ...] = ("auto",)) -> dict:
+          modes: tuple[str, ...] = ("auto",), skip_pipe: bool = False) -> dict:
     print(f"\n== {keys:,} keys, {mix} mix", flush=True)
     base = base / mix
     source = testbed.start_standalone(base / f"src-{keys}", password="bench-source-pw")
@@ -228,15 +242,21 @@ def bench(keys: int, mix: str, base: Path, certs: testbed.Certs, skip_naive: boo
         print(f"  {'redis-migrate run':<28} {run['seconds']:8.2f} s   (every key on the target after {copy:.2f} s,"
               f" then verify)   peak RSS {run['rss_mb']} MB, PSS {run['pss_mb']} MB (all processes)", flush=True)
         result.update(tool_s=copy, run_total_s=run["seconds"], tool_rss_mb=run["rss_mb"], tool_pss_mb=run["pss_mb"],
-                      restored=run["summary"].get("restored"),
-                      run_verify_equal=run["summary"].get("verify", {}).get("equal"))
+                      copy_rss_mb=run["copy_rss_mb"], restored=run["summary"].get("restored"),
+                      run_verify_equal=run["summary"].get("verify", {}).get("equal"),
+                      copy_s_per_mkeys=round(copy / result["keys"] * 1e6, 2),
+                      run_dir_bytes_per_key=round(tree_bytes(run_dir) / result["keys"], 1))
         if "verify" in _commands():
             verify = run_tool(["verify", "--source", source.url(), "--target", target.url()])
             print(f"  {'redis-migrate verify':<28} {verify['seconds']:8.2f} s   peak RSS {verify['rss_mb']} MB",
                   flush=True)
-            result.update(verify_s=verify["seconds"], verify_rss_mb=verify["rss_mb"])
-        result["redis_cli_pipe_s"], _ = timed("redis-cli --pipe (1 node)",
-                                              lambda: redis_cli_pipe(run_dir, single.first, certs))
+            result.update(verify_s=verify["seconds"], verify_rss_mb=verify["rss_mb"],
+                          verify_equal=verify["summary"].get("equal"),
+                          verify_s_per_mkeys=round(verify["seconds"] / result["keys"] * 1e6, 2),
+                          verify_vs_copy=round(verify["seconds"] / copy, 2))
+        if not skip_pipe:
+            result["redis_cli_pipe_s"], _ = timed("redis-cli --pipe (1 node)",
+                                                  lambda: redis_cli_pipe(run_dir, single.first, certs))
         return result
     finally:
         for server in (source, target, single):
@@ -328,6 +348,8 @@ def main() -> None:
                         help="data mix (repeatable; default: mixed and tiny); big: 5 MB and 100 KB values, and what "
                              "the dump costs the source")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-pipe", action="store_true", help="skip redis-cli --pipe (at 10M keys its stream file "
+                        "is a few GB)")
     parser.add_argument("--tool-root", type=Path, default=ROOT, help="time redis-migrate from this checkout")
     parser.add_argument("--mode", choices=("auto", "struct"), action="append",
                         help="run's --mode to time (repeatable; default auto): struct is the type-by-type path")
@@ -345,7 +367,7 @@ def main() -> None:
     args.keys = args.keys or 1_000_000
     certs = testbed.Certs.make(base / "certs")
     modes = tuple(args.mode or ["auto"])
-    results = [bench(n, mix, base, certs, args.skip_naive, modes) for mix in mixes
+    results = [bench(n, mix, base, certs, args.skip_naive, modes, args.skip_pipe) for mix in mixes
                for n in sorted({args.rss_keys, args.keys}) if n]
     print("\n== results")
     for result in results:
@@ -353,7 +375,8 @@ def main() -> None:
             result["tool_vs_naive"] = round(result["tool_s"] / result["naive_s"], 3)
             if "verify_s" in result:
                 result["verify_vs_naive"] = round(result["verify_s"] / result["naive_s"], 3)
-        result["tool_vs_redis_cli"] = round(result["tool_s"] / result["redis_cli_pipe_s"], 2)
+        if "redis_cli_pipe_s" in result:
+            result["tool_vs_redis_cli"] = round(result["tool_s"] / result["redis_cli_pipe_s"], 2)
         result["tool_keys_per_s"] = round(result["keys"] / result["tool_s"])
         if "struct_s" in result:
             result["struct_vs_auto"] = round(result["struct_keys_per_s"] / result["tool_keys_per_s"], 3)

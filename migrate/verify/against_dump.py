@@ -11,9 +11,11 @@ DUMP records carry an encoded payload, and the only decoder of it that exists ev
    carries a 60 s TTL, so a verify killed half-way leaves nothing behind for long.
 
 Names, types and expiries are compared the same way as source-vs-target: a census worker scans the
-target (TYPE + expiry, no values) into per-slot XOR totals, the dump's index is folded the same
-way, and only slots that differ are compared key by key. A dump record already expired is not a
-difference; a key dumped twice (SCAN repeats, resumed dumps) counts as its last record.
+target (TYPE + expiry, no values) into per-slot digests, the dump's index is folded the same
+way, and only slots that differ are compared key by key (their target keys named by descent.py).
+A dump record already expired is not a difference; a key dumped twice (SCAN repeats, resumed dumps)
+counts as its last record. The dump's index is held per key (about 100 bytes a key): unlike the
+verify against the source, this path is not flat in memory.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from ..net.keyspace import NO_EXPIRY, SLOT_COUNT, key_slot
 from ..net.rdb import payload_body, payload_type
 from ..net.wire import ReplyError, pack
 from ..rundir import RunDir
-from .compare import Pass, compare_views, side_counts
+from .compare import Pass, compare_views
+from .descent import SlotLister
 from .digest import DIGEST_TYPE_CODE, new_digest
 from .fullscan import ScanJob, SideScans, combined, fold
 from .readers import ABSENT, DigestReader, SideReader, View
@@ -192,15 +195,20 @@ class DumpReference:
         with SideScans(jobs) as census:
             self._load(fast_path=True, progress=progress)
             done = census.totals(progress)["target"]
-            slots = self._differing_slots(combined(done), grid)
-            target_keys = {key for entries in census.entries("target", slots) for key, _ in entries}
+        target = combined([result.digests for result in done])
+        slots = self._differing_slots(list(target.totals), grid)
+        lister = SlotLister(self.target)
+        try:
+            target_keys = {key for names in lister.keys(slots) for key in names}
+        finally:
+            lister.close()
         wanted = set(slots)
         in_slots = {key for key in self.index if key_slot(key) in wanted}
         suspects = list(self.suspects | target_keys | in_slots | self._struct_suspects())
         candidates = compare_views(self.read(suspects), self._target_views(suspects), tolerance_ms)
-        counts = {"source": self._counts(), "target": side_counts(done, Counter()), "slots_compared_by_key": len(slots),
-                  "dump_expired": self.expired, "dump_same_payload": self.same_payload,
-                  "dump_decoded_on_target": self.decoded}
+        counts = {"source": self._counts(), "target": target.counts({r.node: r.keys for r in done}),
+                  "slots_compared_by_key": len(slots), "dump_expired": self.expired,
+                  "dump_same_payload": self.same_payload, "dump_decoded_on_target": self.decoded}
         return Pass(candidates, counts)
 
     def _differing_slots(self, totals: list[int], grid: int) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 from ..keynames import escaped
@@ -77,19 +76,8 @@ class Pass:
 
     candidates: dict[bytes, tuple[View, View]]
     counts: dict = field(default_factory=dict)
-
-
-def side_counts(results: list, duplicates: Counter) -> dict:
-    """Keys per master, with/without TTL and by type, from the scan workers' totals."""
-    by_type: Counter = Counter()
-    for result in results:
-        by_type.update(result.by_type)
-    by_type.subtract({k: v for k, v in duplicates.items() if k != "with_ttl"})
-    keys = sum(by_type.values())
-    with_ttl = sum(r.with_ttl for r in results) - duplicates["with_ttl"]
-    return {"keys": keys, "with_ttl": with_ttl, "without_ttl": keys - with_ttl,
-            "by_type": dict(sorted((k, v) for k, v in by_type.items() if v)),
-            "masters": {r.node: r.keys for r in results}}
+    expired: int = 0    # keys gone from both sides before they could be compared one by one: had a TTL
+    vanished: int = 0   # ... and had none
 
 
 def compare_views(ref: dict[bytes, View], tgt: dict[bytes, View], tolerance_ms: int) -> dict[bytes, tuple[View, View]]:

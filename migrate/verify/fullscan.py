@@ -1,45 +1,37 @@
-"""Full scans of one side, one worker process per master, folded into per-slot totals.
+"""Full scans of one side, one worker process per master, folded into per-slot digests.
 
 Why processes: digesting is Python work, and the two sides (and each master of a cluster) are
 read at the same time, so each master gets its own process and both cores are used.
 
 Each worker SCANs its master with a large COUNT, reads every key with a DigestReader and folds
-xxh3_128(key, type, digest, expiry) into the XOR total of the key's slot. It keeps a compact
-entry per key (packed in a bytearray per slot), so that where the two sides' totals differ the
-parent can ask for the keys of just those slots. SCAN may return a key twice: XOR then cancels
-it, the slot's total differs from the other side's, and the key-by-key comparison (which
-deduplicates) settles it; the parent also takes the duplicate out of the counts.
-
-Expiries are folded on a grid as wide as the TTL tolerance (expire_at // tolerance): two expiries
-in different cells may differ by more than the tolerance, so the slot is compared key by key; two
-in the same cell differ by less, which is no difference. Exact copies (PEXPIRETIME on both sides,
-RESTORE ... ABSTTL) land in the same cell; PTTL-derived expiries (Redis < 7) jitter by a few ms,
-so only the rare key next to a cell border makes its slot be compared key by key.
+xxh3_128(key, type, digest, expiry cell) into its slot's digest (slotdigest.py: the expiry grid, and
+why a key SCAN returns twice is harmless). It keeps nothing per key: its memory is the same at 1M
+keys as at 50M. Where the two sides' digests differ, descent.py re-reads just those slots.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import struct
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
-from xxhash import xxh3_128_intdigest
+from xxhash import xxh3_128_intdigest as xxh3
 
 from .. import errors
 from ..children import die_with_parent, raise_relayed, relay_errors
 from ..net.endpoints import Endpoint, Node, translated_errors
-from ..net.keyspace import NO_EXPIRY, SLOT_COUNT, key_slot
+from ..net.keyspace import NO_EXPIRY, key_slots
 from ..net.wire import Wire, pack
-from .digest import DIGEST_TYPE_CODE, DIGEST_TYPES
+from .digest import DIGEST_TYPE_CODE
 from .readers import NO_DETAIL, Batch, Detail, DigestReader, View
+from .slotdigest import FOLD, TYPE_COUNT, SlotDigests, combined, fold
+
+__all__ = ["ScanJob", "ScanTotals", "SideScans", "combined", "fold"]
 
 SCAN_COUNT = 1000
 PROGRESS_EVERY = 20_000
-_ENTRY = struct.Struct("<BQqI")  # type code, digest, expire_at, key length; the key follows
-_FOLD = struct.Struct("<BQq")
 
 
 @dataclass(frozen=True)
@@ -53,41 +45,16 @@ class ScanJob:
     db: int = 0
     digest: bool = True  # False: type and expiry only (a census of the keys)
     detail: Detail = NO_DETAIL  # what both sides hold beyond plain values (stream counters, field TTLs)
+    slots: Collection[int] | None = None  # only keys in these slots (None: all)
 
 
 @dataclass
 class ScanTotals:
-    """What a worker reports after its scan: per-slot XOR totals and counts."""
+    """What a worker reports after its scan: its master's per-slot digests and its key count."""
 
     node: str
-    totals: list[int]
+    digests: SlotDigests
     keys: int = 0
-    with_ttl: int = 0
-    by_type: Counter = field(default_factory=Counter)
-
-
-def fold(key: bytes, code: int, digest: int, expire_at: int, ttl_grid: int) -> int:
-    """A key's share of its slot's XOR total: name, type code, digest and expiry cell."""
-    cell = NO_EXPIRY if expire_at == NO_EXPIRY else expire_at // ttl_grid
-    return xxh3_128_intdigest(key + _FOLD.pack(code, digest, cell))
-
-
-def combined(results: list[ScanTotals]) -> list[int]:
-    """One side's per-slot totals, over all of its masters."""
-    totals = [0] * SLOT_COUNT
-    for result in results:
-        totals = [a ^ b for a, b in zip(totals, result.totals)]
-    return totals
-
-
-def unpack_entries(buffer: bytes) -> list[tuple[bytes, View]]:
-    entries, pos, size = [], 0, _ENTRY.size
-    while pos < len(buffer):
-        code, digest, expire_at, key_len = _ENTRY.unpack_from(buffer, pos)
-        pos += size
-        entries.append((bytes(buffer[pos:pos + key_len]), View(DIGEST_TYPES[code], digest, expire_at, 0)))
-        pos += key_len
-    return entries
 
 
 class _Worker:
@@ -96,7 +63,6 @@ class _Worker:
     def __init__(self, job: ScanJob, pipe: Connection) -> None:
         self.job = job
         self.pipe = pipe
-        self.entries: dict[int, bytearray] = {}
         self.scanned = self.reported = 0
 
     def scan(self) -> ScanTotals:
@@ -107,8 +73,7 @@ class _Worker:
         wire = Wire(job.endpoint, job.node.host, job.node.port, job.db)
         side = Wire(job.endpoint, job.node.host, job.node.port, job.db)
         reader = DigestReader(wire, job.exact_ttl, digest=job.digest, side=side, detail=job.detail)
-        self.result = ScanTotals(job.node.name, [0] * SLOT_COUNT)
-        self.type_counts = [0] * len(DIGEST_TYPES)
+        self.digests = SlotDigests(job.node.name)
         cursor: bytes | None = b"0"
         probing = windowing = None
         digesting: tuple[Batch, list] | None = None
@@ -138,43 +103,28 @@ class _Worker:
         wire.close()
         side.close()
         self.pipe.send(("progress", self.scanned - self.reported))
-        result = self.result
-        result.by_type = Counter({DIGEST_TYPES[code]: n for code, n in enumerate(self.type_counts) if n})
-        result.keys = sum(self.type_counts)
-        return result
+        return ScanTotals(job.node.name, self.digests, sum(self.digests.types))
 
     def _add(self, keys: list[bytes], views: list[View]) -> None:
-        """Fold each key into its slot's total and keep its entry (the hot loop: locals only)."""
+        """Fold each key into its slot's digest (the hot loop: locals only, nothing kept per key;
+        `fold` inlined)."""
         self.scanned += len(keys)
         if self.scanned - self.reported >= PROGRESS_EVERY:
             self.pipe.send(("progress", self.scanned - self.reported))
             self.reported = self.scanned
-        totals, entries, type_counts = self.result.totals, self.entries, self.type_counts
-        ttl_grid, pack_entry, codes = self.job.ttl_grid, _ENTRY.pack, DIGEST_TYPE_CODE
-        with_ttl = 0
-        for key, (type_name, digest, expire_at, _) in zip(keys, views):
-            if type_name == "none":
+        digests, wanted = self.digests, self.job.slots
+        totals, types, with_ttl = digests.totals, digests.types, digests.with_ttl
+        grid, codes, width, pack_fold, hash128 = self.job.ttl_grid, DIGEST_TYPE_CODE, TYPE_COUNT, FOLD.pack, xxh3
+        for key, slot, (type_name, digest, expire_at, _) in zip(keys, key_slots(keys), views):
+            if type_name == "none" or (wanted is not None and slot not in wanted):
                 continue
-            slot = key_slot(key)
             code = codes[type_name]
-            with_ttl += expire_at != NO_EXPIRY
-            totals[slot] ^= fold(key, code, digest, expire_at, ttl_grid)
-            buffer = entries.get(slot)
-            if buffer is None:
-                buffer = entries[slot] = bytearray()
-            buffer += pack_entry(code, digest, expire_at, len(key))
-            buffer += key
-            type_counts[code] += 1
-        self.result.with_ttl += with_ttl
-
-    def serve(self) -> None:
-        """Answer requests for the entries of given slots until told to stop."""
-        while True:
-            request = self.pipe.recv()
-            if request[0] == "stop":
-                return
-            slots = request[1]
-            self.pipe.send(("entries", {slot: bytes(self.entries[slot]) for slot in slots if slot in self.entries}))
+            if expire_at == NO_EXPIRY:
+                totals[slot] ^= hash128(key + pack_fold(code, digest, NO_EXPIRY))
+            else:
+                totals[slot] ^= hash128(key + pack_fold(code, digest, expire_at // grid))
+                with_ttl[slot] += 1
+            types[slot * width + code] += 1
 
 
 def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) -> None:
@@ -185,7 +135,6 @@ def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) 
         with translated_errors(job.endpoint):
             totals = worker.scan()
         pipe.send(("done", totals))
-        worker.serve()
 
     try:
         relay_errors(work, lambda relayed: pipe.send(("error", *relayed)),
@@ -233,23 +182,9 @@ class SideScans:
                     del pending[conn]
         return done
 
-    def entries(self, side: str, slots: list[int]) -> list[list[tuple[bytes, View]]]:
-        """The entries of the given slots, one list per worker of the side."""
-        result = []
-        for _job, conn, _ in self.workers[side]:
-            conn.send(("entries", slots))
-        for job, conn, _ in self.workers[side]:
-            buffers = _receive(conn, job)[1]
-            result.append([entry for slot in slots if slot in buffers for entry in unpack_entries(buffers[slot])])
-        return result
-
     def close(self) -> None:
         for workers in self.workers.values():
             for _, conn, process in workers:
-                try:
-                    conn.send(("stop",))
-                except OSError:
-                    pass
                 conn.close()
                 process.join(5)
                 if process.is_alive():

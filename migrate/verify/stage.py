@@ -1,8 +1,9 @@
 """Verify: prove that the target holds what the source (or the dump) holds, list what differs, repair it.
 
 The full check reads both sides at once, one worker process per master (fullscan.py), and folds a
-canonical digest of every key (digest.py) into XOR totals per slot. Only where a slot's totals differ
-are the keys compared one by one. Every key found different is then read again on both sides, for
+canonical digest of every key (digest.py) into per-slot digests (slotdigest.py), keeping nothing per
+key. Only the slots whose digests differ are read again, on both sides, and compared key by key
+(descent.py). Every key found different is then read again on both sides, for
 `rounds` rounds, before it is reported, because the source may still take writes:
 
     equal in some round             not a difference (it was in flight)
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -35,10 +36,11 @@ from ..errors import BadInput
 from ..events import ProgressFactory, no_progress
 from ..keynames import key_id
 from ..net.endpoints import Topology, translated_errors
-from ..net.keyspace import NO_EXPIRY, SLOT_COUNT
+from ..net.keyspace import NO_EXPIRY
 from ..net.wire import pack
 from ..rundir import DumpLedger, ReplayLedger, RunDir, VerifyLedger, atomic_write, skipped_reasons
-from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms, side_counts
+from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms
+from .descent import SlotLister, descend
 from .fullscan import ScanJob, SideScans, combined
 from .readers import NO_DETAIL, Detail, SideReader, View
 
@@ -130,37 +132,29 @@ class SourceReference:
 
 # --- passes: which keys differ at first sight ----------------------------------------------------
 
-def full_pass(source: Topology, target: Topology, db: int, options: VerifyOptions, progress: Progress | None) -> Pass:
-    """Both sides scanned at once, one process per master; keys compared only in slots whose totals differ."""
+def full_pass(source: Topology, target: Topology, db: int, options: VerifyOptions, progress: Progress | None,
+              slots: Collection[int] | None = None) -> Pass:
+    """Both sides folded into per-slot digests at once, one process per master (nothing kept per key);
+    then only the slots whose digests differ are read again and compared key by key (descent.py).
+    `slots` limits the whole check to those slots (None: all)."""
     grid = max(options.ttl_tolerance_ms, 1)
     detail = Detail.shared(source, target)
-    jobs = {"source": [ScanJob(source.endpoint, node, source.has_pexpiretime, grid, db, detail=detail)
+    jobs = {"source": [ScanJob(source.endpoint, node, source.has_pexpiretime, grid, db, detail=detail, slots=slots)
                        for node in source.masters],
-            "target": [ScanJob(target.endpoint, node, target.has_pexpiretime, grid, detail=detail)
+            "target": [ScanJob(target.endpoint, node, target.has_pexpiretime, grid, detail=detail, slots=slots)
                        for node in target.masters]}
     with SideScans(jobs) as scans:
         done = scans.totals(progress)
-        source_totals, target_totals = combined(done["source"]), combined(done["target"])
-        slots = [slot for slot in range(SLOT_COUNT) if source_totals[slot] != target_totals[slot]]
-        views = {side: _gather(scans.entries(side, slots)) for side in jobs}
-    counts = {"source": side_counts(done["source"], views["source"][1]),
-              "target": side_counts(done["target"], views["target"][1]), "slots_compared_by_key": len(slots)}
-    return Pass(compare_views(views["source"][0], views["target"][0], options.ttl_tolerance_ms), counts)
-
-
-def _gather(per_worker: list[list[tuple[bytes, View]]]) -> tuple[dict[bytes, View], Counter]:
-    """One view per key; a key that a worker's SCAN returned twice is counted once."""
-    views: dict[bytes, View] = {}
-    duplicates: Counter = Counter()
-    for entries in per_worker:
-        seen: set[bytes] = set()
-        for key, view in entries:
-            if key in seen:
-                duplicates[view.type] += 1
-                duplicates["with_ttl"] += view.expire_at != NO_EXPIRY
-            seen.add(key)
-            views[key] = view
-    return views, duplicates
+    digests = {side: combined([result.digests for result in done[side]]) for side in jobs}
+    differing = digests["source"].differing(digests["target"], slots)
+    reference, other = SlotLister(source, db, detail), SlotLister(target, detail=detail)
+    try:
+        found = descend(reference, other, differing, digests, options.ttl_tolerance_ms)
+    finally:
+        reference.close()
+        other.close()
+    counts = {side: digests[side].counts({r.node: r.keys for r in done[side]}) for side in jobs}
+    return Pass(found.candidates, dict(counts, slots_compared_by_key=len(differing)), found.expired, found.vanished)
 
 
 def sample_pass(reference: Reference, target: SideReader, count: int, tolerance_ms: int) -> Pass:
@@ -185,16 +179,15 @@ def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tup
            options: VerifyOptions) -> Settled:
     """Re-read the differing keys on both sides before reporting them; see the module docstring.
 
-    A key that reads the same as last time is settled: it is reported as it is. Only keys that moved
-    are read again, after `round_interval`, up to `rounds` reads; one still moving then is `changing`.
+    A key that reads the same as last time (`round_interval` ago) is settled: it is reported as it is.
+    Only keys that moved are read again, up to `rounds` reads; one still moving then is `changing`.
     """
     settled = Settled([])
     pending = dict(candidates)
-    for round_number in range(max(options.rounds, 1)):
+    for _ in range(max(options.rounds, 1)):
         if not pending:
             break
-        if round_number:
-            time.sleep(options.round_interval)
+        time.sleep(options.round_interval)  # the first read too: descent read the candidates a moment ago
         keys = list(pending)
         ref = reference.read(keys)
         with translated_errors(target.topology.endpoint):
@@ -292,7 +285,7 @@ def run_verify(source: Topology | None, target: Topology, run_dir: RunDir | None
     finally:
         reference.close()
         target_reader.close()
-    counts = dict(first.counts, expired=settled.expired, vanished=settled.vanished)
+    counts = dict(first.counts, expired=settled.expired + first.expired, vanished=settled.vanished + first.vanished)
     report = _report_path(run_dir, options)
     if report:
         write_report(report, settled.differences, settled.skipped)
