@@ -96,7 +96,8 @@ def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_optio
     if VerifyLedger.load(run_dir).passed_since(ReplayLedger.load(run_dir).finished_at or 0):
         return
     filtered = bool(dump_options.match or dump_options.types)
-    options = VerifyOptions(db=dump_options.db, against_dump=filtered)
+    options = VerifyOptions(db=dump_options.db, against_dump=filtered, slots=dump_options.slots,
+                            workers=dump_options.workers)
     with translated_errors(target.endpoint):
         run_verify(None if filtered else source, target, run_dir, options, progress)
 
@@ -112,7 +113,8 @@ def _verify_summary(result: dict | None) -> dict:
 def _start_dump_process(run_dir: RunDir, source: Topology, options: DumpOptions):
     context = multiprocessing.get_context("fork")
     errors = context.Queue()
-    child = context.Process(target=_dump_child, args=(run_dir, source, options, errors, os.getpid()), daemon=True)
+    child = context.Process(target=_dump_child, args=(run_dir, source, options, errors, os.getpid()),
+                            daemon=options.workers <= 1)  # a daemon cannot start the dump's workers (workers.py)
     child.start()
     return child, errors
 
