@@ -360,7 +360,9 @@ def switch_options(func):
                         help="Force a new ECS deployment afterwards, so the apps re-read SSM. Repeatable.")(func)
     func = click.option("--force", is_flag=True, help="Go ahead although a safety check failed.")(func)
     func = param_prefix_option(func)
-    func = run_dir_option(required=False)(func)
+    func = click.option("--run-dir", type=click.Path(file_okay=False), multiple=True,
+                        help="Run directory whose verify gates the switch and which records it. Repeat it for a copy "
+                             "split by --slots: together they must cover slots 0-16383 exactly once.")(func)
     return env_option(json_option(func))
 
 

@@ -336,9 +336,23 @@ def plan(source_url: str, target_url: str, *, serverless_cache: str | None = Non
     return Outcome(result, exit_code=0 if result["verdict"] == "go" else GateRefused.exit_code)
 
 
-def _switch_lock(directory: RunDir | None, dry_run: bool):
-    """A live cutover or rollback holds the run dir's lock; a dry run writes nothing and takes none."""
+def _switch_lock(directory: RunDir | list[RunDir] | None, dry_run: bool):
+    """A live cutover or rollback holds the run dir's lock (every run dir's); a dry run writes nothing and takes
+    none."""
+    if isinstance(directory, list):
+        stack = contextlib.ExitStack()
+        for each in directory if not dry_run else ():
+            stack.enter_context(each.lock())
+        return stack
     return directory.lock() if directory and not dry_run else contextlib.nullcontext()
+
+
+def _run_dirs(run_dir: str | tuple[str, ...] | list[str] | None) -> RunDir | list[RunDir] | None:
+    """--run-dir, once or repeated (the run dirs of a copy split by --slots)."""
+    if isinstance(run_dir, (tuple, list)):
+        dirs = [RunDir(path) for path in dict.fromkeys(run_dir)]
+        return dirs[0] if len(dirs) == 1 else dirs or None
+    return RunDir(run_dir) if run_dir else None
 
 
 def _switched(result: dict) -> Outcome:
@@ -347,20 +361,20 @@ def _switched(result: dict) -> Outcome:
 
 
 def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
-            run_dir: str | None = None, prefix: str, max_verify_age: str = "30m", force: bool = False,
+            run_dir: str | tuple[str, ...] | None = None, prefix: str, max_verify_age: str = "30m", force: bool = False,
             redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None) -> Outcome:
     from .cloud import cutover as switching
-    directory = RunDir(run_dir) if run_dir else None
+    directory = _run_dirs(run_dir)
     with _switch_lock(directory, dry_run):
         return _switched(switching.cutover(env, target_url=target_url, serverless_cache=serverless_cache,
                                            run_dir=directory, prefix=prefix, max_verify_age=max_verify_age,
                                            force=force, redeploy=redeploy, dry_run=dry_run, clients=clients))
 
 
-def rollback(env: str, *, run_dir: str | None = None, prefix: str, force: bool = False,
+def rollback(env: str, *, run_dir: str | tuple[str, ...] | None = None, prefix: str, force: bool = False,
              redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None) -> Outcome:
     from .cloud import cutover as switching
-    directory = RunDir(run_dir) if run_dir else None
+    directory = _run_dirs(run_dir)
     with _switch_lock(directory, dry_run):
         return _switched(switching.rollback(env, run_dir=directory, prefix=prefix, force=force, redeploy=redeploy,
                                             dry_run=dry_run, clients=clients))
