@@ -106,6 +106,7 @@ def test_descent_names_each_difference_among_200k_keys_standalone_to_cluster(sta
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 1M keys written twice and verified three times: minutes on a shared machine
 def test_descent_names_each_difference_among_1m_keys_standalone_to_cluster(standalone_source, cluster_target):
     check_descent(standalone_source.url(), cluster_target.url(), 1_000_000)
 
