@@ -28,7 +28,6 @@ from .pipeline import dump_stage, judge_skipped, redo_stages, replay_stage, run_
 from .pipeline import status as run_status
 from .rundir import PlanLedger, RunDir, RunLedger
 from .verify.stage import VerifyOptions, run_verify
-from .workers import default_workers
 
 if TYPE_CHECKING:
     from .cloud.aws import Clients  # the cloud modules import boto3: only plan, cutover and rollback load them
@@ -173,7 +172,7 @@ class Selection:
         return DumpOptions(db=source.db if self.db is None else self.db, match=self.match, types=tuple(self.types),
                            scan_count=self.scan_count, max_payload=self.max_payload, batch_bytes=self.batch_bytes,
                            struct_all=mode == "struct", target_rdb=target_rdb, slots=slot_ranges(self.slots),
-                           workers=self.workers or default_workers())
+                           workers=self.workers)
 
 
 def slot_ranges(text: str | None) -> SlotRanges | None:

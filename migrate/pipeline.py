@@ -114,7 +114,7 @@ def _start_dump_process(run_dir: RunDir, source: Topology, options: DumpOptions)
     context = multiprocessing.get_context("fork")
     errors = context.Queue()
     child = context.Process(target=_dump_child, args=(run_dir, source, options, errors, os.getpid()),
-                            daemon=options.workers <= 1)  # a daemon cannot start the dump's workers (workers.py)
+                            daemon=False)  # a daemon cannot start the dump's workers (workers.py); dies with us anyway
     child.start()
     return child, errors
 

@@ -19,7 +19,7 @@ from ..errors import BadInput, RuntimeFailure, Unreachable
 from ..net.endpoints import Node, Topology
 from ..net.wire import Wire, pack
 from ..rundir import DumpCounts, DumpLedger, DumpShare, MasterProgress, RunDir
-from ..workers import run_workers
+from ..workers import default_workers, run_workers
 from .reader import DumpOptions, KeyReader, text_of
 from .segments import Record, SegmentWriter, seal
 from .store import list_segments, segment_id, segment_path, write_segment
@@ -259,17 +259,19 @@ def dump(run_dir: RunDir, topology: Topology, options: DumpOptions, progress: Ca
             state.checkpoint(0, state.next_seq, True, DumpCounts())  # none of its slots are asked for
         else:
             todo.append(node)
-    if options.workers > 1 and len(todo) > 1:
-        _dump_in_workers(run_dir, topology, options, ledger, todo, progress)
-    for node in todo if options.workers <= 1 or len(todo) <= 1 else ():
-        MasterDumper(run_dir, topology, ledger.index(node.name), node, ledger.master(node.name), options,
-                     ledger).run(progress)
+    workers = options.workers or default_workers()
+    if workers > 1 and len(todo) > 1:
+        _dump_in_workers(run_dir, topology, options, ledger, todo, progress, workers)
+    else:
+        for node in todo:
+            MasterDumper(run_dir, topology, ledger.index(node.name), node, ledger.master(node.name), options,
+                         ledger).run(progress)
     ledger.save()
     return ledger
 
 
 def _dump_in_workers(run_dir: RunDir, topology: Topology, options: DumpOptions, ledger: DumpLedger,
-                     nodes: list[Node], progress: Callable[[int], None]) -> None:
+                     nodes: list[Node], progress: Callable[[int], None], workers: int) -> None:
     """One process per master (workers.py); each sends its checkpoints here, where dump.json is written."""
     ledger.save()
     by_name = {node.name: node for node in nodes}
@@ -288,4 +290,4 @@ def _dump_in_workers(run_dir: RunDir, topology: Topology, options: DumpOptions, 
             ledger.merge(body)
             ledger.save()
 
-    run_workers(list(by_name), work, receive, options.workers, "dump")
+    run_workers(list(by_name), work, receive, workers, "dump")

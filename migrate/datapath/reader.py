@@ -181,7 +181,7 @@ class DumpOptions:
     struct_all: bool = False          # --mode struct: read every key type by type
     target_rdb: int | None = None     # payloads newer than this are read as struct records
     slots: SlotRanges | None = None   # --slots: only keys in these hash slots (None: all)
-    workers: int = 1                  # --workers: source masters dumped at once, each in its own process
+    workers: int | None = None        # --workers: masters dumped at once, a process each (None: one per core)
 
     def fingerprint(self) -> dict:
         """What a resumed dump must agree on: the same db and the same key selection."""
