@@ -21,6 +21,7 @@ from .datapath.reader import DumpOptions
 from .errors import BadInput, RuntimeFailure
 from .events import ProgressFactory, Warn, no_progress, no_warning
 from .net.endpoints import Topology, translated_errors
+from .net.keyspace import SLOT_COUNT
 from .rundir import CutoverLedger, DumpLedger, ReplayLedger, RunDir, RunLedger, VerifyLedger
 
 
@@ -28,7 +29,7 @@ def dump_stage(run_dir: RunDir, source: Topology, options: DumpOptions,
                progress: ProgressFactory = no_progress) -> dict:
     """Dump the source into the run dir's segments; the caller admitted the source (`commands.admit_source`)."""
     started = time.monotonic()
-    total = source.key_count(options.db)
+    total = expected_keys(source, options)
     with progress("dump", total) as update:
         with translated_errors(source.endpoint):
             ledger = dump_module.dump(run_dir, source, options, update)
@@ -71,7 +72,7 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     child, errors = _start_dump_process(run_dir, source, dump_options)  # one bar: the replay's
     try:
         replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
-                                expected=source.key_count(dump_options.db), warn=warn)
+                                expected=expected_keys(source, dump_options), warn=warn)
     finally:
         if child.is_alive():
             child.terminate()
@@ -86,6 +87,12 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     summary.update(seconds=round(time.monotonic() - started, 3), copy_seconds=round(copied, 3),
                    keys_per_s=round((summary["restored"] + summary["struct_written"]) / max(copied, 1e-9)))
     return summary
+
+
+def expected_keys(source: Topology, options: DumpOptions) -> int:
+    """The keys the dump will read, for the progress bar: with --slots, the slots' share of the source's."""
+    total = source.key_count(options.db)
+    return total if options.slots is None else round(total * len(options.slots) / SLOT_COUNT)
 
 
 def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_options: DumpOptions,
