@@ -207,8 +207,9 @@ def _selection(db, match, types, scan_count, max_payload, batch_bytes, slots=Non
                               batch_bytes=batch_bytes, slots=slots, workers=workers)
 
 
-def _replay_options(mode, max_ops_per_sec, allow_nonempty_target) -> ReplayOptions:
-    return ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec, allow_nonempty_target=allow_nonempty_target)
+def _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers=None) -> ReplayOptions:
+    return ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec, allow_nonempty_target=allow_nonempty_target,
+                         workers=workers)
 
 
 @cli.command()
@@ -244,12 +245,14 @@ def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_b
 @tls_insecure_option
 @iam_options("target")
 @slots_option
+@workers_option
 @json_option
 @handle_errors
 def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, skip_unsupported, tls_insecure,
-           target_iam, slots, as_json):
+           target_iam, slots, workers, as_json):
     """Write the dump into the target, pipelined per target master; resumes where it stopped."""
-    outcome = commands.replay(target_url, run_dir, _replay_options(mode, max_ops_per_sec, allow_nonempty_target),
+    outcome = commands.replay(target_url, run_dir,
+                              _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers),
                               skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
                               target_iam=target_iam, slots=slots)
     _finish(outcome, as_json)
@@ -280,7 +283,7 @@ def run(source_url, target_url, run_dir, db, match, types, scan_count, max_paylo
     """
     outcome = commands.run(source_url, target_url, run_dir,
                            _selection(db, match, types, scan_count, max_payload, batch_bytes, slots, workers),
-                           _replay_options(mode, max_ops_per_sec, allow_nonempty_target), redo=redo,
+                           _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers), redo=redo,
                            checks=_source_checks(ignore_other_dbs, allow_empty_source),
                            skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
                            source_iam=source_iam, target_iam=target_iam)

@@ -620,6 +620,34 @@ class ReplayLedger(StageLedger):
         self._data["counts"] = self.counts.to_dict()
         super().save()
 
+    def merge(self, share: dict) -> None:
+        """Take in a replay worker's ReplayShare: segments confirmed, their key counts and witnesses, and
+        the counts they added."""
+        self.done.update(share["done"])
+        self._data["segments_done"] = sorted(self.done)
+        self._data.setdefault("keys_by_segment", {}).update(share["keys_by_segment"])
+        for name in share["done"]:
+            self._remember(name, share["witnesses"].get(name, []))
+        self.counts.add(ReplayCounts.from_dict(share["counts"]))
+
+
+class ReplayShare(ReplayLedger):
+    """A replay worker's copy of replay.json (workers.py): save() sends what it confirmed since its last save
+    to the parent, replay.json's only writer (ReplayLedger.merge). `counts` holds only what it added."""
+
+    def __init__(self, ledger: ReplayLedger, send) -> None:
+        super().__init__(ledger.run_dir, json.loads(json.dumps(ledger._data)))
+        self.counts = ReplayCounts()
+        self._send, self._sent = send, set(self.done)
+
+    def save(self) -> None:
+        new = sorted(self.done - self._sent)
+        kept, by_segment = self._data.get("witnesses", {}), self.keys_by_segment
+        self._send({"done": new, "keys_by_segment": {name: by_segment[name] for name in new if name in by_segment},
+                    "witnesses": {name: kept[name] for name in new if name in kept}, "counts": self.counts.to_dict()})
+        self._sent.update(new)
+        self.counts = ReplayCounts()
+
 
 @dataclass(frozen=True)
 class VerifyVerdict:

@@ -68,36 +68,55 @@ def test_cluster_source_with_two_workers_is_exact(cluster_source, cluster_target
     assert verify["equal"], verify
 
 
-def test_kill_9_mid_dump_with_workers_then_resume_is_exact(cluster_source, serverless_target, run_dir):
-    """The dump's parent is killed while its workers write; they die with it, and the resume is exact."""
+def kill_when(args, ready, seen: list) -> None:
+    """Start `args`, kill -9 it once `ready()` holds; its worker processes (kept in `seen`) must die with it."""
     import psutil
-    seed_data.seed(cluster_source.cluster_client(), 30_000, seed=16, big_keys=False, short_ttl_keys=0)
-    args = ("dump", "--source", cluster_source.url(), "--run-dir", run_dir, "--workers", 3, "--scan-count", 50)
     process = popen(*args)
-    children: list = []
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            masters = dump_ledger(run_dir).get("masters", {})
-            started = [m for m in masters.values() if m["counts"]["scanned"]]
-            children = psutil.Process(process.pid).children(recursive=True) or children
-            if len(started) >= 2 and not all(m["done"] for m in masters.values()):
+            seen[:] = psutil.Process(process.pid).children(recursive=True) or seen
+            if ready():
                 break
             time.sleep(0.005)
-        assert process.poll() is None, "the dump ended before it could be killed"
+        assert process.poll() is None, f"{args[0]} ended before it could be killed"
         os.kill(process.pid, signal.SIGKILL)
         process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
-    assert children, "never saw the dump's workers"
-    _, alive = psutil.wait_procs(children, timeout=10)
+    assert seen, f"never saw the {args[0]}'s workers"
+    _, alive = psutil.wait_procs(seen, timeout=10)
     assert not alive, alive
-    killed = dump_ledger(run_dir)["masters"]
-    assert not all(m["done"] for m in killed.values()), killed
-    assert spawn(*args, timeout=240).exit_code == 0
-    replayed = spawn("replay", "--target", serverless_target.url(), "--run-dir", run_dir, timeout=240)
-    assert replayed.exit_code == 0, str(replayed)
+
+
+def replay_ledger(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "replay.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def test_kill_9_mid_dump_and_mid_replay_with_workers_then_resume_is_exact(cluster_source, serverless_target, run_dir):
+    """The parent is killed while its workers write, in the dump and then in the replay; the workers die with
+    it, only the parent wrote the ledgers, and each resume is exact."""
+    seed_data.seed(cluster_source.cluster_client(), 30_000, seed=16, big_keys=False, short_ttl_keys=0)
+    dump = ("dump", "--source", cluster_source.url(), "--run-dir", run_dir, "--workers", 3, "--scan-count", 20)
+
+    def mid_dump() -> bool:  # a segment is durable (10,000 records, or a master's last), and not every master done
+        masters = dump_ledger(run_dir).get("masters", {}).values()
+        written = (run_dir / "segments").is_dir() and any((run_dir / "segments").iterdir())
+        return bool(masters) and written and not all(m["done"] for m in masters)
+
+    kill_when(dump, mid_dump, [])
+    assert not all(m["done"] for m in dump_ledger(run_dir)["masters"].values())
+    assert spawn(*dump, timeout=240).exit_code == 0
+    segments = len(list((run_dir / "segments").iterdir()))
+    replay = ("replay", "--target", serverless_target.url(), "--run-dir", run_dir, "--workers", 3,
+              "--max-ops-per-sec", 9000)  # 3,000 keys/s per worker: about 3 s per segment
+    kill_when(replay, lambda: 1 <= len(replay_ledger(run_dir).get("segments_done", [])) < segments, [])
+    resumed = spawn(*replay, timeout=240)
+    assert resumed.exit_code == 0, str(resumed)
     assert_same(snapshot(cluster_source), snapshot(serverless_target))
     status = json.loads(spawn("status", "--run-dir", run_dir, "--json").stdout)["counts"]
     assert status["restored"] + status["struct_written"] == 30_000, status  # each key once, resumes or not
