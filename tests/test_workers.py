@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 import seed_data
+import testbed
 from aws_helpers import aws_calls, invoke, own_client  # noqa: F401
+from conftest import TARGET_PASSWORD
 from migrate.net.keyspace import SLOT_COUNT, SlotRanges, coverage, key_slot
 from migrate.rundir import RunDir, RunLedger
 from reliability import assert_clean_error, popen, spawn
@@ -184,3 +186,41 @@ def test_other_slots_on_the_same_run_dir_are_refused(standalone_source, serverle
     assert_clean_error(spawn("dump", "--source", source, "--run-dir", run_dir, "--slots", "9-3"), 2, "--slots")
     assert RunLedger.load(RunDir(run_dir)).slots == "0-8191"
     assert SLOT_COUNT == 16384
+
+
+@pytest.fixture
+def restartable_target(bed_dir, certs):
+    """A one-node TLS cluster of this test's own, to restart without disturbing the shared target."""
+    node = testbed.start_cluster(bed_dir / "restartable-workers", 1, password=TARGET_PASSWORD, certs=certs)
+    yield node
+    node.stop()
+
+
+def test_a_target_restarted_mid_replay_with_workers_ends_exact(cluster_source, restartable_target, run_dir):
+    """A target node restarts (losing what it had not saved) while replay workers write: a worker sees the
+    witnesses gone, and the replay writes every segment again (or stops clearly, and a rerun finishes)."""
+    node = restartable_target.first
+    node.flush()
+    seed_data.seed(cluster_source.cluster_client(), 24_000, seed=19, big_keys=False, short_ttl_keys=0)
+    assert spawn("dump", "--source", cluster_source.url(), "--run-dir", run_dir).exit_code == 0
+    replay = ("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--workers", 3)
+    process = popen(*replay, "--max-ops-per-sec", 9000)
+    try:
+        deadline = time.monotonic() + 60
+        while not replay_ledger(run_dir).get("segments_done"):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        node.stop()
+        time.sleep(0.3)
+        node.start()
+        _, err = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        (node.directory / "dump.rdb").unlink(missing_ok=True)
+    if process.returncode != 0:  # a clear stop is allowed; then a rerun must finish the job
+        assert "Traceback" not in err and "hint:" in err, err
+        rerun = spawn(*replay, timeout=240)
+        assert rerun.exit_code == 0, str(rerun)
+    assert_same(snapshot(cluster_source), snapshot(restartable_target))

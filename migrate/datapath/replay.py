@@ -213,10 +213,11 @@ class Sent:
 class TargetWriter:
     """Routes records to the owning master and pipelines them; returns only when every reply is OK."""
 
-    def __init__(self, topology: Topology, options: ReplayOptions) -> None:
+    def __init__(self, topology: Topology, options: ReplayOptions, target_rdb: int | None = None) -> None:
         self.topology = topology
         self.options = options
-        self.target_rdb = probe_rdb_version(topology)
+        # a replay worker takes its parent's probe: probes at once would race on the scratch key
+        self.target_rdb = probe_rdb_version(topology) if target_rdb is None else target_rdb
         self.abilities = TargetAbilities.of(topology)
         self.unheld: set[bytes] = set()  # keys skipped mid-way (hash field TTLs): their later chunks are dropped
         self.limiter = RateLimiter(options.max_ops_per_sec)
@@ -504,7 +505,7 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
         elif not ledger.finished:
             guard.lost()  # resumed: did the target keep what the last run confirmed?
         if not dump_running():
-            while _replay_in_workers(run_dir, topology, options, ledger, guard, progress, warn):
+            while _replay_in_workers(run_dir, topology, options, ledger, guard, progress, warn, writer.target_rdb):
                 pass  # the target lost confirmed keys: every segment again
         while True:
             running = dump_running()
@@ -526,11 +527,13 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
 
 
 def _replay_in_workers(run_dir: RunDir, topology: Topology, options: ReplayOptions, ledger: ReplayLedger,
-                       guard: LossGuard, progress: Callable[[int], None], warn: Warn) -> bool:
+                       guard: LossGuard, progress: Callable[[int], None], warn: Warn, target_rdb: int) -> bool:
     """A finished dump's segments, one process per source master (workers.py), each with its own target
     connections; a master's segments stay in order, and masters hold disjoint keys. Only this process writes
-    replay.json. --max-ops-per-sec is shared out between the workers. Returns True when a worker found that
-    the target lost confirmed keys: the caller starts again from the first segment."""
+    replay.json. --max-ops-per-sec is shared out between the workers. Returns True when the target lost
+    confirmed keys: the caller starts again from the first segment. A worker checks only the witnesses it
+    knows; the target may have lost another worker's segments after that one ended, so once all are done
+    every witness is checked here."""
     by_master: dict[int, list[Path]] = {}
     for path in list_segments(run_dir):
         if path.name not in ledger.done:
@@ -544,7 +547,7 @@ def _replay_in_workers(run_dir: RunDir, topology: Topology, options: ReplayOptio
 
     def work(master: int, send) -> None:
         share = ReplayShare(ledger, lambda part: send(("done", part)))
-        writer = TargetWriter(topology, shared)
+        writer = TargetWriter(topology, shared, target_rdb)
         own_guard = LossGuard(share, writer, warn)
         try:
             for path in by_master[master]:
@@ -569,7 +572,9 @@ def _replay_in_workers(run_dir: RunDir, topology: Topology, options: ReplayOptio
             lost.append(body)
 
     run_workers(sorted(by_master), work, receive, workers, "replay")
-    if lost and not guard.lost():  # a worker saw the loss: the guard checks again, counts it, refuses past its limit
+    if guard.lost():  # every witness, on fresh connections: forgets the done segments, refuses past its limit
+        return True
+    if lost:  # a worker saw a loss that has no witness here any more: write everything again all the same
         ledger.forget_done()
     return bool(lost)
 
