@@ -399,7 +399,7 @@ def bench_workers(keys: int, base: Path, certs: testbed.Certs, mix: str = "mixed
             dump = clocked(["dump", "--source", source.url(), "--run-dir", run_dir, "--workers", workers])
             source_cpu = _servers_cpu(source) - source_cpu
             target_cpu = _servers_cpu(target)
-            replay = clocked(["replay", "--target", target.url(), "--run-dir", run_dir])
+            replay = clocked(["replay", "--target", target.url(), "--run-dir", run_dir, "--workers", workers])
             target_cpu = _servers_cpu(target) - target_cpu
             row = {"copy_s": run["copy_seconds"], "run_total_s": run["seconds"], "run_cpu_s": run["cpu_s"],
                    "dump_s": dump["seconds"], "replay_s": replay["seconds"],
