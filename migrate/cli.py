@@ -16,9 +16,20 @@ from pathlib import Path
 import click
 
 from . import __version__, commands
-from .console import TERMINAL, emit, render_plan, render_status, render_summary, render_switch, render_verify
+from .console import (
+    TERMINAL,
+    emit,
+    end_live_line,
+    live_sync_line,
+    render_plan,
+    render_status,
+    render_summary,
+    render_switch,
+    render_sync,
+    render_verify,
+)
 from .datapath.replay import ReplayOptions
-from .errors import MigrateError
+from .errors import BadInput, MigrateError
 from .net.iam import KINDS, REPLICATION_GROUP, SERVERLESS, IamCache
 from .redact import scrub
 from .verify.stage import VerifyOptions
@@ -299,6 +310,50 @@ def status(run_dir, as_json):
     _finish(commands.status(run_dir), as_json, render_status)
 
 
+# --- sync ---
+
+@cli.command()
+@source_option
+@target_option
+@run_dir_option()
+@click.option("--enable-notifications", is_flag=True,
+              help="Turn on keyspace events (CONFIG SET notify-keyspace-events, adding K and A) where they are off "
+                   "and the server allows it; the old value is restored when sync ends (or by the next sync after a "
+                   "crash).")
+@click.option("--max-pending", type=click.IntRange(1000), default=None, metavar="KEYS",
+              help="Most changed keys waiting to be applied (default 500000); past it sync drops them and "
+                   "reconciles instead, so memory stays bounded.")
+@dump_options
+@replay_options
+@source_check_options
+@skip_unsupported_option
+@tls_insecure_option
+@iam_options("source", "target")
+@json_option
+@handle_errors
+def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db, match, types, scan_count,
+         max_payload, batch_bytes, mode, max_ops_per_sec, allow_nonempty_target, ignore_other_dbs, allow_empty_source,
+         skip_unsupported, tls_insecure, source_iam, target_iam, as_json):
+    """Copy while the apps keep writing, then follow every change until SIGTERM/SIGINT.
+
+    Subscribes to keyspace events on every source primary first, bulk copies (skipped when the run dir's
+    copy is done), proves the copy with a verify, then applies every changed key. Gaps (a dropped
+    subscriber, FLUSHDB, a failover, too many pending keys) are reconciled with a verify with repair.
+    Exit 0 once stopped with nothing unreconciled; 3 otherwise (rerun sync to finish).
+    """
+    live = live_sync_line if sys.stderr.isatty() and not as_json else None
+    outcome = commands.sync(source_url, target_url, run_dir,
+                            _selection(db, match, types, scan_count, max_payload, batch_bytes),
+                            _replay_options(mode, max_ops_per_sec, allow_nonempty_target),
+                            enable_notifications=enable_notifications, max_pending=max_pending,
+                            checks=_source_checks(ignore_other_dbs, allow_empty_source),
+                            skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL, live=live,
+                            source_iam=source_iam, target_iam=target_iam)
+    if live is not None:
+        end_live_line()
+    _finish(outcome, as_json, render_sync)
+
+
 # --- verify ---
 
 @cli.command()
@@ -398,24 +453,62 @@ def plan(source_url, target_url, serverless_cache, env, param_prefix, sample, st
 @click.option("--serverless-cache", metavar="NAME", help="Cut over to this ElastiCache Serverless cache's endpoint.")
 @click.option("--max-verify-age", default="30m", show_default=True,
               help="The run dir's passing verify must be newer than this (30m, 2h, 90s).")
+@click.option("--source", "source_url", metavar="URL", default=None,
+              help="With a sync running on --run-dir: the old Redis to fence (default: the run dir's source, "
+                   "password from REDIS_MIGRATE_SOURCE_PASSWORD).")
+@click.option("--fence-ms", type=click.IntRange(200, 60_000), default=2000, show_default=True,
+              help="With a sync running: CLIENT PAUSE WRITE on the old Redis for at most this long around the flip.")
+@click.option("--no-fence", is_flag=True,
+              help="With a sync running: no write fence (ElastiCache refuses CLIENT PAUSE); in-flight writes race "
+                   "the flip and are forwarded after it.")
+@click.option("--max-lag-ms", type=click.IntRange(0), default=2000, show_default=True,
+              help="With a sync running: the gate refuses while sync lags more than this.")
+@tls_insecure_option
 @switch_options
 @handle_errors
-def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify_age, force, redeploy, dry_run,
-            as_json):
-    """Repoint the SSM endpoint/port at the target, after a fresh passing verify; recorded for rollback."""
+def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify_age, source_url, fence_ms, no_fence,
+            max_lag_ms, tls_insecure, force, redeploy, dry_run, as_json):
+    """Repoint the SSM endpoint/port at the target, after a fresh passing verify; recorded for rollback.
+
+    With a sync following on --run-dir: gate on sync's health, fence the old Redis (CLIENT PAUSE WRITE),
+    drain sync, flip, lift the fence; sync then forwards old-side writes by compare-and-set.
+    """
+    fencing = commands.Fencing(source_url=source_url, fence_ms=fence_ms, no_fence=no_fence, max_lag_ms=max_lag_ms,
+                               tls_insecure=tls_insecure)
     outcome = commands.cutover(env, target_url=target_url, serverless_cache=serverless_cache, run_dir=run_dir,
                                prefix=param_prefix, max_verify_age=max_verify_age, force=force, redeploy=redeploy,
-                               dry_run=dry_run, clients=_aws_clients())
+                               dry_run=dry_run, clients=_aws_clients(), fencing=fencing)
     _finish(outcome, as_json, render_switch)
 
 
 @cli.command()
+@click.option("--bring-back", is_flag=True,
+              help="First copy the apps' writes on the cache back to the old Redis (scan-based rounds), then flip "
+                   "back, then copy the stragglers; needs --source, --target and the cutover's --run-dir.")
+@click.option("--source", "source_url", metavar="URL", default=None,
+              help="With --bring-back: the old Redis (the migration's source), which receives the writes.")
+@click.option("--target", "target_url", metavar="URL", default=None,
+              help="With --bring-back: the serverless cache (the migration's target), the reference.")
+@click.option("--threshold", type=click.IntRange(1), default=100, show_default=True,
+              help="With --bring-back: copy-back rounds go on until one finds fewer differences than this.")
+@tls_insecure_option
 @switch_options
 @handle_errors
-def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json):
-    """Put back the SSM values the cutover recorded (run dir, else the SSM labels)."""
+def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json, bring_back, source_url, target_url,
+             threshold, tls_insecure):
+    """Put back the SSM values the cutover recorded (run dir, else the SSM labels).
+
+    With --bring-back, the writes the apps made on the cache are copied back to the old Redis first (sync must
+    be stopped); exit 0 only when a last compare finds nothing but the reported conflicts.
+    """
+    options = None
+    if bring_back:
+        if not (source_url and target_url):
+            raise BadInput("--bring-back needs --source (the old Redis) and --target (the serverless cache)",
+                           "give both: the old Redis receives the cache's writes")
+        options = commands.BringBack(source_url, target_url, threshold, tls_insecure)
     outcome = commands.rollback(env, run_dir=run_dir, prefix=param_prefix, force=force, redeploy=redeploy,
-                                dry_run=dry_run, clients=_aws_clients())
+                                dry_run=dry_run, clients=_aws_clients(), bring_back=options, events=TERMINAL)
     _finish(outcome, as_json, render_switch)
 
 

@@ -359,21 +359,118 @@ def _switched(result: dict) -> Outcome:
     return Outcome(result, exit_code=GateRefused.exit_code if result["refused"] else 0)
 
 
+@dataclass(frozen=True)
+class Fencing:
+    """A cutover on a running sync: the old Redis to fence, how long, or no fence; sync's lag bound."""
+
+    source_url: str | None = None
+    fence_ms: int = 2000
+    no_fence: bool = False
+    max_lag_ms: int = 2000
+    tls_insecure: bool = False
+
+
 def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
             run_dir: str | tuple[str, ...] | None = None, prefix: str, max_verify_age: str = "30m", force: bool = False,
-            redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None) -> Outcome:
+            redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
+            fencing: Fencing = Fencing()) -> Outcome:
+    """With a sync following on the run dir: the fenced live cutover (cloud/live_cutover.py); else today's."""
     from .cloud import cutover as switching
+    from .cloud import live_cutover as live
     directory = _run_dirs(run_dir)
+    sync = None if isinstance(directory, list) else live.running_sync(directory)  # several: a copy split by --slots
+    if sync is not None:
+        return _switched(live.cutover_on_sync(
+            env, sync, directory, target_url=target_url, serverless_cache=serverless_cache,
+            source_url=fencing.source_url, prefix=prefix, fence_ms=fencing.fence_ms, no_fence=fencing.no_fence,
+            max_lag_ms=fencing.max_lag_ms, force=force, redeploy=redeploy, dry_run=dry_run, clients=clients,
+            tls_insecure=fencing.tls_insecure))
     with _switch_lock(directory, dry_run):
         return _switched(switching.cutover(env, target_url=target_url, serverless_cache=serverless_cache,
                                            run_dir=directory, prefix=prefix, max_verify_age=max_verify_age,
                                            force=force, redeploy=redeploy, dry_run=dry_run, clients=clients))
 
 
+@dataclass(frozen=True)
+class BringBack:
+    """rollback --bring-back: the migration's own old Redis (--source) and cache (--target)."""
+
+    source_url: str
+    target_url: str
+    threshold: int = 100
+    tls_insecure: bool = False
+
+
 def rollback(env: str, *, run_dir: str | tuple[str, ...] | None = None, prefix: str, force: bool = False,
-             redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None) -> Outcome:
+             redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
+             bring_back: BringBack | None = None, events: Events = SILENT) -> Outcome:
+    """Put the recorded SSM values back; with --bring-back, copy the cache's writes back to the old Redis first
+    (and the stragglers after): exit 0 only when a last compare is clean."""
     from .cloud import cutover as switching
     directory = _run_dirs(run_dir)
+    if bring_back is not None:
+        first = directory[0] if isinstance(directory, list) else directory  # any run dir holds the record
+        return _brought_back(env, first, prefix, force, redeploy, dry_run, clients, bring_back, events)
     with _switch_lock(directory, dry_run):
         return _switched(switching.rollback(env, run_dir=directory, prefix=prefix, force=force, redeploy=redeploy,
                                             dry_run=dry_run, clients=clients))
+
+
+def _brought_back(env: str, directory: RunDir | None, prefix: str, force: bool, redeploy: tuple[str, ...],
+                  dry_run: bool, clients: Clients | None, options: BringBack, events: Events) -> Outcome:
+    from .cloud import bring_back as back
+    if directory is None:
+        raise BadInput("--bring-back needs --run-dir", "pass the run dir of the sync and cutover: its baseline says "
+                                                       "which keys sync put on the cache")
+    back.refuse_running_sync(directory)
+    old = open_source(_endpoint("source", options.source_url, options.tls_insecure, events.warn), 0)
+    cache = open_target(_endpoint("target", options.target_url, options.tls_insecure, events.warn))
+    with _switch_lock(directory, dry_run):
+        result = back.bring_back(env, run_dir=directory, old=old, cache=cache, threshold=options.threshold,
+                                 prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run, clients=clients)
+    clean = not result["refused"] and result["bring_back"]["final_differences"] == 0
+    return Outcome(result, exit_code=0 if clean or dry_run and not result["refused"] else GateRefused.exit_code)
+
+
+# --- sync --------------------------------------------------------------------------------------------
+
+def sync(source_url: str, target_url: str, run_dir: str, selection: Selection, options: ReplayOptions, *,
+         enable_notifications: bool = False, max_pending: int | None = None, checks: SourceChecks = SourceChecks(),
+         skip_unsupported: bool = False, tls_insecure: bool = False, events: Events = SILENT,
+         live: Callable[[dict], None] | None = None, source_iam: IamCache | None = None,
+         target_iam: IamCache | None = None) -> Outcome:
+    """Capture keyspace events, bulk copy, then follow every change until SIGTERM/SIGINT. Exit 0 when
+    stopped with every gap reconciled, 3 when one is not (rerun sync to finish)."""
+    from .pipeline import copy_stages
+    from .rundir import DumpLedger
+    from .sync.capture import CLIENT_NAME
+    from .sync.follow import DEFAULT_MAX_PENDING
+    from .sync.stage import SyncOptions, sync_stage
+    if selection.match is not None or selection.types:
+        raise BadInput("sync copies and follows a whole database: --match and --type do not apply",
+                       "drop --match/--type (use dump/replay for a partial copy)")
+    name = CLIENT_NAME.decode()
+    source = replace(_endpoint("source", source_url, tls_insecure, events.warn, source_iam), client_name=name)
+    target = replace(_endpoint("target", target_url, tls_insecure, events.warn, target_iam), client_name=name)
+    target_topology = open_target(target)
+    target_rdb = probe_rdb_version(target_topology) if options.mode == "auto" else None
+    dump_options = selection.dump_options(source, options.mode, target_rdb)
+    directory = RunDir(run_dir, create=True)
+    sync_options = SyncOptions(enable_notifications=enable_notifications,
+                               max_pending=max_pending or DEFAULT_MAX_PENDING, mode=options.mode)
+    with directory.lock():
+        source_topology = open_source(source, dump_options.db)
+        if DumpLedger.load(directory).found:
+            bind_endpoints(directory, source, target, dump_options.db)
+        else:
+            admit_source(directory, source_topology, target, dump_options.db, checks, events.warn)
+            preflight(directory, source_topology, target_topology, dump_options.db, events.warn)
+
+        def copy() -> None:
+            copy_stages(directory, source_topology, target_topology, dump_options, options, events.progress,
+                        events.warn)
+
+        result = sync_stage(directory, source_topology, target_topology, dump_options, options, sync_options, copy,
+                            events.progress, events.warn, live)
+        refusal = judge_skipped(directory, skip_unsupported)
+    return Outcome(result, refusal=refusal)

@@ -79,7 +79,43 @@ def render_status(result: dict) -> str:
     for name, stage in result["stages"].items():
         lines.append(f"{name:<8} {stage['state']:<12} {stage.get('finished_at') or '-':<21} "
                      f"{stage.get('seconds') or '-'}")
-    return "\n".join(lines) + "\n\n" + render_summary(result["counts"])
+    text = "\n".join(lines) + "\n\n" + render_summary(result["counts"])
+    if result.get("sync"):
+        text += "\n\n" + sync_line(result["sync"])
+    if result.get("live"):
+        live = result["live"]
+        text += (f"\nlive cutover {live['phase']}: fence {live['fence_ms']} ms, forwarded {live['forwarded']}, "
+                 f"conflicts {live['conflicts']}, last old-side write {live['seconds_since_last_old_write']} s ago, "
+                 f"old-side clients {live['old_side_clients']}")
+    return text
+
+
+# --- sync --------------------------------------------------------------------------------------------
+
+def sync_line(status: dict) -> str:
+    """One line: state, lag, pending, applied, gaps, the proof."""
+    proof = status.get("proof") or {}
+    alive = "" if status.get("running", True) else " (not running)"
+    return (f"sync {status['state']}{alive}: lag {status['lag_ms']} ms, pending {status['pending']}, "
+            f"applied {status['applied']}, deleted {status['deleted']}, gaps {status['gaps']} "
+            f"({status.get('unreconciled_gaps', 0)} open), reconciles {status['reconciles']}, "
+            f"proof {'holds' if proof.get('holds') else 'not yet'} ({proof.get('open', 0)} open)")
+
+
+def live_sync_line(status: dict) -> None:
+    """The running sync's line, rewritten in place on the terminal."""
+    sys.stderr.write("\r\x1b[2K" + scrub(sync_line(status)))
+    sys.stderr.flush()
+
+
+def end_live_line() -> None:
+    """Leave the live line where it is: what follows starts on a line of its own."""
+    sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def render_sync(result: dict) -> str:
+    return sync_line(result)
 
 
 # --- verify ------------------------------------------------------------------------------------------
@@ -210,6 +246,10 @@ def render_switch(result: dict) -> str:
     widths = [max(len(cell[i]) for cell in cells + [("parameter", "now", "")]) for i in (0, 1)]
     for name, now, after in [("parameter", "now", "after"), *cells]:
         lines.append(f"  {name.ljust(widths[0])}  {now.ljust(widths[1])}  {after}")
+    if result.get("live"):
+        lines.append("  live      " + _live_line(result["live"]))
+    if result.get("bring_back"):
+        lines += ["  back      " + line for line in _bring_back_lines(result["bring_back"])]
     for deploy in result["redeployed"]:
         lines.append(f"  redeploy  {deploy['service']}: {deploy['deployment'] or 'would force a new deployment'}")
     for refusal in result["refused"]:
@@ -218,3 +258,31 @@ def render_switch(result: dict) -> str:
         lines += [f"  would     {action}" for action in result["actions"]]
     lines.append(f"  result    {result['outcome']}")
     return "\n".join(lines)
+
+
+def _live_line(live: dict) -> str:
+    """A live cutover's fence (or race window), and what sync's drain did."""
+    parts = []
+    if live.get("no_fence"):
+        parts.append("no fence" + (f", race window {live['race_window_ms']} ms" if "race_window_ms" in live else ""))
+    elif live.get("fence_ms") is not None:
+        parts.append(f"fence held {live['fence_ms']} ms (limit {live['fence_limit_ms']} ms)")
+    drain = live.get("drain")
+    if drain:
+        parts.append(f"drain {live.get('drain_ms')} ms: {drain['applied']} applied, {drain['rechecked']} re-checked, "
+                     f"{drain['differences']} differences")
+    return "; ".join(parts) or "sync following"
+
+
+def _bring_back_lines(back: dict) -> list[str]:
+    """Rounds, stragglers, conflicts and the last compare of rollback --bring-back."""
+    lines = [f"round {n}: {r['found']} differences, {r['copied']} copied, {r['deleted']} deleted ({r['seconds']}s)"
+             for n, r in enumerate(back["rounds"], 1)]
+    if back["stragglers"]:
+        s = back["stragglers"]
+        lines.append(f"stragglers after the flip back: {s['found']} differences, {s['copied']} copied, "
+                     f"{s['deleted']} deleted")
+    lines.append(f"brought back {back['brought_back']} keys in {back['seconds']}s; conflicts {back['conflicts']}"
+                 + (f" ({', '.join(back['conflict_keys'])})" if back["conflict_keys"] else "")
+                 + f"; final differences {back['final_differences']}")
+    return lines

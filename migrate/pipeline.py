@@ -95,6 +95,23 @@ def expected_keys(source: Topology, options: DumpOptions) -> int:
     return total if options.slots is None else round(total * len(options.slots) / SLOT_COUNT)
 
 
+def copy_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: DumpOptions,
+                replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress,
+                warn: Warn = no_warning) -> None:
+    """`run`'s copy without its verify (sync proves the copy itself): dump in a child, replay here."""
+    child, errors = _start_dump_process(run_dir, source, dump_options)
+    try:
+        replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
+                                expected=expected_keys(source, dump_options), warn=warn)
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join()
+    _raise_child_error(child, errors)
+    if not replayed["replay_done"]:
+        replay_stage(run_dir, target, replay_options, warn=warn)
+
+
 def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_options: DumpOptions,
                  progress: ProgressFactory = no_progress) -> None:
     """`run`'s last stage. Skipped when a passing verify is newer than the replay; a dump limited by
@@ -237,7 +254,31 @@ def status(run_dir: RunDir) -> dict:
                         if verify.found else {"state": "not started"})
     cutover = CutoverLedger.load(run_dir).record
     stages["cutover"] = {"state": cutover.state or "recorded"} if cutover else {"state": "not started"}
-    return {"stages": stages, "counts": summary, "run": RunLedger.load(run_dir).describe()}
+    result = {"stages": stages, "counts": summary, "run": RunLedger.load(run_dir).describe()}
+    sync = sync_status(run_dir)
+    if sync is not None:
+        result["sync"] = sync
+    live = _live_status(run_dir)
+    if live is not None:
+        result["live"] = live
+    return result
+
+
+def sync_status(run_dir: RunDir) -> dict | None:
+    """The last (or running) sync's state from sync.json, with whether it is alive."""
+    from .sync.protocol import SyncLedger
+    ledger = SyncLedger.load(run_dir)
+    if not ledger.found:
+        return None
+    return {**ledger.to_dict(), "running": ledger.running()}
+
+
+def _live_status(run_dir: RunDir) -> dict | None:
+    """A live cutover's figures (phase, fence, forwarded, conflicts, old-side activity), once one began."""
+    if not any((run_dir.path / name).exists() for name in ("flip.json", "live-cutover.json")):
+        return None
+    from .cloud.live_cutover import live_status
+    return live_status(run_dir)
 
 
 def _when(timestamp: float | None) -> str | None:

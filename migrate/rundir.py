@@ -31,6 +31,7 @@ import errno
 import fcntl
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -49,7 +50,7 @@ FILE_MODE = 0o600
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write to a temp name, fsync, rename, fsync the directory: the file is either old or new, never torn."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")  # two threads may save one file
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:

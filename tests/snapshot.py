@@ -147,6 +147,8 @@ def _expiry(client: redis.Redis, key: bytes) -> int:
         return client.pexpiretime(key)
     except redis.ResponseError:
         pttl = client.pttl(key)
+        if pttl == -2:
+            return -2  # expired since its value was read: gone, not "no expiry"
         return -1 if pttl < 0 else int(time.time() * 1000) + pttl
 
 
@@ -170,3 +172,53 @@ def assert_same(source: dict, target: dict, ttl_tolerance_ms: int = 2000) -> Non
             assert t_expiry == -1, f"{key!r}: target has an expiry, source has none"
         else:
             assert abs(expiry - t_expiry) <= ttl_tolerance_ms, f"{key!r}: expiry {expiry} vs {t_expiry}"
+
+
+# --- streams' consumer groups in full: what XREADGROUP and XACK change without a keyspace event --------
+
+def stream_groups(server, db: int = 0) -> dict[bytes, list[tuple]]:
+    """stream key -> its groups, each (name, last-delivered-id, entries-read or None, consumers, PEL):
+    consumers as sorted (name, pending count), the PEL as (entry id, consumer, delivery count) in id order.
+    Idle times and seen-times are left out: they are clocks, not state a copy can keep."""
+    result = {}
+    for client in masters(server):
+        if db:
+            client = redis.Redis(connection_pool=redis.ConnectionPool(
+                **{**client.connection_pool.connection_kwargs, "db": db},
+                connection_class=client.connection_pool.connection_class))
+        for key in dict.fromkeys(client.scan_iter(count=1000, _type="stream")):
+            groups = [_group(client, key, group) for group in client.xinfo_groups(key)]
+            if groups:
+                result[key] = sorted(groups)
+    return result
+
+
+def _group(client: redis.Redis, key: bytes, group: dict) -> tuple:
+    name = group["name"]
+    consumers = sorted((c["name"], c["pending"]) for c in client.xinfo_consumers(key, name))
+    pel = []
+    start = "-"
+    while True:  # the whole pending list, 1,000 at a time
+        page = client.xpending_range(key, name, min=start, max="+", count=1000)
+        pel += [(p["message_id"], p["consumer"], p["times_delivered"]) for p in page]
+        if len(page) < 1000:
+            break
+        start = "(" + page[-1]["message_id"].decode()
+    return name, group["last-delivered-id"], group.get("entries-read"), consumers, pel
+
+
+def assert_same_groups(source: dict, target: dict) -> None:
+    """Every stream's groups, consumers and pending entries equal (from `stream_groups` on both sides)."""
+    missing = set(source) - set(target)
+    extra = set(target) - set(source)
+    assert not missing, f"{len(missing)} streams lost their groups on target, e.g. {sorted(missing)[:5]}"
+    assert not extra, f"{len(extra)} streams have groups only on target, e.g. {sorted(extra)[:5]}"
+    for key, groups in source.items():
+        for mine, theirs in zip(groups, target[key]):
+            assert mine[:2] == theirs[:2], f"{key!r}: group {mine[:3]} vs {theirs[:3]}"
+            if mine[2] is not None and theirs[2] is not None:  # Redis 6.2 has no entries-read
+                assert mine[2] == theirs[2], f"{key!r}: group {mine[:3]} vs {theirs[:3]}"
+            assert mine[3] == theirs[3], f"{key!r} group {mine[0]!r}: consumers {mine[3]} vs {theirs[3]}"
+            assert mine[4] == theirs[4], f"{key!r} group {mine[0]!r}: pending entries differ " \
+                                         f"({len(mine[4])} vs {len(theirs[4])})"
+        assert len(groups) == len(target[key]), f"{key!r}: {len(groups)} groups vs {len(target[key])}"

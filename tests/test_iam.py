@@ -250,3 +250,37 @@ def test_scrub_masks_sigv4_tokens(aws_env):
         masked = scrub(text)
         assert signature not in masked and ACCESS_KEY not in masked, masked
         assert "X-Amz-Signature=***" in masked or "X-Amz-Signature%3D***" in masked
+
+
+def test_sync_follows_through_iam_across_a_token_expiry(standalone_source, _plain_target, proxies, run_dir):
+    """sync's subscriber, reader and writer all sign their own tokens: after the proxies' clocks jump 16
+    minutes and every proxied connection is cut, sync reconnects with fresh tokens (a gap, then a reconcile)
+    and still ends exact, with no token anywhere."""
+    from test_sync import Sync
+    source, target = proxies
+    backend = standalone_source.client()
+    seed_data.seed(backend, 1000, seed=23, short_ttl_keys=0)
+    backend.config_set("notify-keyspace-events", "KA")  # as the parameter group would set it
+    sync = Sync(run_dir, source.url("migrator"), target.url("app-user"), "--source-iam", SOURCE_CACHE,
+                "--target-iam", TARGET_CACHE).start()
+    try:
+        sync.following()
+        backend.set("iam:before-expiry", "1")
+        settled = sync.wait(lambda s: s.get("applied", 0) >= 1 and s.get("pending") == 0, "the first change applied")
+        accepted = source.accepted + target.accepted
+        for proxy in (source, target):
+            proxy.advance(16 * 60)
+            proxy.cut_all()
+        backend.set("iam:after-expiry", "2")
+        backend.delete("iam:before-expiry")
+        sync.wait(lambda s: s.get("reconciles", 0) > settled.get("reconciles", 0) and s.get("pending") == 0
+                  and s.get("unreconciled_gaps") == 0, "the reconcile after the cut")
+        assert sync.stop() == 0, sync.output()
+    finally:
+        sync.cleanup()
+        backend.config_set("notify-keyspace-events", "")
+    assert_same(snapshot(standalone_source), snapshot(_plain_target))
+    assert _plain_target.client().get("iam:after-expiry") == b"2"
+    assert source.accepted + target.accepted > accepted  # reconnected, each with a token signed after the jump
+    assert source.refusals == [] and target.refusals == []
+    assert_no_token(sync.output() + run_dir_text(run_dir), source, target)

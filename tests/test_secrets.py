@@ -104,7 +104,7 @@ def test_no_secret_anywhere(standalone_source, serverless_target, iam_user, aws,
     bare_target = serverless_target.first.url(0, with_password=False)
     env_both = {"REDIS_MIGRATE_SOURCE_PASSWORD": ENV_SOURCE_PASSWORD, "REDIS_MIGRATE_TARGET_PASSWORD": TARGET_PASSWORD}
     env_token = {"REDIS_MIGRATE_TARGET_PASSWORD": IAM_TOKEN}
-    runs = {name: tmp_path / name for name in ("url", "env", "token-url", "token-env", "debug")}
+    runs = {name: tmp_path / name for name in ("url", "env", "token-url", "token-env", "debug", "sync")}
 
     # 1. passwords in the URLs: dump, replay, status, then run on a fresh dir with --json
     scan.run("dump", "--source", source_url, "--run-dir", runs["url"], "--json")
@@ -153,6 +153,7 @@ def test_no_secret_anywhere(standalone_source, serverless_target, iam_user, aws,
         (("run", "--source", source_url, "--target",
           f"redis://:{TARGET_PASSWORD}@127.0.0.1:{serverless_target.first.port}/0?socket_connect_timeout=1",
           "--run-dir", runs["debug"]), None),
+        (("sync", "--source", source_url, "--target", target_url, "--run-dir", runs["sync"]), None),  # events off
     ]
     for args, env in failures:
         for debug in ((), ("--debug",)):

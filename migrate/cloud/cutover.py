@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from redis.connection import parse_url
 
@@ -216,6 +217,10 @@ class Writer:
         self.actions.append(description)
         return None if self.dry_run else call()
 
+    def step(self, description: str, call):
+        """A step of a hook (fence, drain, unpause): listed like every write, only listed in a dry run."""
+        return self._act(description, call)
+
     def refuse(self, error: GateRefused) -> None:
         """A live run stops here; a dry run notes the refusal and shows what it would have written."""
         if not self.dry_run:
@@ -301,8 +306,22 @@ class Switch:
         return f"{self.kind}-{self.run_id}"
 
 
+class SwitchHooks(Protocol):
+    """What a live cutover does around the SSM writes: `before_write` (fence, drain) right before the first put,
+    `after_write` (lift the fence, record the flip) right after the read back, `abort` when anything in
+    between failed (lift the fence), `report` for the result."""
+
+    def before_write(self, writer: Writer) -> None: ...
+
+    def after_write(self, writer: Writer) -> None: ...
+
+    def abort(self) -> str | None: ...
+
+    def report(self) -> dict: ...
+
+
 def run_switch(switch: Switch, writer: Writer, run_dir: RunDir | None, services: list[tuple[str, str]],
-               force: bool) -> dict:
+               force: bool, hooks: SwitchHooks | None = None) -> dict:
     """Gate, record, write, label, read back, redeploy, record: the same steps for cutover, rollback and dry runs."""
     result = _result(switch, writer)
     if not switch.changes:
@@ -319,12 +338,22 @@ def run_switch(switch: Switch, writer: Writer, run_dir: RunDir | None, services:
         _refuse_foreign_labels_in_the_way(writer, switch.histories[key])
     record = _new_record(switch)
     writer.save(run_dir, record)  # the old values are durable before the first SSM write
+    _prepare(switch, writer)
+    if hooks is not None:
+        _before_write(hooks, switch, writer, run_dir, record, result)
     try:
         after = _write(switch, writer)
     except SwitchFailed as exc:
+        _aborted(hooks, exc, result)
         record.state, record.holding, record.error = f"{switch.kind}-failed", exc.holding, exc.message
         writer.save(run_dir, record)
         raise
+    except BaseException as exc:
+        _aborted(hooks, exc if isinstance(exc, MigrateError) else None, result)
+        raise
+    if hooks is not None:
+        hooks.after_write(writer)
+        result["live"] = hooks.report()
     record.state, record.finished_at, record.versions_after = switch.done_state, time.time(), after
     writer.save(run_dir, record)
     for row in result["parameters"]:
@@ -334,12 +363,40 @@ def run_switch(switch: Switch, writer: Writer, run_dir: RunDir | None, services:
     return _finish(result, writer)
 
 
-def _write(switch: Switch, writer: Writer) -> dict[str, int | None]:
-    """Make room, label the old versions, put and label each change, label the rest, read everything back."""
+def _before_write(hooks: SwitchHooks, switch: Switch, writer: Writer, run_dir: RunDir | None,
+                  record: CutoverRecord, result: dict) -> None:
+    """Fence and drain; if either fails, the fence is lifted and SSM was not touched (recorded as such)."""
+    try:
+        hooks.before_write(writer)
+    except BaseException as exc:
+        _aborted(hooks, exc if isinstance(exc, MigrateError) else None, result)
+        if isinstance(exc, MigrateError):
+            record.state, record.error = f"{switch.kind}-failed", exc.message
+            record.holding = {key: h.current.value for key, h in switch.histories.items()}
+            writer.save(run_dir, record)
+        raise
+
+
+def _aborted(hooks: SwitchHooks | None, exc: MigrateError | None, result: dict) -> None:
+    """Lift a live cutover's fence after a failure; a failure to lift it is added to the error's hint."""
+    if hooks is None:
+        return
+    trouble = hooks.abort()
+    result["live"] = hooks.report()
+    if trouble and exc is not None:
+        exc.hint = f"{exc.hint}; also: {trouble}" if exc.hint else trouble
+
+
+def _prepare(switch: Switch, writer: Writer) -> None:
+    """Make room and label the old versions: SSM work that need not happen inside a live cutover's fence."""
     for key in switch.changes:
         _make_room(writer, switch.histories[key])
     for key in KEYS:
         _label_missing(writer, switch.histories[key], switch.pre_cutover[key], switch.labels_before)
+
+
+def _write(switch: Switch, writer: Writer) -> dict[str, int | None]:
+    """Put and label each change, label the rest, read everything back (after `_prepare`)."""
     written: dict[str, int | None] = {}
     for key in switch.changes:
         name = switch.names[key]
@@ -508,9 +565,11 @@ def new_run_id(now: float) -> str:
 def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
             run_dir: RunDir | list[RunDir] | None = None, prefix: str = DEFAULT_PREFIX, max_verify_age: str = "30m",
             force: bool = False, redeploy: tuple[str, ...] = (), dry_run: bool = False,
-            clients: Clients | None = None, now: float | None = None) -> dict:
+            clients: Clients | None = None, now: float | None = None, gate: list[Check] | None = None,
+            hooks: SwitchHooks | None = None) -> dict:
     """Repoint the parameters at the target, gated by a fresh passing verify and recorded for rollback.
-    The caller holds the run dir's lock (unless this is a dry run, which writes nothing). Several run dirs
+    The caller holds the run dir's lock (unless this is a dry run, which writes nothing). A live cutover
+    (live_cutover.py) passes its own gate (sync healthy) and hooks (fence, drain, unpause). Several run dirs
     (a copy split by --slots) must cover every slot once, each with its own passing verify; the record
     goes to all of them."""
     run_dirs = as_run_dirs(run_dir)
@@ -526,10 +585,10 @@ def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | 
     switch = Switch("cutover", env, names, histories, target.values,
                     pre_cutover={key: before_version(h) for key, h in histories.items()},
                     record=first_record(run_dirs),
-                    checks=[*verify_gates(run_dirs, max_age, target, now),
+                    checks=[*(gate if gate is not None else verify_gates(run_dirs, max_age, target, now)),
                             *(check for each in run_dirs for check in ignored_databases_check(each))],
                     labels_before=(LABEL_BEFORE,), labels_after=(LABEL_AFTER,), run_id=new_run_id(now))
-    return run_switch(switch, writer, run_dirs or None, services, force)
+    return run_switch(switch, writer, run_dirs or None, services, force, hooks)
 
 
 def rollback(env: str, *, run_dir: RunDir | list[RunDir] | None = None, prefix: str = DEFAULT_PREFIX,

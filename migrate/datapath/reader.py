@@ -98,6 +98,10 @@ end
 out[n + 1] = plain
 return out
 """
+# Redis 7+ and Valkey: the same script declared read-only (a shebang with flags), so that a CLIENT PAUSE WRITE
+# (the live cutover's fence) does not block it as it blocks every undeclared script; it reads keys of any slot.
+READ_ONLY_SHEBANG = b"#!lua flags=no-writes,allow-cross-slot-keys\n"
+READ_SCRIPT_NO_WRITES = READ_ONLY_SHEBANG + READ_SCRIPT.lstrip(b"\n")
 
 
 # Type by type, one round trip per batch: every key's expiry (all read first, as above), its type and, for a
@@ -170,6 +174,9 @@ return out
 """
 
 
+STRUCT_SCRIPT_NO_WRITES = READ_ONLY_SHEBANG + STRUCT_SCRIPT.lstrip(b"\n")
+
+
 @dataclass(frozen=True)
 class DumpOptions:
     db: int = 0
@@ -229,6 +236,9 @@ class KeyReader:
         self.struct_batches = options.struct_all or bool(
             options.target_rdb is not None and source_rdb and source_rdb > options.target_rdb)
         self.use_script = True
+        declared = topology.version_tuple >= (7, 0)  # scripts declared read-only run under a CLIENT PAUSE WRITE
+        self.script = READ_SCRIPT_NO_WRITES if declared else READ_SCRIPT
+        self.struct_script = STRUCT_SCRIPT_NO_WRITES if declared else STRUCT_SCRIPT
         self.skipped_keys: list[tuple[bytes, str]] = []
 
     def read(self, keys: list[bytes], counts: DumpCounts, sink: RecordSink) -> None:
@@ -241,13 +251,13 @@ class KeyReader:
         if not (self.use_script and admissible):
             return False
         if self.struct_batches:
-            self.bulk.send(pack(b"EVAL", STRUCT_SCRIPT, b"0", b"%d" % CHUNK_ITEMS,
+            self.bulk.send(pack(b"EVAL", self.struct_script, b"0", b"%d" % CHUNK_ITEMS,
                                 b"%d" % min(self.options.batch_bytes // SCRIPT_VALUE_SHARE, STRING_CHUNK),
                                 b"%d" % self.options.batch_bytes, b"1" if self.has_pexpiretime else b"0",
                                 b"1" if self.field_ttl else b"0", *admissible))
             return True
         value_max = min(self.options.batch_bytes // SCRIPT_VALUE_SHARE, self.options.max_payload)
-        self.bulk.send(pack(b"EVAL", READ_SCRIPT, b"0", b"%d" % value_max, b"%d" % self.options.batch_bytes,
+        self.bulk.send(pack(b"EVAL", self.script, b"0", b"%d" % value_max, b"%d" % self.options.batch_bytes,
                             b"1" if self.has_pexpiretime else b"0", b"%d" % (self.options.target_rdb or 0),
                             *admissible))
         return True

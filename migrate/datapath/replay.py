@@ -393,6 +393,42 @@ class TargetWriter:
         if wire:
             wire.close()
 
+    def delete(self, keys: list[bytes]) -> int:
+        """DEL these keys on the masters that own them (sync: keys gone on the source), retried like writes;
+        returns how many existed."""
+        backoff = Backoff(self.options.retry_seconds)
+        while True:
+            try:
+                return self._delete(keys)
+            except (OSError, Unreachable, _Retry) as exc:
+                if backoff.expired():
+                    raise RuntimeFailure(f"the target kept failing for {self.options.retry_seconds:.0f}s "
+                                         f"while deleting keys ({exc})",
+                                         "check the target's health and network path, then rerun to resume") from None
+                backoff.wait()
+
+    def _delete(self, keys: list[bytes]) -> int:
+        by_node: dict[int, list[bytes]] = {}
+        for key in keys:
+            by_node.setdefault(self.owners[key_slot(key)], []).append(key)
+        deleted = 0
+        for index, group in by_node.items():
+            self.limiter.acquire(len(group))
+            try:
+                wire = self._wire(index)
+                wire.send(b"".join(pack(b"DEL", key) for key in group))
+                replies = wire.read(len(group))
+            except (OSError, Unreachable):
+                self._drop(index)
+                raise
+            for reply in replies:
+                if isinstance(reply, ReplyError):
+                    if str(reply).startswith(("MOVED", "ASK ")):
+                        self._rediscover()
+                    raise _Retry(str(reply))
+                deleted += reply
+        return deleted
+
     def exists(self, keys: list[bytes]) -> list[bool]:
         """Whether each key exists on the target (pipelined EXISTS per node), retried like writes."""
         backoff = Backoff(self.options.retry_seconds)

@@ -83,7 +83,7 @@ def read_stream(wire: Wire, key: bytes) -> Iterator[tuple[int, list, str]]:
     pels = {group[b"name"]: list(_pending(wire, key, group)) for group in groups}
     waiting = sorted({_id(entry[0]): entry[0] for pel in pels.values() for entry in pel}.items(), reverse=True)
     placeholders: list[bytes] = []
-    for items in _entries(wire, key, waiting, placeholders):
+    for items in _entries(wire, key, fields[b"last-generated-id"], waiting, placeholders):
         yield 0, items, "stream"
     counters = [fields[b"last-generated-id"], _text(fields.get(b"entries-added")),
                 _text(fields.get(b"max-deleted-entry-id"))]
@@ -120,12 +120,14 @@ def _pending(wire: Wire, key: bytes, group: dict) -> Iterator[tuple[bytes, bytes
         last = page[-1][0]
 
 
-def _entries(wire: Wire, key: bytes, waiting: list, placeholders: list[bytes]) -> Iterator[list[bytes]]:
-    """XRANGE in windows, flattened as id, field count, fields; `waiting` (pending IDs, highest first) that the
-    stream no longer holds come in as placeholders (field count 0) at their place in ID order."""
+def _entries(wire: Wire, key: bytes, last_id: bytes, waiting: list, placeholders: list[bytes]) -> Iterator[list[bytes]]:
+    """XRANGE in windows up to `last_id` (the last-generated ID that XINFO read: entries added since then belong
+    to a later state, and past it XSETID would refuse the counters), flattened as id, field count, fields;
+    `waiting` (pending IDs, highest first) that the stream no longer holds come in as placeholders (field count
+    0) at their place in ID order."""
     start = b"-"
     while True:
-        entries = wire.call(b"XRANGE", key, start, b"+", b"COUNT", b"%d" % CHUNK_ITEMS)
+        entries = wire.call(b"XRANGE", key, start, last_id, b"COUNT", b"%d" % CHUNK_ITEMS)
         if not entries:
             break
         items: list[bytes] = []

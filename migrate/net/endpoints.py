@@ -40,6 +40,7 @@ class Endpoint:
     connect_timeout: float = 10.0
     password: str | None = field(default=None, repr=False, compare=False)
     iam: IamAuth | None = None  # IAM authentication: a token signed per connection instead of the password
+    client_name: str | None = None  # CLIENT SETNAME on every connection (sync: cutover tells ours from the apps')
 
     @classmethod
     def from_url(cls, role: str, url: str, *, tls_insecure: bool = False, iam: IamCache | None = None,
@@ -98,6 +99,8 @@ class Endpoint:
         kwargs["socket_timeout"] = self.socket_timeout
         kwargs["socket_connect_timeout"] = self.connect_timeout
         kwargs["retry"] = Retry(NoBackoff(), 0)  # fail fast: the stages retry what is worth retrying
+        if self.client_name:
+            kwargs["client_name"] = self.client_name
         if self.tls:
             kwargs["ssl"] = True
             if self.tls_insecure:

@@ -92,9 +92,11 @@ class Wire:
         if self.db:
             commands.append((b"SELECT", b"%d" % self.db))
         commands = commands or [(b"PING",)]
+        if self.endpoint.client_name:
+            commands.append((b"CLIENT", b"SETNAME", self.endpoint.client_name.encode()))
         self.send(b"".join(pack(*command) for command in commands))
         for command, reply in zip(commands, self.read(len(commands))):
-            if not isinstance(reply, ReplyError):
+            if not isinstance(reply, ReplyError) or command[0] == b"CLIENT":  # a refused name is only cosmetic
                 continue
             if command[0] == b"AUTH" or is_auth_refusal(str(reply)):
                 raise authentication_failed(self.endpoint, str(reply))

@@ -1,0 +1,186 @@
+"""rollback --bring-back: copy the apps' writes on the cache back to the old Redis, flip SSM back, catch stragglers.
+
+ElastiCache Serverless has no change feed (no keyspace notifications, no replication), so the way back is
+scan-based: our verify, run in reverse (the cache is the reference, the old Redis the side repaired).
+
+    rounds      full compare cache -> old; copy every key that differs to the old Redis; delete on the old
+                Redis the keys the cache no longer has, but only those sync put on the cache (they existed at
+                the flip or a forwarded write created them: the baseline says so). A key the old side created
+                on its own after the flip is a conflict: reported, never deleted. Repeat until a round finds
+                fewer than --threshold differences (the apps still write to the cache meanwhile).
+    flip back   cutover.py's rollback, unchanged (record, put, label, read back, redeploy).
+    stragglers  one more round, for the writes late tasks made on the cache before they were replaced.
+    final       a last compare: exit 0 only when nothing but the reported conflicts differs.
+
+Refused while a sync still runs on the run dir: it would write the old side's changes into the cache meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..errors import BadInput, GateRefused
+from ..keynames import readable
+from ..net.endpoints import Topology
+from ..rundir import RunDir
+from ..sync.baseline import Baseline
+from ..sync.forward import baseline_from_target
+from ..sync.protocol import ConflictLog
+from ..verify.compare import Difference
+from ..verify.readers import SideReader
+from ..verify.stage import SourceReference, VerifyOptions, delete_keys, full_pass, repair, settle
+
+DEFAULT_THRESHOLD = 100
+MAX_ROUNDS = 10
+BACK = "baseline-back"  # sync/baseline-back.sqlite: the old Redis's state at the flip back
+COMPARE = VerifyOptions(ttl_tolerance_ms=2000, rounds=3, round_interval=0.2, repair=True)
+
+
+@dataclass
+class CopyBack:
+    """The old Redis (repaired), the cache (the reference), the run dir's baseline, the conflicts so far."""
+
+    old: Topology
+    cache: Topology
+    run_dir: RunDir
+    dry_run: bool = False
+    conflicts: set[bytes] = field(default_factory=set)
+    kept: set[bytes] = field(default_factory=set)  # written on the old Redis after the flip back: newer, kept
+
+    def compare(self) -> list[Difference]:
+        """Every key that differs between the cache and the old Redis, settled over a few re-reads."""
+        reference, old_reader = SourceReference(self.cache, 0), SideReader(self.old)
+        try:
+            first = full_pass(self.cache, self.old, 0, COMPARE, None)
+            return settle(reference, old_reader, first.candidates, COMPARE).differences
+        finally:
+            reference.close()
+            old_reader.close()
+
+    def round(self) -> dict:
+        """One round: compare, then copy what differs and delete what sync put there and the cache dropped."""
+        differences = self.compare()
+        extra = [d.key for d in differences if d.kind == "extra"]
+        with Baseline(self.run_dir) as baseline:
+            ours = baseline.put_by_sync(extra)
+        new_conflicts = [key for key in extra if key not in ours and key not in self.conflicts]
+        self._report(new_conflicts)
+        to_copy = [d for d in differences if d.kind != "extra"]
+        copied = deleted = 0
+        if not self.dry_run:
+            if to_copy:
+                copied = self._copy(to_copy)
+            deleted = delete_keys(self.old, [key for key in extra if key in ours]) if ours else 0
+        found = len([d for d in differences if d.key not in self.conflicts])
+        return {"found": found, "copied": copied, "deleted": deleted, "new_conflicts": len(new_conflicts)}
+
+    def _copy(self, differences: list[Difference]) -> int:
+        reference = SourceReference(self.cache, 0)
+        try:
+            return repair(reference, self.old, differences, COMPARE)["recopied"]
+        finally:
+            reference.close()
+
+    def _report(self, keys: list[bytes]) -> None:
+        log = ConflictLog(self.run_dir)
+        for key in keys:
+            self.conflicts.add(key)
+            if not self.dry_run:
+                log.add(key, "bring-back: created on the old Redis after the flip, absent on the cache; kept there")
+
+    def stragglers(self) -> dict:
+        """After the flip back: new tasks write to the old Redis, late ones still to the cache. Each key that
+        differs is copied by compare-and-set against the old Redis's state at the flip back (BACK baseline): a key
+        a new task already wrote on the old Redis is theirs (a conflict, kept), never overwritten."""
+        from ..datapath.reader import DumpOptions, read_records
+        from ..net.endpoints import probe_rdb_version
+        from ..sync.forward import APPLIED, CONFLICT, DELETED, Forwarder, forward_records
+        differences = self.compare()
+        extra = [d.key for d in differences if d.kind == "extra"]
+        with Baseline(self.run_dir) as baseline:
+            ours = baseline.put_by_sync(extra)
+        self._report([key for key in extra if key not in ours and key not in self.conflicts])
+        keys = [d.key for d in differences if d.kind != "extra"]
+        records, _ = read_records(self.cache, keys, DumpOptions(target_rdb=probe_rdb_version(self.old))) \
+            if keys else ([], None)
+        read = {record.key for record in records}
+        gone = [key for key in keys if key not in read] + [key for key in extra if key in ours]
+        forwarder = Forwarder(self.run_dir, self.old, Baseline(self.run_dir, BACK))
+        forwarder.log_conflicts = False
+        try:
+            outcomes = forward_records(forwarder, records, gone) if records or gone else {}
+        finally:
+            forwarder.close()
+            forwarder.baseline.close()
+        self.kept.update(key for key, outcome in outcomes.items() if outcome == CONFLICT)
+        values = list(outcomes.values())
+        return {"found": len([d for d in differences if d.key not in self.conflicts | self.kept]),
+                "copied": values.count(APPLIED), "deleted": values.count(DELETED),
+                "kept_newer_on_old": values.count(CONFLICT)}
+
+    def final(self) -> list[Difference]:
+        """The last compare: the differences other than the reported conflicts and the keys newer on the old Redis."""
+        return [d for d in self.compare() if d.key not in self.conflicts | self.kept]
+
+
+def copy_back_rounds(copier: CopyBack, threshold: int, max_rounds: int = MAX_ROUNDS) -> list[dict]:
+    """Rounds until one finds fewer than `threshold` differences, or no fewer than nine tenths of the round before
+    (steady: the apps change that many keys per round, more rounds cannot shrink it; the straggler round after
+    the flip back takes the rest); refused (SSM untouched) if neither happens within `max_rounds`."""
+    rounds: list[dict] = []
+    for _ in range(max_rounds):
+        started = time.monotonic()
+        found = copier.round()
+        steady = bool(rounds) and found["found"] >= 0.9 * rounds[-1]["found"]
+        rounds.append({**found, "seconds": round(time.monotonic() - started, 2),
+                       **({"steady": True} if steady and found["found"] >= threshold else {})})
+        if found["found"] < threshold or steady or copier.dry_run:
+            return rounds
+    raise GateRefused(f"bring-back: {max_rounds} rounds each found {threshold} or more differences (the last "
+                      f"{rounds[-1]['found']}) and still shrinking: the copy-back is slower than it should be; "
+                      "SSM untouched",
+                      "rerun with a higher --threshold (more is then left for the rounds after the flip back), or "
+                      "when the apps write less")
+
+
+def refuse_running_sync(run_dir: RunDir) -> None:
+    """sync would go on writing the old side's changes into the cache while they are copied back."""
+    from .live_cutover import running_sync
+    sync = running_sync(run_dir)
+    if sync is not None:
+        raise BadInput(f"a sync (pid {sync.pid}) is still running on {run_dir.path}",
+                       f"stop it first: kill -TERM {sync.pid} (it applies what it heard and exits 0), then rerun "
+                       "rollback --bring-back")
+
+
+def check_old(old: Topology) -> None:
+    if old.endpoint.db != 0:
+        raise BadInput(f"--source {old.endpoint.redacted} names db {old.endpoint.db}: bring-back writes db 0 only",
+                       "migrate and bring back db 0 (the only database ElastiCache Serverless has)")
+
+
+def bring_back(env: str, *, run_dir: RunDir, old: Topology, cache: Topology, threshold: int = DEFAULT_THRESHOLD,
+               prefix: str, force: bool = False, redeploy: tuple[str, ...] = (), dry_run: bool = False,
+               clients=None) -> dict:
+    """Copy back in rounds, flip SSM back (cutover.py's rollback), copy back the stragglers, compare once more."""
+    from .cutover import rollback
+    started = time.monotonic()
+    check_old(old)
+    copier = CopyBack(old, cache, run_dir, dry_run=dry_run)
+    rounds = copy_back_rounds(copier, threshold)
+    if not dry_run:  # the old Redis as the apps find it at the flip back: what the straggler round compares with
+        baseline_from_target(run_dir, old, BACK, fresh=True)
+    result = rollback(env, run_dir=run_dir, prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run,
+                      clients=clients)
+    stragglers = None if dry_run or result["refused"] else copier.stragglers()
+    final = [] if stragglers is not None and stragglers["found"] == 0 else copier.final()  # that round compared
+    result["bring_back"] = {
+        "rounds": rounds, "stragglers": stragglers,
+        "brought_back": sum(r["copied"] + r["deleted"] for r in [*rounds, *([stragglers] if stragglers else [])]),
+        "conflicts": len(copier.conflicts),
+        "conflict_keys": [readable(key) for key in sorted(copier.conflicts)[:20]],
+        "kept_newer_on_old": len(copier.kept),
+        "final_differences": len(final), "seconds": round(time.monotonic() - started, 2),
+    }
+    return result

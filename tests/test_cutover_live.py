@@ -1,0 +1,397 @@
+"""Cutover on a running sync, with apps that pick their Redis from SSM at start (tests/ssm_app.py), against
+real servers and moto's SSM: the fenced flip loses no acknowledged write, old tasks' writes are forwarded,
+a write an app made on the cache is never overwritten, rollback --bring-back brings the cache's writes back.
+
+Sync here is the real `redis-migrate sync`; with REDIS_MIGRATE_TEST_STANDIN_SYNC=1, tests/standin_sync.py (a
+minimal follower of the same run-dir protocol, see its docstring), which these tests used before sync was merged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import testbed
+from aws_helpers import own_client
+from conftest import SOURCE_PASSWORD
+from migrate.rundir import RunDir
+from migrate.sync.protocol import SyncLedger
+from reliability import ROOT, child_env, popen, spawn
+from snapshot import assert_same, snapshot
+
+ENV = "test"
+PREFIX = f"/storefront/{ENV}/redis"
+ROLLOUT_S = 10
+HERE = Path(__file__).resolve().parent
+
+
+def sync_command(source_url: str, target_url: str, run_dir: Path) -> list[str]:
+    if os.environ.get("REDIS_MIGRATE_TEST_STANDIN_SYNC") == "1":
+        return [sys.executable, str(HERE / "standin_sync.py"), "--source", source_url, "--target", target_url,
+                "--run-dir", str(run_dir)]
+    return [sys.executable, "-m", "migrate.cli", "sync", "--source", source_url, "--target", target_url, "--run-dir",
+            str(run_dir), "--enable-notifications"]
+
+
+@pytest.fixture
+def ssm(aws, standalone_source):
+    client = own_client("ssm")
+    client.put_parameter(Name=f"{PREFIX}/endpoint", Value="127.0.0.1", Type="String")
+    client.put_parameter(Name=f"{PREFIX}/port", Value=str(standalone_source.port), Type="String")
+    return client
+
+
+def ssm_values(ssm) -> tuple[str, str]:
+    return tuple(ssm.get_parameter(Name=f"{PREFIX}/{key}")["Parameter"]["Value"] for key in ("endpoint", "port"))
+
+
+class Bed:
+    """The old Redis, the cache, a run dir, the processes started (stopped at the end)."""
+
+    def __init__(self, source, target, run_dir: Path, tmp: Path) -> None:
+        self.source, self.target, self.run_dir, self.tmp = source, target, run_dir, tmp
+        self.processes: list[subprocess.Popen] = []
+        RunDir(run_dir, create=True)
+
+    def urls(self) -> list[str]:
+        return [f"127.0.0.1:{self.source.port}={self.source.url()}",
+                f"127.0.0.1:{self.target.first.port}={self.target.url()}"]
+
+    def start_sync(self) -> subprocess.Popen:
+        process = subprocess.Popen(sync_command(self.source.url(), self.target.url(), self.run_dir), cwd=ROOT,
+                                   env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.processes.append(process)
+        self.wait(lambda: self.sync().found and self.sync().state == "following" and self.sync().running(),
+                  what="sync following", process=process)
+        return process
+
+    def sync(self) -> SyncLedger:
+        return SyncLedger.load(RunDir(self.run_dir))
+
+    def start_app(self, name: str, *extra) -> tuple[subprocess.Popen, Path]:
+        log = self.tmp / f"{name}.jsonl"
+        args = [sys.executable, str(HERE / "ssm_app.py"), "--name", name, "--param-prefix", PREFIX, "--log", str(log)]
+        for url in self.urls():
+            args += ["--url", url]
+        process = subprocess.Popen([*args, *map(str, extra)], cwd=ROOT, env=child_env(), stderr=subprocess.PIPE,
+                                   text=True)
+        self.processes.append(process)
+        self.wait(lambda: log.exists() and len(log.read_text().splitlines()) > 20, what=f"{name} writing",
+                  process=process)
+        return process, log
+
+    def wait(self, condition, what: str, timeout: float = 30, process: subprocess.Popen | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if process is not None and process.poll() is not None:
+                raise AssertionError(f"{what}: the process exited {process.returncode}: "
+                                     f"{(process.stdout or process.stderr).read()[-3000:]}")
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    def idle(self) -> None:
+        """Sync has applied everything it heard."""
+        self.wait(lambda: self.sync().pending == 0 and self.sync().lag_ms == 0, what="sync idle")
+        time.sleep(0.5)
+        self.wait(lambda: self.sync().pending == 0, what="sync idle")
+
+    def stop(self, process: subprocess.Popen, timeout: float = 30) -> int:
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout)
+
+    def cutover(self, *extra, env: dict | None = None):
+        return spawn("cutover", "--env", ENV, "--target", self.target.url(), "--run-dir", self.run_dir,
+                     "--source", self.source.url(), "--json", *extra, env=env, timeout=120)
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+@pytest.fixture
+def bed(ssm, standalone_source, serverless_target, run_dir, tmp_path):
+    source = standalone_source.client()
+    for index in range(2000):
+        source.set(f"seed:{index}", "x" * (index % 50), ex=3600 if index % 3 else None)
+    source.hset("cart:1", mapping={"a": "1", "b": "2"})
+    source.close()  # an open connection of the test would count as an old-side client
+    bed = Bed(standalone_source, serverless_target, run_dir, tmp_path)
+    yield bed
+    bed.close()
+
+
+def acknowledged(log: Path) -> tuple[dict[str, str], dict]:
+    """Every acknowledged write of an app (the last value per key) and its summary."""
+    writes, summary = {}, {}
+    for line in log.read_text().splitlines():
+        item = json.loads(line)
+        if isinstance(item, list):
+            writes[item[0]] = item[1]
+        else:
+            summary.update(item)
+    return writes, summary
+
+
+def missing_on(client, writes: dict[str, str]) -> dict[str, tuple]:
+    keys = list(writes)
+    found = {}
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start:start + 1000]
+        pipe = client.pipeline(transaction=False)
+        for key in chunk:
+            pipe.get(key)
+        found.update(zip(chunk, pipe.execute()))
+    return {k: (v, found[k]) for k, v in writes.items() if (found[k] or b"").decode() != v}
+
+
+def conflicts(run_dir: Path) -> list[str]:
+    path = run_dir / "conflicts.jsonl"
+    return [json.loads(line)["key"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# --- the fenced flip ------------------------------------------------------------------------------------------
+
+def test_flip_with_stragglers_loses_no_acknowledged_write(bed, ssm):
+    sync = bed.start_sync()
+    app1, log1 = bed.start_app("app1", "--rate", 500)
+    out = bed.cutover()
+    assert out.exit_code == 0, str(out)
+    result = json.loads(out.stdout)
+    assert ssm_values(ssm) == ("127.0.0.1", str(bed.target.first.port))
+    live = result["live"]
+    assert live["drain"]["differences"] == 0 and live["fence_ms"] is not None
+    app2, log2 = bed.start_app("app2", "--rate", 500)   # a new task: reads SSM, lands on the cache
+    old = bed.source.client()
+    old.set("seed:1", "changed by an old task after the flip")   # a key of the bulk copy: forwarded, no conflict
+    old.close()
+    time.sleep(ROLLOUT_S)                               # the rollout: app1 still writes to the old Redis
+    assert bed.stop(app1) == 0
+    bed.idle()
+    assert bed.stop(sync) == 0
+    assert bed.stop(app2) == 0
+    cache = bed.target.first.client()
+    writes1, summary1 = acknowledged(log1)
+    writes2, summary2 = acknowledged(log2)
+    assert summary1["endpoint"].endswith(str(bed.source.port)) and summary2["endpoint"].endswith(
+        str(bed.target.first.port))
+    assert missing_on(cache, writes1) == {} and missing_on(cache, writes2) == {}
+    assert cache.get("seed:1") == b"changed by an old task after the flip"
+    assert summary1["longest_stall_ms"] <= 2500
+    ledger = bed.sync()
+    assert ledger.forwarded > 0 and conflicts(bed.run_dir) == []
+    status = json.loads(spawn("status", "--run-dir", bed.run_dir, "--json",
+                              env={"REDIS_MIGRATE_SOURCE_PASSWORD": SOURCE_PASSWORD}).stdout)
+    print(f"\nfence {live['fence_ms']} ms, drain {live['drain_ms']} ms, app1 longest stall "
+          f"{summary1['longest_stall_ms']} ms, app1 writes {summary1['writes']}, app2 writes {summary2['writes']}, "
+          f"forwarded {ledger.forwarded}, conflicts 0, lost 0; status {status.get('live')}")
+    assert status["live"]["phase"] in ("forwarding", "stopped") and status["live"]["fence_ms"] == live["fence_ms"]
+    assert status["live"]["old_side_clients"] == 0 and status["live"]["forwarded"] == ledger.forwarded
+
+
+def test_overlapping_writes_are_conflicts_and_the_cache_wins(bed, ssm):
+    sync = bed.start_sync()
+    app1, log1 = bed.start_app("app1", "--rate", 500, "--shared", 50)
+    assert bed.cutover().exit_code == 0
+    app2, log2 = bed.start_app("app2", "--changes", 50, "--shared", 50)  # writes shared:0..49 once, on the cache
+    assert app2.wait(30) == 0
+    time.sleep(3)                                                       # app1 overwrites them on the old side
+    assert bed.stop(app1) == 0
+    bed.idle()
+    assert bed.stop(sync) == 0
+    cache = bed.target.first.client()
+    writes1, _ = acknowledged(log1)
+    writes2, _ = acknowledged(log2)
+    shared2 = {k: v for k, v in writes2.items() if k.startswith("shared:")}
+    assert len(shared2) == 50
+    assert missing_on(cache, shared2) == {}           # no write made on the cache is overwritten
+    assert missing_on(cache, {k: v for k, v in writes1.items() if not k.startswith("shared:")}) == {}
+    named = set(conflicts(bed.run_dir))
+    assert named == set(shared2), sorted(set(shared2) ^ named)[:10]
+    assert bed.sync().conflicts == len(named)
+
+
+def test_a_source_that_refuses_client_pause_needs_no_fence(ssm, aws, serverless_target, run_dir, tmp_path, bed_dir):
+    """ElastiCache refuses CLIENT PAUSE but allows CLIENT SETNAME (which sync uses), so renaming CLIENT away as a
+    whole would refuse too much: the server denies the two subcommands through its ACL instead."""
+    port = testbed.free_port()
+    server = testbed.RedisServer(port, bed_dir / f"no-pause-{port}",
+                                 testbed.server_args(port, password=SOURCE_PASSWORD), password=SOURCE_PASSWORD).start()
+    try:
+        admin = server.client()
+        admin.execute_command("ACL", "SETUSER", "default", "-client|pause", "-client|unpause")
+        admin.set("k", "v")
+        admin.close()
+        ssm.put_parameter(Name=f"{PREFIX}/port", Value=str(port), Overwrite=True)
+        before = ssm_values(ssm)
+        bed = Bed(server, serverless_target, run_dir, tmp_path)
+        try:
+            sync = bed.start_sync()
+            refused = bed.cutover()
+            assert refused.exit_code == 2, str(refused)
+            assert "CLIENT PAUSE" in refused.stderr and "--no-fence" in refused.stderr and "hint:" in refused.stderr
+            assert ssm_values(ssm) == before
+            app1, log1 = bed.start_app("app1", "--rate", 300)
+            done = bed.cutover("--no-fence")
+            assert done.exit_code == 0, str(done)
+            live = json.loads(done.stdout)["live"]
+            assert live["no_fence"] and live["race_window_ms"] >= 0
+            assert ssm_values(ssm) == ("127.0.0.1", str(serverless_target.first.port))
+            time.sleep(1)
+            assert bed.stop(app1) == 0
+            bed.idle()
+            assert bed.stop(sync) == 0
+            writes1, _ = acknowledged(log1)
+            assert missing_on(serverless_target.first.client(), writes1) == {}
+            print(f"\n--no-fence race window {live['race_window_ms']} ms")
+        finally:
+            bed.close()
+    finally:
+        server.stop()
+
+
+def test_kill_9_between_fence_and_flip(bed, ssm):
+    sync = bed.start_sync()
+    before = ssm_values(ssm)
+    os.kill(sync.pid, signal.SIGSTOP)       # the drain is never answered: cutover waits inside the fence
+    try:
+        cutover = popen("cutover", "--env", ENV, "--target", bed.target.url(), "--run-dir", bed.run_dir, "--source",
+                        bed.source.url(), "--fence-ms", 3000, "--max-lag-ms", 60_000)
+        bed.processes.append(cutover)
+        live = bed.run_dir / "live-cutover.json"
+        bed.wait(lambda: live.exists() and json.loads(live.read_text()).get("phase") == "fenced", what="the fence")
+        fenced_at = json.loads(live.read_text())["fence_started_at"]
+        cutover.kill()
+        cutover.wait(10)
+    finally:
+        os.kill(sync.pid, signal.SIGCONT)
+    source = bed.source.client()
+    source.set("after:kill", "1")           # blocks until the pause lifts itself
+    waited = time.time() - fenced_at
+    assert 2.5 <= waited <= 6, waited
+    assert ssm_values(ssm) == before
+    assert not (bed.run_dir / "flip.json").exists()
+    bed.wait(lambda: bed.sync().running() and bed.target.first.client().get("after:kill") == b"1",
+             what="sync still following")
+    assert bed.stop(sync) == 0
+
+
+# --- rollback --bring-back --------------------------------------------------------------------------------------
+
+def test_rollback_after_writes_brings_them_back(bed, ssm):
+    sync = bed.start_sync()
+    app1, _ = bed.start_app("app1", "--rate", 300)
+    assert bed.cutover().exit_code == 0
+    back = ["rollback", "--env", ENV, "--run-dir", bed.run_dir, "--bring-back", "--source", bed.source.url(),
+            "--target", bed.target.url(), "--json"]
+    refused = spawn(*back)
+    assert refused.exit_code == 2 and "kill -TERM" in refused.stderr, str(refused)
+    assert bed.stop(app1) == 0
+    bed.idle()
+    assert bed.stop(sync) == 0
+    app2, log2 = bed.start_app("app2", "--changes", 5000, "--rate", 5000)   # 5,000 changes on the cache
+    assert app2.wait(60) == 0
+    cache, old = bed.target.first.client(), bed.source.client()
+    for index in range(0, 300, 3):
+        cache.delete(f"seed:{index}")                     # existed at the flip: deleted on the old Redis too
+    cache.hset("cart:1", "c", "3")
+    old.set("old:only", "created on the old side after sync stopped")   # a conflict: kept, reported
+    dry = spawn(*back[:-1], "--dry-run")
+    assert dry.exit_code == 0 and "would go ahead" in dry.stdout and "round 1: 5" in dry.stdout, str(dry)
+    assert ssm_values(ssm) == ("127.0.0.1", str(bed.target.first.port)) and old.exists("app2:1") == 0
+    started = time.monotonic()
+    out = spawn(*back)
+    took = time.monotonic() - started
+    assert out.exit_code == 0, str(out)
+    result = json.loads(out.stdout)["bring_back"]
+    assert ssm_values(ssm) == ("127.0.0.1", str(bed.source.port))
+    assert result["conflicts"] == 1 and result["conflict_keys"] == ["old:only"] and result["final_differences"] == 0
+    assert old.get("old:only") is not None
+    old_side = {k: v for k, v in snapshot(bed.source).items() if k != b"old:only"}
+    assert_same(snapshot(bed.target), old_side, ttl_tolerance_ms=0)
+    writes2, _ = acknowledged(log2)
+    assert missing_on(old, writes2) == {}
+    started = time.monotonic()
+    verify = spawn("verify", "--source", bed.source.url(), "--target", bed.target.url(), "--json")
+    verify_took = time.monotonic() - started
+    print(f"\nbring-back {took:.1f}s wall ({result['seconds']}s inside, rounds {result['rounds']}, stragglers "
+          f"{result['stragglers']}), brought back {result['brought_back']}; a full verify {verify_took:.1f}s "
+          f"(exit {verify.exit_code})")
+
+
+def test_dry_run_lists_every_step_and_pauses_nothing(bed, ssm):
+    sync = bed.start_sync()
+    before = ssm_values(ssm)
+    out = spawn("cutover", "--env", ENV, "--target", bed.target.url(), "--run-dir", bed.run_dir, "--source",
+                bed.source.url(), "--fence-ms", 5000, "--dry-run")
+    assert out.exit_code == 0, str(out)
+    steps = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("would")]
+    order = ["baseline", "CLIENT PAUSE 5000 WRITE", "drain", "put /storefront", "flip.json", "CLIENT UNPAUSE"]
+    positions = [next(i for i, step in enumerate(steps) if word in step) for word in order]
+    assert positions == sorted(positions), steps
+    assert "sync following" in out.stdout and "would go ahead" in out.stdout
+    started = time.monotonic()
+    bed.source.client().set("written:during:dry:run", "1")   # nothing was paused
+    assert time.monotonic() - started < 1
+    assert ssm_values(ssm) == before and not (bed.run_dir / "flip.json").exists()
+    assert bed.stop(sync) == 0
+
+
+def test_a_drain_that_fails_lifts_the_fence_at_once_and_flips_nothing(bed, ssm):
+    sync = bed.start_sync()
+    before = ssm_values(ssm)
+    os.kill(sync.pid, signal.SIGSTOP)       # the drain is never answered
+    try:
+        started = time.monotonic()
+        out = bed.cutover("--fence-ms", 10_000, "--max-lag-ms", 60_000)
+        took = time.monotonic() - started
+    finally:
+        os.kill(sync.pid, signal.SIGCONT)
+    assert out.exit_code == 1 and "did not answer the drain" in out.stderr and "hint:" in out.stderr, str(out)
+    unpaused = time.monotonic()
+    bed.source.client().set("after:abort", "1")
+    assert time.monotonic() - unpaused < 1 and took < 9     # lifted at once, not when the 10 s pause expires
+    assert ssm_values(ssm) == before and not (bed.run_dir / "flip.json").exists()
+    record = json.loads((bed.run_dir / "cutover.json").read_text())
+    assert record["state"] == "cutover-failed"
+    assert bed.stop(sync) == 0
+
+
+def test_stragglers_never_overwrite_what_new_tasks_wrote_on_the_old_redis(standalone_source, serverless_target,
+                                                                        run_dir):
+    """After the flip back, new tasks write to the old Redis while late ones still write to the cache: the
+    straggler round copies the late writes by compare-and-set against the old Redis's state at the flip back."""
+    from migrate.cloud.bring_back import BACK, CopyBack
+    from migrate.net.endpoints import Endpoint, discover
+    from migrate.sync.baseline import Baseline
+    from migrate.sync.forward import baseline_from_target
+    rd = RunDir(run_dir, create=True)
+    old, cache = standalone_source.client(), serverless_target.first.client()
+    for side in (old, cache):
+        for name in ("new-task", "late-task", "both", "untouched", "gone-on-cache"):
+            side.set(f"k:{name}", "at the flip back")
+    Baseline(rd).record([(b"k:gone-on-cache", b"x" * 28)])          # sync had put it on the cache
+    old_topology = discover(Endpoint.from_url("source", standalone_source.url()))
+    cache_topology = discover(Endpoint.from_url("target", serverless_target.url()))
+    baseline_from_target(rd, old_topology, BACK, fresh=True)        # the flip back
+    old.set("k:new-task", "new task on the old Redis")
+    cache.set("k:late-task", "late task on the cache")
+    cache.set("k:both", "late task on the cache")
+    old.set("k:both", "new task on the old Redis")
+    cache.delete("k:gone-on-cache")
+    copier = CopyBack(old_topology, cache_topology, rd)
+    found = copier.stragglers()
+    assert old.get("k:new-task") == b"new task on the old Redis"
+    assert old.get("k:late-task") == b"late task on the cache"
+    assert old.get("k:both") == b"new task on the old Redis"
+    assert old.get("k:untouched") == b"at the flip back" and old.exists("k:gone-on-cache") == 0
+    assert found["copied"] == 1 and found["deleted"] == 1 and found["kept_newer_on_old"] == 2 and found["found"] == 2
+    assert copier.final() == []
