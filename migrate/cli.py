@@ -208,6 +208,17 @@ def replay_options(func):
     return func
 
 
+def slots_option(func):
+    return click.option("--slots", metavar="A-B[,C-D]", default=None,
+                        help="Only keys in these hash slots (0-16383): split a big source across several machines, "
+                             "each with its own --run-dir; cutover takes all their run dirs.")(func)
+
+
+def workers_option(func):
+    return click.option("--workers", type=click.IntRange(1), default=None, metavar="N",
+                        help="Source masters read at once, one process each [default: the number of cores].")(func)
+
+
 def skip_unsupported_option(func):
     return click.option("--skip-unsupported", is_flag=True,
                         help="Exit 0 even when keys the target cannot take (key names over 4 KiB, module types) "
@@ -223,13 +234,15 @@ def _finish(outcome: commands.Outcome, as_json: bool, render: Callable[[dict], s
         sys.exit(outcome.exit_code)
 
 
-def _selection(db, match, types, scan_count, max_payload, batch_bytes) -> commands.Selection:
+def _selection(db, match, types, scan_count, max_payload, batch_bytes, slots=None, workers=None
+               ) -> commands.Selection:
     return commands.Selection(db=db, match=match, types=tuple(types), scan_count=scan_count, max_payload=max_payload,
-                              batch_bytes=batch_bytes)
+                              batch_bytes=batch_bytes, slots=slots, workers=workers)
 
 
-def _replay_options(mode, max_ops_per_sec, allow_nonempty_target) -> ReplayOptions:
-    return ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec, allow_nonempty_target=allow_nonempty_target)
+def _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers=None) -> ReplayOptions:
+    return ReplayOptions(mode=mode, max_ops_per_sec=max_ops_per_sec, allow_nonempty_target=allow_nonempty_target,
+                         workers=workers)
 
 
 @cli.command()
@@ -242,12 +255,15 @@ def _replay_options(mode, max_ops_per_sec, allow_nonempty_target) -> ReplayOptio
 @skip_unsupported_option
 @tls_insecure_option
 @iam_options("source")
+@slots_option
+@workers_option
 @json_option
 @handle_errors
 def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, mode, ignore_other_dbs,
-         allow_empty_source, skip_unsupported, tls_insecure, source_iam, as_json):
+         allow_empty_source, skip_unsupported, tls_insecure, source_iam, slots, workers, as_json):
     """Scan every source master and write keys with absolute expiries to durable segments."""
-    outcome = commands.dump(source_url, run_dir, _selection(db, match, types, scan_count, max_payload, batch_bytes),
+    outcome = commands.dump(source_url, run_dir,
+                            _selection(db, match, types, scan_count, max_payload, batch_bytes, slots, workers),
                             mode=mode, checks=_source_checks(ignore_other_dbs, allow_empty_source),
                             skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
                             source_iam=source_iam)
@@ -261,14 +277,17 @@ def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_b
 @skip_unsupported_option
 @tls_insecure_option
 @iam_options("target")
+@slots_option
+@workers_option
 @json_option
 @handle_errors
 def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, skip_unsupported, tls_insecure,
-           target_iam, as_json):
+           target_iam, slots, workers, as_json):
     """Write the dump into the target, pipelined per target master; resumes where it stopped."""
-    outcome = commands.replay(target_url, run_dir, _replay_options(mode, max_ops_per_sec, allow_nonempty_target),
+    outcome = commands.replay(target_url, run_dir,
+                              _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers),
                               skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
-                              target_iam=target_iam)
+                              target_iam=target_iam, slots=slots)
     _finish(outcome, as_json)
 
 
@@ -284,18 +303,20 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, sk
 @skip_unsupported_option
 @tls_insecure_option
 @iam_options("source", "target")
+@slots_option
+@workers_option
 @json_option
 @handle_errors
 def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, mode,
         max_ops_per_sec, allow_nonempty_target, redo, ignore_other_dbs, allow_empty_source, skip_unsupported,
-        tls_insecure, source_iam, target_iam, as_json):
+        tls_insecure, source_iam, target_iam, slots, workers, as_json):
     """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume.
 
     Stages the run dir records as done are skipped; --redo STAGE does one again.
     """
     outcome = commands.run(source_url, target_url, run_dir,
-                           _selection(db, match, types, scan_count, max_payload, batch_bytes),
-                           _replay_options(mode, max_ops_per_sec, allow_nonempty_target), redo=redo,
+                           _selection(db, match, types, scan_count, max_payload, batch_bytes, slots, workers),
+                           _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers), redo=redo,
                            checks=_source_checks(ignore_other_dbs, allow_empty_source),
                            skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
                            source_iam=source_iam, target_iam=target_iam)
@@ -378,16 +399,18 @@ def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db,
 @click.option("--db", type=click.IntRange(0), default=None, help="Source database (default: the URL's, else 0).")
 @tls_insecure_option
 @iam_options("source", "target")
+@slots_option
+@workers_option
 @json_option
 @handle_errors
 def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance, rounds, report, repair,
-           delete_extra, db, tls_insecure, source_iam, target_iam, as_json):
+           delete_extra, db, tls_insecure, source_iam, target_iam, slots, workers, as_json):
     """Prove the target holds what the source (or the dump) holds. Exit 0 equal, 1 differences, 2 bad input."""
     options = VerifyOptions(sample=sample, ttl_tolerance_ms=ttl_tolerance, rounds=rounds,
                             report=Path(report) if report else None, repair=repair, delete_extra=delete_extra,
-                            against_dump=against_dump, db=db)
+                            against_dump=against_dump, db=db, workers=workers)
     outcome = commands.verify(target_url, options, source_url=source_url, run_dir=run_dir, tls_insecure=tls_insecure,
-                              events=TERMINAL, source_iam=source_iam, target_iam=target_iam)
+                              events=TERMINAL, source_iam=source_iam, target_iam=target_iam, slots=slots)
     _finish(outcome, as_json, render_verify)
 
 
@@ -417,7 +440,9 @@ def switch_options(func):
                         help="Force a new ECS deployment afterwards, so the apps re-read SSM. Repeatable.")(func)
     func = click.option("--force", is_flag=True, help="Go ahead although a safety check failed.")(func)
     func = param_prefix_option(func)
-    func = run_dir_option(required=False)(func)
+    func = click.option("--run-dir", type=click.Path(file_okay=False), multiple=True,
+                        help="Run directory whose verify gates the switch and which records it. Repeat it for a copy "
+                             "split by --slots: together they must cover slots 0-16383 exactly once.")(func)
     return env_option(json_option(func))
 
 

@@ -23,6 +23,7 @@ from .errors import BadInput, DifferencesFound, GateRefused, MigrateError, Runti
 from .events import SILENT, Events, Warn
 from .net.endpoints import Endpoint, Topology, discover, no_such_database, probe_rdb_version, translated_errors
 from .net.iam import IamCache
+from .net.keyspace import SlotRanges
 from .pipeline import dump_stage, judge_skipped, redo_stages, replay_stage, run_stages
 from .pipeline import status as run_status
 from .rundir import PlanLedger, RunDir, RunLedger
@@ -162,13 +163,32 @@ class Selection:
     scan_count: int = 1000
     max_payload: int = DEFAULT_MAX_PAYLOAD
     batch_bytes: int = DEFAULT_BATCH_BYTES
+    slots: str | None = None           # --slots A-B[,C-D]: only keys in these hash slots
+    workers: int | None = None         # --workers N: masters dumped at once (None: the number of cores)
 
     def dump_options(self, source: Endpoint, mode: str = "auto", target_rdb: int | None = None) -> DumpOptions:
         if self.match is not None and (not self.match or "\0" in self.match):
             raise BadInput(f"--match {self.match!r} is not a usable SCAN pattern", "give a glob such as 'session:*'")
         return DumpOptions(db=source.db if self.db is None else self.db, match=self.match, types=tuple(self.types),
                            scan_count=self.scan_count, max_payload=self.max_payload, batch_bytes=self.batch_bytes,
-                           struct_all=mode == "struct", target_rdb=target_rdb)
+                           struct_all=mode == "struct", target_rdb=target_rdb, slots=slot_ranges(self.slots),
+                           workers=self.workers)
+
+
+def slot_ranges(text: str | None) -> SlotRanges | None:
+    """--slots as SlotRanges; None without it (all slots)."""
+    if text is None:
+        return None
+    try:
+        return SlotRanges.parse(text)
+    except ValueError as exc:
+        raise BadInput(f"--slots {text!r}: {exc}", "give hash slot ranges A-B[,C-D] within 0-16383, "
+                                                   "e.g. --slots 0-8191") from None
+
+
+def bind_slots(directory: RunDir, slots: SlotRanges | None) -> None:
+    """A run dir copies one slot range (run.json); a rerun with other --slots is refused (exit 2)."""
+    RunLedger.load(directory).bind_slots(None if slots is None else str(slots))
 
 
 def _copy(directory: RunDir, work: Callable[[], dict], skip_unsupported: bool) -> Outcome:
@@ -189,18 +209,24 @@ def dump(source_url: str, run_dir: str, selection: Selection, *, mode: str = "au
     def work() -> dict:
         topology = open_source(source, options.db)
         admit_source(directory, topology, None, options.db, checks, events.warn)
+        bind_slots(directory, options.slots)
         return dump_stage(directory, topology, options, events.progress)
 
     return _copy(directory, work, skip_unsupported)
 
 
 def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupported: bool = False,
-           tls_insecure: bool = False, events: Events = SILENT, target_iam: IamCache | None = None) -> Outcome:
+           tls_insecure: bool = False, events: Events = SILENT, target_iam: IamCache | None = None,
+           slots: str | None = None) -> Outcome:
+    """Replay the run dir's dump; --slots, if given, must be the run dir's own (its dump holds only those)."""
     target = _endpoint("target", target_url, tls_insecure, events.warn, target_iam)
     directory = RunDir(run_dir)
+    wanted = slot_ranges(slots)
 
     def work() -> dict:
         topology = open_target(target)
+        if wanted is not None:
+            bind_slots(directory, wanted)
         bind_endpoints(directory, None, target)
         return replay_stage(directory, topology, options, events.progress, warn=events.warn)
 
@@ -218,12 +244,16 @@ def run(source_url: str, target_url: str, run_dir: str, selection: Selection, op
     target_topology = open_target(target)
     target_rdb = probe_rdb_version(target_topology) if options.mode == "auto" else None
     dump_options = selection.dump_options(source, options.mode, target_rdb)
+    if dump_options.slots is not None and (dump_options.match or dump_options.types):
+        raise BadInput("--slots cannot be combined with --match or --type in `run`",
+                       "split by --slots, or select by --match/--type, not both")
     directory = RunDir(run_dir, create=True)
 
     def work() -> dict:
         source_topology = open_source(source, dump_options.db)
         admit_source(directory, source_topology, target, dump_options.db, checks,  # refused before --redo forgets
                      events.warn)
+        bind_slots(directory, dump_options.slots)
         redo_stages(directory, redo)
         preflight(directory, source_topology, target_topology, dump_options.db, events.warn)
         return run_stages(directory, source_topology, target_topology, dump_options, options, events.progress,
@@ -243,12 +273,13 @@ def status(run_dir: str) -> Outcome:
 
 def verify(target_url: str, options: VerifyOptions, *, source_url: str | None = None, run_dir: str | None = None,
            tls_insecure: bool = False, events: Events = SILENT, source_iam: IamCache | None = None,
-           target_iam: IamCache | None = None) -> Outcome:
+           target_iam: IamCache | None = None, slots: str | None = None) -> Outcome:
     """The reference is the source, or with --against-dump the run dir's dump, which must exist (so the
     run dir is created only for a verify against the source). Exit 1 when the two sides differ."""
     if options.delete_extra and not options.repair:
         raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
     directory = RunDir(run_dir, create=not options.against_dump) if run_dir else None
+    options = _verify_slots(directory, options, slot_ranges(slots))
     source = None
     target = open_target(_endpoint("target", target_url, tls_insecure, events.warn, target_iam))
     if source_url and not options.against_dump:
@@ -258,6 +289,34 @@ def verify(target_url: str, options: VerifyOptions, *, source_url: str | None = 
     with directory.lock() if directory else contextlib.nullcontext():
         result = run_verify(source, target, directory, options, events.progress)
     return Outcome(result.to_dict(), exit_code=0 if result.equal else DifferencesFound.exit_code)
+
+
+def _verify_slots(directory: RunDir | None, options: VerifyOptions, slots: SlotRanges | None) -> VerifyOptions:
+    """--slots limits the verify to those slots on both sides; with a run dir, they default to (and must be)
+    the run dir's own, so that its verify, which the cutover gate reads, covers exactly what it copied."""
+    if directory is not None:
+        recorded = RunLedger.load(directory).slots
+        if slots is None and recorded is not None:
+            slots = slot_ranges(recorded)
+        bind_slots(directory, slots)
+    if slots is not None and (options.against_dump or options.sample):
+        raise BadInput("--slots applies to a full verify against the source",
+                       "drop --sample/--against-dump, or verify without --slots")
+    return replace(options, slots=slots)
+
+
+def _verify_slots(directory: RunDir | None, options: VerifyOptions, slots: SlotRanges | None) -> VerifyOptions:
+    """--slots limits the verify to those slots on both sides; with a run dir, they default to (and must be)
+    the run dir's own, so that its verify, which the cutover gate reads, covers exactly what it copied."""
+    if directory is not None:
+        recorded = RunLedger.load(directory).slots
+        if slots is None and recorded is not None:
+            slots = slot_ranges(recorded)
+        bind_slots(directory, slots)
+    if slots is not None and (options.against_dump or options.sample):
+        raise BadInput("--slots applies to a full verify against the source",
+                       "drop --sample/--against-dump, or verify without --slots")
+    return replace(options, slots=slots)
 
 
 # --- plan, cutover, rollback -------------------------------------------------------------------------
@@ -276,9 +335,23 @@ def plan(source_url: str, target_url: str, *, serverless_cache: str | None = Non
     return Outcome(result, exit_code=0 if result["verdict"] == "go" else GateRefused.exit_code)
 
 
-def _switch_lock(directory: RunDir | None, dry_run: bool):
-    """A live cutover or rollback holds the run dir's lock; a dry run writes nothing and takes none."""
+def _switch_lock(directory: RunDir | list[RunDir] | None, dry_run: bool):
+    """A live cutover or rollback holds the run dir's lock (every run dir's); a dry run writes nothing and takes
+    none."""
+    if isinstance(directory, list):
+        stack = contextlib.ExitStack()
+        for each in directory if not dry_run else ():
+            stack.enter_context(each.lock())
+        return stack
     return directory.lock() if directory and not dry_run else contextlib.nullcontext()
+
+
+def _run_dirs(run_dir: str | tuple[str, ...] | list[str] | None) -> RunDir | list[RunDir] | None:
+    """--run-dir, once or repeated (the run dirs of a copy split by --slots)."""
+    if isinstance(run_dir, (tuple, list)):
+        dirs = [RunDir(path) for path in dict.fromkeys(run_dir)]
+        return dirs[0] if len(dirs) == 1 else dirs or None
+    return RunDir(run_dir) if run_dir else None
 
 
 def _switched(result: dict) -> Outcome:
@@ -298,14 +371,14 @@ class Fencing:
 
 
 def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
-            run_dir: str | None = None, prefix: str, max_verify_age: str = "30m", force: bool = False,
+            run_dir: str | tuple[str, ...] | None = None, prefix: str, max_verify_age: str = "30m", force: bool = False,
             redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
             fencing: Fencing = Fencing()) -> Outcome:
     """With a sync following on the run dir: the fenced live cutover (cloud/live_cutover.py); else today's."""
     from .cloud import cutover as switching
     from .cloud import live_cutover as live
-    directory = RunDir(run_dir) if run_dir else None
-    sync = live.running_sync(directory)
+    directory = _run_dirs(run_dir)
+    sync = None if isinstance(directory, list) else live.running_sync(directory)  # several: a copy split by --slots
     if sync is not None:
         return _switched(live.cutover_on_sync(
             env, sync, directory, target_url=target_url, serverless_cache=serverless_cache,
@@ -328,15 +401,16 @@ class BringBack:
     tls_insecure: bool = False
 
 
-def rollback(env: str, *, run_dir: str | None = None, prefix: str, force: bool = False,
+def rollback(env: str, *, run_dir: str | tuple[str, ...] | None = None, prefix: str, force: bool = False,
              redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
              bring_back: BringBack | None = None, events: Events = SILENT) -> Outcome:
     """Put the recorded SSM values back; with --bring-back, copy the cache's writes back to the old Redis first
     (and the stragglers after): exit 0 only when a last compare is clean."""
     from .cloud import cutover as switching
-    directory = RunDir(run_dir) if run_dir else None
+    directory = _run_dirs(run_dir)
     if bring_back is not None:
-        return _brought_back(env, directory, prefix, force, redeploy, dry_run, clients, bring_back, events)
+        first = directory[0] if isinstance(directory, list) else directory  # any run dir holds the record
+        return _brought_back(env, first, prefix, force, redeploy, dry_run, clients, bring_back, events)
     with _switch_lock(directory, dry_run):
         return _switched(switching.rollback(env, run_dir=directory, prefix=prefix, force=force, redeploy=redeploy,
                                             dry_run=dry_run, clients=clients))

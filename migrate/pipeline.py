@@ -21,6 +21,7 @@ from .datapath.reader import DumpOptions
 from .errors import BadInput, RuntimeFailure
 from .events import ProgressFactory, Warn, no_progress, no_warning
 from .net.endpoints import Topology, translated_errors
+from .net.keyspace import SLOT_COUNT
 from .rundir import CutoverLedger, DumpLedger, ReplayLedger, RunDir, RunLedger, VerifyLedger
 
 
@@ -28,7 +29,7 @@ def dump_stage(run_dir: RunDir, source: Topology, options: DumpOptions,
                progress: ProgressFactory = no_progress) -> dict:
     """Dump the source into the run dir's segments; the caller admitted the source (`commands.admit_source`)."""
     started = time.monotonic()
-    total = source.key_count(options.db)
+    total = expected_keys(source, options)
     with progress("dump", total) as update:
         with translated_errors(source.endpoint):
             ledger = dump_module.dump(run_dir, source, options, update)
@@ -71,7 +72,7 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     child, errors = _start_dump_process(run_dir, source, dump_options)  # one bar: the replay's
     try:
         replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
-                                expected=source.key_count(dump_options.db), warn=warn)
+                                expected=expected_keys(source, dump_options), warn=warn)
     finally:
         if child.is_alive():
             child.terminate()
@@ -88,6 +89,12 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     return summary
 
 
+def expected_keys(source: Topology, options: DumpOptions) -> int:
+    """The keys the dump will read, for the progress bar: with --slots, the slots' share of the source's."""
+    total = source.key_count(options.db)
+    return total if options.slots is None else round(total * len(options.slots) / SLOT_COUNT)
+
+
 def copy_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: DumpOptions,
                 replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress,
                 warn: Warn = no_warning) -> None:
@@ -95,7 +102,7 @@ def copy_stages(run_dir: RunDir, source: Topology, target: Topology, dump_option
     child, errors = _start_dump_process(run_dir, source, dump_options)
     try:
         replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
-                                expected=source.key_count(dump_options.db), warn=warn)
+                                expected=expected_keys(source, dump_options), warn=warn)
     finally:
         if child.is_alive():
             child.terminate()
@@ -113,7 +120,8 @@ def verify_stage(run_dir: RunDir, source: Topology, target: Topology, dump_optio
     if VerifyLedger.load(run_dir).passed_since(ReplayLedger.load(run_dir).finished_at or 0):
         return
     filtered = bool(dump_options.match or dump_options.types)
-    options = VerifyOptions(db=dump_options.db, against_dump=filtered)
+    options = VerifyOptions(db=dump_options.db, against_dump=filtered, slots=dump_options.slots,
+                            workers=dump_options.workers)
     with translated_errors(target.endpoint):
         run_verify(None if filtered else source, target, run_dir, options, progress)
 
@@ -129,7 +137,8 @@ def _verify_summary(result: dict | None) -> dict:
 def _start_dump_process(run_dir: RunDir, source: Topology, options: DumpOptions):
     context = multiprocessing.get_context("fork")
     errors = context.Queue()
-    child = context.Process(target=_dump_child, args=(run_dir, source, options, errors, os.getpid()), daemon=True)
+    child = context.Process(target=_dump_child, args=(run_dir, source, options, errors, os.getpid()),
+                            daemon=False)  # a daemon cannot start the dump's workers (workers.py); dies with us anyway
     child.start()
     return child, errors
 

@@ -5,7 +5,7 @@ Each ledger is read and written through its own class below; no other module kno
 Layout (0700, files 0600):
     run.json             RunLedger: the source and target this dir belongs to (identities, no secrets),
                          the databases left out on purpose (--ignore-other-dbs) and whether skipped keys
-                         were accepted (--skip-unsupported). No options.
+                         were accepted (--skip-unsupported), the hash slots it copies (--slots). No other options.
     plan.json            PlanLedger: `run`'s plan, recorded once (blockers, estimates)
     dump.json            DumpLedger: the dump's options, per master its cursor, next segment number, done
                          flag and counts; the keys skipped and why; segments superseded by a resume
@@ -363,6 +363,22 @@ class RunLedger(Ledger):
         """The whole record, for `status`."""
         return dict(self._data) if self.found else {}
 
+    @property
+    def slots(self) -> str | None:
+        """The hash slots this run dir copies (--slots, as "A-B" text); None: all of them."""
+        return self._data.get("slots")
+
+    def bind_slots(self, slots: str | None) -> None:
+        """A run dir copies one slot range for its whole life: a rerun with other --slots is refused."""
+        known = self._data.get("slots", "unset") if self.found else "unset"
+        if known == "unset":
+            self._data["slots"] = slots
+            self.save()
+        elif known != slots:
+            raise BadInput(f"run directory {self.run_dir.path} copies slots {known or 'all (no --slots)'}, "
+                           f"not {slots or 'all (no --slots)'}",
+                           "rerun with the run dir's own --slots, or use a new --run-dir for other slots")
+
 
 class PlanLedger(Ledger):
     """plan.json: the plan `run` made before its first stage, kept once per run dir."""
@@ -493,6 +509,31 @@ class DumpLedger(StageLedger):
             self._data["finished_at"] = time.time()
         super().save()
 
+    def merge(self, share: dict) -> None:
+        """Take in a worker's DumpShare: one master's progress, its superseded segments, its skipped keys."""
+        self._data["masters"][share["master"]] = share["progress"]
+        names = self._data.setdefault("superseded", [])
+        names.extend(name for name in share["superseded"] if name not in names)
+        kept = self._data.setdefault("skipped_keys", [])
+        kept.extend(share["skipped_keys"][:max(LedgerCounts.SKIPPED_KEYS_KEPT - len(kept), 0)])
+
+
+class DumpShare(DumpLedger):
+    """A dump worker's copy of dump.json, for one master (workers.py): its save() sends that master's part to
+    the parent, dump.json's only writer, which merges it (DumpLedger.merge). A worker killed between its
+    segment and the parent's save leaves the checkpoint where it was: the resume reads those keys again."""
+
+    def __init__(self, ledger: DumpLedger, name: str, send) -> None:
+        super().__init__(ledger.run_dir, json.loads(json.dumps(ledger._data)))
+        self.name, self._send = name, send
+        self._skipped_sent = len(self.skipped_keys)
+
+    def save(self) -> None:
+        kept = self.skipped_keys
+        self._send({"master": self.name, "progress": self._data["masters"][self.name],
+                    "superseded": list(self.superseded), "skipped_keys": kept[self._skipped_sent:]})
+        self._skipped_sent = len(kept)
+
 
 class ReplayLedger(StageLedger):
     """replay.json: which segments are done, the counts (in all and per segment), and the witness keys of
@@ -579,6 +620,34 @@ class ReplayLedger(StageLedger):
     def save(self) -> None:
         self._data["counts"] = self.counts.to_dict()
         super().save()
+
+    def merge(self, share: dict) -> None:
+        """Take in a replay worker's ReplayShare: segments confirmed, their key counts and witnesses, and
+        the counts they added."""
+        self.done.update(share["done"])
+        self._data["segments_done"] = sorted(self.done)
+        self._data.setdefault("keys_by_segment", {}).update(share["keys_by_segment"])
+        for name in share["done"]:
+            self._remember(name, share["witnesses"].get(name, []))
+        self.counts.add(ReplayCounts.from_dict(share["counts"]))
+
+
+class ReplayShare(ReplayLedger):
+    """A replay worker's copy of replay.json (workers.py): save() sends what it confirmed since its last save
+    to the parent, replay.json's only writer (ReplayLedger.merge). `counts` holds only what it added."""
+
+    def __init__(self, ledger: ReplayLedger, send) -> None:
+        super().__init__(ledger.run_dir, json.loads(json.dumps(ledger._data)))
+        self.counts = ReplayCounts()
+        self._send, self._sent = send, set(self.done)
+
+    def save(self) -> None:
+        new = sorted(self.done - self._sent)
+        kept, by_segment = self._data.get("witnesses", {}), self.keys_by_segment
+        self._send({"done": new, "keys_by_segment": {name: by_segment[name] for name in new if name in by_segment},
+                    "witnesses": {name: kept[name] for name in new if name in kept}, "counts": self.counts.to_dict()})
+        self._sent.update(new)
+        self.counts = ReplayCounts()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,12 @@ and, into one TLS node, `redis-cli --pipe` of the same RESTORE commands: the sin
         [--mode auto|struct]...
     .venv/bin/python scripts/bench.py --keys 10000000 --rss-keys 1000000 --skip-naive --skip-pipe   # flatness
 
+    .venv/bin/python scripts/bench.py --workers-keys 300000   # 3-master source, --workers 1 vs 2
+
+`--workers-keys N` seeds N keys on a 3-master source and times `run`, `dump` and `replay` with --workers 1
+and 2: the copy's wall time clocked from outside, and CPU seconds per million keys of the dump, the replay
+(their whole process trees), the source servers and the target servers (INFO cpu), with the load average.
+
 `--mode struct` (repeatable with `--mode auto`) times `run --mode struct` too, the type-by-type path, into the
 same (flushed) target, and reports its keys/s against auto's (`struct_vs_auto`: a share of RESTORE's speed).
 
@@ -49,6 +55,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import testbed  # noqa: E402
+from migrate.net.keyspace import key_slot  # noqa: E402
 from migrate.net.wire import Wire, pack, pack_restore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,14 +85,19 @@ def naive_copy(source: redis.Redis, target: redis.RedisCluster, batch: int = 100
             return copied
 
 
-def seed(server: testbed.RedisServer, keys: int, mix: str = "mixed", seed_number: int = 1) -> None:
-    """Fast seeding with hand-packed pipelines: the benchmark's data set, deterministic."""
+def seed(server, keys: int, mix: str = "mixed", seed_number: int = 1) -> None:
+    """Fast seeding with hand-packed pipelines: the benchmark's data set, deterministic. `server` may be a
+    cluster: each key goes to the master that owns its slot."""
     rng = random.Random(seed_number)
-    wire = Wire(_endpoint(server.url()), "127.0.0.1", server.port)
-    batch = []
+    nodes = getattr(server, "nodes", None) or [server]
+    owners = _slot_owners(nodes) if len(nodes) > 1 else None
+    wires = [Wire(_endpoint(node.url()), "127.0.0.1", node.port) for node in nodes]
+    batches: list[list[bytes]] = [[] for _ in nodes]
     for index in range(keys):
         kind = rng.random()
         key = b"bench:%d" % index
+        owner = owners[key_slot(key)] if owners else 0
+        batch = batches[owner]
         if mix == "tiny" and kind < 0.92:
             batch.append(pack(b"SET", key, rng.randbytes(rng.randrange(0, 151)).hex().encode()))
         elif mix == "tiny":
@@ -105,9 +117,19 @@ def seed(server: testbed.RedisServer, keys: int, mix: str = "mixed", seed_number
         if rng.random() < 0.30:
             batch.append(pack(b"PEXPIRE", key, b"%d" % rng.randrange(3_600_000, 86_400_000)))
         if len(batch) >= 5000:
-            batch = _send(wire, batch)
-    _send(wire, batch)
-    wire.close()
+            batches[owner] = _send(wires[owner], batch)
+    for wire, batch in zip(wires, batches):
+        _send(wire, batch)
+        wire.close()
+
+
+def _slot_owners(nodes: list) -> list[int]:
+    """slot -> index of the node (of `nodes`) that owns it, from CLUSTER SLOTS."""
+    ports = {node.port: index for index, node in enumerate(nodes)}
+    owners = [0] * 16384
+    for start, end, master, *_ in nodes[0].client().execute_command("CLUSTER", "SLOTS"):
+        owners[start:end + 1] = [ports[int(master[1])]] * (end - start + 1)
+    return owners
 
 
 def _send(wire: Wire, commands: list[bytes]) -> list[bytes]:
@@ -334,6 +356,72 @@ def bench_big(keys: int, base: Path) -> dict:
         source.stop()
 
 
+def clocked(args: list[str], target: list[redis.Redis] | None = None, expected: int = 0) -> dict:
+    """One CLI invocation clocked from outside: wall seconds, seconds until the target held every key, and the
+    CPU seconds of its whole process tree (wait4: the tool and every child it reaped)."""
+    command, env = tool_command([str(a) for a in args])
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, env=env, cwd=TOOL_ROOT, stdout=subprocess.DEVNULL, stderr=errors)
+        watch = Watch(process.pid, target, expected)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.monotonic() - watch.started
+        watch.stop()
+        if os.waitstatus_to_exitcode(status) not in (0, 1):
+            errors.seek(0)
+            raise SystemExit(f"redis-migrate {args[0]} failed: {errors.read().decode()[-2000:]}")
+    return {"seconds": round(seconds, 2), "copy_seconds": watch.all_keys_at and round(watch.all_keys_at, 2),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "rss_mb": watch.peak_rss >> 20}
+
+
+def _servers_cpu(cluster) -> float:
+    return sum(_cpu_seconds(node.client()) for node in cluster.nodes)
+
+
+def bench_workers(keys: int, base: Path, certs: testbed.Certs, mix: str = "mixed") -> dict:
+    """A 3-master source into a 3-master TLS cluster with --workers 1 and 2: `run` (copy clocked from outside),
+    then `dump` and `replay` alone, each with its CPU seconds and the servers' (INFO cpu), per million keys."""
+    print(f"\n== workers: {keys:,} keys, {mix} mix, 3-master source", flush=True)
+    source = testbed.start_cluster(base / f"wsrc-{keys}", 3, password="bench-source-pw")
+    target = testbed.start_cluster(base / f"wtgt-{keys}", 3, password="bench-target-pw", certs=certs)
+    try:
+        timed("seed", lambda: seed(source, keys, mix))
+        count = sum(node.client().dbsize() for node in source.nodes)
+        per_m = 1e6 / count
+        result: dict = {"keys": count, "mix": mix, "cores": os.cpu_count(), "load_before": os.getloadavg()[0]}
+        for workers in (1, 2):
+            target.flush()
+            run = clocked(["run", "--source", source.url(), "--target", target.url(), "--run-dir",
+                           base / f"wrun-{keys}-{workers}", "--workers", workers],
+                          [node.client() for node in target.nodes], count)
+            target.flush()
+            run_dir = base / f"wdump-{keys}-{workers}"
+            source_cpu = _servers_cpu(source)
+            dump = clocked(["dump", "--source", source.url(), "--run-dir", run_dir, "--workers", workers])
+            source_cpu = _servers_cpu(source) - source_cpu
+            target_cpu = _servers_cpu(target)
+            replay = clocked(["replay", "--target", target.url(), "--run-dir", run_dir, "--workers", workers])
+            target_cpu = _servers_cpu(target) - target_cpu
+            row = {"copy_s": run["copy_seconds"], "run_total_s": run["seconds"], "run_cpu_s": run["cpu_s"],
+                   "dump_s": dump["seconds"], "replay_s": replay["seconds"],
+                   "cpu_s_per_mkeys": {"dump": round(dump["cpu_s"] * per_m, 2),
+                                       "replay": round(replay["cpu_s"] * per_m, 2),
+                                       "source_servers": round(source_cpu * per_m, 2),
+                                       "target_servers": round(target_cpu * per_m, 2)},
+                   "load": os.getloadavg()[0]}
+            print(f"  --workers {workers}: copy {row['copy_s']} s (run {row['run_total_s']} s with its verify), dump "
+                  f"{row['dump_s']} s, replay {row['replay_s']} s; CPU s per M keys {row['cpu_s_per_mkeys']}; "
+                  f"load {row['load']:.1f}", flush=True)
+            result[f"workers_{workers}"] = row
+        one, two = result["workers_1"], result["workers_2"]
+        result["copy_speedup_2_vs_1"] = round(one["copy_s"] / two["copy_s"], 2) if one["copy_s"] and two["copy_s"] \
+            else None
+        result["dump_speedup_2_vs_1"] = round(one["dump_s"] / two["dump_s"], 2)
+        return result
+    finally:
+        source.stop()
+        target.stop()
+
+
 def _commands() -> set[str]:
     return set(json.loads(subprocess.run([sys.executable, "-c", "import json, migrate.cli as c; "
                                           "print(json.dumps(list(c.cli.commands)))"], capture_output=True,
@@ -351,6 +439,8 @@ def main() -> None:
     parser.add_argument("--skip-pipe", action="store_true", help="skip redis-cli --pipe (at 10M keys its stream file "
                         "is a few GB)")
     parser.add_argument("--tool-root", type=Path, default=ROOT, help="time redis-migrate from this checkout")
+    parser.add_argument("--workers-keys", type=int, default=None, metavar="N",
+                        help="only the --workers 1 vs 2 run: N keys on a 3-master source (bench_workers)")
     parser.add_argument("--mode", choices=("auto", "struct"), action="append",
                         help="run's --mode to time (repeatable; default auto): struct is the type-by-type path")
     args = parser.parse_args()
@@ -364,6 +454,10 @@ def main() -> None:
         if not mixes:
             testbed.remove(base)
             return
+    if args.workers_keys:
+        print(json.dumps(bench_workers(args.workers_keys, base, testbed.Certs.make(base / "certs"))))
+        testbed.remove(base)
+        return
     args.keys = args.keys or 1_000_000
     certs = testbed.Certs.make(base / "certs")
     modes = tuple(args.mode or ["auto"])

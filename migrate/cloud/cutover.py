@@ -23,6 +23,7 @@ from redis.connection import parse_url
 
 from ..errors import BadInput, GateRefused, MigrateError, RuntimeFailure
 from ..net.endpoints import Endpoint
+from ..net.keyspace import SLOT_COUNT, SlotRanges, coverage
 from ..rundir import CutoverLedger, CutoverRecord, RunDir, RunLedger, VerifyLedger
 from .aws import (
     MISSING_PARAMETER_HINT,
@@ -154,6 +155,42 @@ def verify_gate(run_dir: RunDir | None, max_age: float, target: Target, now: flo
     return Check(True, f"full verify {format_duration(max(age, 0))} ago: every key equal{accepted}")
 
 
+def as_run_dirs(run_dir: RunDir | list[RunDir] | None) -> list[RunDir]:
+    return run_dir if isinstance(run_dir, list) else [run_dir] if run_dir is not None else []
+
+
+def check_slot_coverage(run_dirs: list[RunDir]) -> None:
+    """Run dirs of a copy split by --slots must cover every hash slot exactly once together; a gap or an
+    overlap is bad input (exit 2) naming the slots. One run dir without --slots covers them all."""
+    if not run_dirs:
+        return
+    recorded = [(run_dir, RunLedger.load(run_dir).slots) for run_dir in run_dirs]
+    gaps, overlaps = coverage([SlotRanges.parse(slots) if slots else SlotRanges([(0, SLOT_COUNT - 1)])
+                               for _, slots in recorded])
+    listed = "; ".join(f"{run_dir.path}: {slots or 'all'}" for run_dir, slots in recorded)
+    if gaps:
+        raise BadInput(f"the run dirs leave slots {gaps} uncovered ({listed})",
+                       "copy and verify those slots too (run --slots ... into its own --run-dir) and pass that "
+                       "--run-dir as well")
+    if overlaps:
+        raise BadInput(f"the run dirs cover slots {overlaps} more than once ({listed})",
+                       "pass each slot range's run dir once: one --run-dir per --slots range")
+
+
+def verify_gates(run_dirs: list[RunDir], max_age: float, target: Target, now: float) -> list[Check]:
+    """One verify gate per run dir; with several, each check names its run dir."""
+    if len(run_dirs) <= 1:
+        return [verify_gate(run_dirs[0] if run_dirs else None, max_age, target, now)]
+    checks = [verify_gate(run_dir, max_age, target, now) for run_dir in run_dirs]
+    return [Check(c.passed, f"{run_dir.path} (slots {RunLedger.load(run_dir).slots}): {c.reason}", c.hint, c.warning)
+            for run_dir, c in zip(run_dirs, checks)]
+
+
+def first_record(run_dirs: list[RunDir]) -> CutoverRecord | None:
+    """The cutover record of the first run dir that holds one (all hold the same)."""
+    return next((record for run_dir in run_dirs if (record := CutoverLedger.load(run_dir).record)), None)
+
+
 def ignored_databases_check(run_dir: RunDir | None) -> list[Check]:
     """A warning (never a refusal) when dump/run copied one database with --ignore-other-dbs: the
     apps reading the others lose them at the switch."""
@@ -190,10 +227,11 @@ class Writer:
             raise error
         self.refusals.append(str(error))
 
-    def save(self, run_dir: RunDir | None, record: CutoverRecord) -> None:
-        if run_dir is not None:
-            ledger = CutoverLedger(run_dir)
-            self._act(f"write {ledger.path}", lambda: ledger.keep(record))
+    def save(self, run_dir: RunDir | list[RunDir] | None, record: CutoverRecord) -> None:
+        """The record goes to the run dir, or to every one of them (a copy split by --slots)."""
+        for each in run_dir if isinstance(run_dir, list) else [run_dir] if run_dir is not None else []:
+            ledger = CutoverLedger(each)
+            self._act(f"write {ledger.path}", lambda ledger=ledger: ledger.keep(record))
 
     def put(self, name: str, value: str) -> int | None:
         def call():
@@ -525,13 +563,17 @@ def new_run_id(now: float) -> str:
 
 
 def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | None = None,
-            run_dir: RunDir | None = None, prefix: str = DEFAULT_PREFIX, max_verify_age: str = "30m",
+            run_dir: RunDir | list[RunDir] | None = None, prefix: str = DEFAULT_PREFIX, max_verify_age: str = "30m",
             force: bool = False, redeploy: tuple[str, ...] = (), dry_run: bool = False,
             clients: Clients | None = None, now: float | None = None, gate: list[Check] | None = None,
             hooks: SwitchHooks | None = None) -> dict:
     """Repoint the parameters at the target, gated by a fresh passing verify and recorded for rollback.
     The caller holds the run dir's lock (unless this is a dry run, which writes nothing). A live cutover
-    (live_cutover.py) passes its own gate (sync healthy) and hooks (fence, drain, unpause)."""
+    (live_cutover.py) passes its own gate (sync healthy) and hooks (fence, drain, unpause). Several run dirs
+    (a copy split by --slots) must cover every slot once, each with its own passing verify; the record
+    goes to all of them."""
+    run_dirs = as_run_dirs(run_dir)
+    check_slot_coverage(run_dirs)
     clients = clients or Clients()
     now = time.time() if now is None else now
     names = parameter_names(env, prefix)
@@ -542,14 +584,15 @@ def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | 
     histories = read_histories(clients, names)
     switch = Switch("cutover", env, names, histories, target.values,
                     pre_cutover={key: before_version(h) for key, h in histories.items()},
-                    record=CutoverLedger.load(run_dir).record if run_dir else None,
-                    checks=[*(gate if gate is not None else [verify_gate(run_dir, max_age, target, now)]),
-                            *ignored_databases_check(run_dir)],
+                    record=first_record(run_dirs),
+                    checks=[*(gate if gate is not None else verify_gates(run_dirs, max_age, target, now)),
+                            *(check for each in run_dirs for check in ignored_databases_check(each))],
                     labels_before=(LABEL_BEFORE,), labels_after=(LABEL_AFTER,), run_id=new_run_id(now))
-    return run_switch(switch, writer, run_dir, services, force, hooks)
+    return run_switch(switch, writer, run_dirs or None, services, force, hooks)
 
 
-def rollback(env: str, *, run_dir: RunDir | None = None, prefix: str = DEFAULT_PREFIX, force: bool = False,
+def rollback(env: str, *, run_dir: RunDir | list[RunDir] | None = None, prefix: str = DEFAULT_PREFIX,
+             force: bool = False,
              redeploy: tuple[str, ...] = (), dry_run: bool = False, clients: Clients | None = None,
              now: float | None = None) -> dict:
     """Put back exactly the recorded values, refusing if someone else changed the parameters since.
@@ -560,13 +603,14 @@ def rollback(env: str, *, run_dir: RunDir | None = None, prefix: str = DEFAULT_P
     services = [parse_service(s) for s in redeploy]
     writer = Writer(clients, dry_run)
     histories = read_histories(clients, names)
-    record = CutoverLedger.load(run_dir).record if run_dir else None
+    run_dirs = as_run_dirs(run_dir)
+    record = first_record(run_dirs)  # any run dir of a split copy holds the record
     restore, wrote, source = _rollback_values(record, histories, names)
     switch = Switch("rollback", env, names, histories, {key: v.value for key, v in restore.items()},
                     pre_cutover=restore, record=record,
                     checks=[_unchanged_since_cutover(histories, restore, wrote, source)],
                     run_id=new_run_id(now))
-    result = run_switch(switch, writer, run_dir, services, force)
+    result = run_switch(switch, writer, run_dirs or None, services, force)
     result["restored_from"] = source
     return result
 

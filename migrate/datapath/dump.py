@@ -18,7 +18,8 @@ from ..backoff import Backoff
 from ..errors import BadInput, RuntimeFailure, Unreachable
 from ..net.endpoints import Node, Topology
 from ..net.wire import Wire, pack
-from ..rundir import DumpCounts, DumpLedger, MasterProgress, RunDir
+from ..rundir import DumpCounts, DumpLedger, DumpShare, MasterProgress, RunDir
+from ..workers import default_workers, run_workers
 from .reader import DumpOptions, KeyReader, text_of
 from .segments import Record, SegmentWriter, seal
 from .store import list_segments, segment_id, segment_path, write_segment
@@ -188,6 +189,8 @@ class MasterDumper:
         if len(self.options.types) == 1:
             args += [b"TYPE", self.options.types[0].encode()]
         next_cursor, keys = self.reader.wire.call(*args)
+        if self.options.slots is not None:  # --slots: SCAN and keep the slots' keys (see dump())
+            keys = self.options.slots.keep(keys)
         if len(self.options.types) > 1:
             keys = self._keep_types(keys)
         return int(next_cursor), keys
@@ -238,11 +241,53 @@ def open_ledger(run_dir: RunDir, topology: Topology, options: DumpOptions) -> Du
 
 def dump(run_dir: RunDir, topology: Topology, options: DumpOptions, progress: Callable[[int], None] = lambda n: None
          ) -> DumpLedger:
-    """Dump every master that is not done yet. Safe to rerun: it continues from the checkpoints."""
+    """Dump every master that is not done yet, up to --workers of them at once, each in a process of its own.
+    Safe to rerun: it continues from the checkpoints.
+
+    --slots: a cluster master that owns none of the slots is not read at all; the others are SCANned and
+    only the keys of those slots kept. SCAN rather than CLUSTER GETKEYSINSLOT per slot: the keys of a
+    slot range are spread over the whole keyspace anyway, SCAN's cursor is the checkpoint that kill -9
+    and resume already rely on, a standalone source has no slot commands, and GETKEYSINSLOT would
+    cost two round trips per slot (16,384 in all) plus its own checkpoint format."""
     ledger = open_ledger(run_dir, topology, options)
+    todo = []
     for node in topology.masters:
         state = ledger.master(node.name)
-        if not state.done:
-            MasterDumper(run_dir, topology, ledger.index(node.name), node, state, options, ledger).run(progress)
+        if state.done:
+            continue
+        if options.slots is not None and topology.is_cluster and not options.slots.intersects(node.slots):
+            state.checkpoint(0, state.next_seq, True, DumpCounts())  # none of its slots are asked for
+        else:
+            todo.append(node)
+    workers = options.workers or default_workers()
+    if workers > 1 and len(todo) > 1:
+        _dump_in_workers(run_dir, topology, options, ledger, todo, progress, workers)
+    else:
+        for node in todo:
+            MasterDumper(run_dir, topology, ledger.index(node.name), node, ledger.master(node.name), options,
+                         ledger).run(progress)
     ledger.save()
     return ledger
+
+
+def _dump_in_workers(run_dir: RunDir, topology: Topology, options: DumpOptions, ledger: DumpLedger,
+                     nodes: list[Node], progress: Callable[[int], None], workers: int) -> None:
+    """One process per master (workers.py); each sends its checkpoints here, where dump.json is written."""
+    ledger.save()
+    by_name = {node.name: node for node in nodes}
+
+    def work(name: str, send) -> None:
+        share = DumpShare(ledger, name, lambda part: send(("checkpoint", part)))
+        dumper = MasterDumper(run_dir, topology, ledger.index(name), by_name[name], share.master(name), options,
+                              share)
+        dumper.run(lambda n: send(("progress", n)))
+
+    def receive(message) -> None:
+        kind, body = message
+        if kind == "progress":
+            progress(body)
+        else:
+            ledger.merge(body)
+            ledger.save()
+
+    run_workers(list(by_name), work, receive, workers, "dump")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..net.endpoints import Topology
-from ..net.keyspace import GONE, LENGTH_COMMANDS, absolute_expiry, estimated_size, key_slot
+from ..net.keyspace import GONE, LENGTH_COMMANDS, SlotRanges, absolute_expiry, estimated_size, key_slot
 from ..net.rdb import rdb_version_of
 from ..net.wire import ReplyError, Wire, pack
 from ..rundir import DumpCounts
@@ -187,11 +187,16 @@ class DumpOptions:
     batch_bytes: int = DEFAULT_BATCH_BYTES  # sizes (MEMORY USAGE) DUMPed per script or per round of DUMPs
     struct_all: bool = False          # --mode struct: read every key type by type
     target_rdb: int | None = None     # payloads newer than this are read as struct records
+    slots: SlotRanges | None = None   # --slots: only keys in these hash slots (None: all)
+    workers: int | None = None        # --workers: masters dumped at once, a process each (None: one per core)
 
     def fingerprint(self) -> dict:
         """What a resumed dump must agree on: the same db and the same key selection."""
-        return {"db": self.db, "match": self.match, "types": sorted(self.types), "struct_all": self.struct_all,
-                "target_rdb": self.target_rdb}
+        printed = {"db": self.db, "match": self.match, "types": sorted(self.types), "struct_all": self.struct_all,
+                   "target_rdb": self.target_rdb}
+        if self.slots is not None:
+            printed["slots"] = str(self.slots)  # absent without --slots: older run dirs still resume
+        return printed
 
 
 class RecordSink(Protocol):

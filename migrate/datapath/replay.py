@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import zip_longest
+from pathlib import Path
 
 from ..backoff import Backoff
 from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
@@ -23,10 +24,11 @@ from ..net.endpoints import Topology, discover, probe_rdb_version
 from ..net.keyspace import NO_EXPIRY, key_slot
 from ..net.rdb import is_module_value
 from ..net.wire import ReplyError, Wire, pack, pack_restore
-from ..rundir import ReplayCounts, ReplayLedger, RunDir
+from ..rundir import ReplayCounts, ReplayLedger, ReplayShare, RunDir
+from ..workers import default_workers, run_workers
 from . import streams, witness
 from .segments import DUMP, STRUCT, Indices, Record, Segment, load_segment
-from .store import list_segments
+from .store import list_segments, segment_id
 
 RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK ")
 STREAM_ALREADY_WRITTEN = "equal or smaller than the target stream top item"
@@ -42,6 +44,7 @@ class ReplayOptions:
     max_ops_per_sec: int | None = None
     allow_nonempty_target: bool = False
     retry_seconds: float = 120.0
+    workers: int | None = None         # --workers: source masters' segments replayed at once (None: one per core)
 
 
 @dataclass(frozen=True)
@@ -210,10 +213,11 @@ class Sent:
 class TargetWriter:
     """Routes records to the owning master and pipelines them; returns only when every reply is OK."""
 
-    def __init__(self, topology: Topology, options: ReplayOptions) -> None:
+    def __init__(self, topology: Topology, options: ReplayOptions, target_rdb: int | None = None) -> None:
         self.topology = topology
         self.options = options
-        self.target_rdb = probe_rdb_version(topology)
+        # a replay worker takes its parent's probe: probes at once would race on the scratch key
+        self.target_rdb = probe_rdb_version(topology) if target_rdb is None else target_rdb
         self.abilities = TargetAbilities.of(topology)
         self.unheld: set[bytes] = set()  # keys skipped mid-way (hash field TTLs): their later chunks are dropped
         self.limiter = RateLimiter(options.max_ops_per_sec)
@@ -536,6 +540,9 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
             ledger.start(writer.target_rdb)
         elif not ledger.finished:
             guard.lost()  # resumed: did the target keep what the last run confirmed?
+        if not dump_running():
+            while _replay_in_workers(run_dir, topology, options, ledger, guard, progress, warn, writer.target_rdb):
+                pass  # the target lost confirmed keys: every segment again
         while True:
             running = dump_running()
             todo = [path for path in list_segments(run_dir) if path.name not in ledger.done]
@@ -553,6 +560,59 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
     finally:
         writer.close()
     return ledger
+
+
+def _replay_in_workers(run_dir: RunDir, topology: Topology, options: ReplayOptions, ledger: ReplayLedger,
+                       guard: LossGuard, progress: Callable[[int], None], warn: Warn, target_rdb: int) -> bool:
+    """A finished dump's segments, one process per source master (workers.py), each with its own target
+    connections; a master's segments stay in order, and masters hold disjoint keys. Only this process writes
+    replay.json. --max-ops-per-sec is shared out between the workers. Returns True when the target lost
+    confirmed keys: the caller starts again from the first segment. A worker checks only the witnesses it
+    knows; the target may have lost another worker's segments after that one ended, so once all are done
+    every witness is checked here."""
+    by_master: dict[int, list[Path]] = {}
+    for path in list_segments(run_dir):
+        if path.name not in ledger.done:
+            by_master.setdefault(segment_id(path)[0], []).append(path)
+    workers = min(options.workers or default_workers(), len(by_master))
+    if workers <= 1:
+        return False
+    rate = options.max_ops_per_sec and max(1, options.max_ops_per_sec // workers)
+    shared = replace(options, max_ops_per_sec=rate)
+    lost = []
+
+    def work(master: int, send) -> None:
+        share = ReplayShare(ledger, lambda part: send(("done", part)))
+        writer = TargetWriter(topology, shared, target_rdb)
+        own_guard = LossGuard(share, writer, warn)
+        try:
+            for path in by_master[master]:
+                segment = load_segment(path)
+                written = _write_segment(writer, segment, share, own_guard, path.name)
+                if written is None:
+                    send(("lost", master))
+                    return
+                share.mark_done(path.name, witness.choose(segment, writer.owners), written)
+                send(("progress", segment.key_count))
+        finally:
+            writer.close()
+
+    def receive(message) -> None:
+        kind, body = message
+        if kind == "progress":
+            progress(body)
+        elif kind == "done":
+            ledger.merge(body)
+            ledger.save()
+        else:
+            lost.append(body)
+
+    run_workers(sorted(by_master), work, receive, workers, "replay")
+    if guard.lost():  # every witness, on fresh connections: forgets the done segments, refuses past its limit
+        return True
+    if lost:  # a worker saw a loss that has no witness here any more: write everything again all the same
+        ledger.forget_done()
+    return bool(lost)
 
 
 def _write_segment(writer: TargetWriter, segment: Segment, ledger: ReplayLedger, guard: LossGuard,

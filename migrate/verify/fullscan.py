@@ -98,7 +98,9 @@ class _Worker:
             windowing, probing = probing, None
             if cursor is not None:
                 cursor, keys = replies[-1]
-                probing = Batch(keys)
+                if job.slots is not None:  # --slots: the other slots' keys are not even read
+                    keys = [key for key, slot in zip(keys, key_slots(keys)) if slot in job.slots]
+                probing = Batch(keys) if keys else None
                 cursor = None if cursor == b"0" else cursor
         wire.close()
         side.close()
@@ -151,20 +153,30 @@ def _context():
 
 
 class SideScans:
-    """All the scan workers of a verify (every master of both sides), run concurrently."""
+    """The scan workers of a verify (every master of both sides): at most `limit` at once (--workers;
+    None: all at once), the next one started as one ends."""
 
-    def __init__(self, jobs: dict[str, list[ScanJob]]) -> None:
-        ctx = _context()
-        self.workers: dict[str, list[tuple[ScanJob, Connection, multiprocessing.Process]]] = {}
-        for side, side_jobs in jobs.items():
-            self.workers[side] = []
-            for job in side_jobs:
-                parent, child = ctx.Pipe()
-                process = ctx.Process(target=_worker_main, args=(job, child, os.getpid()), daemon=True,
-                                      name=f"verify-{side}-{job.node.name}")
-                process.start()
-                child.close()
-                self.workers[side].append((job, parent, process))
+    def __init__(self, jobs: dict[str, list[ScanJob]], limit: int | None = None) -> None:
+        self.workers: dict[str, list[tuple[ScanJob, Connection, multiprocessing.Process]]] = {side: [] for side in jobs}
+        # both sides in turn, so that each side's masters progress together
+        queued = [(side, job) for index in range(max(map(len, jobs.values()), default=0))
+                  for side, side_jobs in jobs.items() if index < len(side_jobs) for job in (side_jobs[index],)]
+        self._queued = queued
+        self._limit = max(1, limit) if limit else len(queued)
+        self._running = 0
+        while self._queued and self._running < self._limit:
+            self._start()
+
+    def _start(self) -> Connection:
+        side, job = self._queued.pop(0)
+        parent, child = _context().Pipe()
+        process = _context().Process(target=_worker_main, args=(job, child, os.getpid()), daemon=True,
+                                     name=f"verify-{side}-{job.node.name}")
+        process.start()
+        child.close()
+        self.workers[side].append((job, parent, process))
+        self._running += 1
+        return parent
 
     def totals(self, progress=None) -> dict[str, list[ScanTotals]]:
         """Wait for every worker's scan; report progress in keys as they go."""
@@ -180,6 +192,11 @@ class SideScans:
                 else:
                     done[side].append(message[1])
                     del pending[conn]
+                    self._running -= 1
+                    if self._queued:
+                        started = self._start()
+                        pending[started] = next((side, job) for side, workers in self.workers.items()
+                                                for job, c, _ in workers if c is started)
         return done
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ from ..errors import BadInput
 from ..events import ProgressFactory, no_progress
 from ..keynames import key_id
 from ..net.endpoints import Topology, translated_errors
-from ..net.keyspace import NO_EXPIRY
+from ..net.keyspace import NO_EXPIRY, SlotRanges
 from ..net.wire import pack
 from ..rundir import DumpLedger, ReplayLedger, RunDir, VerifyLedger, atomic_write, skipped_reasons
 from .compare import EXPIRED, KINDS, Difference, Pass, classify, compare_views, moved, now_ms
@@ -60,6 +60,8 @@ class VerifyOptions:
     against_dump: bool = False
     db: int | None = None              # source db; default the source URL's
     listed: int = 20                   # differences kept in the result (the report has them all)
+    slots: SlotRanges | None = None    # --slots: compare only keys in these hash slots, on both sides
+    workers: int | None = None         # --workers: scan processes at once (None: one per master of each side)
 
 
 @dataclass
@@ -143,7 +145,7 @@ def full_pass(source: Topology, target: Topology, db: int, options: VerifyOption
                        for node in source.masters],
             "target": [ScanJob(target.endpoint, node, target.has_pexpiretime, grid, detail=detail, slots=slots)
                        for node in target.masters]}
-    with SideScans(jobs) as scans:
+    with SideScans(jobs, options.workers) as scans:
         done = scans.totals(progress)
     digests = {side: combined([result.digests for result in done[side]]) for side in jobs}
     differing = digests["source"].differing(digests["target"], slots)
@@ -300,7 +302,7 @@ def _first_pass(reference: Reference, target_reader: SideReader, source: Topolog
     if options.sample:
         return sample_pass(reference, target_reader, options.sample, options.ttl_tolerance_ms)
     if isinstance(reference, SourceReference):
-        return full_pass(source, target, reference.db, options, update)
+        return full_pass(source, target, reference.db, options, update, options.slots)
     return reference.full_pass(options.ttl_tolerance_ms, update)
 
 
