@@ -232,21 +232,28 @@ def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_b
     _finish(outcome, as_json)
 
 
+def from_option(func):
+    return click.option("--from", "from_uri", metavar="s3://BUCKET/PREFIX", default=None,
+                        help="Read the dump from an archive written by `archive` instead of the run dir.")(func)
+
+
 @cli.command()
 @target_option
 @run_dir_option()
 @replay_options
+@from_option
 @skip_unsupported_option
 @tls_insecure_option
 @iam_options("target")
 @json_option
 @handle_errors
-def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, skip_unsupported, tls_insecure,
-           target_iam, as_json):
+def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, from_uri, skip_unsupported,
+           tls_insecure, target_iam, as_json):
     """Write the dump into the target, pipelined per target master; resumes where it stopped."""
     outcome = commands.replay(target_url, run_dir, _replay_options(mode, max_ops_per_sec, allow_nonempty_target),
                               skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
-                              target_iam=target_iam)
+                              target_iam=target_iam, from_uri=from_uri,
+                              clients=_aws_clients() if from_uri else None)
     _finish(outcome, as_json)
 
 
@@ -354,18 +361,20 @@ def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db,
 @click.option("--repair", is_flag=True, help="Recopy every differing key, then verify those keys again.")
 @click.option("--delete-extra", is_flag=True, help="With --repair: delete keys that exist only on the target.")
 @click.option("--db", type=click.IntRange(0), default=None, help="Source database (default: the URL's, else 0).")
+@from_option
 @tls_insecure_option
 @iam_options("source", "target")
 @json_option
 @handle_errors
 def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance, rounds, report, repair,
-           delete_extra, db, tls_insecure, source_iam, target_iam, as_json):
+           delete_extra, db, from_uri, tls_insecure, source_iam, target_iam, as_json):
     """Prove the target holds what the source (or the dump) holds. Exit 0 equal, 1 differences, 2 bad input."""
     options = VerifyOptions(sample=sample, ttl_tolerance_ms=ttl_tolerance, rounds=rounds,
                             report=Path(report) if report else None, repair=repair, delete_extra=delete_extra,
-                            against_dump=against_dump, db=db)
+                            against_dump=against_dump, db=db, dump_source=from_uri)
     outcome = commands.verify(target_url, options, source_url=source_url, run_dir=run_dir, tls_insecure=tls_insecure,
-                              events=TERMINAL, source_iam=source_iam, target_iam=target_iam)
+                              events=TERMINAL, source_iam=source_iam, target_iam=target_iam,
+                              clients=_aws_clients() if from_uri else None)
     _finish(outcome, as_json, render_verify)
 
 
@@ -489,3 +498,20 @@ def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json, brin
 
 if __name__ == "__main__":
     main()
+
+
+# --- after the cutover: archive, retire-check ---
+
+@cli.command()
+@run_dir_option()
+@click.option("--to", "to_uri", required=True, metavar="s3://BUCKET/PREFIX", help="Where the archive goes.")
+@click.option("--kms-key", default=None, metavar="ID",
+              help="Encrypt with this KMS key (SSE-KMS); without it, SSE-S3.")
+@click.option("--force", is_flag=True, help="Archive into a bucket whose public access block is not fully on.")
+@json_option
+@handle_errors
+def archive(run_dir, to_uri, kms_key, force, as_json):
+    """Upload the run dir's dump to S3 (encrypted, checksums verified); rerun to resume."""
+    outcome = commands.archive(run_dir, to_uri, kms_key=kms_key, force=force, clients=_aws_clients(),
+                               events=TERMINAL)
+    _finish(outcome, as_json)

@@ -195,14 +195,17 @@ def dump(source_url: str, run_dir: str, selection: Selection, *, mode: str = "au
 
 
 def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupported: bool = False,
-           tls_insecure: bool = False, events: Events = SILENT, target_iam: IamCache | None = None) -> Outcome:
+           tls_insecure: bool = False, events: Events = SILENT, target_iam: IamCache | None = None,
+           from_uri: str | None = None, clients: Clients | None = None) -> Outcome:
+    """With `from_uri` the segments stream from an S3 archive and the run dir holds only this replay's progress."""
     target = _endpoint("target", target_url, tls_insecure, events.warn, target_iam)
-    directory = RunDir(run_dir)
+    archive = _archive_source(from_uri, clients)
+    directory = RunDir(run_dir, create=archive is not None)
 
     def work() -> dict:
         topology = open_target(target)
         bind_endpoints(directory, None, target)
-        return replay_stage(directory, topology, options, events.progress, warn=events.warn)
+        return replay_stage(directory, topology, options, events.progress, warn=events.warn, archive=archive)
 
     return _copy(directory, work, skip_unsupported)
 
@@ -243,12 +246,16 @@ def status(run_dir: str) -> Outcome:
 
 def verify(target_url: str, options: VerifyOptions, *, source_url: str | None = None, run_dir: str | None = None,
            tls_insecure: bool = False, events: Events = SILENT, source_iam: IamCache | None = None,
-           target_iam: IamCache | None = None) -> Outcome:
+           target_iam: IamCache | None = None, clients: Clients | None = None) -> Outcome:
     """The reference is the source, or with --against-dump the run dir's dump, which must exist (so the
     run dir is created only for a verify against the source). Exit 1 when the two sides differ."""
     if options.delete_extra and not options.repair:
         raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
+    if options.dump_source is not None and not options.against_dump:
+        raise BadInput("--from needs --against-dump: the archive is the reference", "add --against-dump")
     directory = RunDir(run_dir, create=not options.against_dump) if run_dir else None
+    if options.dump_source is not None:
+        options = replace(options, dump_source=_archive_source(options.dump_source, clients))
     source = None
     target = open_target(_endpoint("target", target_url, tls_insecure, events.warn, target_iam))
     if source_url and not options.against_dump:
@@ -400,3 +407,24 @@ def sync(source_url: str, target_url: str, run_dir: str, selection: Selection, o
                             events.progress, events.warn, live)
         refusal = judge_skipped(directory, skip_unsupported)
     return Outcome(result, refusal=refusal)
+
+
+# --- archive, retire-check ---------------------------------------------------------------------------
+
+def _archive_source(uri: str | None, clients: Clients | None):
+    """An S3 archive as a segment source (its manifest read and checked now), or None."""
+    if uri is None:
+        return None
+    from .cloud.archive import ArchiveSegments
+    from .cloud.aws import Clients
+    return ArchiveSegments(uri, clients or Clients())
+
+
+def archive(run_dir: str, to_uri: str, *, kms_key: str | None = None, force: bool = False,
+            clients: Clients | None = None, events: Events = SILENT) -> Outcome:
+    """Upload the run dir's dump store to S3, under the run lock (a dump cannot add segments meanwhile)."""
+    from .cloud import archive as archiving
+    from .cloud.aws import Clients
+    directory = RunDir(run_dir)
+    with directory.lock():
+        return Outcome(archiving.archive(directory, to_uri, clients or Clients(), kms_key=kms_key, force=force))
