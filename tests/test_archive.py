@@ -117,15 +117,19 @@ def test_kill_9_mid_archive_then_rerun_completes_without_duplicates(dumped, buck
     assert not bucket.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
 
 
-def test_multipart_segments_are_verified_from_s3(dumped, bucket, run_dir, serverless_target, tmp_path, monkeypatch):
+def test_multipart_segments_are_verified_from_s3(standalone_source, bucket, run_dir, serverless_target, tmp_path,
+                                                monkeypatch):
     from migrate.cloud import archive as archiving
-    monkeypatch.setattr(archiving, "MULTIPART_THRESHOLD", 16 * 1024)
-    monkeypatch.setattr(archiving, "PART_SIZE", 8 * 1024)  # under S3's 5 MiB minimum: moto allows it
-    big = max((run_dir / "segments").iterdir(), key=lambda p: p.stat().st_size)
-    assert big.stat().st_size > 16 * 1024
+    monkeypatch.setattr(archiving, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)
+    monkeypatch.setattr(archiving, "PART_SIZE", 5 * 1024 * 1024)  # S3's minimum part
+    standalone_source.client().set("blob", os.urandom(7 * 1024 * 1024))  # incompressible: a 7 MiB segment
+    standalone_source.client().set("small", "x")
+    invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir)
+    assert max(p.stat().st_size for p in (run_dir / "segments").iterdir()) > 5 * 1024 * 1024
     invoke("archive", "--run-dir", run_dir, "--to", URI)
+    assert invoke("archive", "--run-dir", run_dir, "--to", URI, "--json").output.count('"uploaded": 0')
     invoke("replay", "--from", URI, "--target", serverless_target.url(), "--run-dir", tmp_path / "p")
-    assert_same(dumped, snapshot(serverless_target))
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))
 
 
 def test_a_bucket_that_may_be_public_is_refused_unless_forced(dumped, bucket, run_dir):
