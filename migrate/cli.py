@@ -22,6 +22,7 @@ from .console import (
     end_live_line,
     live_sync_line,
     render_plan,
+    render_retire,
     render_status,
     render_summary,
     render_switch,
@@ -515,3 +516,39 @@ def archive(run_dir, to_uri, kms_key, force, as_json):
     outcome = commands.archive(run_dir, to_uri, kms_key=kms_key, force=force, clients=_aws_clients(),
                                events=TERMINAL)
     _finish(outcome, as_json)
+
+
+def _duration(label: str, text: str) -> float:
+    from .cloud.cutover import parse_duration
+    try:
+        return parse_duration(text)
+    except BadInput as exc:
+        raise BadInput(f"{label}: {exc.message}", exc.hint) from None
+
+
+@cli.command("retire-check")
+@env_option
+@click.option("--source", "source_url", required=True, metavar="URL", help="The old Redis (the migration's source).")
+@run_dir_option(required=False)
+@click.option("--watch", "watch", default="10m", show_default=True,
+              help="How long to watch the old Redis for clients and writes.")
+@click.option("--min-age", "min_age", default="24h", show_default=True,
+              help="How long SSM must have pointed away from the old Redis (the soak period).")
+@click.option("--archive", "archive_uri", default=None, metavar="s3://BUCKET/PREFIX",
+              help="The archive to check: it must exist and its checksums verify.")
+@click.option("--old-kind", type=click.Choice(("auto", "fargate", "elasticache")), default="auto", show_default=True,
+              help="What the old Redis is, for the next step (auto: ElastiCache for *.cache.amazonaws.com).")
+@param_prefix_option
+@tls_insecure_option
+@iam_options("source")
+@json_option
+@handle_errors
+def retire_check(env, source_url, run_dir, watch, min_age, archive_uri, old_kind, param_prefix, tls_insecure,
+                 source_iam, as_json):
+    """GO / NO-GO for removing the old Redis, with evidence. Deletes nothing. Exit 0 GO, 1 NO-GO, 2 bad input."""
+    from .cloud.retire import RetireOptions
+    options = RetireOptions(env=env, prefix=param_prefix, watch_seconds=_duration("--watch", watch),
+                            min_age_seconds=_duration("--min-age", min_age), archive=archive_uri, kind=old_kind)
+    outcome = commands.retire_check(source_url, options, run_dir=run_dir, tls_insecure=tls_insecure,
+                                    clients=_aws_clients(), events=TERMINAL, source_iam=source_iam)
+    _finish(outcome, as_json, render_retire)

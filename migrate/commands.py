@@ -428,3 +428,15 @@ def archive(run_dir: str, to_uri: str, *, kms_key: str | None = None, force: boo
     directory = RunDir(run_dir)
     with directory.lock():
         return Outcome(archiving.archive(directory, to_uri, clients or Clients(), kms_key=kms_key, force=force))
+
+
+def retire_check(source_url: str, options, *, run_dir: str | None = None, tls_insecure: bool = False,
+                 clients: Clients | None = None, events: Events = SILENT, source_iam: IamCache | None = None
+                 ) -> Outcome:
+    """GO (exit 0) or NO-GO (exit 1) for removing the old Redis, with the evidence and the next step."""
+    from .cloud import retire
+    from .cloud.aws import Clients
+    endpoint = _endpoint("source", source_url, tls_insecure, events.warn, source_iam)
+    directory = RunDir(run_dir) if run_dir else None
+    result = retire.retire_check(endpoint, directory, options, clients or Clients())
+    return Outcome(result, exit_code=0 if result["verdict"] == "GO" else GateRefused.exit_code)

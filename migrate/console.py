@@ -286,3 +286,12 @@ def _bring_back_lines(back: dict) -> list[str]:
                  + (f" ({', '.join(back['conflict_keys'])})" if back["conflict_keys"] else "")
                  + f"; final differences {back['final_differences']}")
     return lines
+
+
+def render_retire(result: dict) -> str:
+    """retire-check: the verdict, one line of evidence per check, then the next step."""
+    checks = result["checks"]
+    width = max(len(c["check"]) for c in checks)
+    lines = [f"retire-check {result['old_redis']} ({result['kind']}): {result['verdict']}", ""]
+    lines += [f"  {c['check'].ljust(width)}  {c['result'].ljust(11)}  {c['evidence']}" for c in checks]
+    return "\n".join([*lines, "", f"next step: {result['next_step']}"])

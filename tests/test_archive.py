@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
-from aws_helpers import invoke, own_client
-from snapshot import assert_same, snapshot
 
+from aws_helpers import invoke, own_client
 from migrate.datapath import dump as dump_module
+from snapshot import assert_same, snapshot
 
 BUCKET = "redis-archive-test"
 URI = f"s3://{BUCKET}/prod/2026-12-03"
