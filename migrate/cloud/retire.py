@@ -130,11 +130,13 @@ def watch(endpoint: Endpoint, seconds: float) -> Watch:
 
 
 def _write_commands(client: redis.Redis) -> frozenset[str]:
+    """The commands the server flags `write` (redis-py parses COMMAND into name -> info)."""
     try:
-        table = client.execute_command("COMMAND")
+        table = client.command()
     except redis.ResponseError:
         return FALLBACK_WRITES
-    return frozenset(_text(entry[0]).lower() for entry in table if b"write" in entry[2] or "write" in entry[2])
+    return frozenset(_text(name).lower() for name, info in table.items()
+                     if "write" in map(_text, info.get("flags", ())))
 
 
 def _text(value) -> str:
