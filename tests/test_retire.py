@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import redis
+
 from aws_helpers import as_json, invoke, own_client
 
 ENDPOINT = "/storefront/prod/redis/endpoint"
