@@ -497,8 +497,6 @@ def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json, brin
     _finish(outcome, as_json, render_switch)
 
 
-if __name__ == "__main__":
-    main()
 
 
 # --- after the cutover: archive, retire-check ---
@@ -552,3 +550,7 @@ def retire_check(env, source_url, run_dir, watch, min_age, archive_uri, old_kind
     outcome = commands.retire_check(source_url, options, run_dir=run_dir, tls_insecure=tls_insecure,
                                     clients=_aws_clients(), events=TERMINAL, source_iam=source_iam)
     _finish(outcome, as_json, render_retire)
+
+
+if __name__ == "__main__":
+    main()
