@@ -68,6 +68,9 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
 def _replay_archive(run_dir: RunDir, target: Topology, options: replay_module.ReplayOptions,
                     progress: ProgressFactory, warn: Warn, archive) -> dict:
     """The same replay path, its segments streamed from an archive; the archive's manifest says what the dump held."""
+    if DumpLedger.load(run_dir).found:
+        raise BadInput(f"run directory {run_dir.path} holds a dump of its own",
+                       "give replay --from a new --run-dir: it holds only the replay's progress")
     if options.mode == "struct" and not archive.struct_all:
         raise BadInput("--mode struct needs a dump made with --mode struct",
                        "replay this archive with --mode auto, or archive a struct dump")

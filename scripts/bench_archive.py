@@ -74,7 +74,8 @@ def main() -> None:
         result = {
             "keys": args.keys, "segments": archived["summary"]["segments"],
             "archive_mb": round(archived["summary"]["bytes"] / 2**20, 1),
-            "archive_s": round(archived["seconds"], 2), "archive_inside_s": archived["summary"]["seconds"], "upload_file_s": round(baseline, 2),
+            "archive_s": round(archived["seconds"], 2),
+            "archive_inside_s": archived["summary"]["seconds"], "upload_file_s": round(baseline, 2),
             "archive_vs_upload_file": round(archived["seconds"] / baseline, 2),
             "archive_rss_mb": archived["rss_mb"],
             "replay_local_s": round(local["seconds"], 2), "replay_s3_s": round(from_s3["seconds"], 2),

@@ -71,6 +71,10 @@ def test_archive_then_replay_from_s3_into_an_empty_target_equals_the_source(dump
     assert not any((replay_dir / "segments").iterdir())
     assert_same(dumped, snapshot(serverless_target))
     invoke("verify", "--against-dump", "--from", URI, "--target", serverless_target.url())
+    invoke("replay", "--from", URI, "--target", serverless_target.url(), "--run-dir", replay_dir)  # done: resumes
+    other = invoke("replay", "--from", f"s3://{BUCKET}/elsewhere", "--target", serverless_target.url(),
+                   "--run-dir", replay_dir, code=2)
+    assert "elsewhere/manifest.json" in other.output and "missing" in other.output
 
 
 def test_a_flipped_byte_in_one_object_is_refused_by_replay_and_verify(dumped, bucket, run_dir,

@@ -19,6 +19,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -263,6 +264,9 @@ class ArchiveSegments:
         self.expected_keys = int(manifest.get("keys") or 0)
         self.dump_finished = bool(manifest.get("dump_finished"))
         self.struct_all = bool(manifest.get("struct_all"))
+        self.manifest_sha256 = manifest["sha256"]
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-prefetch")
+        self._ahead: dict[str, Future] = {}
 
     @property
     def label(self) -> str:
@@ -299,8 +303,21 @@ class ArchiveSegments:
         return f"s3://{self.where.bucket}/{self.entries[name]['key']}"
 
     def load(self, name: str) -> Segment:
+        """The segment, checked; the next one in order is fetched meanwhile (two segments in memory at most)."""
+        fetched = self._ahead.pop(name, None)
+        self._ahead.clear()  # a fetch ahead of another name (verify reads out of order): dropped
+        data = fetched.result() if fetched is not None else self._fetch(name)
+        position = self.order.index(name) + 1
+        if position < len(self.order):
+            upcoming = self.order[position]
+            self._ahead[upcoming] = self._pool.submit(self._fetch, upcoming)
+        return self._checked(name, data)
+
+    def _fetch(self, name: str) -> bytes:
+        return self._get(self.entries[name]["key"], self.object_uri(name))
+
+    def _checked(self, name: str, data: bytes) -> Segment:
         entry = self.entries[name]
-        data = self._get(entry["key"], self.object_uri(name))
         if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise _corrupt_object(self.object_uri(name), "its SHA-256 or size differs from the manifest's")
         return parse_segment(data, self.object_uri(name))
