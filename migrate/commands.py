@@ -206,7 +206,7 @@ def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupp
         topology = open_target(target)
         bind_endpoints(directory, None, target)
         if archive is not None:  # its progress names segments: resume only from the same archive
-            directory.bind("archive", {"uri": archive.uri, "manifest": archive.manifest_sha256})
+            directory.bind("archive", {"uri": archive.uri, "segments": archive.content_sha256})
         return replay_stage(directory, topology, options, events.progress, warn=events.warn, archive=archive)
 
     return _copy(directory, work, skip_unsupported)

@@ -31,7 +31,7 @@ def bucket(aws):
 @pytest.fixture
 def dumped(standalone_source, run_dir, monkeypatch):
     """A source with every type, TTLs and a big list (struct records), dumped into small segments."""
-    monkeypatch.setattr(dump_module, "SEGMENT_RECORDS", 500)
+    monkeypatch.setattr(dump_module, "SEGMENT_RECORDS", 100)
     client = standalone_source.client()
     client.mset({f"k:{i}": f"v{i}" * 3 for i in range(4000)})
     for i in range(200):
@@ -91,6 +91,8 @@ def test_a_flipped_byte_in_one_object_is_refused_by_replay_and_verify(dumped, bu
     # the segments before it were written, none of the corrupt one's keys
     checked = invoke("verify", "--against-dump", "--from", URI, "--target", serverless_target.url(), code=2)
     assert victim in checked.output
+    repaired = invoke("archive", "--run-dir", run_dir, "--to", URI, "--json")  # the run dir still exists: it repairs
+    assert '"uploaded": 1' in repaired.output
 
     bucket.delete_object(Bucket=BUCKET, Key=victim)
     missing = invoke("replay", "--from", URI, "--target", serverless_target.url(), "--run-dir",

@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 MULTIPART_THRESHOLD = 64 * 1024 * 1024   # larger segments go up in parts
 PART_SIZE = 16 * 1024 * 1024             # S3's minimum is 5 MiB (except the last part)
 READ_CHUNK = 1024 * 1024
+UPLOADERS = 4                            # segments in flight at once (each read whole: at most ~16 MB)
 _PUBLIC_BLOCK = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
 
 
@@ -214,6 +215,17 @@ def _self_checksum(body: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
+def _archive_one(s3, where: S3Location, item: LocalFile, encryption: dict) -> bool:
+    """Upload one segment unless S3 already holds it whole; verify it from S3. Whether it was uploaded."""
+    if _in_s3(s3, where.bucket, item):
+        return False
+    _put(s3, where.bucket, item, encryption)
+    if not _in_s3(s3, where.bucket, item):
+        raise BadInput(f"s3://{where.bucket}/{item.key} does not match the segment after upload",
+                       "rerun the same command: it uploads that segment again")
+    return True
+
+
 def archive(run_dir: RunDir, uri: str, clients: Clients, *, kms_key: str | None = None, force: bool = False,
             progress: Callable[[int], None] = lambda n: None) -> dict:
     """Upload what is missing, verify every object from S3, then write the manifest. Rerun to resume."""
@@ -230,14 +242,10 @@ def archive(run_dir: RunDir, uri: str, clients: Clients, *, kms_key: str | None 
         aborted = _abort_leftovers(s3, where)
         files = local_files(run_dir, where)
         uploaded = 0
-        for item in files:
-            if not _in_s3(s3, where.bucket, item):
-                _put(s3, where.bucket, item, encryption)
-                uploaded += 1
-                if not _in_s3(s3, where.bucket, item):
-                    raise BadInput(f"{where.uri()}/{item.key.removeprefix(where.prefix + '/')} does not match the "
-                                   f"segment after upload", "rerun the same command: it uploads that segment again")
-            progress(1)
+        with ThreadPoolExecutor(max_workers=UPLOADERS, thread_name_prefix="s3-upload") as pool:
+            for sent in pool.map(lambda item: _archive_one(s3, where, item, encryption), files):
+                uploaded += sent
+                progress(1)
         manifest = _manifest(run_dir, files)
         s3.put_object(Bucket=where.bucket, Key=where.key(MANIFEST), Body=manifest, ChecksumAlgorithm="SHA256",
                       ChecksumSHA256=b64(hashlib.sha256(manifest).digest()), ContentType="application/json",
@@ -245,7 +253,9 @@ def archive(run_dir: RunDir, uri: str, clients: Clients, *, kms_key: str | None 
     return {"archive": where.uri(), "manifest": where.uri(MANIFEST), "objects": len(files) + 1,
             "segments": len(files), "uploaded": uploaded, "already_there": len(files) - uploaded,
             "bytes": sum(f.size for f in files) + len(manifest), "aborted_uploads": aborted,
-            "encryption": "SSE-KMS" if kms_key else "SSE-S3", "seconds": round(time.monotonic() - started, 3)}
+            "encryption": "SSE-KMS" if kms_key else "SSE-S3",
+            "dump_finished": bool(DumpLedger.load(run_dir).finished_at),
+            "seconds": round(time.monotonic() - started, 3)}
 
 
 # --- reading an archive back -----------------------------------------------------------------------
@@ -264,7 +274,8 @@ class ArchiveSegments:
         self.expected_keys = int(manifest.get("keys") or 0)
         self.dump_finished = bool(manifest.get("dump_finished"))
         self.struct_all = bool(manifest.get("struct_all"))
-        self.manifest_sha256 = manifest["sha256"]
+        # what a replay's progress refers to: the segments, not the manifest (a rerun of archive rewrites its date)
+        self.content_sha256 = hashlib.sha256(json.dumps(manifest["segments"], sort_keys=True).encode()).hexdigest()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-prefetch")
         self._ahead: dict[str, Future] = {}
 
