@@ -116,3 +116,20 @@ def test_no_go_when_ssm_changed_less_than_min_age_ago(old_redis):
 def test_bad_durations_are_bad_input(old_redis):
     out = invoke("retire-check", "--env", "prod", "--source", old_redis.url(), "--watch", "soon", code=2).output
     assert "--watch" in out
+
+
+def test_every_primary_of_a_cluster_is_watched(cluster_source, aws):
+    ssm = own_client("ssm")
+    ssm.put_parameter(Name=ENDPOINT, Value="127.0.0.1", Type="String")
+    ssm.put_parameter(Name=ENDPOINT, Value=NEW_HOST, Overwrite=True)
+    for node in cluster_source.nodes:
+        kill_clients(node)
+    last = cluster_source.nodes[-1]
+    app = connect(last, "storefront-worker")
+    app.ping()
+    try:
+        result = check(cluster_source, "--min-age", "0", code=1)
+    finally:
+        app.close()
+    clients = by_name(result)["no other client"]
+    assert clients["result"] == "NO-GO" and f":{last.port}" in clients["evidence"], clients

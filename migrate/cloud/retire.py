@@ -17,7 +17,7 @@ import redis
 from redis.connection import parse_url
 
 from ..errors import BadInput
-from ..net.endpoints import Endpoint, translated_errors
+from ..net.endpoints import Endpoint, discover, translated_errors
 from ..rundir import RunDir
 from ..sync.protocol import SyncLedger
 from .archive import ArchiveSegments
@@ -69,6 +69,7 @@ class Watch:
     client_list_refused: str | None = None
     commandstats_refused: str | None = None
     samples: int = 0
+    nodes: list[str] = field(default_factory=list)
 
 
 # --- SSM -------------------------------------------------------------------------------------------
@@ -107,25 +108,33 @@ def _names(value: str, host: str) -> bool:
 # --- the watch window ------------------------------------------------------------------------------
 
 def watch(endpoint: Endpoint, seconds: float) -> Watch:
-    """Sample CLIENT LIST and INFO for `seconds`; compare write counters at both ends."""
+    """Sample CLIENT LIST and INFO on every master for `seconds`; compare write counters at both ends."""
     seen = Watch()
-    client = redis.Redis(**replace(endpoint, client_name=OWN_NAME).connection_kwargs())
-    try:
-        with translated_errors(endpoint):
-            writes = _write_commands(client)
-            before = _commandstats(client, seen)
+    named = replace(endpoint, client_name=OWN_NAME)
+    with translated_errors(endpoint):
+        masters = discover(named).masters
+        nodes = [(node.name, named.node_client(node.host, node.port)) for node in masters]
+        seen.nodes = [name for name, _ in nodes]
+        try:
+            writes = _write_commands(nodes[0][1])
+            before = {name: _commandstats(client, seen) for name, client in nodes}
             deadline = time.monotonic() + seconds
             while True:
-                _sample(client, seen)
+                for name, client in nodes:
+                    _sample(client, seen, name if len(nodes) > 1 else "")
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(min(SAMPLE_SECONDS, max(deadline - time.monotonic(), 0)))
-            after = _commandstats(client, seen)
-    finally:
-        client.close()
-    if before is not None and after is not None:
-        seen.writes = {name: after.get(name, 0) - before.get(name, 0) for name in after
-                       if name in writes and after.get(name, 0) > before.get(name, 0)}
+            after = {name: _commandstats(client, seen) for name, client in nodes}
+        finally:
+            for _, client in nodes:
+                client.close()
+    for name, _ in nodes:
+        if before[name] is not None and after[name] is not None:
+            for command, calls in after[name].items():
+                grew = calls - before[name].get(command, 0)
+                if command in writes and grew > 0:
+                    seen.writes[command] = seen.writes.get(command, 0) + grew
     return seen
 
 
@@ -153,14 +162,15 @@ def _commandstats(client: redis.Redis, seen: Watch) -> dict[str, int] | None:
             for name, value in stats.items()}
 
 
-def _sample(client: redis.Redis, seen: Watch) -> None:
+def _sample(client: redis.Redis, seen: Watch, node: str) -> None:
     seen.samples += 1
     try:
         own = client.client_id()
         for entry in client.client_list():
             name = entry.get("name", "")
             if int(entry["id"]) != own and not name.startswith(OWN_PREFIX):
-                seen.foreign_clients[entry.get("addr", "?")] = f"name={name or '-'} last cmd={entry.get('cmd')}"
+                where = f" on {node}" if node else ""
+                seen.foreign_clients[entry.get("addr", "?") + where] = f"name={name or '-'} last cmd={entry.get('cmd')}"
     except redis.ResponseError as exc:
         seen.client_list_refused = str(exc)
         connected = int(client.info("clients").get("connected_clients", 0))
@@ -168,7 +178,7 @@ def _sample(client: redis.Redis, seen: Watch) -> None:
 
 
 def watch_checks(seen: Watch, seconds: float) -> list[Check]:
-    window = f"{format_duration(seconds)}, {seen.samples} samples"
+    window = f"{format_duration(seconds)}, {seen.samples} samples of {len(seen.nodes)} primaries; replicas not watched"
     if seen.client_list_refused:
         others = seen.peak_clients - 1
         clients = Check("no other client", others <= 0,
