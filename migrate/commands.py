@@ -23,7 +23,7 @@ from .errors import BadInput, DifferencesFound, GateRefused, MigrateError, Runti
 from .events import SILENT, Events, Warn
 from .net.endpoints import Endpoint, Topology, discover, no_such_database, probe_rdb_version, translated_errors
 from .net.iam import IamCache
-from .pipeline import dump_stage, judge_skipped, redo_stages, replay_stage, run_stages
+from .pipeline import dump_stage, judge_skipped, redo_stages, refuse_dump_dir, replay_stage, run_stages
 from .pipeline import status as run_status
 from .rundir import PlanLedger, RunDir, RunLedger
 from .verify.stage import VerifyOptions, run_verify
@@ -203,6 +203,8 @@ def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupp
     directory = RunDir(run_dir, create=archive is not None)
 
     def work() -> dict:
+        if archive is not None:
+            refuse_dump_dir(directory)  # before anything in it changes
         topology = open_target(target)
         bind_endpoints(directory, None, target)
         if archive is not None:  # its progress names segments: resume only from the same archive

@@ -65,12 +65,17 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
     return {"replay": ledger.counts.to_dict(), "replay_done": dump_done, "seconds": time.monotonic() - started}
 
 
-def _replay_archive(run_dir: RunDir, target: Topology, options: replay_module.ReplayOptions,
-                    progress: ProgressFactory, warn: Warn, archive) -> dict:
-    """The same replay path, its segments streamed from an archive; the archive's manifest says what the dump held."""
+def refuse_dump_dir(run_dir: RunDir) -> None:
+    """replay --from keeps its progress in a run dir of its own: one holding a dump would mix two sources."""
     if DumpLedger.load(run_dir).found:
         raise BadInput(f"run directory {run_dir.path} holds a dump of its own",
                        "give replay --from a new --run-dir: it holds only the replay's progress")
+
+
+def _replay_archive(run_dir: RunDir, target: Topology, options: replay_module.ReplayOptions,
+                    progress: ProgressFactory, warn: Warn, archive) -> dict:
+    """The same replay path, its segments streamed from an archive; the archive's manifest says what the dump held."""
+    refuse_dump_dir(run_dir)
     if options.mode == "struct" and not archive.struct_all:
         raise BadInput("--mode struct needs a dump made with --mode struct",
                        "replay this archive with --mode auto, or archive a struct dump")

@@ -132,8 +132,11 @@ def test_multipart_segments_are_verified_from_s3(standalone_source, bucket, run_
     standalone_source.client().set("small", "x")
     invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir)
     assert max(p.stat().st_size for p in (run_dir / "segments").iterdir()) > 5 * 1024 * 1024
-    invoke("archive", "--run-dir", run_dir, "--to", URI)
+    invoke("archive", "--run-dir", run_dir, "--to", URI, "--kms-key", "alias/redis-archive")
     assert invoke("archive", "--run-dir", run_dir, "--to", URI, "--json").output.count('"uploaded": 0')
+    for key in segment_objects(bucket):
+        head = bucket.head_object(Bucket=BUCKET, Key=key)
+        assert head["ServerSideEncryption"] == "aws:kms" and "redis-archive" in head["SSEKMSKeyId"]
     invoke("replay", "--from", URI, "--target", serverless_target.url(), "--run-dir", tmp_path / "p")
     assert_same(snapshot(standalone_source), snapshot(serverless_target))
 
@@ -147,3 +150,19 @@ def test_a_bucket_that_may_be_public_is_refused_unless_forced(dumped, bucket, ru
     assert "BlockPublicPolicy" in invoke("archive", "--run-dir", run_dir, "--to", URI, code=1).output
     invoke("archive", "--run-dir", run_dir, "--to", URI, "--force")
     assert segment_objects(bucket)
+
+
+def test_bad_uris_and_a_missing_bucket_are_bad_input(dumped, bucket, run_dir, serverless_target, tmp_path):
+    assert "s3://BUCKET/PREFIX" in invoke("archive", "--run-dir", run_dir, "--to", "https://x/y", code=2).output
+    assert "prefix" in invoke("archive", "--run-dir", run_dir, "--to", f"s3://{BUCKET}", code=2).output
+    missing = invoke("archive", "--run-dir", run_dir, "--to", "s3://no-such-bucket-here/x", code=2).output
+    assert "no-such-bucket-here" in missing and "hint" in missing
+    nothing = invoke("replay", "--from", f"s3://{BUCKET}/nothing", "--target", serverless_target.url(),
+                     "--run-dir", tmp_path / "p", code=2).output
+    assert f"s3://{BUCKET}/nothing/manifest.json" in nothing
+    mixed = invoke("replay", "--from", URI, "--target", serverless_target.url(), "--run-dir", run_dir, code=2)
+    assert "manifest.json" in mixed.output  # no archive yet: named before the run dir's dump is looked at
+    invoke("archive", "--run-dir", run_dir, "--to", URI)
+    own_dump = invoke("replay", "--from", URI, "--target", serverless_target.url(), "--run-dir", run_dir, code=2)
+    assert "holds a dump of its own" in own_dump.output
+    assert "archive" not in (run_dir / "run.json").read_text()  # refused before anything in it changed
