@@ -91,10 +91,12 @@ def ssm_check(clients: Clients, options: RetireOptions, old_host: str, now: floa
     if _names(current["Value"], old_host):
         return Check("SSM points away", False, f"{name} v{current['Version']} still names the old Redis {old_host}")
     last_old = max((i for i, p in enumerate(versions) if _names(p["Value"], old_host)), default=None)
-    since = versions[0 if last_old is None else last_old + 1]
+    if last_old is None:  # a different spelling of the host (IP vs DNS name), or history older than SSM keeps
+        return Check("SSM points away", None, f"no stored version of {name} names {old_host}: cannot tell since "
+                                              "when it points away; give --source with the host name SSM held")
+    since = versions[last_old + 1]
     age = now - since["LastModifiedDate"].timestamp()
-    what = (f"{name} = {current['Value']} since v{since['Version']}, {format_duration(age)} ago"
-            + ("" if last_old is not None else f" (no stored version ever named {old_host})"))
+    what = f"{name} = {current['Value']} since v{since['Version']}, {format_duration(age)} ago"
     if age < options.min_age_seconds:
         soak = format_duration(options.min_age_seconds)
         return Check("SSM points away", False, f"{what}: less than --min-age {soak}")
