@@ -338,7 +338,6 @@ class ArchiveSegments:
         bad = []
         for name in self.order:
             entry = self.entries[name]
-            item = LocalFile(name, None, entry["size"], entry["sha256"], (), entry["key"])
             with aws_errors(f"S3 object {self.object_uri(name)}"):
                 try:
                     sha, size = _read_back(self.s3, self.where.bucket, entry["key"])
@@ -346,7 +345,7 @@ class ArchiveSegments:
                     if error_code(exc) not in ("NoSuchKey", "404", "NotFound"):
                         raise
                     sha, size = "", -1
-            if (sha, size) != (item.sha256, item.size):
+            if (sha, size) != (entry["sha256"], entry["size"]):
                 bad.append(self.object_uri(name))
         return bad
 
