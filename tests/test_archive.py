@@ -105,14 +105,15 @@ def test_kill_9_mid_archive_then_rerun_completes_without_duplicates(dumped, buck
     env = {**os.environ, **aws.env()}
     command = [sys.executable, "-c", "from migrate.cli import main; main()", "archive", "--run-dir", str(run_dir),
                "--to", URI]
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
-    while len(segment_objects(bucket)) < 3 and time.monotonic() < deadline and child.poll() is None:
-        time.sleep(0.02)
+    while not segment_objects(bucket) and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.005)
     child.send_signal(signal.SIGKILL)
-    child.wait()
+    stderr = child.communicate()[1].decode(errors="replace")
     partial = segment_objects(bucket)
-    assert 0 < len(partial) < len(segments), "the kill came too late to test a resume"
+    assert 0 < len(partial) < len(segments), f"the kill came too late to test a resume: {len(partial)} of " \
+                                             f"{len(segments)}, exit {child.returncode}: {stderr[-500:]}"
     assert "manifest.json" not in str(bucket.list_objects_v2(Bucket=BUCKET).get("Contents"))
 
     result = invoke("archive", "--run-dir", run_dir, "--to", URI, "--json")
