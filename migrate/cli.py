@@ -25,6 +25,7 @@ from .console import (
     live_sync_line,
     render_ecs_task,
     render_plan,
+    render_retire,
     render_status,
     render_summary,
     render_switch,
@@ -270,10 +271,16 @@ def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_b
     _finish(outcome, as_json)
 
 
+def from_option(func):
+    return click.option("--from", "from_uri", metavar="s3://BUCKET/PREFIX", default=None,
+                        help="Read the dump from an archive written by `archive` instead of the run dir.")(func)
+
+
 @cli.command()
 @target_option
 @run_dir_option()
 @replay_options
+@from_option
 @skip_unsupported_option
 @tls_insecure_option
 @iam_options("target")
@@ -281,13 +288,14 @@ def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_b
 @workers_option
 @json_option
 @handle_errors
-def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, skip_unsupported, tls_insecure,
-           target_iam, slots, workers, as_json):
+def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, from_uri, skip_unsupported,
+           tls_insecure, target_iam, slots, workers, as_json):
     """Write the dump into the target, pipelined per target master; resumes where it stopped."""
     outcome = commands.replay(target_url, run_dir,
                               _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers),
                               skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
-                              target_iam=target_iam, slots=slots)
+                              target_iam=target_iam, slots=slots, from_uri=from_uri,
+                              clients=_aws_clients() if from_uri else None)
     _finish(outcome, as_json)
 
 
@@ -397,6 +405,7 @@ def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db,
 @click.option("--repair", is_flag=True, help="Recopy every differing key, then verify those keys again.")
 @click.option("--delete-extra", is_flag=True, help="With --repair: delete keys that exist only on the target.")
 @click.option("--db", type=click.IntRange(0), default=None, help="Source database (default: the URL's, else 0).")
+@from_option
 @tls_insecure_option
 @iam_options("source", "target")
 @slots_option
@@ -404,13 +413,14 @@ def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db,
 @json_option
 @handle_errors
 def verify(source_url, target_url, run_dir, against_dump, sample, ttl_tolerance, rounds, report, repair,
-           delete_extra, db, tls_insecure, source_iam, target_iam, slots, workers, as_json):
+           delete_extra, db, from_uri, tls_insecure, source_iam, target_iam, slots, workers, as_json):
     """Prove the target holds what the source (or the dump) holds. Exit 0 equal, 1 differences, 2 bad input."""
     options = VerifyOptions(sample=sample, ttl_tolerance_ms=ttl_tolerance, rounds=rounds,
                             report=Path(report) if report else None, repair=repair, delete_extra=delete_extra,
-                            against_dump=against_dump, db=db, workers=workers)
+                            against_dump=against_dump, db=db, workers=workers, dump_source=from_uri)
     outcome = commands.verify(target_url, options, source_url=source_url, run_dir=run_dir, tls_insecure=tls_insecure,
-                              events=TERMINAL, source_iam=source_iam, target_iam=target_iam, slots=slots)
+                              events=TERMINAL, source_iam=source_iam, target_iam=target_iam, slots=slots,
+                              clients=_aws_clients() if from_uri else None)
     _finish(outcome, as_json, render_verify)
 
 
@@ -606,6 +616,59 @@ def ecs_task(env, image, register, create_roles, task_role_arn, execution_role_a
         serverless_cache=serverless_cache, iam_users=tuple(iam_users), prefix=param_prefix,
         task_role_arn=task_role_arn, execution_role_arn=execution_role_arn, extra_args=tuple(stage_args))
     _finish(commands.ecs_task(request, clients=_aws_clients(), plan_dir=run_dir), as_json, render_ecs_task)
+
+
+# --- after the cutover: archive, retire-check ---
+
+@cli.command()
+@run_dir_option()
+@click.option("--to", "to_uri", required=True, metavar="s3://BUCKET/PREFIX", help="Where the archive goes.")
+@click.option("--kms-key", default=None, metavar="ID",
+              help="Encrypt with this KMS key (SSE-KMS); without it, SSE-S3.")
+@click.option("--force", is_flag=True, help="Archive into a bucket whose public access block is not fully on.")
+@json_option
+@handle_errors
+def archive(run_dir, to_uri, kms_key, force, as_json):
+    """Upload the run dir's dump to S3 (encrypted, checksums verified); rerun to resume."""
+    outcome = commands.archive(run_dir, to_uri, kms_key=kms_key, force=force, clients=_aws_clients(),
+                               events=TERMINAL)
+    _finish(outcome, as_json)
+
+
+def _duration(label: str, text: str) -> float:
+    from .cloud.cutover import parse_duration
+    try:
+        return parse_duration(text)
+    except BadInput as exc:
+        raise BadInput(f"{label}: {exc.message}", exc.hint) from None
+
+
+@cli.command("retire-check")
+@env_option
+@click.option("--source", "source_url", required=True, metavar="URL", help="The old Redis (the migration's source).")
+@run_dir_option(required=False)
+@click.option("--watch", "watch", default="10m", show_default=True,
+              help="How long to watch the old Redis for clients and writes.")
+@click.option("--min-age", "min_age", default="24h", show_default=True,
+              help="How long SSM must have pointed away from the old Redis (the soak period).")
+@click.option("--archive", "archive_uri", default=None, metavar="s3://BUCKET/PREFIX",
+              help="The archive to check: it must exist and its checksums verify.")
+@click.option("--old-kind", type=click.Choice(("auto", "fargate", "elasticache")), default="auto", show_default=True,
+              help="What the old Redis is, for the next step (auto: ElastiCache for *.cache.amazonaws.com).")
+@param_prefix_option
+@tls_insecure_option
+@iam_options("source")
+@json_option
+@handle_errors
+def retire_check(env, source_url, run_dir, watch, min_age, archive_uri, old_kind, param_prefix, tls_insecure,
+                 source_iam, as_json):
+    """GO / NO-GO for removing the old Redis, with evidence. Deletes nothing. Exit 0 GO, 1 NO-GO, 2 bad input."""
+    from .cloud.retire import RetireOptions
+    options = RetireOptions(env=env, prefix=param_prefix, watch_seconds=_duration("--watch", watch),
+                            min_age_seconds=_duration("--min-age", min_age), archive=archive_uri, kind=old_kind)
+    outcome = commands.retire_check(source_url, options, run_dir=run_dir, tls_insecure=tls_insecure,
+                                    clients=_aws_clients(), events=TERMINAL, source_iam=source_iam)
+    _finish(outcome, as_json, render_retire)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from .events import SILENT, Events, Warn
 from .net.endpoints import Endpoint, Topology, discover, no_such_database, probe_rdb_version, translated_errors
 from .net.iam import IamCache
 from .net.keyspace import SlotRanges
-from .pipeline import dump_stage, judge_skipped, redo_stages, replay_stage, run_stages
+from .pipeline import dump_stage, judge_skipped, redo_stages, refuse_dump_dir, replay_stage, run_stages
 from .pipeline import status as run_status
 from .rundir import PlanLedger, RunDir, RunLedger
 from .verify.stage import VerifyOptions, run_verify
@@ -217,18 +217,24 @@ def dump(source_url: str, run_dir: str, selection: Selection, *, mode: str = "au
 
 def replay(target_url: str, run_dir: str, options: ReplayOptions, *, skip_unsupported: bool = False,
            tls_insecure: bool = False, events: Events = SILENT, target_iam: IamCache | None = None,
-           slots: str | None = None) -> Outcome:
-    """Replay the run dir's dump; --slots, if given, must be the run dir's own (its dump holds only those)."""
+           slots: str | None = None, from_uri: str | None = None, clients: Clients | None = None) -> Outcome:
+    """Replay the run dir's dump; --slots, if given, must be the run dir's own (its dump holds only those).
+    With `from_uri` the segments stream from an S3 archive and the run dir holds only this replay's progress."""
     target = _endpoint("target", target_url, tls_insecure, events.warn, target_iam)
-    directory = RunDir(run_dir)
+    archive = _archive_source(from_uri, clients)
+    directory = RunDir(run_dir, create=archive is not None)
     wanted = slot_ranges(slots)
 
     def work() -> dict:
+        if archive is not None:
+            refuse_dump_dir(directory)  # before anything in it changes
         topology = open_target(target)
         if wanted is not None:
             bind_slots(directory, wanted)
         bind_endpoints(directory, None, target)
-        return replay_stage(directory, topology, options, events.progress, warn=events.warn)
+        if archive is not None:  # its progress names segments: resume only from the same archive
+            directory.bind("archive", {"uri": archive.uri, "segments": archive.content_sha256})
+        return replay_stage(directory, topology, options, events.progress, warn=events.warn, archive=archive)
 
     return _copy(directory, work, skip_unsupported)
 
@@ -273,13 +279,17 @@ def status(run_dir: str) -> Outcome:
 
 def verify(target_url: str, options: VerifyOptions, *, source_url: str | None = None, run_dir: str | None = None,
            tls_insecure: bool = False, events: Events = SILENT, source_iam: IamCache | None = None,
-           target_iam: IamCache | None = None, slots: str | None = None) -> Outcome:
+           target_iam: IamCache | None = None, slots: str | None = None, clients: Clients | None = None) -> Outcome:
     """The reference is the source, or with --against-dump the run dir's dump, which must exist (so the
     run dir is created only for a verify against the source). Exit 1 when the two sides differ."""
     if options.delete_extra and not options.repair:
         raise BadInput("--delete-extra only applies with --repair", "add --repair, or drop --delete-extra")
+    if options.dump_source is not None and not options.against_dump:
+        raise BadInput("--from needs --against-dump: the archive is the reference", "add --against-dump")
     directory = RunDir(run_dir, create=not options.against_dump) if run_dir else None
     options = _verify_slots(directory, options, slot_ranges(slots))
+    if options.dump_source is not None:
+        options = replace(options, dump_source=_archive_source(options.dump_source, clients))
     source = None
     target = open_target(_endpoint("target", target_url, tls_insecure, events.warn, target_iam))
     if source_url and not options.against_dump:
@@ -489,3 +499,36 @@ def ecs_task(request, *, clients: Clients, plan_dir: str | None = None) -> Outco
                            "give the run dir of a `run` (it records its plan first), or --keys N [--primaries S]")
         request = replace(request, plan=ledger.plan)
     return Outcome(task.ecs_task(request, clients))
+
+
+# --- archive, retire-check ---------------------------------------------------------------------------
+
+def _archive_source(uri: str | None, clients: Clients | None):
+    """An S3 archive as a segment source (its manifest read and checked now), or None."""
+    if uri is None:
+        return None
+    from .cloud.archive import ArchiveSegments
+    from .cloud.aws import Clients
+    return ArchiveSegments(uri, clients or Clients())
+
+
+def archive(run_dir: str, to_uri: str, *, kms_key: str | None = None, force: bool = False,
+            clients: Clients | None = None, events: Events = SILENT) -> Outcome:
+    """Upload the run dir's dump store to S3, under the run lock (a dump cannot add segments meanwhile)."""
+    from .cloud import archive as archiving
+    from .cloud.aws import Clients
+    directory = RunDir(run_dir)
+    with directory.lock():
+        return Outcome(archiving.archive(directory, to_uri, clients or Clients(), kms_key=kms_key, force=force))
+
+
+def retire_check(source_url: str, options, *, run_dir: str | None = None, tls_insecure: bool = False,
+                 clients: Clients | None = None, events: Events = SILENT, source_iam: IamCache | None = None
+                 ) -> Outcome:
+    """GO (exit 0) or NO-GO (exit 1) for removing the old Redis, with the evidence and the next step."""
+    from .cloud import retire
+    from .cloud.aws import Clients
+    endpoint = _endpoint("source", source_url, tls_insecure, events.warn, source_iam)
+    directory = RunDir(run_dir) if run_dir else None
+    result = retire.retire_check(endpoint, directory, options, clients or Clients())
+    return Outcome(result, exit_code=0 if result["verdict"] == "GO" else GateRefused.exit_code)

@@ -310,3 +310,12 @@ def render_ecs_task(result: dict) -> str:
         lines += [f"# {run['what']}", run["line"]]
     lines += [f"warning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)
+
+
+def render_retire(result: dict) -> str:
+    """retire-check: the verdict, one line of evidence per check, then the next step."""
+    checks = result["checks"]
+    width = max(len(c["check"]) for c in checks)
+    lines = [f"retire-check {result['old_redis']} ({result['kind']}): {result['verdict']}", ""]
+    lines += [f"  {c['check'].ljust(width)}  {c['result'].ljust(11)}  {c['evidence']}" for c in checks]
+    return "\n".join([*lines, "", f"next step: {result['next_step']}"])

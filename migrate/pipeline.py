@@ -38,9 +38,12 @@ def dump_stage(run_dir: RunDir, source: Topology, options: DumpOptions,
 
 def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.ReplayOptions,
                  progress: ProgressFactory = no_progress, dump_running: Callable[[], bool] = lambda: False,
-                 expected: int | None = None, warn: Warn = no_warning) -> dict:
+                 expected: int | None = None, warn: Warn = no_warning, archive=None) -> dict:
     """Replay what the dump holds; with `dump_running`, follow the dump as it writes (run). The caller
-    bound the target to the run dir (`commands.bind_endpoints`)."""
+    bound the target to the run dir (`commands.bind_endpoints`). With `archive` (cloud/archive.py's
+    ArchiveSegments) the segments come from S3 and the run dir holds only the replay's progress."""
+    if archive is not None:
+        return _replay_archive(run_dir, target, options, progress, warn, archive)
     dump_ledger = DumpLedger.load(run_dir)
     if not dump_ledger.found and not dump_running():
         raise BadInput(f"run directory {run_dir.path} holds no dump", "run `redis-migrate dump` (or `run`) first")
@@ -61,6 +64,34 @@ def replay_stage(run_dir: RunDir, target: Topology, options: replay_module.Repla
     else:
         warn("the dump is not finished: replayed what it holds; rerun dump, then replay, to complete")
     return {"replay": ledger.counts.to_dict(), "replay_done": dump_done, "seconds": time.monotonic() - started}
+
+
+def refuse_dump_dir(run_dir: RunDir) -> None:
+    """replay --from keeps its progress in a run dir of its own: one holding a dump would mix two sources."""
+    if DumpLedger.load(run_dir).found:
+        raise BadInput(f"run directory {run_dir.path} holds a dump of its own",
+                       "give replay --from a new --run-dir: it holds only the replay's progress")
+
+
+def _replay_archive(run_dir: RunDir, target: Topology, options: replay_module.ReplayOptions,
+                    progress: ProgressFactory, warn: Warn, archive) -> dict:
+    """The same replay path, its segments streamed from an archive; the archive's manifest says what the dump held."""
+    refuse_dump_dir(run_dir)
+    if options.mode == "struct" and not archive.struct_all:
+        raise BadInput("--mode struct needs a dump made with --mode struct",
+                       "replay this archive with --mode auto, or archive a struct dump")
+    started = time.monotonic()
+    done = ReplayLedger.load(run_dir).counts
+    with progress("replay", archive.expected_keys or None,
+                  initial=done.restored + done.struct_written + done.expired) as update:
+        with translated_errors(target.endpoint):
+            ledger = replay_module.replay(run_dir, target, options, update, warn=warn, source=archive)
+    if archive.dump_finished:
+        ledger.finish()
+    else:
+        warn("the archived dump was not finished: replayed what it holds")
+    return {"replay": ledger.counts.to_dict(), "replay_done": archive.dump_finished, "archive": archive.uri,
+            "seconds": time.monotonic() - started}
 
 
 def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: DumpOptions,

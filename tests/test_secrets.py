@@ -177,6 +177,19 @@ def test_no_secret_anywhere(standalone_source, serverless_target, iam_user, aws,
         for version in ssm.get_parameter_history(Name=name)["Parameters"]:
             scan.add(f"ssm {name}", repr(version))
 
+    # 6. archive to S3 (object names, metadata, manifest) and retire-check, with the source URL's password
+    s3 = own_client("s3")
+    s3.create_bucket(Bucket="sec-archive")
+    s3.put_public_access_block(Bucket="sec-archive", PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
+    scan.run("archive", "--run-dir", runs["url"], "--to", "s3://sec-archive/sec", "--json", env=aws_env)
+    scan.run("retire-check", "--env", "sec", "--source", source_url, "--watch", "1s", "--min-age", "0",
+             "--archive", "s3://sec-archive/sec", "--json", env=aws_env, code=None)
+    for item in s3.list_objects_v2(Bucket="sec-archive")["Contents"]:
+        scan.add("s3 object", repr(s3.head_object(Bucket="sec-archive", Key=item["Key"])))
+        if item["Key"].endswith("manifest.json"):
+            scan.add("s3 manifest", s3.get_object(Bucket="sec-archive", Key=item["Key"])["Body"].read().decode())
+
     for run_dir in runs.values():
         if run_dir.exists():
             scan.add_run_dir(run_dir)

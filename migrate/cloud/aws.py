@@ -37,7 +37,7 @@ MISSING_PARAMETER_HINT = (
 _ACCESS_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedException"}
 _CREDENTIAL_CODES = {"UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException",
                      "InvalidSignatureException", "SignatureDoesNotMatch"}
-_NOT_FOUND_CODES = {"ParameterNotFound", "ParameterVersionNotFound", "ServerlessCacheNotFoundFault",
+_NOT_FOUND_CODES = {"NoSuchBucket", "ParameterNotFound", "ParameterVersionNotFound", "ServerlessCacheNotFoundFault",
                     "ServiceNotFoundException", "ClusterNotFoundException"}
 
 
@@ -67,6 +67,10 @@ class Clients:
     @property
     def ecs(self):
         return self.get("ecs")
+
+    @property
+    def s3(self):
+        return self.get("s3")
 
 
 @contextlib.contextmanager
@@ -120,6 +124,8 @@ def _client_error(subject: str, exc: bex.ClientError) -> MigrateError:
 
 
 def _not_found_hint(code: str) -> str:
+    if code == "NoSuchBucket":
+        return "check the bucket name in the s3:// URI and the region (AWS_REGION)"
     if code.startswith("Parameter"):
         return MISSING_PARAMETER_HINT
     if code.startswith("ServerlessCache"):

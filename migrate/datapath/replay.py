@@ -28,7 +28,7 @@ from ..rundir import ReplayCounts, ReplayLedger, ReplayShare, RunDir
 from ..workers import default_workers, run_workers
 from . import streams, witness
 from .segments import DUMP, STRUCT, Indices, Record, Segment, load_segment
-from .store import list_segments, segment_id
+from .store import LocalSegments, list_segments, segment_id
 
 RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK ")
 STREAM_ALREADY_WRITTEN = "equal or smaller than the target stream top item"
@@ -529,8 +529,12 @@ class _Retry(Exception):
 
 def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
            progress: Callable[[int], None] = lambda n: None,
-           dump_running: Callable[[], bool] = lambda: False, warn: Warn = no_warning) -> ReplayLedger:
-    """Replay every segment not yet done. While `dump_running()` is true, wait for more segments."""
+           dump_running: Callable[[], bool] = lambda: False, warn: Warn = no_warning,
+           source=None) -> ReplayLedger:
+    """Replay every segment not yet done. While `dump_running()` is true, wait for more segments.
+    `source` lists and loads the segments: the run dir's (default) or an archive's (cloud/archive.py)."""
+    local = source is None  # workers read the run dir's segments; an archive streams through this process
+    source = source or LocalSegments(run_dir)
     ledger = ReplayLedger.load(run_dir)
     writer = TargetWriter(topology, options)
     guard = LossGuard(ledger, writer, warn)
@@ -540,18 +544,18 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
             ledger.start(writer.target_rdb)
         elif not ledger.finished:
             guard.lost()  # resumed: did the target keep what the last run confirmed?
-        if not dump_running():
+        if local and not dump_running():
             while _replay_in_workers(run_dir, topology, options, ledger, guard, progress, warn, writer.target_rdb):
                 pass  # the target lost confirmed keys: every segment again
         while True:
             running = dump_running()
-            todo = [path for path in list_segments(run_dir) if path.name not in ledger.done]
-            for path in todo:
-                segment = load_segment(path)
-                written = _write_segment(writer, segment, ledger, guard, path.name)
+            todo = [name for name in source.names() if name not in ledger.done]
+            for name in todo:
+                segment = source.load(name)  # checked whole before any write
+                written = _write_segment(writer, segment, ledger, guard, name)
                 if written is None:
                     break  # the target lost confirmed keys: start again from the first segment
-                ledger.mark_done(path.name, witness.choose(segment, writer.owners), written)
+                ledger.mark_done(name, witness.choose(segment, writer.owners), written)
                 progress(segment.key_count)
             if not todo and not running:
                 break

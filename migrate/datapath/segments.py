@@ -179,7 +179,7 @@ def encode_struct(record: Record) -> bytes:
                      lengths.tobytes(), *record.items))
 
 
-def decode_body(body: bytes, source: Path, version: bytes = MAGIC[5:6]) -> Segment:
+def decode_body(body: bytes, source: Path | str, version: bytes = MAGIC[5:6]) -> Segment:
     """A segment body, checked. Any inconsistency is a corrupt segment, never a silent skip."""
     try:
         dump_count, struct_count = _COUNTS.unpack_from(body, 0)
@@ -335,7 +335,7 @@ def stream_groups(items: list[bytes]) -> tuple[tuple[bytes, bytes, bytes], list[
     return (items[0], items[1], items[2]), groups
 
 
-def corrupt(path: Path, why: str) -> BadInput:
+def corrupt(path: Path | str, why: str) -> BadInput:
     return BadInput(f"dump segment {path} is corrupt: {why}",
                     "do not edit segment files; move the run directory aside and dump again, or restore the "
                     "segment from a backup copy of the run directory")
@@ -406,6 +406,11 @@ def load_segment(path: Path) -> Segment:
     except OSError as exc:
         raise BadInput(f"cannot read dump segment {path}: {exc.strerror}",
                        "check the run directory's permissions") from None
+    return parse_segment(data, path)
+
+
+def parse_segment(data: bytes, path: Path | str) -> Segment:
+    """A segment file's bytes, checked then decoded; `path` names it in errors (a file or an S3 object)."""
     version = data[5:6]
     if data[:5] == MAGIC[:5] and (version not in READABLE or data[6:8] != MAGIC[6:]):
         raise BadInput(f"dump segment {path} was written by another version of redis-migrate",

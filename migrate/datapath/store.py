@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..rundir import RunDir, atomic_write
+from .segments import Segment, load_segment
 
 _NAME = re.compile(r"^m(\d{3})-(\d{8})\.seg$")
 
@@ -34,3 +35,22 @@ def list_segments(run_dir: RunDir) -> list[Path]:
     """Every durable segment in (master, sequence) order. Leftover temp files are ignored."""
     paths = [p for p in run_dir.segments.iterdir() if not p.name.startswith(".")]
     return sorted(paths, key=segment_id)
+
+
+class LocalSegments:
+    """The run dir's segments as replay's and verify's source (the other one: an S3 archive, cloud/archive.py).
+
+    A source lists segment names in replay order and loads one checked segment at a time."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+
+    @property
+    def label(self) -> str:
+        return str(self.run_dir.path)
+
+    def names(self) -> list[str]:
+        return [path.name for path in list_segments(self.run_dir)] if self.run_dir.segments.is_dir() else []
+
+    def load(self, name: str) -> Segment:
+        return load_segment(self.run_dir.segments / name)

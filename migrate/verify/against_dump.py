@@ -26,8 +26,8 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
-from ..datapath.segments import DUMP, Record, read_segment, stream_groups
-from ..datapath.store import list_segments
+from ..datapath.segments import DUMP, Record, stream_groups
+from ..datapath.store import LocalSegments
 from ..errors import BadInput
 from ..net.endpoints import Topology, translated_errors
 from ..net.keyspace import NO_EXPIRY, SLOT_COUNT, key_slot
@@ -119,13 +119,15 @@ class DumpReference:
 
     label = "dump"
 
-    def __init__(self, run_dir: RunDir, target: Topology) -> None:
+    def __init__(self, run_dir: RunDir | None, target: Topology, source=None) -> None:
+        """`source`: where the segments come from (the run dir's by default, or an S3 archive)."""
         self.run_dir = run_dir
         self.target = target
         self.loaded = False
-        self.segments = list_segments(run_dir) if run_dir.segments.is_dir() else []
+        self.source = source or LocalSegments(run_dir)
+        self.segments = self.source.names()
         if not self.segments:
-            raise BadInput(f"run directory {run_dir.path} holds no dump segments",
+            raise BadInput(f"{self.source.label} holds no dump segments",
                            "run `redis-migrate dump` (or `run`) first, or verify against the source")
         self.index: dict[bytes, Entry] = {}
         self.structs = StructAssembler()
@@ -144,7 +146,7 @@ class DumpReference:
         self.loaded = True
         for number, path in enumerate(self.segments):
             batch: list[Record] = []
-            records = read_segment(path)
+            records = self._read(path)
             for record in records:
                 if record.expire_at != NO_EXPIRY and record.expire_at <= now:
                     self._forget(record.key)
@@ -163,6 +165,9 @@ class DumpReference:
                 self._compare_payloads(batch)
             if progress:
                 progress(sum(r.first for r in records))
+
+    def _read(self, name: str) -> list[Record]:
+        return self.source.load(name).records()
 
     def _forget(self, key: bytes) -> None:
         """A later record of a key replaces everything an earlier one said."""
@@ -260,7 +265,7 @@ class DumpReference:
         wanted = set(keys)
         chosen: dict[bytes, list[Record]] = {}
         for path in self.segments:
-            for record in read_segment(path):
+            for record in self._read(path):
                 if record.key in wanted:
                     if record.first:
                         chosen[record.key] = []
@@ -279,7 +284,7 @@ class DumpReference:
             by_segment.setdefault(self.index[key].segment, set()).add(key)
         found = {}
         for number, wanted in by_segment.items():
-            for record in read_segment(self.segments[number]):
+            for record in self._read(self.segments[number]):
                 if record.key in wanted and record.kind == DUMP:
                     found[record.key] = record
         return found

@@ -58,6 +58,7 @@ class VerifyOptions:
     repair: bool = False
     delete_extra: bool = False
     against_dump: bool = False
+    dump_source: object = None         # with against_dump: an archive's segments (cloud/archive.py), not the run dir's
     db: int | None = None              # source db; default the source URL's
     listed: int = 20                   # differences kept in the result (the report has them all)
     slots: SlotRanges | None = None    # --slots: compare only keys in these hash slots, on both sides
@@ -314,6 +315,8 @@ def progress_total(reference: Reference, target: Topology, run_dir: RunDir | Non
         return None
     if isinstance(reference, SourceReference):
         reference_keys = reference.topology.key_count(reference.db)
+    elif options.dump_source is not None:
+        reference_keys = options.dump_source.expected_keys
     else:
         dumped = DumpLedger.load(run_dir).totals()
         reference_keys = dumped.dumped + dumped.struct_keys
@@ -344,6 +347,9 @@ def set_apart(settled: Settled, skipped: dict[str, str]) -> Settled:
 
 
 def _reference(source: Topology | None, target: Topology, run_dir: RunDir | None, options: VerifyOptions) -> Reference:
+    if options.against_dump and options.dump_source is not None:
+        from .against_dump import DumpReference
+        return DumpReference(run_dir, target, options.dump_source)
     if options.against_dump:
         if run_dir is None:
             raise BadInput("--against-dump needs --run-dir: the dump in it is the reference",
