@@ -134,3 +134,36 @@ def _digests_of(keys: int):
     for key, _ in keyspace(keys):
         digests.add(key_slot(key), key, 1, 0, -1, 1)
     return digests
+
+
+class _SlotGrowsAfterCount(Wire):
+    """A real connection to the node; once the COUNTKEYSINSLOT replies are in, another client writes 50
+    new keys into the slot, as sync's follower writes the target while a reconcile lists it."""
+
+    def __init__(self, topology, node, writes) -> None:
+        self.writes: list[str] = []  # none while the connection is set up (AUTH, HELLO)
+        super().__init__(topology.endpoint, node.host, node.port)
+        self.writes = writes
+
+    def read(self, count):
+        replies = super().read(count)
+        if self.writes:
+            write(self.writes.pop(), [(b"{slot}:new:%d" % n, [pack(b"SET", b"{slot}:new:%d" % n, b"x")])
+                                      for n in range(50)])
+        return replies
+
+
+def test_descent_names_a_slots_old_keys_though_the_slot_grows_while_it_is_listed(serverless_target):
+    """GETKEYSINSLOT returns at most the count asked: sized by COUNTKEYSINSLOT alone, a slot that grew in
+    between lost names, and a target-only key there (after a FLUSHDB on the source) was never deleted."""
+    url = serverless_target.url()
+    write(url, [(b"{slot}:old", [pack(b"SET", b"{slot}:old", b"x")])])
+    topology = discover(Endpoint.from_url("target", url))
+    lister = descent.SlotLister(topology)
+    wire = _SlotGrowsAfterCount(topology, topology.masters[0], [url])
+    try:
+        named = lister._in_slots(wire, [key_slot(b"{slot}:old")])
+    finally:
+        wire.close()
+        lister.close()
+    assert named is not None and set(named) == {b"{slot}:old"} | {b"{slot}:new:%d" % n for n in range(50)}

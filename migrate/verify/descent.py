@@ -29,6 +29,7 @@ from .slotdigest import SlotDigests
 GROUP_KEYS = 100_000   # keys (on the larger side) whose views one group holds
 SCAN_COUNT = 5000      # names per SCAN call when a standalone node is filtered by slot
 READ_BATCH = 1000
+SLOT_SLACK = 16        # names asked beyond a slot's COUNTKEYSINSLOT: room for keys written in between
 
 
 class SlotLister:
@@ -78,19 +79,32 @@ class SlotLister:
         return views
 
     def _in_slots(self, wire: Wire, slots: list[int]) -> list[bytes] | None:
-        """CLUSTER GETKEYSINSLOT for each slot (sized by COUNTKEYSINSLOT); None where refused."""
+        """CLUSTER GETKEYSINSLOT for each slot (sized by COUNTKEYSINSLOT); None where refused.
+
+        A count is only a starting size: the side may take writes between the two round trips (sync's
+        follower writes the target while a reconcile runs), and GETKEYSINSLOT returns at most `count`
+        names, so a capped reply could leave out a key that was there all along, such as a target-only
+        key after a FLUSHDB on the source, which no other listing names and which is then never deleted.
+        So each slot is asked for more than its count, and asked again (twice as many) while a reply fills
+        what was asked: every key present throughout is named."""
         wire.send(b"".join(pack(b"CLUSTER", b"COUNTKEYSINSLOT", b"%d" % slot) for slot in slots))
         counts = wire.read(len(slots))
         if any(isinstance(count, ReplyError) for count in counts):
             self._slot_commands = False
             return None
-        asked = [(slot, count) for slot, count in zip(slots, counts) if count]
-        wire.send(b"".join(pack(b"CLUSTER", b"GETKEYSINSLOT", b"%d" % slot, b"%d" % count) for slot, count in asked))
-        replies = wire.read(len(asked))
-        if any(isinstance(reply, ReplyError) for reply in replies):
-            self._slot_commands = False
-            return None
-        return [key for reply in replies for key in reply]
+        asked = {slot: count + SLOT_SLACK for slot, count in zip(slots, counts)}
+        named: dict[int, list[bytes]] = {}
+        while asked:
+            order = list(asked.items())
+            wire.send(b"".join(pack(b"CLUSTER", b"GETKEYSINSLOT", b"%d" % slot, b"%d" % count)
+                               for slot, count in order))
+            replies = wire.read(len(order))
+            if any(isinstance(reply, ReplyError) for reply in replies):
+                self._slot_commands = False
+                return None
+            named.update((slot, reply) for (slot, _), reply in zip(order, replies))
+            asked = {slot: count * 2 for (slot, count), reply in zip(order, replies) if len(reply) >= count}
+        return [key for reply in named.values() for key in reply]
 
     @staticmethod
     def _scanned(wire: Wire, wanted: set[int]) -> Iterator[list[bytes]]:
