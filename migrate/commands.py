@@ -315,20 +315,6 @@ def _verify_slots(directory: RunDir | None, options: VerifyOptions, slots: SlotR
     return replace(options, slots=slots)
 
 
-def _verify_slots(directory: RunDir | None, options: VerifyOptions, slots: SlotRanges | None) -> VerifyOptions:
-    """--slots limits the verify to those slots on both sides; with a run dir, they default to (and must be)
-    the run dir's own, so that its verify, which the cutover gate reads, covers exactly what it copied."""
-    if directory is not None:
-        recorded = RunLedger.load(directory).slots
-        if slots is None and recorded is not None:
-            slots = slot_ranges(recorded)
-        bind_slots(directory, slots)
-    if slots is not None and (options.against_dump or options.sample):
-        raise BadInput("--slots applies to a full verify against the source",
-                       "drop --sample/--against-dump, or verify without --slots")
-    return replace(options, slots=slots)
-
-
 # --- plan, cutover, rollback -------------------------------------------------------------------------
 
 def plan(source_url: str, target_url: str, *, serverless_cache: str | None = None, env: str | None = None,

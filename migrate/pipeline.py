@@ -100,17 +100,7 @@ def run_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options
     """Dump in a child process while this one replays; both resume from their ledgers. The caller has
     admitted the source (`commands.admit_source`) before anything, --redo included, changed the run dir."""
     started = time.monotonic()
-    child, errors = _start_dump_process(run_dir, source, dump_options)  # one bar: the replay's
-    try:
-        replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,
-                                expected=expected_keys(source, dump_options), warn=warn)
-    finally:
-        if child.is_alive():
-            child.terminate()
-        child.join()
-    _raise_child_error(child, errors)
-    if not replayed["replay_done"]:
-        replay_stage(run_dir, target, replay_options, warn=warn)
+    copy_stages(run_dir, source, target, dump_options, replay_options, progress, warn)
     copied = time.monotonic() - started
     verify_stage(run_dir, source, target, dump_options, progress)
     summary = summarize(run_dir)
@@ -129,7 +119,7 @@ def expected_keys(source: Topology, options: DumpOptions) -> int:
 def copy_stages(run_dir: RunDir, source: Topology, target: Topology, dump_options: DumpOptions,
                 replay_options: replay_module.ReplayOptions, progress: ProgressFactory = no_progress,
                 warn: Warn = no_warning) -> None:
-    """`run`'s copy without its verify (sync proves the copy itself): dump in a child, replay here."""
+    """The copy of `run` and `sync`: dump in a child, replay here (one bar: the replay's)."""
     child, errors = _start_dump_process(run_dir, source, dump_options)
     try:
         replayed = replay_stage(run_dir, target, replay_options, progress, dump_running=child.is_alive,

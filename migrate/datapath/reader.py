@@ -43,14 +43,8 @@ MAX_KEY_BYTES = 4096
 # frozen in scripts), so PTTLs read after the DUMPs would make copies expire early.
 # The last element says whether every key was plain (there, dumped, and within the target's RDB
 # version): then the client stores the batch as it is, with no Python step per key.
-READ_SCRIPT = b"""
-local call = redis.call
-local value_max = tonumber(ARGV[1])
-local budget = tonumber(ARGV[2])
-local has_pexpiretime = ARGV[3] == '1'
-local target_rdb = tonumber(ARGV[4])
-local argv = ARGV
-local first = 5
+# _EXPIRIES is that first part, shared by both batch scripts (READ_SCRIPT and STRUCT_SCRIPT).
+_EXPIRIES = b"""
 local expiries = {}
 if has_pexpiretime then
   for i = first, #argv do
@@ -65,7 +59,17 @@ else
     expiries[i] = ttl
   end
 end
-local out = {}
+"""
+
+READ_SCRIPT = b"""
+local call = redis.call
+local value_max = tonumber(ARGV[1])
+local budget = tonumber(ARGV[2])
+local has_pexpiretime = ARGV[3] == '1'
+local target_rdb = tonumber(ARGV[4])
+local argv = ARGV
+local first = 5
+""" + _EXPIRIES + b"""local out = {}
 local n = 0
 local used = 0
 local plain = 1
@@ -118,21 +122,7 @@ local has_pexpiretime = ARGV[4] == '1'
 local field_ttl = ARGV[5] == '1'
 local argv = ARGV
 local first = 6
-local expiries = {}
-if has_pexpiretime then
-  for i = first, #argv do
-    expiries[i] = call('PEXPIRETIME', argv[i])
-  end
-else
-  local now = call('TIME')
-  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  for i = first, #argv do
-    local ttl = call('PTTL', argv[i])
-    if ttl >= 0 then ttl = now_ms + ttl end
-    expiries[i] = ttl
-  end
-end
-local lengths = {list = 'LLEN', set = 'SCARD', zset = 'ZCARD', hash = 'HLEN'}
+""" + _EXPIRIES + b"""local lengths = {list = 'LLEN', set = 'SCARD', zset = 'ZCARD', hash = 'HLEN'}
 local out = {}
 local n = 0
 local used = 0
