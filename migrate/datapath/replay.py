@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import zip_longest
 from pathlib import Path
+from typing import TypeVar
 
 from ..backoff import Backoff
 from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
@@ -30,6 +31,7 @@ from . import streams, witness
 from .segments import DUMP, STRUCT, Indices, Record, Segment, load_segment
 from .store import LocalSegments, list_segments, segment_id
 
+T = TypeVar("T")
 RETRYABLE = ("TRYAGAIN", "LOADING", "BUSY ", "CLUSTERDOWN", "MASTERDOWN", "MOVED", "ASK ")
 STREAM_ALREADY_WRITTEN = "equal or smaller than the target stream top item"
 BATCH_RECORDS = 2000
@@ -396,14 +398,19 @@ class TargetWriter:
     def delete(self, keys: list[bytes]) -> int:
         """DEL these keys on the masters that own them (sync: keys gone on the source), retried like writes;
         returns how many existed."""
+        return self._retrying("deleting keys", lambda: self._delete(keys))
+
+    def _retrying(self, doing: str, attempt: Callable[[], T]) -> T:
+        """`attempt()` again after transient failures (a lost connection, MOVED, LOADING), for as long as
+        writes are retried."""
         backoff = Backoff(self.options.retry_seconds)
         while True:
             try:
-                return self._delete(keys)
+                return attempt()
             except (OSError, Unreachable, _Retry) as exc:
                 if backoff.expired():
                     raise RuntimeFailure(f"the target kept failing for {self.options.retry_seconds:.0f}s "
-                                         f"while deleting keys ({exc})",
+                                         f"while {doing} ({exc})",
                                          "check the target's health and network path, then rerun to resume") from None
                 backoff.wait()
 
@@ -431,16 +438,7 @@ class TargetWriter:
 
     def exists(self, keys: list[bytes]) -> list[bool]:
         """Whether each key exists on the target (pipelined EXISTS per node), retried like writes."""
-        backoff = Backoff(self.options.retry_seconds)
-        while True:
-            try:
-                return self._exists(keys)
-            except (OSError, Unreachable, _Retry) as exc:
-                if backoff.expired():
-                    raise RuntimeFailure(f"the target kept failing for {self.options.retry_seconds:.0f}s "
-                                         f"while checking keys it had confirmed ({exc})",
-                                         "check the target's health and network path, then rerun to resume") from None
-                backoff.wait()
+        return self._retrying("checking keys it had confirmed", lambda: self._exists(keys))
 
     def _exists(self, keys: list[bytes]) -> list[bool]:
         by_node: dict[int, list[int]] = {}
