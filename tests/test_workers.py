@@ -198,10 +198,12 @@ def restartable_target(bed_dir, certs):
 
 def test_a_target_restarted_mid_replay_with_workers_ends_exact(cluster_source, restartable_target, run_dir):
     """A target node restarts (losing what it had not saved) while replay workers write: a worker sees the
-    witnesses gone, and the replay writes every segment again (or stops clearly, and a rerun finishes)."""
+    witnesses gone, and the replay writes every segment again (or stops clearly, and a rerun finishes).
+    45,000 keys make two segments per source master (10,000 records each), so the restart lands after a first
+    segment is done and before the replay ends (with one segment per master it often came after the end)."""
     node = restartable_target.first
     node.flush()
-    seed_data.seed(cluster_source.cluster_client(), 24_000, seed=19, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(cluster_source.cluster_client(), 45_000, seed=19, big_keys=False, short_ttl_keys=0)
     assert spawn("dump", "--source", cluster_source.url(), "--run-dir", run_dir).exit_code == 0
     replay = ("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--workers", 3)
     process = popen(*replay, "--max-ops-per-sec", 9000)
@@ -210,6 +212,7 @@ def test_a_target_restarted_mid_replay_with_workers_ends_exact(cluster_source, r
         while not replay_ledger(run_dir).get("segments_done"):
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.02)
+        assert process.poll() is None, "the replay ended before the restart: the scenario did not happen"
         node.stop()
         time.sleep(0.3)
         node.start()
