@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -80,3 +81,11 @@ def assert_clean_error(outcome: Outcome, code: int, *needles: str, secrets: tupl
 def copy_tree(source: Path, destination: Path) -> Path:
     shutil.copytree(source, destination, copy_function=shutil.copy2)
     return destination
+
+
+def ledger(run_dir: Path, name: str) -> dict:
+    """A run-dir ledger as JSON, or {} while it is missing or half-written (tests poll it as a stage runs)."""
+    try:
+        return json.loads((run_dir / f"{name}.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}

@@ -24,17 +24,10 @@ import testbed
 from conftest import SOURCE_PASSWORD, TARGET_PASSWORD
 from faultproxy import ArgumentLimit, FaultProxy
 from migrate.datapath.segments import read_segment
-from reliability import assert_clean_error, popen, spawn
+from reliability import assert_clean_error, ledger, popen, spawn
 from snapshot import assert_same, snapshot
 
 RUN_TIMEOUT = 240
-
-
-def ledger(run_dir: Path, name: str) -> dict:
-    try:
-        return json.loads((run_dir / f"{name}.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 def phase(run_dir: Path) -> str:

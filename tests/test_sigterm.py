@@ -4,7 +4,6 @@ same run dir is exact (independent snapshot). sync's own SIGTERM handling is in 
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -15,17 +14,10 @@ import pytest
 import seed_data
 from conftest import SOURCE_PASSWORD
 from faultproxy import FaultProxy
-from reliability import popen, spawn
+from reliability import ledger, popen, spawn
 from snapshot import assert_same, snapshot
 
 RUN_TIMEOUT = 240
-
-
-def ledger(run_dir: Path, name: str) -> dict:
-    try:
-        return json.loads((run_dir / f"{name}.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 def dumping(run_dir: Path) -> bool:

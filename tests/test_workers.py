@@ -20,7 +20,7 @@ from aws_helpers import aws_calls, invoke, own_client  # noqa: F401
 from conftest import TARGET_PASSWORD
 from migrate.net.keyspace import SLOT_COUNT, SlotRanges, coverage, key_slot
 from migrate.rundir import RunDir, RunLedger
-from reliability import assert_clean_error, popen, spawn
+from reliability import assert_clean_error, ledger, popen, spawn
 from snapshot import assert_same, snapshot
 
 ENV = "test"
@@ -92,13 +92,6 @@ def kill_when(args, ready, seen: list) -> None:
     assert not alive, alive
 
 
-def replay_ledger(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "replay.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
 def test_kill_9_mid_dump_and_mid_replay_with_workers_then_resume_is_exact(cluster_source, serverless_target, run_dir):
     """The parent is killed while its workers write, in the dump and then in the replay; the workers die with
     it, only the parent wrote the ledgers, and each resume is exact."""
@@ -116,7 +109,7 @@ def test_kill_9_mid_dump_and_mid_replay_with_workers_then_resume_is_exact(cluste
     segments = len(list((run_dir / "segments").iterdir()))
     replay = ("replay", "--target", serverless_target.url(), "--run-dir", run_dir, "--workers", 3,
               "--max-ops-per-sec", 9000)  # 3,000 keys/s per worker: about 3 s per segment
-    kill_when(replay, lambda: 1 <= len(replay_ledger(run_dir).get("segments_done", [])) < segments, [])
+    kill_when(replay, lambda: 1 <= len(ledger(run_dir, "replay").get("segments_done", [])) < segments, [])
     resumed = spawn(*replay, timeout=240)
     assert resumed.exit_code == 0, str(resumed)
     assert_same(snapshot(cluster_source), snapshot(serverless_target))
@@ -209,7 +202,7 @@ def test_a_target_restarted_mid_replay_with_workers_ends_exact(cluster_source, r
     process = popen(*replay, "--max-ops-per-sec", 9000)
     try:
         deadline = time.monotonic() + 60
-        while not replay_ledger(run_dir).get("segments_done"):
+        while not ledger(run_dir, "replay").get("segments_done"):
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.02)
         assert process.poll() is None, "the replay ended before the restart: the scenario did not happen"
