@@ -376,11 +376,12 @@ def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | 
     directory = _run_dirs(run_dir)
     sync = None if isinstance(directory, list) else live.running_sync(directory)  # several: a copy split by --slots
     if sync is not None:
-        return _switched(live.cutover_on_sync(
-            env, sync, directory, target_url=target_url, serverless_cache=serverless_cache,
-            source_url=fencing.source_url, prefix=prefix, fence_ms=fencing.fence_ms, no_fence=fencing.no_fence,
-            max_lag_ms=fencing.max_lag_ms, force=force, redeploy=redeploy, dry_run=dry_run, clients=clients,
-            tls_insecure=fencing.tls_insecure))
+        with directory.cutover_lock() if not dry_run else contextlib.nullcontext():
+            return _switched(live.cutover_on_sync(
+                env, sync, directory, target_url=target_url, serverless_cache=serverless_cache,
+                source_url=fencing.source_url, prefix=prefix, fence_ms=fencing.fence_ms, no_fence=fencing.no_fence,
+                max_lag_ms=fencing.max_lag_ms, force=force, redeploy=redeploy, dry_run=dry_run, clients=clients,
+                tls_insecure=fencing.tls_insecure))
     with _switch_lock(directory, dry_run):
         return _switched(switching.cutover(env, target_url=target_url, serverless_cache=serverless_cache,
                                            run_dir=directory, prefix=prefix, max_verify_age=max_verify_age,

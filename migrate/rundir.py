@@ -19,6 +19,7 @@ Layout (0700, files 0600):
     segments/            immutable dump segments, m<master index, 3 digits>-<sequence, 8 digits>.seg
                          (datapath/store.py); the master index is its place in dump.json's `order`
     lock                 held (flock) by the process working on the run dir; holds its pid
+    cutover.lock         held (flock) by a cutover on a running sync (which holds `lock`); holds its pid
 
 Ledgers, the report and segments are written atomically (as .<name>.tmp-<pid>, fsynced, renamed; a leftover temp file
 is ignored). Every ledger carries a checksum (`_xxh3`) of its content: an edited one is refused.
@@ -226,18 +227,27 @@ class RunDir:
         sealed = {**body, CHECKSUM_FIELD: _checksum(body)}
         atomic_write(self.path / f"{name}.json", json.dumps(sealed, indent=1, sort_keys=True).encode())
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         """Hold the run lock; a second process working on the same dir is refused."""
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        return self._flock("lock", f"run directory {self.path} is locked by pid {{holder}}",
+                           "wait for that run to finish, or stop it; a killed run releases the lock itself")
+
+    def cutover_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Held by a cutover on a running sync (the sync holds the run lock): two operators starting a live
+        cutover at once would fence and flip twice; the second is refused."""
+        return self._flock("cutover.lock", f"a cutover (pid {{holder}}) is already running on {self.path}",
+                           "wait for it to finish and read its result (redis-migrate status); a killed cutover "
+                           "releases the lock itself")
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, refusal: str, hint: str) -> Iterator[None]:
+        fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                raise BadInput(f"run directory {self.path} is locked by pid {holder}",
-                               "wait for that run to finish, or stop it; a killed run releases the lock "
-                               "itself") from None
+                raise BadInput(refusal.replace("{holder}", holder), hint) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield

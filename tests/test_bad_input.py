@@ -6,6 +6,7 @@ a second CA that signed nothing, a real second process holding the run lock, a r
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 import seed_data
 import testbed
 from conftest import SOURCE_PASSWORD, TARGET_PASSWORD
+from migrate.rundir import RunDir
+from migrate.sync.protocol import SyncLedger
 from reliability import assert_clean_error, invoke, popen
 from snapshot import snapshot
 
@@ -327,6 +330,18 @@ def test_run_dir_locked_by_a_live_run(standalone_source, serverless_target, run_
     finally:
         live.kill()
         live.communicate(timeout=30)
+
+
+def test_a_second_cutover_on_a_running_sync_is_refused(aws, serverless_target, run_dir):
+    """Two operators starting a live cutover at once would fence and flip twice: the second is refused before it
+    touches anything (here the first is this test, holding the cutover lock while a sync beats in the run dir)."""
+    directory = RunDir(run_dir, create=True)
+    SyncLedger.load(directory).update(pid=os.getpid(), state="following", phase="following",
+                                      heartbeat_at=time.time(), started_at=time.time())
+    with directory.cutover_lock():
+        bad("cutover", "--env", "prod", "--target", serverless_target.url(), "--run-dir", run_dir,
+            needles=(f"a cutover (pid {os.getpid()}) is already running", "redis-migrate status"))
+    assert not (run_dir / "live-cutover.json").exists() and not (run_dir / "flip.json").exists()
 
 
 def _segments(run_dir: Path) -> list[Path]:
