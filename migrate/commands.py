@@ -460,6 +460,8 @@ def sync(source_url: str, target_url: str, run_dir: str, selection: Selection, o
             bind_endpoints(directory, source, target, dump_options.db)
         else:
             admit_source(directory, source_topology, target, dump_options.db, checks, events.warn)
+        bind_slots(directory, dump_options.slots)  # another range on this run dir: refused like dump's
+        if not DumpLedger.load(directory).found:
             preflight(directory, source_topology, target_topology, dump_options.db, events.warn)
 
         def copy() -> None:
