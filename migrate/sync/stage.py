@@ -233,7 +233,11 @@ class Sync:
             shown = f" (it is {flags!r})" if flags is not None else ""
             raise BadInput(f"keyspace notifications are not enabled on source {node.name}{shown}: sync cannot "
                            "see changes", capture.SETTING_HINT)
-        capture.enable_notifications(self.run_dir, self.source, node)
+        # --slots: other ranges' syncs share this source's events, so the first to stop must not turn them off
+        shared = self.slots is not None
+        if capture.enable_notifications(self.run_dir, self.source, node, restore=not shared) and shared:
+            self.warn(f"--slots: notify-keyspace-events on {node.name} stays on after this sync (other ranges' "
+                      "syncs need it); set it back by hand once every sync has stopped")
         if not capture.probe(self.source, index, self.db, self.engine.probe_seen):
             raise BadInput(f"keyspace events from source {node.name} do not arrive even after CONFIG SET",
                            capture.SETTING_HINT)
