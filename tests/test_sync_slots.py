@@ -18,9 +18,10 @@ from aws_helpers import own_client
 from conftest import CLUSTER_PASSWORD, SOURCE_PASSWORD, TARGET_PASSWORD
 from migrate.net.keyspace import SlotRanges, key_slot
 from reliability import assert_clean_error, spawn
-from snapshot import snapshot
+from snapshot import assert_same, snapshot
 
 source = base.source                  # the standalone source, notifications reset around the test
+notifying_cluster = base.notifying_cluster  # the 3-master cluster source with notifications on
 sync_processes = base.sync_processes  # every sync and app started, killed at the end
 
 LOW, HIGH = "0-8191", "8192-16383"
@@ -113,3 +114,28 @@ def test_a_bad_slot_range_is_exit_2(source, serverless_target, run_dir):
                         "--enable-notifications", "--slots", bad, timeout=60)
         assert_clean_error(outcome, 2, "--slots", secrets=SECRETS)
     assert serverless_target.first.client().dbsize() == 0
+
+
+def test_a_cluster_sync_listens_only_on_the_primaries_of_its_slots(notifying_cluster, serverless_target, tmp_path,
+                                                                   sync_processes):
+    """Slots 0-1000 live on one of the three primaries: only that one carries sync's subscription, and the
+    target ends with exactly the source's keys of those slots, changes made while following included."""
+    client = notifying_cluster.cluster_client()
+    base.seed(client, keys=1500)
+    owners = client.nodes_manager.slots_cache
+    owner = owners[0][0].port
+    assert owners[1000][0].port == owner
+    sync = base.Sync(tmp_path / "part", notifying_cluster.url(), serverless_target.url(), "--slots", "0-1000",
+                     "--workers", "2")
+    sync_processes.append(sync.start())
+    assert sync.following()["slots"] == "0-1000"
+    patterns = {node.port: node.client().execute_command("PUBSUB", "NUMPAT") for node in notifying_cluster.nodes}
+    assert patterns[owner] >= 1 and all(count == 0 for port, count in patterns.items() if port != owner), patterns
+    for i in range(600):  # on every primary: the range's changes are followed, the others' are not
+        client.set(f"later:{i}", i)
+        client.delete(f"later:{i // 2}") if i % 3 == 0 else None
+    sync.wait(lambda s: s.get("applied", 0) > 0, "changes in the range applied")
+    assert sync.stop() == 0, sync.output()
+    copied = snapshot(serverless_target)
+    assert copied and all(key_slot(key) <= 1000 for key in copied)
+    assert_same(in_slots(snapshot(notifying_cluster), "0-1000"), copied)
