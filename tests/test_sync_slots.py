@@ -109,10 +109,9 @@ def test_two_syncs_split_by_slots_onto_one_target_are_exact_and_never_touch_the_
 
 def test_a_bad_slot_range_is_exit_2(source, serverless_target, run_dir):
     base.seed(source.client(), keys=50)
-    for bad in ("9-3", "0-16384", "x"):
-        outcome = spawn("sync", "--source", source.url(), "--target", serverless_target.url(), "--run-dir", run_dir,
-                        "--enable-notifications", "--slots", bad, timeout=60)
-        assert_clean_error(outcome, 2, "--slots", secrets=SECRETS)
+    outcome = spawn("sync", "--source", source.url(), "--target", serverless_target.url(), "--run-dir", run_dir,
+                    "--enable-notifications", "--slots", "9-3", timeout=60)  # other bad ranges: test_workers.py
+    assert_clean_error(outcome, 2, "--slots", secrets=SECRETS)
     assert serverless_target.first.client().dbsize() == 0
 
 
