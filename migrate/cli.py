@@ -359,22 +359,27 @@ def status(run_dir, as_json):
 @skip_unsupported_option
 @tls_insecure_option
 @iam_options("source", "target")
+@slots_option
+@workers_option
 @json_option
 @handle_errors
 def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db, match, types, scan_count,
          max_payload, batch_bytes, mode, max_ops_per_sec, allow_nonempty_target, ignore_other_dbs, allow_empty_source,
-         skip_unsupported, tls_insecure, source_iam, target_iam, as_json):
+         skip_unsupported, tls_insecure, source_iam, target_iam, slots, workers, as_json):
     """Copy while the apps keep writing, then follow every change until SIGTERM/SIGINT.
 
     Subscribes to keyspace events on every source primary first, bulk copies (skipped when the run dir's
     copy is done), proves the copy with a verify, then applies every changed key. Gaps (a dropped
     subscriber, FLUSHDB, a failover, too many pending keys) are reconciled with a verify with repair.
     Exit 0 once stopped with nothing unreconciled; 3 otherwise (rerun sync to finish).
+
+    With --slots A-B only keys in those hash slots are copied, followed and reconciled (several syncs,
+    each with its own run dir, can split one source onto one target).
     """
     live = live_sync_line if sys.stderr.isatty() and not as_json else None
     outcome = commands.sync(source_url, target_url, run_dir,
-                            _selection(db, match, types, scan_count, max_payload, batch_bytes),
-                            _replay_options(mode, max_ops_per_sec, allow_nonempty_target),
+                            _selection(db, match, types, scan_count, max_payload, batch_bytes, slots, workers),
+                            _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers),
                             enable_notifications=enable_notifications, max_pending=max_pending,
                             checks=_source_checks(ignore_other_dbs, allow_empty_source),
                             skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL, live=live,

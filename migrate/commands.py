@@ -374,6 +374,8 @@ def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | 
     from .cloud import cutover as switching
     from .cloud import live_cutover as live
     directory = _run_dirs(run_dir)
+    if isinstance(directory, list):
+        _refuse_running_syncs(directory, live)
     sync = None if isinstance(directory, list) else live.running_sync(directory)  # several: a copy split by --slots
     if sync is not None:
         with directory.cutover_lock() if not dry_run else contextlib.nullcontext():
@@ -386,6 +388,18 @@ def cutover(env: str, *, target_url: str | None = None, serverless_cache: str | 
         return _switched(switching.cutover(env, target_url=target_url, serverless_cache=serverless_cache,
                                            run_dir=directory, prefix=prefix, max_verify_age=max_verify_age,
                                            force=force, redeploy=redeploy, dry_run=dry_run, clients=clients))
+
+
+def _refuse_running_syncs(directories: list[RunDir], live) -> None:
+    """The live cutover fences and drains ONE sync. Over several (a source split by --slots) a switch would
+    drain none of them, and their reconciles, still deleting extras, could delete the apps' new keys: refused."""
+    running = [str(each.path) for each in directories if live.running_sync(each) is not None]
+    if running:
+        raise GateRefused(f"a sync is following on {', '.join(running)}: a live cutover (fence, drain, flip) "
+                          "takes one sync's run dir, not several",
+                          "stop every sync (SIGTERM: each exits 0 once reconciled) and the apps' writes, verify each "
+                          "run dir (`verify --run-dir DIR`), then cutover with every --run-dir; or follow all slots "
+                          "with one sync for a live cutover")
 
 
 @dataclass(frozen=True)
@@ -461,6 +475,8 @@ def sync(source_url: str, target_url: str, run_dir: str, selection: Selection, o
             bind_endpoints(directory, source, target, dump_options.db)
         else:
             admit_source(directory, source_topology, target, dump_options.db, checks, events.warn)
+        bind_slots(directory, dump_options.slots)  # another range on this run dir: refused like dump's
+        if not DumpLedger.load(directory).found:
             preflight(directory, source_topology, target_topology, dump_options.db, events.warn)
 
         def copy() -> None:

@@ -96,6 +96,8 @@ def sync_line(status: dict) -> str:
     """One line: state, lag, pending, applied, gaps, the proof."""
     proof = status.get("proof") or {}
     alive = "" if status.get("running", True) else " (not running)"
+    if status.get("slots"):
+        alive += f" [slots {status['slots']}]"
     return (f"sync {status['state']}{alive}: lag {status['lag_ms']} ms, pending {status['pending']}, "
             f"applied {status['applied']}, deleted {status['deleted']}, gaps {status['gaps']} "
             f"({status.get('unreconciled_gaps', 0)} open), reconciles {status['reconciles']}, "

@@ -117,21 +117,24 @@ def restore_notifications(run_dir: RunDir, topology: Topology) -> list[str]:
     return left
 
 
-def enable_notifications(run_dir: RunDir, topology: Topology, node: Node) -> None:
-    """CONFIG SET the flags K and A into the node's value, recording the old value first."""
+def enable_notifications(run_dir: RunDir, topology: Topology, node: Node, restore: bool = True) -> bool:
+    """CONFIG SET the flags K and A into the node's value, recording the old value first (unless `restore` is
+    False: then nothing is recorded, so no sync puts it back). True when the value was changed."""
     client = topology.client(node)
     old = config_flags(client)
     if old is None:
         raise BadInput(f"keyspace notifications are off on source {node.name} and CONFIG is not allowed there "
                        "(ElastiCache?), so --enable-notifications cannot turn them on", SETTING_HINT)
     if covers(old):
-        return
-    NotificationsLedger.load(run_dir).remember(node.name, old)
+        return False
+    if restore:
+        NotificationsLedger.load(run_dir).remember(node.name, old)
     try:
         client.config_set("notify-keyspace-events", merged(old))
     except redis.ResponseError as exc:
         NotificationsLedger.load(run_dir).restored(node.name)
         raise BadInput(f"source {node.name} refused CONFIG SET notify-keyspace-events ({exc})", SETTING_HINT) from None
+    return True
 
 
 # --- one subscriber per primary ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..datapath.replay import RateLimiter, ReplayOptions, TargetWriter
 from ..datapath.segments import DUMP, Record
 from ..errors import RuntimeFailure, Unreachable
 from ..net.endpoints import Topology
-from ..net.keyspace import NO_EXPIRY, key_slot
+from ..net.keyspace import NO_EXPIRY, SlotRanges, key_slot
 from ..net.wire import ReplyError, Wire, pack
 from ..rundir import DumpCounts, ReplayCounts
 from .capture import PROBE_PREFIX, named
@@ -140,8 +140,9 @@ class Engine:
     subscriber threads only call `heard` and `gaps.add`."""
 
     def __init__(self, source: Topology, target: Topology, db: int, options: ReplayOptions, gaps: GapBook,
-                 max_pending: int = DEFAULT_MAX_PENDING, mode: str = "auto") -> None:
+                 max_pending: int = DEFAULT_MAX_PENDING, mode: str = "auto", slots: SlotRanges | None = None) -> None:
         self.source = source
+        self.slots = slots  # --slots: keys outside the range belong to another sync and are never applied
         self.target = target
         self.db = db
         self.gaps = gaps
@@ -179,8 +180,10 @@ class Engine:
             return
         self.counts.last_event_at = now
         if event in DELETING_EVENTS:
-            self.on_delete(index)
-        elif event == b"pfadd":  # PFCOUNT later rewrites the HyperLogLog's cached count without an event
+            self.on_delete(index)  # any key's: the flush watch weighs the primary's whole DBSIZE
+        if self.slots is not None and key_slot(key) not in self.slots:
+            return  # another range's key (a rename's two names are two events, each judged on its own slot)
+        if event == b"pfadd":  # PFCOUNT later rewrites the HyperLogLog's cached count without an event
             with self.probe_lock:
                 self.hyperloglogs.add(key)
         self.pending.add(key, now)
@@ -380,11 +383,15 @@ class Engine:
         """Keys that exist now and may change without an event: streams with groups, and HyperLogLogs (one
         SCAN of every master; a script tells each batch's types, or a pipeline where scripts are refused)."""
         found = 0
-        for index in range(len(self.source.masters)):
+        for index, node in enumerate(self.source.masters):
+            if self.slots is not None and self.source.is_cluster and not self.slots.intersects(node.slots):
+                continue
             wire = self.source_wire(index)
             cursor = b"0"
             while True:
                 cursor, keys = wire.call(b"SCAN", cursor, b"COUNT", b"1000")
+                if self.slots is not None:
+                    keys = self.slots.keep(keys)
                 streams, hyperloglogs = self._silent_kinds(wire, [k for k in keys if k not in self.watched])
                 for key in self.with_groups(streams) + hyperloglogs:
                     self.watched[key] = None

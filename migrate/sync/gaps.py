@@ -53,8 +53,10 @@ class FlushWatch:
     events are still on their way is not taken for a flush. `wire(index)` gives a connection to primary
     `index`; `lost()` drops them after a connection error."""
 
-    def __init__(self, count: int, wire: Callable[[int], Wire], lost: Callable[[], None]) -> None:
+    def __init__(self, count: int, wire: Callable[[int], Wire], lost: Callable[[], None],
+                 watched: list[int] | None = None) -> None:
         self.wire = wire
+        self.watched = list(range(count)) if watched is None else watched  # --slots: the primaries followed
         self.lost = lost
         self.count = count
         self.base: list[int | None] = [None] * count      # the size at the last look that raised no doubt
@@ -75,7 +77,7 @@ class FlushWatch:
             return []
         self.due = now + DBSIZE_EVERY_S
         flushed = []
-        for index in range(self.count):
+        for index in self.watched:
             try:
                 wire = self.wire(index)
                 wire.send(pack(b"DBSIZE"))

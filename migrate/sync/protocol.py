@@ -68,7 +68,7 @@ class SyncLedger(Ledger):
     def _empty(self) -> dict:
         return {"pid": None, "heartbeat_at": None, "started_at": None, "state": "stopped", "phase": "stopped",
                 **{name: 0 for name in self.INT_FIELDS}, "last_event_at": None, "last_old_write_at": None,
-                "proof": empty_proof(), "targets": {}}
+                "proof": empty_proof(), "slots": None, "targets": {}}
 
     def __getattr__(self, name: str):
         data = self.__dict__.get("_data")

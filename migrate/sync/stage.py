@@ -90,10 +90,12 @@ class Reconcile:
         report = sync.run_dir.path / "sync" / "proof-report.jsonl"
         try:
             with translated_errors(sync.target.endpoint):
+                # --slots: only the range, on both sides; another sync's keys on the target are never "extra"
+                scope = {"db": sync.db, "slots": sync.slots, "workers": sync.workers}
                 if self.repair:
-                    options = VerifyOptions(db=sync.db, repair=True, delete_extra=not sync.flipped)
+                    options = VerifyOptions(**scope, repair=True, delete_extra=not sync.flipped)
                 else:
-                    options = VerifyOptions(db=sync.db, report=report)
+                    options = VerifyOptions(**scope, report=report)
                 self.result = run_verify(sync.source, sync.target, sync.run_dir, options)
             if not self.repair:
                 self.keys = _reported_keys(report)
@@ -133,12 +135,15 @@ class Sync:
         self.source = source
         self.target = target
         self.db = dump_options.db
+        self.slots = dump_options.slots      # --slots: the range this sync copies, follows and reconciles
+        self.workers = dump_options.workers
         self.options = options
         self.copy = copy
         self.warn = warn
         self.live = live
         self.gaps = GapBook()
-        self.engine = Engine(source, target, self.db, replay_options, self.gaps, options.max_pending, options.mode)
+        self.engine = Engine(source, target, self.db, replay_options, self.gaps, options.max_pending, options.mode,
+                             self.slots)
         self.subscribers: list[capture.Subscriber] = []
         self.stop_requested = threading.Event()
         self.state = "copying"
@@ -194,12 +199,24 @@ class Sync:
         self.flush_watch = FlushWatch(0, self.engine.source_wire, self.engine.close_readers)
         self.topology_watch = TopologyWatch(self.source)
         self._subscribe()
-        for index, node in enumerate(self.source.masters):
-            self._check_notifications(index, node)
-        self.flush_watch = FlushWatch(len(self.source.masters), self.engine.source_wire, self.engine.close_readers)
+        for index in self._followed():
+            self._check_notifications(index, self.source.masters[index])
+        self.flush_watch = self._new_flush_watch()
+
+    def _followed(self) -> list[int]:
+        """The primaries this sync listens to: with --slots, those owning a slot of the range (a standalone
+        source owns them all: its events are filtered by key slot in the engine)."""
+        masters = self.source.masters
+        if self.slots is None or not self.source.is_cluster:
+            return list(range(len(masters)))
+        return [index for index, node in enumerate(masters) if self.slots.intersects(node.slots)]
+
+    def _new_flush_watch(self) -> FlushWatch:
+        return FlushWatch(len(self.source.masters), self.engine.source_wire, self.engine.close_readers,
+                          self._followed())
 
     def _subscribe(self) -> None:
-        for index in range(len(self.source.masters)):
+        for index in self._followed():
             subscriber = capture.Subscriber(self.source, index, self.db, self.engine.heard, self._gap)
             with translated_errors(self.source.endpoint):
                 subscriber.start()
@@ -216,7 +233,11 @@ class Sync:
             shown = f" (it is {flags!r})" if flags is not None else ""
             raise BadInput(f"keyspace notifications are not enabled on source {node.name}{shown}: sync cannot "
                            "see changes", capture.SETTING_HINT)
-        capture.enable_notifications(self.run_dir, self.source, node)
+        # --slots: other ranges' syncs share this source's events, so the first to stop must not turn them off
+        shared = self.slots is not None
+        if capture.enable_notifications(self.run_dir, self.source, node, restore=not shared) and shared:
+            self.warn(f"--slots: notify-keyspace-events on {node.name} stays on after this sync (other ranges' "
+                      "syncs need it); set it back by hand once every sync has stopped")
         if not capture.probe(self.source, index, self.db, self.engine.probe_seen):
             raise BadInput(f"keyspace events from source {node.name} do not arrive even after CONFIG SET",
                            capture.SETTING_HINT)
@@ -294,7 +315,7 @@ class Sync:
         self.source = topology
         self.engine.retarget_source(topology)
         self._subscribe()
-        self.flush_watch = FlushWatch(len(topology.masters), self.engine.source_wire, self.engine.close_readers)
+        self.flush_watch = self._new_flush_watch()
 
     def _manage_reconcile(self) -> None:
         running = self.reconcile
@@ -521,6 +542,7 @@ class Sync:
                 "proof": dict(self.proof), "watched_streams": len(self.engine.watched),
                 "gap_reasons": list(self.gaps.reasons[-5:]),
                 "open_keys": [readable(key) for key in itertools.islice(list(self.engine.changed or ()), 5)],
+                "slots": None if self.slots is None else str(self.slots),
                 "targets": {"source": self.source.endpoint.redacted, "target": self.target.endpoint.redacted}}
 
     def _write_status(self) -> dict:
