@@ -23,7 +23,7 @@ counts as its last record, in replay order (segments by master then sequence; in
 DUMP records, then its struct records): a later record drops what an earlier one found, and the key
 folded twice makes its slot differ (the counts are one too high), so descent settles it from the
 last record. A key whose last record expired while an earlier one did not is checked on the target
-(EXISTS) and judged from its last record if the target still holds it. The differing keys are read
+(EXISTS): if the target still holds it, its slot is compared key by key too. The differing keys are read
 once more from the dump (the segments streamed for just those keys) before the rounds.
 """
 
@@ -148,6 +148,7 @@ class DumpReference:
         self.views: dict[bytes, View] = {}  # the dump's view of the keys read (differing keys only)
         self.open = StructAssembler()      # struct keys whose chunks are still coming
         self.closed: dict[bytes, View] = {}  # struct keys assembled, waiting for their batch's target read
+        self.gone_slots: set[int] = set()  # slots holding a key whose last record expired and the target holds
         self.expired = 0
         self.same_payload = 0   # keys settled by the fast path
         self.decoded = 0        # payloads decoded in a scratch key on the target
@@ -166,7 +167,7 @@ class DumpReference:
             self._stream(progress)
             done = census.totals(progress)["target"]
         target = combined([result.digests for result in done])
-        slots = self.digests.differing(target)
+        slots = sorted(set(self.digests.differing(target)) | self.gone_slots)
         self._descend(slots, target)
         keys = list(self.found.keys() | self.recheck)
         candidates = compare_views(self.read(keys), self._target_views(keys), tolerance_ms)
@@ -292,14 +293,15 @@ class DumpReference:
 
     def _check_gone(self, keys: list[bytes]) -> None:
         """Keys whose last record expired: not folded, so a target that still holds one after an earlier,
-        live record of it would go unseen. Those the target holds are judged from an exact read."""
+        live record of it would go unseen (the earlier record was folded). The slots of those the target
+        holds are compared key by key."""
         if not keys:
             return
         with translated_errors(self.target.endpoint):
             for index, group in self.target_reader.by_owner(keys).items():
                 wire = self.target_reader.reader(index).wire
                 wire.send(b"".join(pack(b"EXISTS", key) for key in group))
-                self.recheck.update(key for key, held in zip(group, wire.read(len(group))) if held == 1)
+                self.gone_slots.update(key_slot(key) for key, held in zip(group, wire.read(len(group))) if held == 1)
 
     # --- descent: the slots whose names, types or expiries differ ---
 
