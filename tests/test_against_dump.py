@@ -66,3 +66,5 @@ def test_a_key_dumped_twice_counts_as_its_last_record(standalone_source, serverl
     target.set("twice:value", "first")  # the earlier record's value: no longer what the dump holds
     code, result = verify(*args)
     assert code == 1 and kinds(result) == {b"twice:value": "value"}, result
+    code, result = verify(*args, "--sample", 50)  # random keys of the dump, streamed (rarely twice:value)
+    assert result["sample"] == 50 and 50 <= result["counts"]["sampled"] <= 100, result
