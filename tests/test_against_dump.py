@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 
-from test_verify import copy, kinds, seeded, verify
-
 from migrate.datapath.segments import Record, SegmentWriter
 from migrate.datapath.store import list_segments, segment_id, write_segment
 from migrate.rundir import RunDir
+from test_verify import copy, kinds, seeded, verify
 
 
 def test_each_single_difference_among_many_keys_is_found_and_named(standalone_source, serverless_target, run_dir):
