@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from migrate.datapath.segments import Record, SegmentWriter
+from migrate.datapath.segments import STRUCT, Record, SegmentWriter
 from migrate.datapath.store import list_segments, segment_id, write_segment
 from migrate.rundir import RunDir
 from test_verify import copy, kinds, seeded, verify
@@ -46,13 +46,16 @@ def test_a_key_dumped_twice_counts_as_its_last_record(standalone_source, serverl
     client = seeded(standalone_source, keys=3000, big_keys=False, short_ttl_keys=0)
     client.set("twice:value", "first")
     client.set("twice:gone", "kept")
+    client.set("twice:struct", "as a payload")
     copy(standalone_source, serverless_target, run_dir)
     client.set("twice:value", "second")
     second = client.dump("twice:value")
     past = int(time.time() * 1000) - 60_000
     _append_segment(run_dir, [Record(b"twice:value", -1, second),   # read again, changed in between
-                              Record(b"twice:gone", past, client.dump("twice:gone"))])  # read again, expired since
+                              Record(b"twice:gone", past, client.dump("twice:gone")),  # read again, expired since
+                              Record(b"twice:struct", -1, kind=STRUCT, type="string", items=[b"as chunks"])])
     target = serverless_target.first.client()
+    target.set("twice:struct", "as chunks")
     target.restore("twice:value", 0, second, replace=True)  # what replay of the later segment writes
     args = ("--target", serverless_target.url(), "--run-dir", run_dir, "--against-dump", "--rounds", 1)
     code, result = verify(*args)
@@ -67,3 +70,6 @@ def test_a_key_dumped_twice_counts_as_its_last_record(standalone_source, serverl
     assert code == 1 and kinds(result) == {b"twice:value": "value"}, result
     code, result = verify(*args, "--sample", 50)  # random keys of the dump, streamed (rarely twice:value)
     assert result["sample"] == 50 and 50 <= result["counts"]["sampled"] <= 100, result
+    serverless_target.flush()  # every slot differs: each dumped key is missing, once
+    code, result = verify(*args)
+    assert code == 1 and result["kinds"] == {"missing": result["counts"]["source"]["keys"]}, result["kinds"]
