@@ -54,8 +54,13 @@ def test_a_key_dumped_twice_counts_as_its_last_record(standalone_source, serverl
     _append_segment(run_dir, [Record(b"twice:value", -1, second),   # read again, changed in between
                               Record(b"twice:gone", past, client.dump("twice:gone")),  # read again, expired since
                               Record(b"twice:struct", -1, kind=STRUCT, type="string", items=[b"as chunks"])])
+    _append_segment(run_dir, [Record(b"span:list", -1, kind=STRUCT, type="list", items=[b"a", b"b"])])
+    _append_segment(run_dir, [Record(b"span:other", -1, client.dump("twice:gone")),  # replayed before the chunk
+                              Record(b"span:list", -1, kind=STRUCT, type="list", offset=2, first=False, items=[b"c"])])
     target = serverless_target.first.client()
     target.set("twice:struct", "as chunks")
+    target.rpush("span:list", "a", "b", "c")  # a key's chunks across two segments make one value
+    target.set("span:other", "kept")
     target.restore("twice:value", 0, second, replace=True)  # what replay of the later segment writes
     args = ("--target", serverless_target.url(), "--run-dir", run_dir, "--against-dump", "--rounds", 1)
     code, result = verify(*args)
