@@ -6,7 +6,10 @@ Per key count: seeds the bench.py mix into a standalone source, copies it (`dump
 same dump and target: an A/B of two checkouts) and prints seconds, peak RSS and RSS bytes per key.
 
     .venv/bin/python scripts/bench_against_dump.py --keys 200000 --keys 1000000 --keys 2000000 \
-        [--tool-root /path/to/older/checkout] [--tool-root .]
+        [--tool-root /path/to/older/checkout] [--tool-root .] [--flush-target]
+
+`--flush-target` empties the target before verifying: every key differs (the worst case for memory, which then
+holds every difference, as the report lists them all).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def verify_against_dump(root: Path, target, run_dir: Path) -> dict:
     return {"seconds": round(run["seconds"], 2), "rss_mb": run["rss_mb"], "equal": run["summary"].get("equal")}
 
 
-def one_size(keys: int, roots: list[Path], base: Path, certs: testbed.Certs) -> list[dict]:
+def one_size(keys: int, roots: list[Path], base: Path, certs: testbed.Certs, flush: bool = False) -> list[dict]:
     source = testbed.start_standalone(base / f"src-{keys}", password="bench-source-pw")
     target = testbed.start_cluster(base / f"tgt-{keys}", 3, password="bench-target-pw", certs=certs)
     run_dir = base / f"run-{keys}"
@@ -38,6 +41,8 @@ def one_size(keys: int, roots: list[Path], base: Path, certs: testbed.Certs) -> 
         bench.run_tool(["dump", "--source", source.url(), "--run-dir", str(run_dir)])
         bench.run_tool(["replay", "--target", target.url(), "--run-dir", str(run_dir)])
         source.stop()
+        if flush:
+            target.flush()
         results = []
         for root in roots:
             result = {"keys": keys, "tool_root": str(root), **verify_against_dump(root, target, run_dir)}
@@ -55,13 +60,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, action="append", help="key counts (repeatable; default 200,000)")
     parser.add_argument("--tool-root", type=Path, action="append", help="checkouts to time (default: this one)")
+    parser.add_argument("--flush-target", action="store_true", help="verify an emptied target (all keys differ)")
     args = parser.parse_args()
     roots = [root.resolve() for root in (args.tool_root or [bench.ROOT])]
     base = Path(tempfile.mkdtemp(prefix="redis-migrate-bench-dump-"))
     certs = testbed.Certs.make(base / "certs")
     try:
         for keys in args.keys or [200_000]:
-            one_size(keys, roots, base, certs)
+            one_size(keys, roots, base, certs, args.flush_target)
     finally:
         testbed.remove(base)
 
