@@ -339,9 +339,11 @@ class SideReader:
     """Reads any keys of a whole side, each on the master that owns its slot (for the few keys
     that verify re-reads, samples or repairs; full scans use one worker per master instead)."""
 
-    def __init__(self, topology, db: int = 0, batch: int = WINDOW, detail: Detail = NO_DETAIL) -> None:
+    def __init__(self, topology, db: int = 0, batch: int = WINDOW, detail: Detail = NO_DETAIL,
+                 digest: bool = True) -> None:
         self.topology = topology
         self.detail = detail
+        self.digest = digest  # False: type and expiry only (a census of the keys read)
         self.db = db
         self.exact_ttl = topology.has_pexpiretime
         self._owners = topology.slot_owners()
@@ -352,7 +354,7 @@ class SideReader:
         if index not in self._readers:
             node = self.topology.masters[index]
             wire = Wire(self.topology.endpoint, node.host, node.port, self.db)
-            self._readers[index] = DigestReader(wire, self.exact_ttl, detail=self.detail)
+            self._readers[index] = DigestReader(wire, self.exact_ttl, digest=self.digest, detail=self.detail)
         return self._readers[index]
 
     def owner(self, key: bytes) -> int:
