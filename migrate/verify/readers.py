@@ -16,7 +16,17 @@ from typing import NamedTuple
 
 from ..net.keyspace import NO_EXPIRY, absolute_expiry, key_slot
 from ..net.wire import ReplyError, Wire
-from .digest import DIGESTS, digest_hash, digest_list, digest_set, digest_string, digest_zset, new_digest
+from . import scripted
+from .digest import (
+    DIGEST_TYPE_CODE,
+    DIGESTS,
+    digest_hash,
+    digest_list,
+    digest_set,
+    digest_string,
+    digest_zset,
+    new_digest,
+)
 
 WINDOW = 1000              # elements in the first read of a collection
 BIG_WINDOW = 10_000        # elements per read of the rest of a big collection
@@ -109,6 +119,32 @@ def _small_hash(reply: list):
     return (digest_hash(reply[1]), len(reply[1]) // 2) if reply[0] == b"0" else None
 
 
+def _string_digest(value: bytes):
+    return digest_string(value) if len(value) < STRING_WINDOW else None
+
+
+def _list_digest(items: list):
+    return digest_list(items) if len(items) < WINDOW else None
+
+
+def _zset_digest(flat: list):
+    return digest_zset(flat) if len(flat) < 2 * WINDOW else None
+
+
+def _set_digest(reply: list):
+    return digest_set(reply[1]) if reply[0] == b"0" else None
+
+
+def _hash_digest(reply: list):
+    return digest_hash(reply[1]) if reply[0] == b"0" else None
+
+
+# The digest of a value that fits in its first window (None: read on), by TYPE reply: for columns().
+_SMALL_DIGEST = {b"string": _string_digest, b"list": _list_digest, b"zset": _zset_digest, b"set": _set_digest,
+                 b"hash": _hash_digest}
+_WINDOWED = frozenset(_SMALL_DIGEST)  # types whose first window is one reply of one command
+_CODE_OF_REPLY = {name.encode(): code for name, code in DIGEST_TYPE_CODE.items()}
+
 _SMALL = {b"string": ("string", _small_string), b"list": ("list", _small_list), b"zset": ("zset", _small_zset),
           b"set": ("set", _small_set), b"hash": ("hash", _small_hash)}
 
@@ -127,14 +163,33 @@ def _unstable() -> int:
 class Batch:
     """Keys on their way through a reader: probed (type, expiry), then their first windows read."""
 
-    __slots__ = ("keys", "bulks", "types", "expires", "counts")
+    __slots__ = ("keys", "bulks", "types", "expires", "counts", "scripted", "codes", "values", "left")
 
     def __init__(self, keys: list[bytes]) -> None:
         self.keys = keys
-        self.bulks = [bulk(key) for key in keys]
+        self.bulks = list(map(b"$%d\r\n%b\r\n".__mod__, zip(map(len, keys), keys)))  # bulk(key), in C
         self.types: list = []
         self.expires: list[int] = []
         self.counts: list[int] = []
+        self.scripted = False  # probed by the batch script: codes, expires and small values known
+        self.codes: list[int] = []
+        self.values: list = []
+        self.left: tuple[list[int], Batch] | None = None  # the keys the script left, read by windows
+
+
+class Columns(NamedTuple):
+    """The present keys of a batch, column by column (what a scan folds, with no object per key)."""
+
+    keys: list[bytes]
+    codes: list[int]
+    digests: list[int]
+    expires: list[int]
+
+
+def columns_of(keys: list[bytes], views: list[View]) -> Columns:
+    present = [(key, view) for key, view in zip(keys, views) if view.type != "none"]
+    return Columns([key for key, _ in present], [DIGEST_TYPE_CODE[view.type] for _, view in present],
+                   [view.digest for _, view in present], [view.expire_at for _, view in present])
 
 
 class DigestReader:
@@ -146,8 +201,11 @@ class DigestReader:
     """
 
     def __init__(self, wire: Wire, exact_ttl: bool, digest: bool = True, side: Wire | None = None,
-                 detail: Detail = NO_DETAIL) -> None:
+                 detail: Detail = NO_DETAIL, script: bool = False) -> None:
         self.detail = detail
+        # the batch scripts still to try (scripted.py); none left: pipelines
+        self._scripts = list(scripted.SCRIPTS) if script and digest else []
+        self._digesters = scripted.digesters(detail.field_ttl)
         self.wire = wire
         self.side = side or wire
         self._expiry = _PEXPIRETIME if exact_ttl else _PTTL
@@ -172,16 +230,31 @@ class DigestReader:
         return self.views(batch, self._call(*self.windows(batch)))
 
     def probe(self, batch: Batch) -> tuple[bytes, int]:
-        """TYPE and PEXPIRETIME (or PTTL) of every key: the commands and their reply count."""
-        expiry = self._expiry
-        return b"".join([_TYPE + b + expiry + b for b in batch.bulks]), 2 * len(batch.keys)
+        """TYPE and PEXPIRETIME (or PTTL) of every key: the commands and their reply count. Or the batch
+        script, which reads small values too."""
+        if self._scripts:
+            batch.scripted = True
+            return scripted.call(self._scripts[0], batch.keys, self._exact_ttl, self.detail.field_ttl), 1
+        both = (_TYPE + b"%b" + self._expiry + b"%b").__mod__
+        return b"".join(map(both, zip(batch.bulks, batch.bulks))), 2 * len(batch.keys)
 
     def probed(self, batch: Batch, replies: list) -> None:
+        if batch.scripted:
+            return self._scripted(batch, replies[0])
         batch.types = replies[0::2]
         batch.expires = replies[1::2]
         if not self._exact_ttl or ReplyError in map(type, batch.expires):
             now = int(time.time() * 1000)
             batch.expires = [self._absolute(e, now) for e in batch.expires]
+
+    def _scripted(self, batch: Batch, reply) -> None:
+        if isinstance(reply, ReplyError):  # refused: the next script, or pipelines; this batch again, on `side`
+            self._scripts.pop(0)
+            batch.scripted = False
+            payload, count = self.probe(batch)
+            self.side.send(payload)
+            return self.probed(batch, self.side.read(count))
+        batch.codes, batch.expires, batch.values = reply[0::3], reply[1::3], reply[2::3]
 
     def census(self, batch: Batch) -> list[View]:
         """Type and expiry only, no value read."""
@@ -189,7 +262,13 @@ class DigestReader:
                 for t, e in zip(batch.types, batch.expires)]
 
     def windows(self, batch: Batch) -> tuple[bytes, int]:
-        """The first window of each value, chosen by type: the commands and their reply count."""
+        """The first window of each value, chosen by type: the commands and their reply count. For a
+        scripted batch, only of the keys whose value the script left (big, a stream, a module type)."""
+        if batch.scripted:
+            return self._left_windows(batch)
+        if _WINDOWED.issuperset(batch.types):  # the common case: one command per key, built in C
+            batch.counts = [1] * len(batch.keys)
+            return b"".join(map(bytes.__mod__, map(_FIRST.__getitem__, batch.types), batch.bulks)), len(batch.keys)
         parts, counts = [], []
         for b, type_name in zip(batch.bulks, batch.types):
             template = _FIRST.get(type_name)
@@ -199,6 +278,50 @@ class DigestReader:
             counts.append(_REPLIES.get(type_name, 1))
         batch.counts = counts
         return b"".join(parts), sum(counts)
+
+    def _left_windows(self, batch: Batch) -> tuple[bytes, int]:
+        if None not in batch.values:
+            return b"", 0
+        left = [index for index, (code, value) in enumerate(zip(batch.codes, batch.values)) if code and value is None]
+        if not left:
+            return b"", 0
+        rest = Batch([batch.keys[index] for index in left])
+        rest.types = [scripted.TYPE_REPLY[batch.codes[index]] for index in left]
+        rest.expires = [batch.expires[index] for index in left]
+        batch.left = (left, rest)
+        return self.windows(rest)
+
+    def columns(self, batch: Batch, replies: list) -> Columns:
+        """The batch's present keys with their type codes, digests and expiries (scripted or not)."""
+        if not batch.scripted:
+            return self._pipelined_columns(batch, replies)
+        keys, codes, values, expires = batch.keys, batch.codes, batch.values, batch.expires
+        digesters = self._digesters
+        digests = [0 if value is None else digesters[code](value) for code, value in zip(codes, values)]
+        if batch.left is not None:
+            left, rest = batch.left
+            codes = list(codes)
+            for index, view in zip(left, self.views(rest, replies)):
+                codes[index] = DIGEST_TYPE_CODE[view.type]
+                digests[index] = view.digest
+        if 0 in codes:  # keys gone since the SCAN
+            present = [index for index, code in enumerate(codes) if code]
+            keys, codes, digests, expires = ([column[index] for index in present]
+                                             for column in (keys, codes, digests, expires))
+        return Columns(keys, codes, digests, expires)
+
+    def _pipelined_columns(self, batch: Batch, replies: list) -> Columns:
+        """Columns from first windows: a value that fits in its window is digested with no object per key;
+        a batch with a stream, a module type, a gone key, an error or a big value goes key by key."""
+        types, expires = batch.types, batch.expires
+        if self.detail.field_ttl or not _WINDOWED.issuperset(types) or -2 in expires \
+                or ReplyError in map(type, replies):
+            return columns_of(batch.keys, self.views(batch, replies))
+        digests = [small(value) for small, value in zip(map(_SMALL_DIGEST.__getitem__, types), replies)]
+        if None in digests:  # a big value: read on, on `side`
+            for index in [index for index, digest in enumerate(digests) if digest is None]:
+                digests[index] = self._digest(batch.keys[index], types[index], expires[index], replies[index]).digest
+        return Columns(batch.keys, list(map(_CODE_OF_REPLY.__getitem__, types)), digests, expires)
 
     def views(self, batch: Batch, replies: list) -> list[View]:
         """Digest each key from its first window (reading on, on `side`, for a big value)."""
