@@ -25,6 +25,7 @@ Each digest is seeded with its type, so an empty list and an empty set differ.
 from __future__ import annotations
 
 import struct
+from functools import partial
 
 from xxhash import xxh3_64, xxh3_64_digest, xxh3_64_intdigest, xxh3_128_intdigest
 
@@ -63,8 +64,7 @@ def _finish_sum(type_name: str, count: int, total: int) -> int:
 
 
 # One-shot digests of a whole small value, equal to what the streaming classes below give.
-def digest_string(value: bytes) -> int:
-    return xxh3_64_intdigest(value, _SEED["string"])
+digest_string = partial(xxh3_64_intdigest, seed=_SEED["string"])  # digest_string(value): in C, no Python frame
 
 
 def digest_list(items: list[bytes]) -> int:

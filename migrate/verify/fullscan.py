@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from itertools import compress, repeat
 from multiprocessing.connection import Connection, wait
-from operator import add, floordiv, mul, ne
+from operator import floordiv
 
 from xxhash import xxh3_128_intdigest as xxh3
 
@@ -74,7 +73,7 @@ class _Worker:
         job = self.job
         wire = Wire(job.endpoint, job.node.host, job.node.port, job.db)
         side = Wire(job.endpoint, job.node.host, job.node.port, job.db)
-        reader = DigestReader(wire, job.exact_ttl, digest=job.digest, side=side, detail=job.detail, script=True)
+        reader = DigestReader(wire, job.exact_ttl, digest=job.digest, side=side, detail=job.detail)
         self.digests = SlotDigests(job.node.name)
         cursor: bytes | None = b"0"
         probing = windowing = None
@@ -110,8 +109,8 @@ class _Worker:
         return ScanTotals(job.node.name, self.digests, sum(self.digests.types))
 
     def _add(self, scanned: int, columns: Columns) -> None:
-        """Fold each key into its slot's digest (the hot path: `fold` inlined, and per key only the XOR is
-        a Python step; hashing, cells and counts run in C over the batch's columns)."""
+        """Fold each key into its slot's digest (the hot loop: `fold` inlined, its hashing done in C over the
+        batch's columns; per key, only the XOR and the counts are Python steps)."""
         self.scanned += scanned
         if self.scanned - self.reported >= PROGRESS_EVERY:
             self.pipe.send(("progress", self.scanned - self.reported))
@@ -123,15 +122,15 @@ class _Worker:
             kept = list(map(wanted.__contains__, slots))
             slots, keys, codes, digests, expires = (list(compress(column, kept))
                                                     for column in (slots, keys, codes, digests, expires))
-        totals, types, with_ttl = self.digests.totals, self.digests.types, self.digests.with_ttl
+        totals, types, with_ttl, width = self.digests.totals, self.digests.types, self.digests.with_ttl, TYPE_COUNT
         # NO_EXPIRY (-1) // grid is NO_EXPIRY: the cell of a key without TTL is NO_EXPIRY, as in fold()
         cells = map(floordiv, expires, repeat(self.job.ttl_grid))
-        for slot, share in zip(slots, map(xxh3, map(bytes.__add__, keys, map(FOLD.pack, codes, digests, cells)))):
+        shares = map(xxh3, map(bytes.__add__, keys, map(FOLD.pack, codes, digests, cells)))
+        for slot, code, expire_at, share in zip(slots, codes, expires, shares):
             totals[slot] ^= share
-        for index, count in Counter(map(add, map(mul, slots, repeat(TYPE_COUNT)), codes)).items():
-            types[index] += count
-        for slot, count in Counter(compress(slots, map(ne, expires, repeat(NO_EXPIRY)))).items():
-            with_ttl[slot] += count
+            types[slot * width + code] += 1
+            if expire_at != NO_EXPIRY:
+                with_ttl[slot] += 1
 
 
 def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) -> None:

@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 from ..net.keyspace import NO_EXPIRY, absolute_expiry, key_slot
 from ..net.wire import ReplyError, Wire
-from . import scripted
 from .digest import (
     DIGEST_TYPE_CODE,
     DIGESTS,
@@ -142,6 +141,8 @@ def _hash_digest(reply: list):
 # The digest of a value that fits in its first window (None: read on), by TYPE reply: for columns().
 _SMALL_DIGEST = {b"string": _string_digest, b"list": _list_digest, b"zset": _zset_digest, b"set": _set_digest,
                  b"hash": _hash_digest}
+# ... where no string fills its window (GETRANGE's reply is shorter): strings digested in C
+_SMALL_DIGEST_SHORT = {**_SMALL_DIGEST, b"string": digest_string}
 _WINDOWED = frozenset(_SMALL_DIGEST)  # types whose first window is one reply of one command
 _CODE_OF_REPLY = {name.encode(): code for name, code in DIGEST_TYPE_CODE.items()}
 
@@ -163,7 +164,7 @@ def _unstable() -> int:
 class Batch:
     """Keys on their way through a reader: probed (type, expiry), then their first windows read."""
 
-    __slots__ = ("keys", "bulks", "types", "expires", "counts", "scripted", "codes", "values", "left")
+    __slots__ = ("keys", "bulks", "types", "expires", "counts")
 
     def __init__(self, keys: list[bytes]) -> None:
         self.keys = keys
@@ -171,10 +172,6 @@ class Batch:
         self.types: list = []
         self.expires: list[int] = []
         self.counts: list[int] = []
-        self.scripted = False  # probed by the batch script: codes, expires and small values known
-        self.codes: list[int] = []
-        self.values: list = []
-        self.left: tuple[list[int], Batch] | None = None  # the keys the script left, read by windows
 
 
 class Columns(NamedTuple):
@@ -201,11 +198,8 @@ class DigestReader:
     """
 
     def __init__(self, wire: Wire, exact_ttl: bool, digest: bool = True, side: Wire | None = None,
-                 detail: Detail = NO_DETAIL, script: bool = False) -> None:
+                 detail: Detail = NO_DETAIL) -> None:
         self.detail = detail
-        # the batch scripts still to try (scripted.py); none left: pipelines
-        self._scripts = list(scripted.SCRIPTS) if script and digest else []
-        self._digesters = scripted.digesters(detail.field_ttl)
         self.wire = wire
         self.side = side or wire
         self._expiry = _PEXPIRETIME if exact_ttl else _PTTL
@@ -230,31 +224,16 @@ class DigestReader:
         return self.views(batch, self._call(*self.windows(batch)))
 
     def probe(self, batch: Batch) -> tuple[bytes, int]:
-        """TYPE and PEXPIRETIME (or PTTL) of every key: the commands and their reply count. Or the batch
-        script, which reads small values too."""
-        if self._scripts:
-            batch.scripted = True
-            return scripted.call(self._scripts[0], batch.keys, self._exact_ttl, self.detail.field_ttl), 1
+        """TYPE and PEXPIRETIME (or PTTL) of every key: the commands and their reply count."""
         both = (_TYPE + b"%b" + self._expiry + b"%b").__mod__
         return b"".join(map(both, zip(batch.bulks, batch.bulks))), 2 * len(batch.keys)
 
     def probed(self, batch: Batch, replies: list) -> None:
-        if batch.scripted:
-            return self._scripted(batch, replies[0])
         batch.types = replies[0::2]
         batch.expires = replies[1::2]
         if not self._exact_ttl or ReplyError in map(type, batch.expires):
             now = int(time.time() * 1000)
             batch.expires = [self._absolute(e, now) for e in batch.expires]
-
-    def _scripted(self, batch: Batch, reply) -> None:
-        if isinstance(reply, ReplyError):  # refused: the next script, or pipelines; this batch again, on `side`
-            self._scripts.pop(0)
-            batch.scripted = False
-            payload, count = self.probe(batch)
-            self.side.send(payload)
-            return self.probed(batch, self.side.read(count))
-        batch.codes, batch.expires, batch.values = reply[0::3], reply[1::3], reply[2::3]
 
     def census(self, batch: Batch) -> list[View]:
         """Type and expiry only, no value read."""
@@ -262,10 +241,7 @@ class DigestReader:
                 for t, e in zip(batch.types, batch.expires)]
 
     def windows(self, batch: Batch) -> tuple[bytes, int]:
-        """The first window of each value, chosen by type: the commands and their reply count. For a
-        scripted batch, only of the keys whose value the script left (big, a stream, a module type)."""
-        if batch.scripted:
-            return self._left_windows(batch)
+        """The first window of each value, chosen by type: the commands and their reply count."""
         if _WINDOWED.issuperset(batch.types):  # the common case: one command per key, built in C
             batch.counts = [1] * len(batch.keys)
             return b"".join(map(bytes.__mod__, map(_FIRST.__getitem__, batch.types), batch.bulks)), len(batch.keys)
@@ -279,46 +255,17 @@ class DigestReader:
         batch.counts = counts
         return b"".join(parts), sum(counts)
 
-    def _left_windows(self, batch: Batch) -> tuple[bytes, int]:
-        if None not in batch.values:
-            return b"", 0
-        left = [index for index, (code, value) in enumerate(zip(batch.codes, batch.values)) if code and value is None]
-        if not left:
-            return b"", 0
-        rest = Batch([batch.keys[index] for index in left])
-        rest.types = [scripted.TYPE_REPLY[batch.codes[index]] for index in left]
-        rest.expires = [batch.expires[index] for index in left]
-        batch.left = (left, rest)
-        return self.windows(rest)
-
     def columns(self, batch: Batch, replies: list) -> Columns:
-        """The batch's present keys with their type codes, digests and expiries (scripted or not)."""
-        if not batch.scripted:
-            return self._pipelined_columns(batch, replies)
-        keys, codes, values, expires = batch.keys, batch.codes, batch.values, batch.expires
-        digesters = self._digesters
-        digests = [0 if value is None else digesters[code](value) for code, value in zip(codes, values)]
-        if batch.left is not None:
-            left, rest = batch.left
-            codes = list(codes)
-            for index, view in zip(left, self.views(rest, replies)):
-                codes[index] = DIGEST_TYPE_CODE[view.type]
-                digests[index] = view.digest
-        if 0 in codes:  # keys gone since the SCAN
-            present = [index for index, code in enumerate(codes) if code]
-            keys, codes, digests, expires = ([column[index] for index in present]
-                                             for column in (keys, codes, digests, expires))
-        return Columns(keys, codes, digests, expires)
-
-    def _pipelined_columns(self, batch: Batch, replies: list) -> Columns:
-        """Columns from first windows: a value that fits in its window is digested with no object per key;
-        a batch with a stream, a module type, a gone key, an error or a big value goes key by key."""
+        """The batch's present keys with their type codes, digests and expiries, from their first windows:
+        a value that fits in its window is digested with no object per key. A batch with a stream, a module
+        type, a gone key, an error or hash field TTLs goes key by key (views); a big value is read on, on `side`."""
         types, expires = batch.types, batch.expires
         if self.detail.field_ttl or not _WINDOWED.issuperset(types) or -2 in expires \
                 or ReplyError in map(type, replies):
             return columns_of(batch.keys, self.views(batch, replies))
-        digests = [small(value) for small, value in zip(map(_SMALL_DIGEST.__getitem__, types), replies)]
-        if None in digests:  # a big value: read on, on `side`
+        small = _SMALL_DIGEST_SHORT if max(map(len, replies), default=0) < STRING_WINDOW else _SMALL_DIGEST
+        digests = [digest(value) for digest, value in zip(map(small.__getitem__, types), replies)]
+        if None in digests:
             for index in [index for index, digest in enumerate(digests) if digest is None]:
                 digests[index] = self._digest(batch.keys[index], types[index], expires[index], replies[index]).digest
         return Columns(batch.keys, list(map(_CODE_OF_REPLY.__getitem__, types)), digests, expires)
