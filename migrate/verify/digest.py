@@ -72,11 +72,12 @@ def digest_list(items: list[bytes]) -> int:
 
 
 def digest_set(members: list[bytes]) -> int:
-    return _finish_sum("set", len(members), sum(_set_sum(members)))
+    return _finish_sum("set", len(members), sum(map(xxh3_128_intdigest, members)))  # _set_sum, with no list
 
 
 def digest_hash(flat: list[bytes]) -> int:
-    return _finish_sum("hash", len(flat) // 2, sum(_hash_sum(flat)))
+    return _finish_sum("hash", len(flat) // 2, sum(map(xxh3_128_intdigest, flat[1::2],
+                                                       map(xxh3_64_intdigest, flat[0::2]))))  # _hash_sum
 
 
 def digest_zset(flat: list[bytes]) -> int:
