@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from binascii import crc_hqx
 from itertools import repeat
+from operator import and_
 
 SLOT_COUNT = 16384
 NO_EXPIRY = -1  # an absolute expiry (ms) for a key without a TTL: what PEXPIRETIME answers
@@ -33,7 +34,7 @@ def key_slots(keys: list[bytes]) -> list[int]:
     """The slot of each key; without hash tags in the batch, computed without a Python step per key."""
     if b"{" in b"".join(keys):
         return list(map(key_slot, keys))
-    return [crc & (SLOT_COUNT - 1) for crc in map(crc_hqx, keys, repeat(0))]
+    return list(map(and_, map(crc_hqx, keys, repeat(0)), repeat(SLOT_COUNT - 1)))
 
 
 def absolute_expiry(reply: int, now_ms: int | None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from itertools import islice
 
 import hiredis
 import redis
@@ -18,6 +19,7 @@ from .endpoints import Endpoint, authentication_failed, is_auth_refusal, no_such
 from .iam import renew_after_seconds
 
 ReplyError = hiredis.ReplyError
+_MORE = object()  # what the reader answers when it needs more bytes: equal to no reply (False == 0, not _MORE)
 _RECV = 1 << 20
 _OK = b"+OK\r\n"
 
@@ -58,7 +60,7 @@ class Wire:
         self.renew = renew and endpoint.iam is not None
         self.connected_at = 0.0
         self.sock: socket.socket | None = None
-        self.reader = hiredis.Reader()
+        self.reader = hiredis.Reader(notEnoughData=_MORE)
         self._unparsed = b""
         with translated_errors(endpoint):
             self._connect()
@@ -76,7 +78,7 @@ class Wire:
         sock.settimeout(self.endpoint.socket_timeout)
         self.sock = sock
         self.connected_at = time.monotonic()
-        self.reader = hiredis.Reader()
+        self.reader = hiredis.Reader(notEnoughData=_MORE)
         self._unparsed = b""  # bytes received by read_ok and not yet given to the reader
         self._handshake()
 
@@ -141,18 +143,17 @@ class Wire:
         if self._unparsed:
             self.reader.feed(self._unparsed)
             self._unparsed = b""
-        replies = []
-        gets = self.reader.gets
-        while len(replies) < count:
-            reply = gets()
-            if reply is False:
-                data = self.sock.recv(_RECV)
-                if not data:
-                    raise ConnectionError(f"{self.name} closed the connection")
-                self.reader.feed(data)
-                continue
-            replies.append(reply)
-        return replies
+        replies: list = []
+        parsed = iter(self.reader.gets, _MORE)
+        while True:
+            replies.extend(islice(parsed, count - len(replies)))  # every complete reply, in C (no Python step each)
+            if len(replies) >= count:
+                return replies
+            data = self.sock.recv(_RECV)
+            if not data:
+                raise ConnectionError(f"{self.name} closed the connection")
+            self.reader.feed(data)
+            parsed = iter(self.reader.gets, _MORE)
 
     def call(self, *args: bytes, check: bool = True):
         self.send(pack(*args))

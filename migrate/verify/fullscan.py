@@ -15,7 +15,9 @@ import multiprocessing
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from itertools import compress, repeat
 from multiprocessing.connection import Connection, wait
+from operator import floordiv
 
 from xxhash import xxh3_128_intdigest as xxh3
 
@@ -24,8 +26,7 @@ from ..children import die_with_parent, raise_relayed, relay_errors
 from ..net.endpoints import Endpoint, Node, translated_errors
 from ..net.keyspace import NO_EXPIRY, key_slots
 from ..net.wire import Wire, pack
-from .digest import DIGEST_TYPE_CODE
-from .readers import NO_DETAIL, Batch, Detail, DigestReader, View
+from .readers import NO_DETAIL, Batch, Columns, Detail, DigestReader, columns_of
 from .slotdigest import FOLD, TYPE_COUNT, SlotDigests, combined, fold
 
 __all__ = ["ScanJob", "ScanTotals", "SideScans", "combined", "fold"]
@@ -87,13 +88,13 @@ class _Worker:
                 payload.append(pack(b"SCAN", cursor, b"COUNT", b"%d" % SCAN_COUNT))
             wire.send(b"".join(payload))
             if digesting:
-                self._add(digesting[0].keys, reader.views(*digesting))
+                self._add(len(digesting[0].keys), reader.columns(*digesting))
             replies = wire.read(sum(counts) + (cursor is not None))
             digesting = (windowing, replies[:counts[0]]) if windowing else None
             if probing:
                 reader.probed(probing, replies[counts[0]:counts[0] + counts[1]])
                 if not reader.with_digest:
-                    self._add(probing.keys, reader.census(probing))
+                    self._add(len(probing.keys), columns_of(probing.keys, reader.census(probing)))
                     probing = None
             windowing, probing = probing, None
             if cursor is not None:
@@ -107,26 +108,29 @@ class _Worker:
         self.pipe.send(("progress", self.scanned - self.reported))
         return ScanTotals(job.node.name, self.digests, sum(self.digests.types))
 
-    def _add(self, keys: list[bytes], views: list[View]) -> None:
-        """Fold each key into its slot's digest (the hot loop: locals only, nothing kept per key;
-        `fold` inlined)."""
-        self.scanned += len(keys)
+    def _add(self, scanned: int, columns: Columns) -> None:
+        """Fold each key into its slot's digest (the hot loop: `fold` inlined, its hashing done in C over the
+        batch's columns; per key, only the XOR and the counts are Python steps)."""
+        self.scanned += scanned
         if self.scanned - self.reported >= PROGRESS_EVERY:
             self.pipe.send(("progress", self.scanned - self.reported))
             self.reported = self.scanned
-        digests, wanted = self.digests, self.job.slots
-        totals, types, with_ttl = digests.totals, digests.types, digests.with_ttl
-        grid, codes, width, pack_fold, hash128 = self.job.ttl_grid, DIGEST_TYPE_CODE, TYPE_COUNT, FOLD.pack, xxh3
-        for key, slot, (type_name, digest, expire_at, _) in zip(keys, key_slots(keys), views):
-            if type_name == "none" or (wanted is not None and slot not in wanted):
-                continue
-            code = codes[type_name]
-            if expire_at == NO_EXPIRY:
-                totals[slot] ^= hash128(key + pack_fold(code, digest, NO_EXPIRY))
-            else:
-                totals[slot] ^= hash128(key + pack_fold(code, digest, expire_at // grid))
-                with_ttl[slot] += 1
+        keys, codes, digests, expires = columns
+        slots = key_slots(keys)
+        wanted = self.job.slots
+        if wanted is not None and not all(map(wanted.__contains__, slots)):
+            kept = list(map(wanted.__contains__, slots))
+            slots, keys, codes, digests, expires = (list(compress(column, kept))
+                                                    for column in (slots, keys, codes, digests, expires))
+        totals, types, with_ttl, width = self.digests.totals, self.digests.types, self.digests.with_ttl, TYPE_COUNT
+        # NO_EXPIRY (-1) // grid is NO_EXPIRY: the cell of a key without TTL is NO_EXPIRY, as in fold()
+        cells = map(floordiv, expires, repeat(self.job.ttl_grid))
+        shares = map(xxh3, map(bytes.__add__, keys, map(FOLD.pack, codes, digests, cells)))
+        for slot, code, expire_at, share in zip(slots, codes, expires, shares):
+            totals[slot] ^= share
             types[slot * width + code] += 1
+            if expire_at != NO_EXPIRY:
+                with_ttl[slot] += 1
 
 
 def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) -> None:

@@ -16,7 +16,16 @@ from typing import NamedTuple
 
 from ..net.keyspace import NO_EXPIRY, absolute_expiry, key_slot
 from ..net.wire import ReplyError, Wire
-from .digest import DIGESTS, digest_hash, digest_list, digest_set, digest_string, digest_zset, new_digest
+from .digest import (
+    DIGEST_TYPE_CODE,
+    DIGESTS,
+    digest_hash,
+    digest_list,
+    digest_set,
+    digest_string,
+    digest_zset,
+    new_digest,
+)
 
 WINDOW = 1000              # elements in the first read of a collection
 BIG_WINDOW = 10_000        # elements per read of the rest of a big collection
@@ -109,6 +118,34 @@ def _small_hash(reply: list):
     return (digest_hash(reply[1]), len(reply[1]) // 2) if reply[0] == b"0" else None
 
 
+def _string_digest(value: bytes):
+    return digest_string(value) if len(value) < STRING_WINDOW else None
+
+
+def _list_digest(items: list):
+    return digest_list(items) if len(items) < WINDOW else None
+
+
+def _zset_digest(flat: list):
+    return digest_zset(flat) if len(flat) < 2 * WINDOW else None
+
+
+def _set_digest(reply: list):
+    return digest_set(reply[1]) if reply[0] == b"0" else None
+
+
+def _hash_digest(reply: list):
+    return digest_hash(reply[1]) if reply[0] == b"0" else None
+
+
+# The digest of a value that fits in its first window (None: read on), by TYPE reply: for columns().
+_SMALL_DIGEST = {b"string": _string_digest, b"list": _list_digest, b"zset": _zset_digest, b"set": _set_digest,
+                 b"hash": _hash_digest}
+# ... where no string fills its window (GETRANGE's reply is shorter): strings digested in C
+_SMALL_DIGEST_SHORT = {**_SMALL_DIGEST, b"string": digest_string}
+_WINDOWED = frozenset(_SMALL_DIGEST)  # types whose first window is one reply of one command
+_CODE_OF_REPLY = {name.encode(): code for name, code in DIGEST_TYPE_CODE.items()}
+
 _SMALL = {b"string": ("string", _small_string), b"list": ("list", _small_list), b"zset": ("zset", _small_zset),
           b"set": ("set", _small_set), b"hash": ("hash", _small_hash)}
 
@@ -131,10 +168,25 @@ class Batch:
 
     def __init__(self, keys: list[bytes]) -> None:
         self.keys = keys
-        self.bulks = [bulk(key) for key in keys]
+        self.bulks = list(map(b"$%d\r\n%b\r\n".__mod__, zip(map(len, keys), keys)))  # bulk(key), in C
         self.types: list = []
         self.expires: list[int] = []
         self.counts: list[int] = []
+
+
+class Columns(NamedTuple):
+    """The present keys of a batch, column by column (what a scan folds, with no object per key)."""
+
+    keys: list[bytes]
+    codes: list[int]
+    digests: list[int]
+    expires: list[int]
+
+
+def columns_of(keys: list[bytes], views: list[View]) -> Columns:
+    present = [(key, view) for key, view in zip(keys, views) if view.type != "none"]
+    return Columns([key for key, _ in present], [DIGEST_TYPE_CODE[view.type] for _, view in present],
+                   [view.digest for _, view in present], [view.expire_at for _, view in present])
 
 
 class DigestReader:
@@ -173,8 +225,8 @@ class DigestReader:
 
     def probe(self, batch: Batch) -> tuple[bytes, int]:
         """TYPE and PEXPIRETIME (or PTTL) of every key: the commands and their reply count."""
-        expiry = self._expiry
-        return b"".join([_TYPE + b + expiry + b for b in batch.bulks]), 2 * len(batch.keys)
+        both = (_TYPE + b"%b" + self._expiry + b"%b").__mod__
+        return b"".join(map(both, zip(batch.bulks, batch.bulks))), 2 * len(batch.keys)
 
     def probed(self, batch: Batch, replies: list) -> None:
         batch.types = replies[0::2]
@@ -190,6 +242,9 @@ class DigestReader:
 
     def windows(self, batch: Batch) -> tuple[bytes, int]:
         """The first window of each value, chosen by type: the commands and their reply count."""
+        if _WINDOWED.issuperset(batch.types):  # the common case: one command per key, built in C
+            batch.counts = [1] * len(batch.keys)
+            return b"".join(map(bytes.__mod__, map(_FIRST.__getitem__, batch.types), batch.bulks)), len(batch.keys)
         parts, counts = [], []
         for b, type_name in zip(batch.bulks, batch.types):
             template = _FIRST.get(type_name)
@@ -199,6 +254,21 @@ class DigestReader:
             counts.append(_REPLIES.get(type_name, 1))
         batch.counts = counts
         return b"".join(parts), sum(counts)
+
+    def columns(self, batch: Batch, replies: list) -> Columns:
+        """The batch's present keys with their type codes, digests and expiries, from their first windows:
+        a value that fits in its window is digested with no object per key. A batch with a stream, a module
+        type, a gone key, an error or hash field TTLs goes key by key (views); a big value is read on, on `side`."""
+        types, expires = batch.types, batch.expires
+        if self.detail.field_ttl or not _WINDOWED.issuperset(types) or -2 in expires \
+                or ReplyError in map(type, replies):
+            return columns_of(batch.keys, self.views(batch, replies))
+        small = _SMALL_DIGEST_SHORT if max(map(len, replies), default=0) < STRING_WINDOW else _SMALL_DIGEST
+        digests = [digest(value) for digest, value in zip(map(small.__getitem__, types), replies)]
+        if None in digests:
+            for index in [index for index, digest in enumerate(digests) if digest is None]:
+                digests[index] = self._digest(batch.keys[index], types[index], expires[index], replies[index]).digest
+        return Columns(batch.keys, list(map(_CODE_OF_REPLY.__getitem__, types)), digests, expires)
 
     def views(self, batch: Batch, replies: list) -> list[View]:
         """Digest each key from its first window (reading on, on `side`, for a big value)."""
