@@ -133,7 +133,10 @@ def run(args: argparse.Namespace, base: Path) -> dict:
         back = out.get("bring_back", {})
         result["bring_back"] = {"exit": code, "seconds": round(took, 1), "rounds": len(back.get("rounds", [])),
                                 "brought_back": back.get("brought_back"), "conflicts": back.get("conflicts"),
-                                "final_differences": back.get("final_differences")}
+                                "final_differences": back.get("final_differences"), "phases": back.get("phases"),
+                                "round_seconds": [r.get("seconds") for r in back.get("rounds", [])],
+                                "round_found": [r.get("found") for r in back.get("rounds", [])],
+                                "stragglers": back.get("stragglers")}
         code, out, err, took = tool("verify", "--source", source.url(), "--target", target.url(), "--json")
         result["full_verify"] = {"exit": code, "seconds": round(took, 1)}
         result["bring_back_vs_verify"] = round(result["bring_back"]["seconds"] / max(took, 0.01), 2)

@@ -18,6 +18,7 @@ Refused while a sync still runs on the run dir: it would write the old side's ch
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import BadInput, GateRefused
@@ -60,7 +61,9 @@ class CopyBack:
 
     def round(self) -> dict:
         """One round: compare, then copy what differs and delete what sync put there and the cache dropped."""
+        started = time.monotonic()
         differences = self.compare()
+        compared = round(time.monotonic() - started, 2)
         extra = [d.key for d in differences if d.kind == "extra"]
         with Baseline(self.run_dir) as baseline:
             ours = baseline.put_by_sync(extra)
@@ -73,7 +76,8 @@ class CopyBack:
                 copied = self._copy(to_copy)
             deleted = delete_keys(self.old, [key for key in extra if key in ours]) if ours else 0
         found = len([d for d in differences if d.key not in self.conflicts])
-        return {"found": found, "copied": copied, "deleted": deleted, "new_conflicts": len(new_conflicts)}
+        return {"found": found, "copied": copied, "deleted": deleted, "new_conflicts": len(new_conflicts),
+                "compare_seconds": compared}
 
     def _copy(self, differences: list[Difference]) -> int:
         reference = SourceReference(self.cache, 0)
@@ -144,6 +148,21 @@ def copy_back_rounds(copier: CopyBack, threshold: int, max_rounds: int = MAX_ROU
                       "when the apps write less")
 
 
+class _Clock:
+    """Seconds per phase, for the report (where the time of a bring-back goes)."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases = phases
+
+    @contextmanager
+    def __call__(self, name: str):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(time.monotonic() - started, 2)
+
+
 def refuse_running_sync(run_dir: RunDir) -> None:
     """sync would go on writing the old side's changes into the cache while they are copied back."""
     from .live_cutover import running_sync
@@ -168,19 +187,26 @@ def bring_back(env: str, *, run_dir: RunDir, old: Topology, cache: Topology, thr
     started = time.monotonic()
     check_old(old)
     copier = CopyBack(old, cache, run_dir, dry_run=dry_run)
-    rounds = copy_back_rounds(copier, threshold)
+    phases: dict[str, float] = {}
+    clock = _Clock(phases)
+    with clock("rounds"):
+        rounds = copy_back_rounds(copier, threshold)
     if not dry_run:  # the old Redis as the apps find it at the flip back: what the straggler round compares with
-        baseline_from_target(run_dir, old, BACK, fresh=True)
-    result = rollback(env, run_dir=run_dir, prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run,
-                      clients=clients)
-    stragglers = None if dry_run or result["refused"] else copier.stragglers()
-    final = [] if stragglers is not None and stragglers["found"] == 0 else copier.final()  # that round compared
+        with clock("snapshot_back"):
+            baseline_from_target(run_dir, old, BACK, fresh=True)
+    with clock("flip_back"):
+        result = rollback(env, run_dir=run_dir, prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run,
+                          clients=clients)
+    with clock("stragglers"):
+        stragglers = None if dry_run or result["refused"] else copier.stragglers()
+    with clock("final"):
+        final = [] if stragglers is not None and stragglers["found"] == 0 else copier.final()  # that round compared
     result["bring_back"] = {
         "rounds": rounds, "stragglers": stragglers,
         "brought_back": sum(r["copied"] + r["deleted"] for r in [*rounds, *([stragglers] if stragglers else [])]),
         "conflicts": len(copier.conflicts),
         "conflict_keys": [readable(key) for key in sorted(copier.conflicts)[:20]],
         "kept_newer_on_old": len(copier.kept),
-        "final_differences": len(final), "seconds": round(time.monotonic() - started, 2),
+        "final_differences": len(final), "seconds": round(time.monotonic() - started, 2), "phases": phases,
     }
     return result
