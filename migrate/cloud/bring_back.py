@@ -24,17 +24,17 @@ from dataclasses import dataclass, field
 from ..errors import BadInput, GateRefused
 from ..keynames import readable
 from ..net.endpoints import Topology
+from ..net.wire import pack
 from ..rundir import RunDir
 from ..sync.baseline import Baseline
-from ..sync.forward import baseline_from_target
 from ..sync.protocol import ConflictLog
 from ..verify.compare import Difference
 from ..verify.readers import SideReader
-from ..verify.stage import SourceReference, VerifyOptions, delete_keys, full_pass, repair, settle
+from ..verify.stage import SourceReference, VerifyOptions, delete_keys, repair, settle
+from .copyback import APPLIED, DELETED, KEPT, OldCas, Scanner
 
 DEFAULT_THRESHOLD = 100
 MAX_ROUNDS = 10
-BACK = "baseline-back"  # sync/baseline-back.sqlite: the old Redis's state at the flip back
 COMPARE = VerifyOptions(ttl_tolerance_ms=2000, rounds=3, round_interval=0.2, repair=True)
 
 
@@ -48,25 +48,40 @@ class CopyBack:
     dry_run: bool = False
     conflicts: set[bytes] = field(default_factory=set)
     kept: set[bytes] = field(default_factory=set)  # written on the old Redis after the flip back: newer, kept
+    written: set[bytes] = field(default_factory=set)  # keys bring-back wrote on the old Redis (ours to delete)
+    scanner: Scanner | None = None
+    last: list[bytes] = field(default_factory=list)  # the keys the straggler round wrote: the last compare's
 
-    def compare(self) -> list[Difference]:
-        """Every key that differs between the cache and the old Redis, settled over a few re-reads."""
+    def __post_init__(self) -> None:
+        if self.scanner is None:
+            tolerance = COMPARE.ttl_tolerance_ms
+            self.scanner = Scanner(self.old, self.cache, self.run_dir, max(tolerance, 1), tolerance)
+
+    def compare(self) -> tuple[list[Difference], dict[bytes, int | None], dict]:
+        """The keys that differ (settled over a few re-reads), the old side's known folds, the scan's counts."""
+        expected, counts = self.scanner.candidates()
+        pairs = self.scanner.differing(self.scanner.read(list(expected))) if expected else {}
+        if not pairs:
+            return [], expected, counts
         reference, old_reader = SourceReference(self.cache, 0), SideReader(self.old)
         try:
-            first = full_pass(self.cache, self.old, 0, COMPARE, None)
-            return settle(reference, old_reader, first.candidates, COMPARE).differences
+            return settle(reference, old_reader, pairs, COMPARE).differences, expected, counts
         finally:
             reference.close()
             old_reader.close()
 
+    def _ours(self, keys: list[bytes]) -> set[bytes]:
+        """Of these keys (gone from the cache), those sync put on the cache or bring-back on the old Redis."""
+        with Baseline(self.run_dir) as baseline:
+            return baseline.put_by_sync(keys) | (set(keys) & self.written)
+
     def round(self) -> dict:
         """One round: compare, then copy what differs and delete what sync put there and the cache dropped."""
         started = time.monotonic()
-        differences = self.compare()
+        differences, _, counts = self.compare()
         compared = round(time.monotonic() - started, 2)
         extra = [d.key for d in differences if d.kind == "extra"]
-        with Baseline(self.run_dir) as baseline:
-            ours = baseline.put_by_sync(extra)
+        ours = self._ours(extra)
         new_conflicts = [key for key in extra if key not in ours and key not in self.conflicts]
         self._report(new_conflicts)
         to_copy = [d for d in differences if d.kind != "extra"]
@@ -74,10 +89,14 @@ class CopyBack:
         if not self.dry_run:
             if to_copy:
                 copied = self._copy(to_copy)
-            deleted = delete_keys(self.old, [key for key in extra if key in ours]) if ours else 0
+            gone = [key for key in extra if key in ours]
+            deleted = delete_keys(self.old, gone) if gone else 0
+            touched = [d.key for d in to_copy] + gone
+            self.written.update(touched)
+            self.scanner.reread_old(touched)
         found = len([d for d in differences if d.key not in self.conflicts])
         return {"found": found, "copied": copied, "deleted": deleted, "new_conflicts": len(new_conflicts),
-                "compare_seconds": compared}
+                "compare_seconds": compared, "scanned": counts["scanned"], "candidates": counts["candidates"]}
 
     def _copy(self, differences: list[Difference]) -> int:
         reference = SourceReference(self.cache, 0)
@@ -94,38 +113,63 @@ class CopyBack:
                 log.add(key, "bring-back: created on the old Redis after the flip, absent on the cache; kept there")
 
     def stragglers(self) -> dict:
-        """After the flip back: new tasks write to the old Redis, late ones still to the cache. Each key that
-        differs is copied by compare-and-set against the old Redis's state at the flip back (BACK baseline): a key
-        a new task already wrote on the old Redis is theirs (a conflict, kept), never overwritten."""
+        """After the flip back: new tasks write to the old Redis, late ones still to the cache. The cache alone is
+        scanned and joined with the old side as bring-back left it; each key that differs is written on the old
+        Redis by compare-and-set against that state (copyback.OldCas): a key a new task already wrote there is
+        theirs (kept, counted apart), never overwritten."""
         from ..datapath.reader import DumpOptions, read_records
+        from ..datapath.replay import record_commands
         from ..net.endpoints import probe_rdb_version
-        from ..sync.forward import APPLIED, CONFLICT, DELETED, Forwarder, forward_records
-        differences = self.compare()
-        extra = [d.key for d in differences if d.kind == "extra"]
-        with Baseline(self.run_dir) as baseline:
-            ours = baseline.put_by_sync(extra)
-        self._report([key for key in extra if key not in ours and key not in self.conflicts])
-        keys = [d.key for d in differences if d.kind != "extra"]
-        records, _ = read_records(self.cache, keys, DumpOptions(target_rdb=probe_rdb_version(self.old))) \
-            if keys else ([], None)
-        read = {record.key for record in records}
-        gone = [key for key in keys if key not in read] + [key for key in extra if key in ours]
-        forwarder = Forwarder(self.run_dir, self.old, Baseline(self.run_dir, BACK))
-        forwarder.log_conflicts = False
+        expected, _ = self.scanner.candidates()
+        pairs = self.scanner.differing(self.scanner.read(list(expected))) if expected else {}
+        present = [key for key, (cache_view, _) in pairs.items() if cache_view.present]
+        records, _ = read_records(self.cache, present, DumpOptions(target_rdb=probe_rdb_version(self.old))) \
+            if present else ([], None)
+        by_key: dict[bytes, list] = {}
+        for record in records:
+            by_key.setdefault(record.key, []).append(record)
+        gone = [key for key in pairs if key not in by_key]
+        ours = self._ours(gone)
+        self._report([key for key in gone if key not in ours and key not in self.conflicts
+                      and pairs[key][1].present and expected[key] is not None])
+        cas = OldCas(self.old, self.scanner)
+        outcomes: dict[bytes, str] = {}
         try:
-            outcomes = forward_records(forwarder, records, gone) if records or gone else {}
+            for key, chunks in by_key.items():
+                writes = [command for per_record in record_commands(chunks) for command, _ in per_record]
+                outcomes[key] = cas.apply(key, expected[key], writes)
+            for key in gone:
+                if key in ours:
+                    outcomes[key] = cas.apply(key, expected[key], [pack(b"DEL", key)])
         finally:
-            forwarder.close()
-            forwarder.baseline.close()
-        self.kept.update(key for key, outcome in outcomes.items() if outcome == CONFLICT)
+            cas.close()
+        self.kept.update(key for key, outcome in outcomes.items() if outcome == KEPT)
+        self.last = [key for key, outcome in outcomes.items() if outcome in (APPLIED, DELETED)]
         values = list(outcomes.values())
-        return {"found": len([d for d in differences if d.key not in self.conflicts | self.kept]),
+        return {"found": len([k for k in pairs if k not in self.conflicts | self.kept]),
                 "copied": values.count(APPLIED), "deleted": values.count(DELETED),
-                "kept_newer_on_old": values.count(CONFLICT)}
+                "kept_newer_on_old": values.count(KEPT), "candidates": len(expected)}
 
     def final(self) -> list[Difference]:
-        """The last compare: the differences other than the reported conflicts and the keys newer on the old Redis."""
-        return [d for d in self.compare() if d.key not in self.conflicts | self.kept]
+        """The last compare: the straggler round's scan found every key the cache changed since the last round;
+        the keys it wrote are read again on both sides (as verify --repair settles its repairs). What still
+        differs, other than the reported conflicts and the keys newer on the old Redis."""
+        keys = [key for key in self.last if key not in self.conflicts | self.kept]
+        if not keys:
+            return []
+        pairs = self.scanner.differing(self.scanner.read(keys))
+        if not pairs:
+            return []
+        reference, old_reader = SourceReference(self.cache, 0), SideReader(self.old)
+        try:
+            differences = settle(reference, old_reader, pairs, COMPARE).differences
+        finally:
+            reference.close()
+            old_reader.close()
+        return [d for d in differences if d.key not in self.conflicts | self.kept]
+
+    def close(self) -> None:
+        self.scanner.close()
 
 
 def copy_back_rounds(copier: CopyBack, threshold: int, max_rounds: int = MAX_ROUNDS) -> list[dict]:
@@ -136,8 +180,10 @@ def copy_back_rounds(copier: CopyBack, threshold: int, max_rounds: int = MAX_ROU
     for _ in range(max_rounds):
         started = time.monotonic()
         found = copier.round()
-        steady = bool(rounds) and found["found"] >= 0.9 * rounds[-1]["found"]
-        rounds.append({**found, "seconds": round(time.monotonic() - started, 2),
+        seconds = round(time.monotonic() - started, 2)
+        steady = bool(rounds) and (found["found"] >= 0.9 * rounds[-1]["found"]
+                                   or _cannot_converge(found["found"], seconds, rounds[-1]["seconds"], threshold))
+        rounds.append({**found, "seconds": seconds,
                        **({"steady": True} if steady and found["found"] >= threshold else {})})
         if found["found"] < threshold or steady or copier.dry_run:
             return rounds
@@ -161,6 +207,13 @@ class _Clock:
             yield
         finally:
             self.phases[name] = round(time.monotonic() - started, 2)
+
+
+def _cannot_converge(found: int, seconds: float, before: float, threshold: int) -> bool:
+    """What a round finds is what the apps changed while the round before ran: `found / before` keys a second.
+    The next round takes about as long as this one, so it would find about `found * seconds / before`; when that
+    is still over the threshold, rounds cannot get below it while the apps write: the straggler round takes it."""
+    return found * seconds / max(before, 0.01) >= threshold
 
 
 def refuse_running_sync(run_dir: RunDir) -> None:
@@ -189,18 +242,18 @@ def bring_back(env: str, *, run_dir: RunDir, old: Topology, cache: Topology, thr
     copier = CopyBack(old, cache, run_dir, dry_run=dry_run)
     phases: dict[str, float] = {}
     clock = _Clock(phases)
-    with clock("rounds"):
-        rounds = copy_back_rounds(copier, threshold)
-    if not dry_run:  # the old Redis as the apps find it at the flip back: what the straggler round compares with
-        with clock("snapshot_back"):
-            baseline_from_target(run_dir, old, BACK, fresh=True)
-    with clock("flip_back"):
-        result = rollback(env, run_dir=run_dir, prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run,
-                          clients=clients)
-    with clock("stragglers"):
-        stragglers = None if dry_run or result["refused"] else copier.stragglers()
-    with clock("final"):
-        final = [] if stragglers is not None and stragglers["found"] == 0 else copier.final()  # that round compared
+    try:
+        with clock("rounds"):
+            rounds = copy_back_rounds(copier, threshold)
+        with clock("flip_back"):
+            result = rollback(env, run_dir=run_dir, prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run,
+                              clients=clients)
+        with clock("stragglers"):
+            stragglers = None if dry_run or result["refused"] else copier.stragglers()
+        with clock("final"):
+            final = copier.final() if stragglers is not None else []
+    finally:
+        copier.close()
     result["bring_back"] = {
         "rounds": rounds, "stragglers": stragglers,
         "brought_back": sum(r["copied"] + r["deleted"] for r in [*rounds, *([stragglers] if stragglers else [])]),

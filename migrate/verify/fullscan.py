@@ -27,6 +27,7 @@ from ..net.wire import Wire, pack
 from .digest import DIGEST_TYPE_CODE
 from .readers import NO_DETAIL, Batch, Detail, DigestReader, View
 from .slotdigest import FOLD, TYPE_COUNT, SlotDigests, combined, fold
+from .spill import BUCKET_SHIFT, ENTRY, FLUSH_BYTES, SpillWriter
 
 __all__ = ["ScanJob", "ScanTotals", "SideScans", "combined", "fold"]
 
@@ -46,6 +47,7 @@ class ScanJob:
     digest: bool = True  # False: type and expiry only (a census of the keys)
     detail: Detail = NO_DETAIL  # what both sides hold beyond plain values (stream counters, field TTLs)
     slots: Collection[int] | None = None  # only keys in these slots (None: all)
+    spill: str | None = None  # also write each key's fold to `<spill>.NN` files (spill.py): bring-back's joins
 
 
 @dataclass
@@ -74,6 +76,7 @@ class _Worker:
         side = Wire(job.endpoint, job.node.host, job.node.port, job.db)
         reader = DigestReader(wire, job.exact_ttl, digest=job.digest, side=side, detail=job.detail)
         self.digests = SlotDigests(job.node.name)
+        self.spill = SpillWriter(job.spill) if job.spill else None
         cursor: bytes | None = b"0"
         probing = windowing = None
         digesting: tuple[Batch, list] | None = None
@@ -104,6 +107,8 @@ class _Worker:
                 cursor = None if cursor == b"0" else cursor
         wire.close()
         side.close()
+        if self.spill is not None:
+            self.spill.close()
         self.pipe.send(("progress", self.scanned - self.reported))
         return ScanTotals(job.node.name, self.digests, sum(self.digests.types))
 
@@ -114,6 +119,9 @@ class _Worker:
         if self.scanned - self.reported >= PROGRESS_EVERY:
             self.pipe.send(("progress", self.scanned - self.reported))
             self.reported = self.scanned
+        if self.spill is not None:
+            self._add_spilled(keys, views)
+            return
         digests, wanted = self.digests, self.job.slots
         totals, types, with_ttl = digests.totals, digests.types, digests.with_ttl
         grid, codes, width, pack_fold, hash128 = self.job.ttl_grid, DIGEST_TYPE_CODE, TYPE_COUNT, FOLD.pack, xxh3
@@ -127,6 +135,29 @@ class _Worker:
                 totals[slot] ^= hash128(key + pack_fold(code, digest, expire_at // grid))
                 with_ttl[slot] += 1
             types[slot * width + code] += 1
+
+
+    def _add_spilled(self, keys: list[bytes], views: list[View]) -> None:
+        """`_add`, and each key's fold written to its bucket's spill file too."""
+        digests, wanted, spill = self.digests, self.job.slots, self.spill
+        totals, types, with_ttl, buffers = digests.totals, digests.types, digests.with_ttl, spill.buffers
+        grid, codes, width, pack_fold, hash128 = self.job.ttl_grid, DIGEST_TYPE_CODE, TYPE_COUNT, FOLD.pack, xxh3
+        pack_entry = ENTRY.pack
+        for key, slot, (type_name, digest, expire_at, _) in zip(keys, key_slots(keys), views):
+            if type_name == "none" or (wanted is not None and slot not in wanted):
+                continue
+            code = codes[type_name]
+            if expire_at == NO_EXPIRY:
+                folded = hash128(key + pack_fold(code, digest, NO_EXPIRY))
+            else:
+                folded = hash128(key + pack_fold(code, digest, expire_at // grid))
+                with_ttl[slot] += 1
+            totals[slot] ^= folded
+            types[slot * width + code] += 1
+            bucket = slot >> BUCKET_SHIFT
+            buffers[bucket] += pack_entry(slot, len(key), folded.to_bytes(16, "little")) + key
+            if len(buffers[bucket]) > FLUSH_BYTES:
+                spill.flush(bucket)
 
 
 def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) -> None:

@@ -1,0 +1,105 @@
+"""Per-key fingerprints spilled to disk by a scan worker, for the comparisons that need more than per-slot digests.
+
+A verify keeps nothing per key (slotdigest.py). rollback --bring-back compares the same two sides several
+times while the apps write to the cache, and those writes land in nearly every slot, so per-slot digests would
+send almost every slot to descent (a second read of every key). With `ScanJob.spill`, a worker also writes
+each key's fold (the same xxh3_128 it XORs into its slot's digest: name, type, value digest, expiry cell) to
+BUCKETS files by slot range. Comparing two sides is then a join of their files, one bucket at a time (a
+bucket's keys in memory, a sixteenth of the data set), and only the keys whose folds differ are read again.
+
+An entry: slot (2 bytes), key length (4), fold (16), key. A key SCAN returned twice has two entries with the
+same fold (or the later one, if it changed in between): the join keeps one. Files are 0600 (key names are data).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from .digest import DIGEST_TYPE_CODE
+from .readers import View
+from .slotdigest import fold
+
+BUCKETS = 16
+BUCKET_SHIFT = 10  # 16,384 slots / 16 buckets: a bucket is 1,024 consecutive slots
+ENTRY = struct.Struct("<HI16s")
+FLUSH_BYTES = 1 << 20
+
+
+def bucket_of(slot: int) -> int:
+    return slot >> BUCKET_SHIFT
+
+
+def bucket_path(prefix: str | Path, bucket: int) -> Path:
+    return Path(f"{prefix}.{bucket:02d}")
+
+
+class SpillWriter:
+    """One worker's spill: BUCKETS append-only files named `<prefix>.NN`."""
+
+    def __init__(self, prefix: str | Path) -> None:
+        self.prefix = prefix
+        self.buffers = [bytearray() for _ in range(BUCKETS)]
+        self.files = [os.open(bucket_path(prefix, b), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                      for b in range(BUCKETS)]
+
+    def flush(self, bucket: int) -> None:
+        buffer = self.buffers[bucket]
+        view = memoryview(buffer)
+        while view:
+            view = view[os.write(self.files[bucket], view):]
+        buffer.clear()
+
+    def close(self) -> None:
+        for bucket in range(BUCKETS):
+            self.flush(bucket)
+            os.close(self.files[bucket])
+
+
+def entry(slot: int, key: bytes, folded: int) -> bytes:
+    return ENTRY.pack(slot, len(key), folded.to_bytes(16, "little")) + key
+
+
+def read_bucket(prefixes: list[str | Path], bucket: int) -> dict[bytes, int]:
+    """key -> fold for one bucket of every listed spill (a side's workers)."""
+    found: dict[bytes, int] = {}
+    size = ENTRY.size
+    for prefix in prefixes:
+        path = bucket_path(prefix, bucket)
+        data = path.read_bytes() if path.exists() else b""
+        at, end, unpack = 0, len(data), ENTRY.unpack_from
+        while at < end:
+            _, length, folded = unpack(data, at)
+            at += size
+            found[data[at:at + length]] = int.from_bytes(folded, "little")
+            at += length
+    return found
+
+
+def fold_view(key: bytes, view: View, grid: int) -> int | None:
+    """A key's fold from a View read one by one (as the scan folds it); None when absent."""
+    if not view.present:
+        return None
+    return fold(key, DIGEST_TYPE_CODE[view.type], view.digest, view.expire_at, grid)
+
+
+def remove(prefixes: list[str | Path]) -> None:
+    for prefix in prefixes:
+        for bucket in range(BUCKETS):
+            bucket_path(prefix, bucket).unlink(missing_ok=True)
+
+
+def differing(old: dict[bytes, int | None], new: dict[bytes, int]) -> Iterator[bytes]:
+    """Keys whose folds differ between two sides' buckets (absent on one side included)."""
+    for key, folded in new.items():
+        if old.get(key) != folded:
+            yield key
+    for key, folded in old.items():
+        if folded is not None and key not in new:
+            yield key
+
+
+__all__ = ["BUCKETS", "SpillWriter", "bucket_of", "differing", "entry", "fold_view", "read_bucket",
+           "remove"]
