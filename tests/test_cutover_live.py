@@ -368,30 +368,41 @@ def test_a_drain_that_fails_lifts_the_fence_at_once_and_flips_nothing(bed, ssm):
 def test_stragglers_never_overwrite_what_new_tasks_wrote_on_the_old_redis(standalone_source, serverless_target,
                                                                         run_dir):
     """After the flip back, new tasks write to the old Redis while late ones still write to the cache: the
-    straggler round copies the late writes by compare-and-set against the old Redis's state at the flip back."""
-    from migrate.cloud.bring_back import BACK, CopyBack
+    straggler round copies the late writes by compare-and-set against what bring-back left on the old Redis
+    (its last round's state, no snapshot): a key a new task wrote there, changed or deleted, is kept."""
+    from migrate.cloud.bring_back import CopyBack
     from migrate.net.endpoints import Endpoint, discover
     from migrate.sync.baseline import Baseline
-    from migrate.sync.forward import baseline_from_target
     rd = RunDir(run_dir, create=True)
     old, cache = standalone_source.client(), serverless_target.first.client()
+    names = ("new-task", "late-task", "both", "untouched", "gone-on-cache", "gone-here-new-there")
     for side in (old, cache):
-        for name in ("new-task", "late-task", "both", "untouched", "gone-on-cache"):
+        for name in names:
             side.set(f"k:{name}", "at the flip back")
-    Baseline(rd).record([(b"k:gone-on-cache", b"x" * 28)])          # sync had put it on the cache
+    Baseline(rd).record([(b"k:gone-on-cache", b"x" * 28), (b"k:gone-here-new-there", b"x" * 28)])  # sync put them
     old_topology = discover(Endpoint.from_url("source", standalone_source.url()))
     cache_topology = discover(Endpoint.from_url("target", serverless_target.url()))
-    baseline_from_target(rd, old_topology, BACK, fresh=True)        # the flip back
-    old.set("k:new-task", "new task on the old Redis")
-    cache.set("k:late-task", "late task on the cache")
-    cache.set("k:both", "late task on the cache")
-    old.set("k:both", "new task on the old Redis")
-    cache.delete("k:gone-on-cache")
     copier = CopyBack(old_topology, cache_topology, rd)
-    found = copier.stragglers()
-    assert old.get("k:new-task") == b"new task on the old Redis"
-    assert old.get("k:late-task") == b"late task on the cache"
-    assert old.get("k:both") == b"new task on the old Redis"
-    assert old.get("k:untouched") == b"at the flip back" and old.exists("k:gone-on-cache") == 0
-    assert found["copied"] == 1 and found["deleted"] == 1 and found["kept_newer_on_old"] == 2 and found["found"] == 2
-    assert copier.final() == []
+    try:
+        assert copier.round()["found"] == 0                       # the last round before the flip back
+        old.set("k:new-task", "new task on the old Redis")        # the flip back: new tasks on the old Redis ...
+        cache.set("k:late-task", "late task on the cache")        # ... late ones still on the cache
+        cache.set("k:both", "late task on the cache")
+        old.set("k:both", "new task on the old Redis")
+        cache.delete("k:gone-on-cache")
+        cache.delete("k:gone-here-new-there")
+        old.set("k:gone-here-new-there", "new task on the old Redis")
+        cache.set("k:late-only", "created by a late task")
+        old.set("k:new-only", "created by a new task")
+        found = copier.stragglers()
+        assert old.get("k:new-task") == b"new task on the old Redis"
+        assert old.get("k:late-task") == b"late task on the cache"
+        assert old.get("k:both") == b"new task on the old Redis"
+        assert old.get("k:gone-here-new-there") == b"new task on the old Redis"
+        assert old.get("k:untouched") == b"at the flip back" and old.exists("k:gone-on-cache") == 0
+        assert old.get("k:late-only") == b"created by a late task" and old.get("k:new-only") == b"created by a new task"
+        assert (found["copied"], found["deleted"], found["kept_newer_on_old"]) == (2, 1, 2), found
+        assert copier.final() == [] and copier.conflicts == set()
+    finally:
+        copier.close()
+    assert not (run_dir / "sync" / "bring-back").exists()      # the spilled folds (key names) are removed

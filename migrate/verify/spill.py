@@ -46,11 +46,11 @@ class SpillWriter:
                       for b in range(BUCKETS)]
 
     def flush(self, bucket: int) -> None:
-        buffer = self.buffers[bucket]
-        view = memoryview(buffer)
-        while view:
-            view = view[os.write(self.files[bucket], view):]
-        buffer.clear()
+        data = bytes(self.buffers[bucket])
+        self.buffers[bucket].clear()
+        written = 0
+        while written < len(data):
+            written += os.write(self.files[bucket], data[written:])
 
     def close(self) -> None:
         for bucket in range(BUCKETS):
