@@ -3,14 +3,21 @@
 ElastiCache Serverless has no change feed (no keyspace notifications, no replication), so the way back is
 scan-based: our verify, run in reverse (the cache is the reference, the old Redis the side repaired).
 
-    rounds      full compare cache -> old; copy every key that differs to the old Redis; delete on the old
-                Redis the keys the cache no longer has, but only those sync put on the cache (they existed at
-                the flip or a forwarded write created them: the baseline says so). A key the old side created
-                on its own after the flip is a conflict: reported, never deleted. Repeat until a round finds
-                fewer than --threshold differences (the apps still write to the cache meanwhile).
+    rounds      compare cache -> old; copy every key that differs to the old Redis; delete on the old Redis the
+                keys the cache no longer has, but only those sync put on the cache (they existed at the flip or a
+                forwarded write created them: the baseline says so) or bring-back wrote there. A key the old side
+                created on its own after the flip is a conflict: reported, never deleted. The first round scans
+                both sides; nothing but bring-back writes the old Redis before the flip back, so later rounds scan
+                the cache alone and join its per-key folds with the old side's as known (copyback.py). Rounds go
+                on until one finds fewer than --threshold differences, or cannot get there (the apps change as
+                many keys per round: the straggler round takes them).
     flip back   cutover.py's rollback, unchanged (record, put, label, read back, redeploy).
-    stragglers  one more round, for the writes late tasks made on the cache before they were replaced.
-    final       a last compare: exit 0 only when nothing but the reported conflicts differs.
+    stragglers  one more cache-only round, for the writes late tasks made on the cache before they were replaced,
+                written by compare-and-set against what bring-back left on the old Redis: a key a new task wrote
+                there after the flip back is kept, never overwritten.
+    final       the keys the straggler round wrote, read again on both sides (as verify --repair settles its
+                repairs): exit 0 only when nothing but the reported conflicts and the keys newer on the old
+                Redis differs.
 
 Refused while a sync still runs on the run dir: it would write the old side's changes into the cache meanwhile.
 """
