@@ -178,8 +178,9 @@ def run(args: argparse.Namespace, base: Path) -> dict:
         result["bring_back"] = {"exit": code, "seconds": round(took, 1), "rounds": len(back.get("rounds", [])),
                                 "brought_back": back.get("brought_back"), "conflicts": back.get("conflicts"),
                                 "final_differences": back.get("final_differences"), "phases": back.get("phases"),
-                                "round_seconds": [r.get("seconds") for r in back.get("rounds", [])],
-                                "round_found": [r.get("found") for r in back.get("rounds", [])],
+                                "rounds_detail": [{k: r.get(k) for k in ("scanned", "found", "candidates", "copied",
+                                                                         "compare_seconds", "seconds")}
+                                                  for r in back.get("rounds", [])],
                                 "stragglers": back.get("stragglers")}
         code, out, err, took = tool("verify", "--source", source.url(), "--target", target.url(), "--json")
         result["full_verify"] = {"exit": code, "seconds": round(took, 1)}
