@@ -406,3 +406,42 @@ def test_stragglers_never_overwrite_what_new_tasks_wrote_on_the_old_redis(standa
     finally:
         copier.close()
     assert not (run_dir / "sync" / "bring-back").exists()      # the spilled folds (key names) are removed
+
+
+def test_later_rounds_scan_the_cache_alone_and_still_find_every_change(standalone_source, serverless_target,
+                                                                      run_dir):
+    """Rounds after the first scan only the cache and join it with the old side as bring-back knows it: a change,
+    a creation and a delete made on the cache between two rounds are all brought back, a key bring-back itself
+    wrote on the old Redis is deleted there when the cache drops it, and an old-side-only key stays a conflict."""
+    from migrate.cloud.bring_back import CopyBack
+    from migrate.net.endpoints import Endpoint, discover
+    from migrate.sync.baseline import Baseline
+    rd = RunDir(run_dir, create=True)
+    old, cache = standalone_source.client(), serverless_target.first.client()
+    expire_at = int(time.time() * 1000) + 3_600_000
+    for index in range(300):
+        for side in (old, cache):
+            side.set(f"k:{index}", f"v{index}", pxat=expire_at if index % 2 else None)
+    Baseline(rd).record([(f"k:{index}".encode(), b"x" * 28) for index in range(300)])   # sync put them
+    cache.set("app:new", "created on the cache after the flip")
+    old.set("old:only", "created on the old side")
+    copier = CopyBack(discover(Endpoint.from_url("source", standalone_source.url())),
+                      discover(Endpoint.from_url("target", serverless_target.url())), rd)
+    try:
+        first = copier.round()
+        assert (first["scanned"], first["found"], first["copied"]) == ("both", 1, 1), first
+        cache.set("k:5", "changed between the rounds")
+        cache.hset("app:hash", mapping={"a": "1"})
+        cache.delete("k:7")
+        cache.delete("app:new")                                   # bring-back wrote it on the old Redis
+        second = copier.round()
+        assert (second["scanned"], second["found"], second["copied"], second["deleted"]) == ("cache", 4, 2, 2), second
+        third = copier.round()
+        assert third["found"] == 0 and third["scanned"] == "cache"
+    finally:
+        copier.close()
+    assert copier.conflicts == {b"old:only"} and old.get("old:only") is not None
+    assert old.get("k:5") == b"changed between the rounds" and old.hgetall("app:hash") == {b"a": b"1"}
+    assert old.exists("k:7", "app:new") == 0
+    old_side = {k: v for k, v in snapshot(standalone_source).items() if k != b"old:only"}
+    assert_same(snapshot(serverless_target), old_side, ttl_tolerance_ms=0)
