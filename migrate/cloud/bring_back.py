@@ -25,6 +25,7 @@ Refused while a sync still runs on the run dir: it would write the old side's ch
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -82,11 +83,15 @@ class CopyBack:
         with Baseline(self.run_dir) as baseline:
             return baseline.put_by_sync(keys) | (set(keys) & self.written)
 
-    def round(self) -> dict:
-        """One round: compare, then copy what differs and delete what sync put there and the cache dropped."""
+    def round(self, go_on: Callable[[int, float], bool] = lambda found, seconds: False) -> dict:
+        """One round: compare, then copy what differs and delete what sync put there and the cache dropped.
+        `go_on(found, seconds)`: whether another round follows; if so its scan starts before this round copies."""
         started = time.monotonic()
         differences, _, counts = self.compare()
         compared = round(time.monotonic() - started, 2)
+        more = not self.dry_run and go_on(len([d for d in differences if d.key not in self.conflicts]), compared)
+        if more:
+            self.scanner.start()
         extra = [d.key for d in differences if d.kind == "extra"]
         ours = self._ours(extra)
         new_conflicts = [key for key in extra if key not in ours and key not in self.conflicts]
@@ -103,7 +108,8 @@ class CopyBack:
             self.scanner.reread_old(touched)
         found = len([d for d in differences if d.key not in self.conflicts])
         return {"found": found, "copied": copied, "deleted": deleted, "new_conflicts": len(new_conflicts),
-                "compare_seconds": compared, "scanned": counts["scanned"], "candidates": counts["candidates"]}
+                "compare_seconds": compared, "scanned": counts["scanned"], "candidates": counts["candidates"],
+                "more": more}
 
     def _copy(self, differences: list[Difference]) -> int:
         reference = SourceReference(self.cache, 0)
@@ -180,19 +186,27 @@ class CopyBack:
 
 
 def copy_back_rounds(copier: CopyBack, threshold: int, max_rounds: int = MAX_ROUNDS) -> list[dict]:
-    """Rounds until one finds fewer than `threshold` differences, or no fewer than nine tenths of the round before
-    (steady: the apps change that many keys per round, more rounds cannot shrink it; the straggler round after
-    the flip back takes the rest); refused (SSM untouched) if neither happens within `max_rounds`."""
+    """Rounds until one finds fewer than `threshold` differences, or cannot get there (steady: no fewer than nine
+    tenths of the round before, or `_cannot_converge`: the apps change that many keys per round, more rounds cannot
+    shrink it; the straggler round after the flip back takes the rest); refused (SSM untouched) if neither happens
+    within `max_rounds`. The decision is taken right after a round's compare, so the next scan overlaps the copy."""
     rounds: list[dict] = []
+
+    def steady(found: int, seconds: float) -> bool:
+        return bool(rounds) and (found >= 0.9 * rounds[-1]["found"]
+                                 or _cannot_converge(found, seconds, rounds[-1]["seconds"], threshold))
+
+    def go_on(found: int, seconds: float) -> bool:
+        return found >= threshold and not steady(found, seconds) and len(rounds) + 1 < max_rounds
+
     for _ in range(max_rounds):
         started = time.monotonic()
-        found = copier.round()
-        seconds = round(time.monotonic() - started, 2)
-        steady = bool(rounds) and (found["found"] >= 0.9 * rounds[-1]["found"]
-                                   or _cannot_converge(found["found"], seconds, rounds[-1]["seconds"], threshold))
-        rounds.append({**found, "seconds": seconds,
-                       **({"steady": True} if steady and found["found"] >= threshold else {})})
-        if found["found"] < threshold or steady or copier.dry_run:
+        found = copier.round(go_on)
+        more = found.pop("more")
+        done = found["found"] < threshold or steady(found["found"], found["compare_seconds"])
+        rounds.append({**found, "seconds": round(time.monotonic() - started, 2),
+                       **({"steady": True} if done and found["found"] >= threshold else {})})
+        if not more and (done or copier.dry_run):
             return rounds
     raise GateRefused(f"bring-back: {max_rounds} rounds each found {threshold} or more differences (the last "
                       f"{rounds[-1]['found']}) and still shrinking: the copy-back is slower than it should be; "

@@ -66,6 +66,7 @@ class Scanner:
         os.chmod(self.folder, DIR_MODE)
         self.state: OldState | None = None
         self.scans = 0
+        self.pending: tuple[SideScans, list[Path], list[Path]] | None = None
 
     def _jobs(self, side: str, topology: Topology) -> tuple[list[ScanJob], list[Path]]:
         prefixes = [self.folder / f"{side}{self.scans}-{index}" for index in range(len(topology.masters))]
@@ -73,16 +74,38 @@ class Scanner:
                         spill=str(prefix)) for node, prefix in zip(topology.masters, prefixes)]
         return jobs, prefixes
 
+    def start(self) -> None:
+        """Start the next scan (its workers run while bring-back copies what the last one found): both sides the
+        first time, the cache alone after. Safe to overlap with copies: the join waits for both, and a key copied
+        after the scan passed it differs at most once more (read again, found equal), never less."""
+        self.scans += 1
+        cache_jobs, cache_prefixes = self._jobs("cache", self.cache)
+        jobs, old_prefixes = {"cache": cache_jobs}, []
+        if self.state is None:
+            jobs["old"], old_prefixes = self._jobs("old", self.old)
+        self.pending = (SideScans(jobs), cache_prefixes, old_prefixes)
+
+    def discard(self) -> None:
+        """A scan started for a round that will not come (the rounds stop): its workers stopped, its files removed."""
+        if self.pending is None:
+            return
+        scans, cache_prefixes, old_prefixes = self.pending
+        self.pending = None
+        for workers in scans.workers.values():
+            for _, _, process in workers:
+                process.kill()
+        scans.close()
+        remove(cache_prefixes + old_prefixes)
+
     def candidates(self) -> tuple[dict[bytes, int | None], dict]:
         """Keys whose folds differ between the cache now and the old side as known, with the old side's known fold.
-        The first call scans both sides (and the old side's spill becomes the state); later ones the cache alone."""
-        self.scans += 1
-        both = self.state is None
-        cache_jobs, cache_prefixes = self._jobs("cache", self.cache)
-        jobs = {"cache": cache_jobs}
-        if both:
-            jobs["old"], old_prefixes = self._jobs("old", self.old)
-        with SideScans(jobs) as scans:
+        The first scan reads both sides (and the old side's spill becomes the state); later ones the cache alone."""
+        if self.pending is None:
+            self.start()
+        scans, cache_prefixes, old_prefixes = self.pending
+        self.pending = None
+        both = bool(old_prefixes)
+        with scans:
             done = scans.totals()
         if both:
             self.state = OldState(old_prefixes)
@@ -129,6 +152,7 @@ class Scanner:
             reader.close()
 
     def close(self) -> None:
+        self.discard()
         if self.state is not None:
             remove(self.state.prefixes)
         shutil.rmtree(self.folder, ignore_errors=True)
