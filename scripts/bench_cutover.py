@@ -32,15 +32,20 @@ import testbed  # noqa: E402
 from appwriter import AppWriter, longest_stall, missing_witnesses  # noqa: E402
 
 PASSWORD = "bench-cutover-pw"
+CPU: dict[str, float] = {}  # CPU seconds of the last run of each command (less sensitive to a shared machine)
 ENV = "bench"
 
 
 def tool(*args, timeout: float = 3600) -> tuple[int, dict, str, float]:
     command, env = bench.tool_command([str(a) for a in args])
     started = time.monotonic()
+    before = os.times()
     done = subprocess.run(command, env={**env, **os.environ}, cwd=bench.TOOL_ROOT, capture_output=True, text=True,
                           timeout=timeout)
     took = time.monotonic() - started
+    after = os.times()
+    CPU[args[0]] = round(after.children_user + after.children_system - before.children_user
+                         - before.children_system, 1)  # the tool and its scan workers, not the servers
     try:
         result = json.loads(done.stdout)
     except ValueError:
@@ -185,6 +190,8 @@ def run(args: argparse.Namespace, base: Path) -> dict:
         code, out, err, took = tool("verify", "--source", source.url(), "--target", target.url(), "--json")
         result["full_verify"] = {"exit": code, "seconds": round(took, 1)}
         result["bring_back_vs_verify"] = round(result["bring_back"]["seconds"] / max(took, 0.01), 2)
+        result["cpu_s"] = {"bring_back": CPU.get("rollback"), "verify": CPU.get("verify")}
+        result["bring_back_vs_verify_cpu"] = round((CPU.get("rollback") or 0) / max(CPU.get("verify") or 0, 0.01), 2)
         print(f"  bring-back {result['bring_back']}, full verify {result['full_verify']}", flush=True)
         return result
     finally:
