@@ -15,9 +15,10 @@ scan-based: our verify, run in reverse (the cache is the reference, the old Redi
     stragglers  one more cache-only round, for the writes late tasks made on the cache before they were replaced,
                 written by compare-and-set against what bring-back left on the old Redis: a key a new task wrote
                 there after the flip back is kept, never overwritten.
-    final       the keys the straggler round wrote, read again on both sides (as verify --repair settles its
-                repairs): exit 0 only when nothing but the reported conflicts and the keys newer on the old
-                Redis differs.
+    final       the last compare: the straggler round's scan when it found nothing, else one more cache-only scan
+                joined with the old side as bring-back left it: exit 0 only when nothing but the reported
+                conflicts and the keys newer on the old Redis differs (new tasks' writes on the old Redis are
+                not differences).
 
 Refused while a sync still runs on the run dir: it would write the old side's changes into the cache meanwhile.
 """
@@ -38,6 +39,7 @@ from ..sync.baseline import Baseline
 from ..sync.protocol import ConflictLog
 from ..verify.compare import Difference
 from ..verify.readers import SideReader
+from ..verify.spill import Known
 from ..verify.stage import SourceReference, VerifyOptions, delete_keys, repair, settle
 from .copyback import APPLIED, DELETED, KEPT, OldCas, Scanner
 
@@ -58,14 +60,13 @@ class CopyBack:
     kept: set[bytes] = field(default_factory=set)  # written on the old Redis after the flip back: newer, kept
     written: set[bytes] = field(default_factory=set)  # keys bring-back wrote on the old Redis (ours to delete)
     scanner: Scanner | None = None
-    last: list[bytes] = field(default_factory=list)  # the keys the straggler round wrote: the last compare's
 
     def __post_init__(self) -> None:
         if self.scanner is None:
             tolerance = COMPARE.ttl_tolerance_ms
             self.scanner = Scanner(self.old, self.cache, self.run_dir, max(tolerance, 1), tolerance)
 
-    def compare(self) -> tuple[list[Difference], dict[bytes, int | None], dict]:
+    def compare(self) -> tuple[list[Difference], dict[bytes, Known | None], dict]:
         """The keys that differ (settled over a few re-reads), the old side's known folds, the scan's counts."""
         expected, counts = self.scanner.candidates()
         pairs = self.scanner.differing(self.scanner.read(list(expected))) if expected else {}
@@ -157,20 +158,22 @@ class CopyBack:
         finally:
             cas.close()
         self.kept.update(key for key, outcome in outcomes.items() if outcome == KEPT)
-        self.last = [key for key, outcome in outcomes.items() if outcome in (APPLIED, DELETED)]
+        self.scanner.reread_old([key for key, outcome in outcomes.items() if outcome in (APPLIED, DELETED)])
         values = list(outcomes.values())
         return {"found": len([k for k in pairs if k not in self.conflicts | self.kept]),
                 "copied": values.count(APPLIED), "deleted": values.count(DELETED),
                 "kept_newer_on_old": values.count(KEPT), "candidates": len(expected)}
 
-    def final(self) -> list[Difference]:
-        """The last compare: the straggler round's scan found every key the cache changed since the last round;
-        the keys it wrote are read again on both sides (as verify --repair settles its repairs). What still
-        differs, other than the reported conflicts and the keys newer on the old Redis."""
-        keys = [key for key in self.last if key not in self.conflicts | self.kept]
-        if not keys:
+    def final(self, stragglers_found: int) -> list[Difference]:
+        """The last compare. When the straggler round found nothing, its scan was it (clean). Otherwise one more scan
+        of the cache, joined with the old side as bring-back left it (new tasks' writes there are not differences):
+        what still differs, other than the reported conflicts and the keys newer on the old Redis, such as a late
+        task's write after the straggler scan had passed its key."""
+        if stragglers_found == 0:
             return []
-        pairs = self.scanner.differing(self.scanner.read(keys))
+        expected, _ = self.scanner.candidates()
+        keys = [key for key in expected if key not in self.conflicts | self.kept]
+        pairs = self.scanner.differing(self.scanner.read(keys)) if keys else {}
         if not pairs:
             return []
         reference, old_reader = SourceReference(self.cache, 0), SideReader(self.old)
@@ -272,7 +275,7 @@ def bring_back(env: str, *, run_dir: RunDir, old: Topology, cache: Topology, thr
         with clock("stragglers"):
             stragglers = None if dry_run or result["refused"] else copier.stragglers()
         with clock("final"):
-            final = copier.final() if stragglers is not None else []
+            final = copier.final(stragglers["found"]) if stragglers is not None else []
     finally:
         copier.close()
     result["bring_back"] = {

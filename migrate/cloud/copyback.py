@@ -25,13 +25,13 @@ from pathlib import Path
 from ..errors import RuntimeFailure
 from ..keynames import readable
 from ..net.endpoints import Topology, translated_errors
-from ..net.keyspace import key_slot
+from ..net.keyspace import NO_EXPIRY, key_slot
 from ..net.wire import ReplyError, Wire, pack
 from ..rundir import DIR_MODE, RunDir
-from ..verify.compare import compare_views
+from ..verify.compare import compare_views, now_ms
 from ..verify.fullscan import ScanJob, SideScans
 from ..verify.readers import Detail, DigestReader, SideReader, View
-from ..verify.spill import BUCKETS, bucket_of, differing, fold_view, read_bucket, remove
+from ..verify.spill import BUCKETS, Known, bucket_of, differing, fold_view, read_bucket, remove
 from ..verify.stage import SourceReference
 
 ATTEMPTS = 5
@@ -43,10 +43,10 @@ class OldState:
     """The old Redis per key: the spill of its last full scan, and the folds read since (None: absent)."""
 
     prefixes: list[Path] = field(default_factory=list)
-    overlay: dict[bytes, int | None] = field(default_factory=dict)
+    overlay: dict[bytes, Known | None] = field(default_factory=dict)
 
-    def bucket(self, number: int) -> dict[bytes, int | None]:
-        known: dict[bytes, int | None] = read_bucket(self.prefixes, number)
+    def bucket(self, number: int) -> dict[bytes, Known | None]:
+        known: dict[bytes, Known | None] = read_bucket(self.prefixes, number)
         known.update((key, fold) for key, fold in self.overlay.items() if bucket_of_key(key) == number)
         return known
 
@@ -97,7 +97,7 @@ class Scanner:
         scans.close()
         remove(cache_prefixes + old_prefixes)
 
-    def candidates(self) -> tuple[dict[bytes, int | None], dict]:
+    def candidates(self) -> tuple[dict[bytes, Known | None], dict]:
         """Keys whose folds differ between the cache now and the old side as known, with the old side's known fold.
         The first scan reads both sides (and the old side's spill becomes the state); later ones the cache alone."""
         if self.pending is None:
@@ -109,7 +109,7 @@ class Scanner:
             done = scans.totals()
         if both:
             self.state = OldState(old_prefixes)
-        found: dict[bytes, int | None] = {}
+        found: dict[bytes, Known | None] = {}
         try:
             for number in range(BUCKETS):
                 known = self.state.bucket(number)
@@ -177,7 +177,7 @@ class OldCas:
             self.readers[index] = DigestReader(wire, self.old.has_pexpiretime, detail=self.scanner.detail)
         return self.readers[index]
 
-    def apply(self, key: bytes, expected: int | None, writes: list[bytes]) -> str:
+    def apply(self, key: bytes, expected: Known | None, writes: list[bytes]) -> str:
         """`writes` (a RESTORE, a big key's chunks, or a DEL) if the key's fold is still `expected`; else KEPT."""
         for _ in range(ATTEMPTS):
             reader = self._reader(key)
@@ -185,7 +185,7 @@ class OldCas:
             with translated_errors(self.old.endpoint):
                 wire.call(b"WATCH", key)
                 now = fold_view(key, reader.read([key])[0], self.scanner.grid)
-                if now != expected:
+                if not _unchanged(expected, now, self.scanner.tolerance_ms):
                     wire.call(b"UNWATCH")
                     return KEPT
                 if not writes or (now is None and writes == [pack(b"DEL", key)]):
@@ -207,3 +207,11 @@ class OldCas:
         for reader in self.readers.values():
             reader.wire.close()
         self.readers.clear()
+
+
+def _unchanged(expected: Known | None, now: Known | None, tolerance_ms: int) -> bool:
+    """The key holds what bring-back left there, or what it left has expired since (no one's write)."""
+    if expected is None or now is None:
+        return expected == now or (now is None and expected[1] != NO_EXPIRY
+                                   and expected[1] <= now_ms() + tolerance_ms)
+    return expected[0] == now[0]

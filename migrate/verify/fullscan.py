@@ -155,7 +155,7 @@ class _Worker:
             totals[slot] ^= folded
             types[slot * width + code] += 1
             bucket = slot >> BUCKET_SHIFT
-            buffers[bucket] += pack_entry(slot, len(key), folded.to_bytes(16, "little")) + key
+            buffers[bucket] += pack_entry(slot, len(key), expire_at, folded.to_bytes(16, "little")) + key
             if len(buffers[bucket]) > FLUSH_BYTES:
                 spill.flush(bucket)
 

@@ -7,8 +7,10 @@ each key's fold (the same xxh3_128 it XORs into its slot's digest: name, type, v
 BUCKETS files by slot range. Comparing two sides is then a join of their files, one bucket at a time (a
 bucket's keys in memory, a sixteenth of the data set), and only the keys whose folds differ are read again.
 
-An entry: slot (2 bytes), key length (4), fold (16), key. A key SCAN returned twice has two entries with the
-same fold (or the later one, if it changed in between): the join keeps one. Files are 0600 (key names are data).
+An entry: slot (2 bytes), key length (4), absolute expiry (8, ms or -1), fold (16), key. A side's known state
+of a key is (fold, expiry): the expiry tells a key the old side dropped by expiry from one a new task deleted.
+A key SCAN returned twice has two entries with the same fold (or the later one, if it changed in between): the
+join keeps one. Files are 0600 (key names are data).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .slotdigest import fold
 
 BUCKETS = 16
 BUCKET_SHIFT = 10  # 16,384 slots / 16 buckets: a bucket is 1,024 consecutive slots
-ENTRY = struct.Struct("<HI16s")
+ENTRY = struct.Struct("<HIq16s")
 FLUSH_BYTES = 1 << 20
 
 
@@ -58,31 +60,30 @@ class SpillWriter:
             os.close(self.files[bucket])
 
 
-def entry(slot: int, key: bytes, folded: int) -> bytes:
-    return ENTRY.pack(slot, len(key), folded.to_bytes(16, "little")) + key
+Known = tuple[int, int]  # (fold, absolute expiry in ms or -1)
 
 
-def read_bucket(prefixes: list[str | Path], bucket: int) -> dict[bytes, int]:
-    """key -> fold for one bucket of every listed spill (a side's workers)."""
-    found: dict[bytes, int] = {}
+def read_bucket(prefixes: list[str | Path], bucket: int) -> dict[bytes, Known]:
+    """key -> (fold, expiry) for one bucket of every listed spill (a side's workers)."""
+    found: dict[bytes, Known] = {}
     size = ENTRY.size
     for prefix in prefixes:
         path = bucket_path(prefix, bucket)
         data = path.read_bytes() if path.exists() else b""
         at, end, unpack = 0, len(data), ENTRY.unpack_from
         while at < end:
-            _, length, folded = unpack(data, at)
+            _, length, expire_at, folded = unpack(data, at)
             at += size
-            found[data[at:at + length]] = int.from_bytes(folded, "little")
+            found[data[at:at + length]] = (int.from_bytes(folded, "little"), expire_at)
             at += length
     return found
 
 
-def fold_view(key: bytes, view: View, grid: int) -> int | None:
-    """A key's fold from a View read one by one (as the scan folds it); None when absent."""
+def fold_view(key: bytes, view: View, grid: int) -> Known | None:
+    """A key's (fold, expiry) from a View read one by one (as the scan folds it); None when absent."""
     if not view.present:
         return None
-    return fold(key, DIGEST_TYPE_CODE[view.type], view.digest, view.expire_at, grid)
+    return fold(key, DIGEST_TYPE_CODE[view.type], view.digest, view.expire_at, grid), view.expire_at
 
 
 def remove(prefixes: list[str | Path]) -> None:
@@ -91,15 +92,16 @@ def remove(prefixes: list[str | Path]) -> None:
             bucket_path(prefix, bucket).unlink(missing_ok=True)
 
 
-def differing(old: dict[bytes, int | None], new: dict[bytes, int]) -> Iterator[bytes]:
+def differing(old: dict[bytes, Known | None], new: dict[bytes, Known]) -> Iterator[bytes]:
     """Keys whose folds differ between two sides' buckets (absent on one side included)."""
-    for key, folded in new.items():
-        if old.get(key) != folded:
+    for key, (folded, _) in new.items():
+        known = old.get(key)
+        if known is None or known[0] != folded:
             yield key
-    for key, folded in old.items():
-        if folded is not None and key not in new:
+    for key, known in old.items():
+        if known is not None and key not in new:
             yield key
 
 
-__all__ = ["BUCKETS", "SpillWriter", "bucket_of", "differing", "entry", "fold_view", "read_bucket",
+__all__ = ["BUCKETS", "Known", "SpillWriter", "bucket_of", "differing", "fold_view", "read_bucket",
            "remove"]
