@@ -60,7 +60,7 @@ class SpillWriter:
             os.close(self.files[bucket])
 
 
-Known = tuple[int, int]  # (fold, absolute expiry in ms or -1)
+Known = tuple[bytes, int]  # (fold as 16 bytes, absolute expiry in ms or -1)
 
 
 def read_bucket(prefixes: list[str | Path], bucket: int) -> dict[bytes, Known]:
@@ -74,7 +74,7 @@ def read_bucket(prefixes: list[str | Path], bucket: int) -> dict[bytes, Known]:
         while at < end:
             _, length, expire_at, folded = unpack(data, at)
             at += size
-            found[data[at:at + length]] = (int.from_bytes(folded, "little"), expire_at)
+            found[data[at:at + length]] = (folded, expire_at)
             at += length
     return found
 
@@ -83,7 +83,8 @@ def fold_view(key: bytes, view: View, grid: int) -> Known | None:
     """A key's (fold, expiry) from a View read one by one (as the scan folds it); None when absent."""
     if not view.present:
         return None
-    return fold(key, DIGEST_TYPE_CODE[view.type], view.digest, view.expire_at, grid), view.expire_at
+    return fold(key, DIGEST_TYPE_CODE[view.type], view.digest, view.expire_at, grid).to_bytes(16, "little"), \
+        view.expire_at
 
 
 def remove(prefixes: list[str | Path]) -> None:
