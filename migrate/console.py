@@ -283,7 +283,10 @@ def _bring_back_lines(back: dict) -> list[str]:
     if back["stragglers"]:
         s = back["stragglers"]
         lines.append(f"stragglers after the flip back: {s['found']} differences, {s['copied']} copied, "
-                     f"{s['deleted']} deleted")
+                     f"{s['deleted']} deleted, {s['kept_newer_on_old']} kept (newer on the old Redis)")
+    if back.get("phases"):
+        lines.append("seconds: " + ", ".join(f"{name.replace('_', ' ')} {seconds}"
+                                             for name, seconds in back["phases"].items()))
     lines.append(f"brought back {back['brought_back']} keys in {back['seconds']}s; conflicts {back['conflicts']}"
                  + (f" ({', '.join(back['conflict_keys'])})" if back["conflict_keys"] else "")
                  + f"; final differences {back['final_differences']}")

@@ -32,15 +32,20 @@ import testbed  # noqa: E402
 from appwriter import AppWriter, longest_stall, missing_witnesses  # noqa: E402
 
 PASSWORD = "bench-cutover-pw"
+CPU: dict[str, float] = {}  # CPU seconds of the last run of each command (less sensitive to a shared machine)
 ENV = "bench"
 
 
 def tool(*args, timeout: float = 3600) -> tuple[int, dict, str, float]:
     command, env = bench.tool_command([str(a) for a in args])
     started = time.monotonic()
+    before = os.times()
     done = subprocess.run(command, env={**env, **os.environ}, cwd=bench.TOOL_ROOT, capture_output=True, text=True,
                           timeout=timeout)
     took = time.monotonic() - started
+    after = os.times()
+    CPU[args[0]] = round(after.children_user + after.children_system - before.children_user
+                         - before.children_system, 1)  # the tool and its scan workers, not the servers
     try:
         result = json.loads(done.stdout)
     except ValueError:
@@ -70,6 +75,38 @@ def ssm_setup(moto: testbed.MotoServer, source: testbed.RedisServer) -> None:
     prefix = f"/storefront/{ENV}/redis"
     ssm.put_parameter(Name=f"{prefix}/endpoint", Value="127.0.0.1", Type="String", Overwrite=True)
     ssm.put_parameter(Name=f"{prefix}/port", Value=str(source.port), Type="String", Overwrite=True)
+
+
+class LateTask:
+    """app2 (on the cache) during rollback --bring-back: it writes through the copy-back rounds, and is stopped
+    `late_s` seconds after SSM points back at the old Redis (a late task replaced by the redeploy)."""
+
+    def __init__(self, app: AppWriter, old_port: int, late_s: float) -> None:
+        import threading
+        self.app, self.old_port, self.late_s = app, str(old_port), late_s
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.records = None
+        self.after_flip = None
+
+    def start(self) -> LateTask:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        import boto3
+        ssm = boto3.client("ssm")
+        while ssm.get_parameter(Name=f"/storefront/{ENV}/redis/port")["Parameter"]["Value"] != self.old_port:
+            time.sleep(0.2)
+        flipped = time.monotonic()
+        time.sleep(self.late_s)
+        self.records = self.app.stop()
+        self.after_flip = round(time.monotonic() - flipped, 2)
+
+    def join(self):
+        self.thread.join(60)
+        if self.records is None:
+            self.records = self.app.stop()
+        return self.records
 
 
 def run(args: argparse.Namespace, base: Path) -> dict:
@@ -120,23 +157,41 @@ def run(args: argparse.Namespace, base: Path) -> dict:
                           "stall_at_s_from_flip": round(at - flipped, 2) if at else None}
         result["forwarded"], result["conflicts"] = ledger.get("forwarded"), ledger.get("conflicts")
         time.sleep(args.cache_writes)
-        records2 = app2.stop()
-        app2 = None
-        lost = missing_witnesses([records1, records2], target)
+        if args.write_during_rollback:  # app2 goes on through the copy-back rounds, stops after the flip back
+            late = LateTask(app2, source.port, args.late_s).start()
+            code, out, err, took = tool("rollback", "--env", ENV, "--run-dir", run_dir, "--bring-back", "--source",
+                                        source.url(), "--target", target.url(), "--json")
+            records2 = late.join()
+            app2 = None
+            result["app2_after_flip_back_s"] = late.after_flip
+        else:
+            records2 = app2.stop()
+            app2 = None
+        lost = missing_witnesses([records1], target) if args.write_during_rollback else \
+            missing_witnesses([records1, records2], target)
         result["lost_acknowledged_witnesses"] = len(lost)
         result["app2_acked"] = len(records2.acked())
         print(f"  rollout: {result['app1']}, forwarded {result['forwarded']}, conflicts {result['conflicts']}, "
               f"lost {len(lost)}", flush=True)
 
-        code, out, err, took = tool("rollback", "--env", ENV, "--run-dir", run_dir, "--bring-back", "--source",
-                                    source.url(), "--target", target.url(), "--json")
+        if not args.write_during_rollback:
+            code, out, err, took = tool("rollback", "--env", ENV, "--run-dir", run_dir, "--bring-back", "--source",
+                                        source.url(), "--target", target.url(), "--json")
+        if code not in (0, 1):
+            print(err[-3000:], flush=True)
         back = out.get("bring_back", {})
         result["bring_back"] = {"exit": code, "seconds": round(took, 1), "rounds": len(back.get("rounds", [])),
                                 "brought_back": back.get("brought_back"), "conflicts": back.get("conflicts"),
-                                "final_differences": back.get("final_differences")}
+                                "final_differences": back.get("final_differences"), "phases": back.get("phases"),
+                                "rounds_detail": [{k: r.get(k) for k in ("scanned", "found", "candidates", "copied",
+                                                                         "compare_seconds", "seconds")}
+                                                  for r in back.get("rounds", [])],
+                                "stragglers": back.get("stragglers")}
         code, out, err, took = tool("verify", "--source", source.url(), "--target", target.url(), "--json")
         result["full_verify"] = {"exit": code, "seconds": round(took, 1)}
         result["bring_back_vs_verify"] = round(result["bring_back"]["seconds"] / max(took, 0.01), 2)
+        result["cpu_s"] = {"bring_back": CPU.get("rollback"), "verify": CPU.get("verify")}
+        result["bring_back_vs_verify_cpu"] = round((CPU.get("rollback") or 0) / max(CPU.get("verify") or 0, 0.01), 2)
         print(f"  bring-back {result['bring_back']}, full verify {result['full_verify']}", flush=True)
         return result
     finally:
@@ -156,6 +211,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=3000, help="each app's commands per second")
     parser.add_argument("--rollout", type=float, default=10, help="seconds both apps write after the flip")
     parser.add_argument("--cache-writes", type=float, default=10, help="seconds app2 goes on alone before rollback")
+    parser.add_argument("--write-during-rollback", action="store_true",
+                        help="app2 goes on writing on the cache through the copy-back rounds (stopped --late-s "
+                             "seconds after the flip back), as the issue's goal states it")
+    parser.add_argument("--late-s", type=float, default=2.0, help="with --write-during-rollback: how long app2 "
+                        "writes on the cache after SSM points back")
     args = parser.parse_args()
     base = testbed.scratch_dir("redis-migrate-bench-cutover-")
     try:

@@ -368,30 +368,90 @@ def test_a_drain_that_fails_lifts_the_fence_at_once_and_flips_nothing(bed, ssm):
 def test_stragglers_never_overwrite_what_new_tasks_wrote_on_the_old_redis(standalone_source, serverless_target,
                                                                         run_dir):
     """After the flip back, new tasks write to the old Redis while late ones still write to the cache: the
-    straggler round copies the late writes by compare-and-set against the old Redis's state at the flip back."""
-    from migrate.cloud.bring_back import BACK, CopyBack
+    straggler round copies the late writes by compare-and-set against what bring-back left on the old Redis
+    (its last round's state, no snapshot): a key a new task wrote there, changed or deleted, is kept."""
+    from migrate.cloud.bring_back import CopyBack
     from migrate.net.endpoints import Endpoint, discover
     from migrate.sync.baseline import Baseline
-    from migrate.sync.forward import baseline_from_target
     rd = RunDir(run_dir, create=True)
     old, cache = standalone_source.client(), serverless_target.first.client()
+    names = ("new-task", "late-task", "both", "untouched", "gone-on-cache", "gone-here-new-there")
     for side in (old, cache):
-        for name in ("new-task", "late-task", "both", "untouched", "gone-on-cache"):
+        for name in names:
             side.set(f"k:{name}", "at the flip back")
-    Baseline(rd).record([(b"k:gone-on-cache", b"x" * 28)])          # sync had put it on the cache
+    Baseline(rd).record([(b"k:gone-on-cache", b"x" * 28), (b"k:gone-here-new-there", b"x" * 28)])  # sync put them
     old_topology = discover(Endpoint.from_url("source", standalone_source.url()))
     cache_topology = discover(Endpoint.from_url("target", serverless_target.url()))
-    baseline_from_target(rd, old_topology, BACK, fresh=True)        # the flip back
-    old.set("k:new-task", "new task on the old Redis")
-    cache.set("k:late-task", "late task on the cache")
-    cache.set("k:both", "late task on the cache")
-    old.set("k:both", "new task on the old Redis")
-    cache.delete("k:gone-on-cache")
+    expiring_at = int(time.time() * 1000) + 3000
+    for side in (old, cache):
+        side.set("k:expiring", "at the flip back", pxat=expiring_at)
     copier = CopyBack(old_topology, cache_topology, rd)
-    found = copier.stragglers()
-    assert old.get("k:new-task") == b"new task on the old Redis"
-    assert old.get("k:late-task") == b"late task on the cache"
-    assert old.get("k:both") == b"new task on the old Redis"
-    assert old.get("k:untouched") == b"at the flip back" and old.exists("k:gone-on-cache") == 0
-    assert found["copied"] == 1 and found["deleted"] == 1 and found["kept_newer_on_old"] == 2 and found["found"] == 2
-    assert copier.final() == []
+    try:
+        assert copier.round()["found"] == 0                       # the last round before the flip back
+        while old.exists("k:expiring") or cache.exists("k:expiring"):
+            time.sleep(0.1)
+        cache.set("k:expiring", "rewritten by a late task")       # gone by expiry on the old Redis: no one's write
+        old.set("k:new-task", "new task on the old Redis")        # the flip back: new tasks on the old Redis ...
+        cache.set("k:late-task", "late task on the cache")        # ... late ones still on the cache
+        cache.set("k:both", "late task on the cache")
+        old.set("k:both", "new task on the old Redis")
+        cache.delete("k:gone-on-cache")
+        cache.delete("k:gone-here-new-there")
+        old.set("k:gone-here-new-there", "new task on the old Redis")
+        cache.set("k:late-only", "created by a late task")
+        old.set("k:new-only", "created by a new task")
+        found = copier.stragglers()
+        assert old.get("k:new-task") == b"new task on the old Redis"
+        assert old.get("k:late-task") == b"late task on the cache"
+        assert old.get("k:both") == b"new task on the old Redis"
+        assert old.get("k:gone-here-new-there") == b"new task on the old Redis"
+        assert old.get("k:untouched") == b"at the flip back" and old.exists("k:gone-on-cache") == 0
+        assert old.get("k:late-only") == b"created by a late task" and old.get("k:new-only") == b"created by a new task"
+        assert old.get("k:expiring") == b"rewritten by a late task"
+        assert (found["copied"], found["deleted"], found["kept_newer_on_old"]) == (3, 1, 2), found
+        assert copier.final(found["found"]) == [] and copier.conflicts == set()
+        cache.set("k:late-task", "a late write after the straggler scan")   # not brought back: the last compare says so
+        old.set("k:new-task", "another new task write")                      # the old Redis's own: not a difference
+        assert [d.key for d in copier.final(found["found"])] == [b"k:late-task"]
+    finally:
+        copier.close()
+    assert not (run_dir / "sync" / "bring-back").exists()      # the spilled folds (key names) are removed
+
+
+def test_later_rounds_scan_the_cache_alone_and_still_find_every_change(standalone_source, serverless_target,
+                                                                      run_dir):
+    """Rounds after the first scan only the cache and join it with the old side as bring-back knows it: a change,
+    a creation and a delete made on the cache between two rounds are all brought back, a key bring-back itself
+    wrote on the old Redis is deleted there when the cache drops it, and an old-side-only key stays a conflict."""
+    from migrate.cloud.bring_back import CopyBack
+    from migrate.net.endpoints import Endpoint, discover
+    from migrate.sync.baseline import Baseline
+    rd = RunDir(run_dir, create=True)
+    old, cache = standalone_source.client(), serverless_target.first.client()
+    expire_at = int(time.time() * 1000) + 3_600_000
+    for index in range(300):
+        for side in (old, cache):
+            side.set(f"k:{index}", f"v{index}", pxat=expire_at if index % 2 else None)
+    Baseline(rd).record([(f"k:{index}".encode(), b"x" * 28) for index in range(300)])   # sync put them
+    cache.set("app:new", "created on the cache after the flip")
+    old.set("old:only", "created on the old side")
+    copier = CopyBack(discover(Endpoint.from_url("source", standalone_source.url())),
+                      discover(Endpoint.from_url("target", serverless_target.url())), rd)
+    try:
+        first = copier.round()
+        assert (first["scanned"], first["found"], first["copied"]) == ("both", 1, 1), first
+        cache.set("k:5", "changed between the rounds")
+        cache.hset("app:hash", mapping={"a": "1"})
+        cache.delete("k:7")
+        cache.delete("app:new")                                   # bring-back wrote it on the old Redis
+        second = copier.round()
+        assert (second["scanned"], second["found"], second["copied"], second["deleted"]) == ("cache", 4, 2, 2), second
+        third = copier.round()
+        assert third["found"] == 0 and third["scanned"] == "cache"
+    finally:
+        copier.close()
+    assert copier.conflicts == {b"old:only"} and old.get("old:only") is not None
+    assert old.get("k:5") == b"changed between the rounds" and old.hgetall("app:hash") == {b"a": b"1"}
+    assert old.exists("k:7", "app:new") == 0
+    old_side = {k: v for k, v in snapshot(standalone_source).items() if k != b"old:only"}
+    assert_same(snapshot(serverless_target), old_side, ttl_tolerance_ms=0)

@@ -3,14 +3,22 @@
 ElastiCache Serverless has no change feed (no keyspace notifications, no replication), so the way back is
 scan-based: our verify, run in reverse (the cache is the reference, the old Redis the side repaired).
 
-    rounds      full compare cache -> old; copy every key that differs to the old Redis; delete on the old
-                Redis the keys the cache no longer has, but only those sync put on the cache (they existed at
-                the flip or a forwarded write created them: the baseline says so). A key the old side created
-                on its own after the flip is a conflict: reported, never deleted. Repeat until a round finds
-                fewer than --threshold differences (the apps still write to the cache meanwhile).
+    rounds      compare cache -> old; copy every key that differs to the old Redis; delete on the old Redis the
+                keys the cache no longer has, but only those sync put on the cache (they existed at the flip or a
+                forwarded write created them: the baseline says so) or bring-back wrote there. A key the old side
+                created on its own after the flip is a conflict: reported, never deleted. The first round scans
+                both sides; nothing but bring-back writes the old Redis before the flip back, so later rounds scan
+                the cache alone and join its per-key folds with the old side's as known (copyback.py). Rounds go
+                on until one finds fewer than --threshold differences, or cannot get there (the apps change as
+                many keys per round: the straggler round takes them).
     flip back   cutover.py's rollback, unchanged (record, put, label, read back, redeploy).
-    stragglers  one more round, for the writes late tasks made on the cache before they were replaced.
-    final       a last compare: exit 0 only when nothing but the reported conflicts differs.
+    stragglers  one more cache-only round, for the writes late tasks made on the cache before they were replaced,
+                written by compare-and-set against what bring-back left on the old Redis: a key a new task wrote
+                there after the flip back is kept, never overwritten.
+    final       the last compare: the straggler round's scan when it found nothing, else one more cache-only scan
+                joined with the old side as bring-back left it: exit 0 only when nothing but the reported
+                conflicts and the keys newer on the old Redis differs (new tasks' writes on the old Redis are
+                not differences).
 
 Refused while a sync still runs on the run dir: it would write the old side's changes into the cache meanwhile.
 """
@@ -18,22 +26,25 @@ Refused while a sync still runs on the run dir: it would write the old side's ch
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import BadInput, GateRefused
 from ..keynames import readable
 from ..net.endpoints import Topology
+from ..net.wire import pack
 from ..rundir import RunDir
 from ..sync.baseline import Baseline
-from ..sync.forward import baseline_from_target
 from ..sync.protocol import ConflictLog
 from ..verify.compare import Difference
 from ..verify.readers import SideReader
-from ..verify.stage import SourceReference, VerifyOptions, delete_keys, full_pass, repair, settle
+from ..verify.spill import Known
+from ..verify.stage import SourceReference, VerifyOptions, delete_keys, repair, settle
+from .copyback import APPLIED, DELETED, KEPT, OldCas, Scanner
 
 DEFAULT_THRESHOLD = 100
 MAX_ROUNDS = 10
-BACK = "baseline-back"  # sync/baseline-back.sqlite: the old Redis's state at the flip back
 COMPARE = VerifyOptions(ttl_tolerance_ms=2000, rounds=3, round_interval=0.2, repair=True)
 
 
@@ -47,23 +58,43 @@ class CopyBack:
     dry_run: bool = False
     conflicts: set[bytes] = field(default_factory=set)
     kept: set[bytes] = field(default_factory=set)  # written on the old Redis after the flip back: newer, kept
+    written: set[bytes] = field(default_factory=set)  # keys bring-back wrote on the old Redis (ours to delete)
+    scanner: Scanner | None = None
 
-    def compare(self) -> list[Difference]:
-        """Every key that differs between the cache and the old Redis, settled over a few re-reads."""
+    def __post_init__(self) -> None:
+        if self.scanner is None:
+            tolerance = COMPARE.ttl_tolerance_ms
+            self.scanner = Scanner(self.old, self.cache, self.run_dir, max(tolerance, 1), tolerance)
+
+    def compare(self) -> tuple[list[Difference], dict[bytes, Known | None], dict]:
+        """The keys that differ (settled over a few re-reads), the old side's known folds, the scan's counts."""
+        expected, counts = self.scanner.candidates()
+        pairs = self.scanner.differing(self.scanner.read(list(expected))) if expected else {}
+        if not pairs:
+            return [], expected, counts
         reference, old_reader = SourceReference(self.cache, 0), SideReader(self.old)
         try:
-            first = full_pass(self.cache, self.old, 0, COMPARE, None)
-            return settle(reference, old_reader, first.candidates, COMPARE).differences
+            return settle(reference, old_reader, pairs, COMPARE).differences, expected, counts
         finally:
             reference.close()
             old_reader.close()
 
-    def round(self) -> dict:
-        """One round: compare, then copy what differs and delete what sync put there and the cache dropped."""
-        differences = self.compare()
-        extra = [d.key for d in differences if d.kind == "extra"]
+    def _ours(self, keys: list[bytes]) -> set[bytes]:
+        """Of these keys (gone from the cache), those sync put on the cache or bring-back on the old Redis."""
         with Baseline(self.run_dir) as baseline:
-            ours = baseline.put_by_sync(extra)
+            return baseline.put_by_sync(keys) | (set(keys) & self.written)
+
+    def round(self, go_on: Callable[[int, float], bool] = lambda found, seconds: False) -> dict:
+        """One round: compare, then copy what differs and delete what sync put there and the cache dropped.
+        `go_on(found, seconds)`: whether another round follows; if so its scan starts before this round copies."""
+        started = time.monotonic()
+        differences, _, counts = self.compare()
+        compared = round(time.monotonic() - started, 2)
+        more = not self.dry_run and go_on(len([d for d in differences if d.key not in self.conflicts]), compared)
+        if more:
+            self.scanner.start()
+        extra = [d.key for d in differences if d.kind == "extra"]
+        ours = self._ours(extra)
         new_conflicts = [key for key in extra if key not in ours and key not in self.conflicts]
         self._report(new_conflicts)
         to_copy = [d for d in differences if d.kind != "extra"]
@@ -71,9 +102,15 @@ class CopyBack:
         if not self.dry_run:
             if to_copy:
                 copied = self._copy(to_copy)
-            deleted = delete_keys(self.old, [key for key in extra if key in ours]) if ours else 0
+            gone = [key for key in extra if key in ours]
+            deleted = delete_keys(self.old, gone) if gone else 0
+            touched = [d.key for d in to_copy] + gone
+            self.written.update(touched)
+            self.scanner.reread_old(touched)
         found = len([d for d in differences if d.key not in self.conflicts])
-        return {"found": found, "copied": copied, "deleted": deleted, "new_conflicts": len(new_conflicts)}
+        return {"found": found, "copied": copied, "deleted": deleted, "new_conflicts": len(new_conflicts),
+                "compare_seconds": compared, "scanned": counts["scanned"], "candidates": counts["candidates"],
+                "more": more}
 
     def _copy(self, differences: list[Difference]) -> int:
         reference = SourceReference(self.cache, 0)
@@ -90,58 +127,117 @@ class CopyBack:
                 log.add(key, "bring-back: created on the old Redis after the flip, absent on the cache; kept there")
 
     def stragglers(self) -> dict:
-        """After the flip back: new tasks write to the old Redis, late ones still to the cache. Each key that
-        differs is copied by compare-and-set against the old Redis's state at the flip back (BACK baseline): a key
-        a new task already wrote on the old Redis is theirs (a conflict, kept), never overwritten."""
+        """After the flip back: new tasks write to the old Redis, late ones still to the cache. The cache alone is
+        scanned and joined with the old side as bring-back left it; each key that differs is written on the old
+        Redis by compare-and-set against that state (copyback.OldCas): a key a new task already wrote there is
+        theirs (kept, counted apart), never overwritten."""
         from ..datapath.reader import DumpOptions, read_records
+        from ..datapath.replay import record_commands
         from ..net.endpoints import probe_rdb_version
-        from ..sync.forward import APPLIED, CONFLICT, DELETED, Forwarder, forward_records
-        differences = self.compare()
-        extra = [d.key for d in differences if d.kind == "extra"]
-        with Baseline(self.run_dir) as baseline:
-            ours = baseline.put_by_sync(extra)
-        self._report([key for key in extra if key not in ours and key not in self.conflicts])
-        keys = [d.key for d in differences if d.kind != "extra"]
-        records, _ = read_records(self.cache, keys, DumpOptions(target_rdb=probe_rdb_version(self.old))) \
-            if keys else ([], None)
-        read = {record.key for record in records}
-        gone = [key for key in keys if key not in read] + [key for key in extra if key in ours]
-        forwarder = Forwarder(self.run_dir, self.old, Baseline(self.run_dir, BACK))
-        forwarder.log_conflicts = False
+        expected, _ = self.scanner.candidates()
+        pairs = self.scanner.differing(self.scanner.read(list(expected))) if expected else {}
+        present = [key for key, (cache_view, _) in pairs.items() if cache_view.present]
+        records, _ = read_records(self.cache, present, DumpOptions(target_rdb=probe_rdb_version(self.old))) \
+            if present else ([], None)
+        by_key: dict[bytes, list] = {}
+        for record in records:
+            by_key.setdefault(record.key, []).append(record)
+        gone = [key for key in pairs if key not in by_key]
+        ours = self._ours(gone)
+        self._report([key for key in gone if key not in ours and key not in self.conflicts
+                      and pairs[key][1].present and expected[key] is not None])
+        cas = OldCas(self.old, self.scanner)
+        outcomes: dict[bytes, str] = {}
         try:
-            outcomes = forward_records(forwarder, records, gone) if records or gone else {}
+            for key, chunks in by_key.items():
+                writes = [command for per_record in record_commands(chunks) for command, _ in per_record]
+                outcomes[key] = cas.apply(key, expected[key], writes)
+            for key in gone:
+                if key in ours:
+                    outcomes[key] = cas.apply(key, expected[key], [pack(b"DEL", key)])
         finally:
-            forwarder.close()
-            forwarder.baseline.close()
-        self.kept.update(key for key, outcome in outcomes.items() if outcome == CONFLICT)
+            cas.close()
+        self.kept.update(key for key, outcome in outcomes.items() if outcome == KEPT)
+        self.scanner.reread_old([key for key, outcome in outcomes.items() if outcome in (APPLIED, DELETED)])
         values = list(outcomes.values())
-        return {"found": len([d for d in differences if d.key not in self.conflicts | self.kept]),
+        return {"found": len([k for k in pairs if k not in self.conflicts | self.kept]),
                 "copied": values.count(APPLIED), "deleted": values.count(DELETED),
-                "kept_newer_on_old": values.count(CONFLICT)}
+                "kept_newer_on_old": values.count(KEPT), "candidates": len(expected)}
 
-    def final(self) -> list[Difference]:
-        """The last compare: the differences other than the reported conflicts and the keys newer on the old Redis."""
-        return [d for d in self.compare() if d.key not in self.conflicts | self.kept]
+    def final(self, stragglers_found: int) -> list[Difference]:
+        """The last compare. When the straggler round found nothing, its scan was it (clean). Otherwise one more scan
+        of the cache, joined with the old side as bring-back left it (new tasks' writes there are not differences):
+        what still differs, other than the reported conflicts and the keys newer on the old Redis, such as a late
+        task's write after the straggler scan had passed its key."""
+        if stragglers_found == 0:
+            return []
+        expected, _ = self.scanner.candidates()
+        keys = [key for key in expected if key not in self.conflicts | self.kept]
+        pairs = self.scanner.differing(self.scanner.read(keys)) if keys else {}
+        if not pairs:
+            return []
+        reference, old_reader = SourceReference(self.cache, 0), SideReader(self.old)
+        try:
+            differences = settle(reference, old_reader, pairs, COMPARE).differences
+        finally:
+            reference.close()
+            old_reader.close()
+        return [d for d in differences if d.key not in self.conflicts | self.kept]
+
+    def close(self) -> None:
+        self.scanner.close()
 
 
 def copy_back_rounds(copier: CopyBack, threshold: int, max_rounds: int = MAX_ROUNDS) -> list[dict]:
-    """Rounds until one finds fewer than `threshold` differences, or no fewer than nine tenths of the round before
-    (steady: the apps change that many keys per round, more rounds cannot shrink it; the straggler round after
-    the flip back takes the rest); refused (SSM untouched) if neither happens within `max_rounds`."""
+    """Rounds until one finds fewer than `threshold` differences, or cannot get there (steady: no fewer than nine
+    tenths of the round before, or `_cannot_converge`: the apps change that many keys per round, more rounds cannot
+    shrink it; the straggler round after the flip back takes the rest); refused (SSM untouched) if neither happens
+    within `max_rounds`. The decision is taken right after a round's compare, so the next scan overlaps the copy."""
     rounds: list[dict] = []
+
+    def steady(found: int, seconds: float) -> bool:
+        return bool(rounds) and (found >= 0.9 * rounds[-1]["found"]
+                                 or _cannot_converge(found, seconds, rounds[-1]["seconds"], threshold))
+
+    def go_on(found: int, seconds: float) -> bool:
+        return found >= threshold and not steady(found, seconds) and len(rounds) + 1 < max_rounds
+
     for _ in range(max_rounds):
         started = time.monotonic()
-        found = copier.round()
-        steady = bool(rounds) and found["found"] >= 0.9 * rounds[-1]["found"]
+        found = copier.round(go_on)
+        more = found.pop("more")
+        done = found["found"] < threshold or steady(found["found"], found["compare_seconds"])
         rounds.append({**found, "seconds": round(time.monotonic() - started, 2),
-                       **({"steady": True} if steady and found["found"] >= threshold else {})})
-        if found["found"] < threshold or steady or copier.dry_run:
+                       **({"steady": True} if done and found["found"] >= threshold else {})})
+        if not more and (done or copier.dry_run):
             return rounds
     raise GateRefused(f"bring-back: {max_rounds} rounds each found {threshold} or more differences (the last "
                       f"{rounds[-1]['found']}) and still shrinking: the copy-back is slower than it should be; "
                       "SSM untouched",
                       "rerun with a higher --threshold (more is then left for the rounds after the flip back), or "
                       "when the apps write less")
+
+
+class _Clock:
+    """Seconds per phase, for the report (where the time of a bring-back goes)."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases = phases
+
+    @contextmanager
+    def __call__(self, name: str):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(time.monotonic() - started, 2)
+
+
+def _cannot_converge(found: int, seconds: float, before: float, threshold: int) -> bool:
+    """What a round finds is what the apps changed while the round before ran: `found / before` keys a second.
+    The next round takes about as long as this one, so it would find about `found * seconds / before`; when that
+    is still over the threshold, rounds cannot get below it while the apps write: the straggler round takes it."""
+    return found * seconds / max(before, 0.01) >= threshold
 
 
 def refuse_running_sync(run_dir: RunDir) -> None:
@@ -168,19 +264,26 @@ def bring_back(env: str, *, run_dir: RunDir, old: Topology, cache: Topology, thr
     started = time.monotonic()
     check_old(old)
     copier = CopyBack(old, cache, run_dir, dry_run=dry_run)
-    rounds = copy_back_rounds(copier, threshold)
-    if not dry_run:  # the old Redis as the apps find it at the flip back: what the straggler round compares with
-        baseline_from_target(run_dir, old, BACK, fresh=True)
-    result = rollback(env, run_dir=run_dir, prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run,
-                      clients=clients)
-    stragglers = None if dry_run or result["refused"] else copier.stragglers()
-    final = [] if stragglers is not None and stragglers["found"] == 0 else copier.final()  # that round compared
+    phases: dict[str, float] = {}
+    clock = _Clock(phases)
+    try:
+        with clock("rounds"):
+            rounds = copy_back_rounds(copier, threshold)
+        with clock("flip_back"):
+            result = rollback(env, run_dir=run_dir, prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run,
+                              clients=clients)
+        with clock("stragglers"):
+            stragglers = None if dry_run or result["refused"] else copier.stragglers()
+        with clock("final"):
+            final = copier.final(stragglers["found"]) if stragglers is not None else []
+    finally:
+        copier.close()
     result["bring_back"] = {
         "rounds": rounds, "stragglers": stragglers,
         "brought_back": sum(r["copied"] + r["deleted"] for r in [*rounds, *([stragglers] if stragglers else [])]),
         "conflicts": len(copier.conflicts),
         "conflict_keys": [readable(key) for key in sorted(copier.conflicts)[:20]],
         "kept_newer_on_old": len(copier.kept),
-        "final_differences": len(final), "seconds": round(time.monotonic() - started, 2),
+        "final_differences": len(final), "seconds": round(time.monotonic() - started, 2), "phases": phases,
     }
     return result

@@ -56,7 +56,7 @@ class Baseline:
     """The table, opened by sync (which writes it) and by cutover's bring-back (which reads it)."""
 
     def __init__(self, run_dir: RunDir, name: str = "baseline", fresh: bool = False) -> None:
-        """`name` "baseline" is sync's; bring-back keeps the old Redis's state at the flip back in another."""
+        """`name` "baseline" is sync's; another name keeps a separate table in the same folder."""
         folder = run_dir.path / "sync"
         folder.mkdir(mode=DIR_MODE, exist_ok=True)
         self.path = folder / f"{name}.sqlite"

@@ -237,7 +237,7 @@ class Forwarder:
 # The compare-and-set of one key, atomic on the server: the target's digest now (sha1 of the DUMP body and the
 # expiry, as baseline.digest makes it) against the baseline's; equal (or absent where the baseline allows it)
 # -> RESTORE ... ABSTTL or DEL, and the new digest back. Replies: {0, digest now} conflict, {1, sha1, expiry}
-# written, {2} deleted, {3} already absent.
+# written, {2} deleted (or written with an expiry already past: RESTORE ... ABSTTL then drops it), {3} already absent.
 CAS_SCRIPT = b"""
 local key = KEYS[1]
 local cur = redis.call('DUMP', key)
@@ -255,6 +255,7 @@ if ARGV[3] == '' then
 end
 redis.call('RESTORE', key, ARGV[4], ARGV[3], 'REPLACE', 'ABSTTL')
 local written = redis.call('DUMP', key)
+if not written then return {2} end
 local expiry = redis.call('PEXPIRETIME', key)
 return {1, redis.sha1hex(string.sub(written, 1, #written - 10) .. '|' .. expiry), expiry}
 """

@@ -28,6 +28,7 @@ from ..net.keyspace import NO_EXPIRY, key_slots
 from ..net.wire import Wire, pack
 from .readers import NO_DETAIL, Batch, Columns, Detail, DigestReader, columns_of
 from .slotdigest import FOLD, TYPE_COUNT, SlotDigests, combined, fold
+from .spill import BUCKET_SHIFT, ENTRY, FLUSH_BYTES, SpillWriter
 
 __all__ = ["ScanJob", "ScanTotals", "SideScans", "combined", "fold"]
 
@@ -47,6 +48,7 @@ class ScanJob:
     digest: bool = True  # False: type and expiry only (a census of the keys)
     detail: Detail = NO_DETAIL  # what both sides hold beyond plain values (stream counters, field TTLs)
     slots: Collection[int] | None = None  # only keys in these slots (None: all)
+    spill: str | None = None  # also write each key's fold to `<spill>.NN` files (spill.py): bring-back's joins
 
 
 @dataclass
@@ -75,6 +77,7 @@ class _Worker:
         side = Wire(job.endpoint, job.node.host, job.node.port, job.db)
         reader = DigestReader(wire, job.exact_ttl, digest=job.digest, side=side, detail=job.detail)
         self.digests = SlotDigests(job.node.name)
+        self.spill = SpillWriter(job.spill) if job.spill else None
         cursor: bytes | None = b"0"
         probing = windowing = None
         digesting: tuple[Batch, list] | None = None
@@ -105,6 +108,8 @@ class _Worker:
                 cursor = None if cursor == b"0" else cursor
         wire.close()
         side.close()
+        if self.spill is not None:
+            self.spill.close()
         self.pipe.send(("progress", self.scanned - self.reported))
         return ScanTotals(job.node.name, self.digests, sum(self.digests.types))
 
@@ -122,15 +127,27 @@ class _Worker:
             kept = list(map(wanted.__contains__, slots))
             slots, keys, codes, digests, expires = (list(compress(column, kept))
                                                     for column in (slots, keys, codes, digests, expires))
-        totals, types, with_ttl, width = self.digests.totals, self.digests.types, self.digests.with_ttl, TYPE_COUNT
         # NO_EXPIRY (-1) // grid is NO_EXPIRY: the cell of a key without TTL is NO_EXPIRY, as in fold()
         cells = map(floordiv, expires, repeat(self.job.ttl_grid))
-        shares = map(xxh3, map(bytes.__add__, keys, map(FOLD.pack, codes, digests, cells)))
+        shares = list(map(xxh3, map(bytes.__add__, keys, map(FOLD.pack, codes, digests, cells))))
+        if self.spill is not None:
+            self._spill(slots, keys, expires, shares)
+        totals, types, with_ttl, width = self.digests.totals, self.digests.types, self.digests.with_ttl, TYPE_COUNT
         for slot, code, expire_at, share in zip(slots, codes, expires, shares):
             totals[slot] ^= share
             types[slot * width + code] += 1
             if expire_at != NO_EXPIRY:
                 with_ttl[slot] += 1
+
+    def _spill(self, slots: list[int], keys: list[bytes], expires: list[int], shares: list[int]) -> None:
+        """Each key's fold written to its bucket's spill file too (bring-back's joins, spill.py)."""
+        spill, pack_entry = self.spill, ENTRY.pack
+        buffers = spill.buffers
+        for slot, key, expire_at, share in zip(slots, keys, expires, shares):
+            bucket = slot >> BUCKET_SHIFT
+            buffers[bucket] += pack_entry(slot, len(key), expire_at, share.to_bytes(16, "little")) + key
+            if len(buffers[bucket]) > FLUSH_BYTES:
+                spill.flush(bucket)
 
 
 def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) -> None:

@@ -1,0 +1,217 @@
+"""bring-back's comparisons: one full scan of both sides, then scans of the cache alone, joined per key.
+
+Before the flip back nothing but bring-back writes the old Redis (the apps write the cache; sync is stopped).
+So the old Redis is read once, by the first round's full scan, whose workers spill each key's fold (spill.py);
+bring-back then knows the old side per key: those folds, overlaid with what it read there since (each key it
+compared, re-read after it wrote it). A later round scans the cache alone and joins its folds with that state,
+bucket by bucket: only the keys whose folds differ are read again, on both sides.
+
+The same state, at the flip back, is the basis of the straggler round's compare-and-set (`cas_copy`): a key is
+written on the old Redis only if it still holds what bring-back left there (WATCH, the key's canonical fold
+read again, MULTI/EXEC); otherwise a new task wrote it there after the flip back and it is kept.
+
+Limits: a write on the old Redis by someone else between the first round and the flip back is not seen (an
+old task still running, an operator): it is neither overwritten nor reported. A key whose expiry falls between
+two reads is re-read and settles as expired.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import RuntimeFailure
+from ..keynames import readable
+from ..net.endpoints import Topology, translated_errors
+from ..net.keyspace import NO_EXPIRY, key_slot
+from ..net.wire import ReplyError, Wire, pack
+from ..rundir import DIR_MODE, RunDir
+from ..verify.compare import compare_views, now_ms
+from ..verify.fullscan import ScanJob, SideScans
+from ..verify.readers import Detail, DigestReader, SideReader, View
+from ..verify.spill import BUCKETS, Known, bucket_of, differing, fold_view, read_bucket, remove
+from ..verify.stage import SourceReference
+
+ATTEMPTS = 5
+APPLIED, DELETED, KEPT, UNCHANGED = "applied", "deleted", "kept", "unchanged"
+
+
+@dataclass
+class OldState:
+    """The old Redis per key: the spill of its last full scan, and the folds read since (None: absent)."""
+
+    prefixes: list[Path] = field(default_factory=list)
+    overlay: dict[bytes, Known | None] = field(default_factory=dict)
+
+    def bucket(self, number: int) -> dict[bytes, Known | None]:
+        known: dict[bytes, Known | None] = read_bucket(self.prefixes, number)
+        known.update((key, fold) for key, fold in self.overlay.items() if bucket_of_key(key) == number)
+        return known
+
+
+def bucket_of_key(key: bytes) -> int:
+    return bucket_of(key_slot(key))
+
+
+class Scanner:
+    """The scans of one bring-back: spill files in `<run-dir>/sync/bring-back/`, removed at the end."""
+
+    def __init__(self, old: Topology, cache: Topology, run_dir: RunDir, grid: int, tolerance_ms: int) -> None:
+        self.old, self.cache, self.grid, self.tolerance_ms = old, cache, grid, tolerance_ms
+        self.detail = Detail.shared(cache, old)
+        self.folder = run_dir.path / "sync" / "bring-back"
+        self.folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(self.folder, DIR_MODE)
+        self.state: OldState | None = None
+        self.scans = 0
+        self.pending: tuple[SideScans, list[Path], list[Path]] | None = None
+
+    def _jobs(self, side: str, topology: Topology) -> tuple[list[ScanJob], list[Path]]:
+        prefixes = [self.folder / f"{side}{self.scans}-{index}" for index in range(len(topology.masters))]
+        jobs = [ScanJob(topology.endpoint, node, topology.has_pexpiretime, self.grid, detail=self.detail,
+                        spill=str(prefix)) for node, prefix in zip(topology.masters, prefixes)]
+        return jobs, prefixes
+
+    def start(self) -> None:
+        """Start the next scan (its workers run while bring-back copies what the last one found): both sides the
+        first time, the cache alone after. Safe to overlap with copies: the join waits for both, and a key copied
+        after the scan passed it differs at most once more (read again, found equal), never less."""
+        self.scans += 1
+        cache_jobs, cache_prefixes = self._jobs("cache", self.cache)
+        jobs, old_prefixes = {"cache": cache_jobs}, []
+        if self.state is None:
+            jobs["old"], old_prefixes = self._jobs("old", self.old)
+        self.pending = (SideScans(jobs), cache_prefixes, old_prefixes)
+
+    def discard(self) -> None:
+        """A scan started for a round that will not come (the rounds stop): its workers stopped, its files removed."""
+        if self.pending is None:
+            return
+        scans, cache_prefixes, old_prefixes = self.pending
+        self.pending = None
+        for workers in scans.workers.values():
+            for _, _, process in workers:
+                process.kill()
+        scans.close()
+        remove(cache_prefixes + old_prefixes)
+
+    def candidates(self) -> tuple[dict[bytes, Known | None], dict]:
+        """Keys whose folds differ between the cache now and the old side as known, with the old side's known fold.
+        The first scan reads both sides (and the old side's spill becomes the state); later ones the cache alone."""
+        if self.pending is None:
+            self.start()
+        scans, cache_prefixes, old_prefixes = self.pending
+        self.pending = None
+        both = bool(old_prefixes)
+        with scans:
+            done = scans.totals()
+        if both:
+            self.state = OldState(old_prefixes)
+        found: dict[bytes, Known | None] = {}
+        try:
+            for number in range(BUCKETS):
+                known = self.state.bucket(number)
+                found.update((key, known.get(key)) for key in differing(known, read_bucket(cache_prefixes, number)))
+        finally:
+            remove(cache_prefixes)
+        counts = {side: sum(r.keys for r in done[side]) for side in done}
+        return found, {"scanned": "both" if both else "cache", "keys": counts, "candidates": len(found)}
+
+    def read(self, keys: list[bytes]) -> dict[bytes, tuple[View, View]]:
+        """Both sides' views of these keys (cache, old), and the old side's folds recorded as known."""
+        reference, old_reader = SourceReference(self.cache, 0, self.detail), SideReader(self.old, detail=self.detail)
+        try:
+            cache_views = reference.read(keys)
+            with translated_errors(self.old.endpoint):
+                old_views = old_reader.read(keys)
+        finally:
+            reference.close()
+            old_reader.close()
+        self.know(old_views)
+        return {key: (cache_views[key], old_views[key]) for key in keys}
+
+    def differing(self, pairs: dict[bytes, tuple[View, View]]) -> dict[bytes, tuple[View, View]]:
+        return compare_views({k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()},
+                             self.tolerance_ms)
+
+    def know(self, old_views: dict[bytes, View]) -> None:
+        """What the old side was just read to hold becomes its known state for those keys."""
+        self.state.overlay.update((key, fold_view(key, view, self.grid)) for key, view in old_views.items())
+
+    def reread_old(self, keys: list[bytes]) -> None:
+        """After bring-back wrote these keys on the old side: their folds as they are now."""
+        if not keys:
+            return
+        reader = SideReader(self.old, detail=self.detail)
+        try:
+            with translated_errors(self.old.endpoint):
+                self.know(reader.read(keys))
+        finally:
+            reader.close()
+
+    def close(self) -> None:
+        self.discard()
+        if self.state is not None:
+            remove(self.state.prefixes)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# --- after the flip back: compare-and-set on the old Redis ------------------------------------------------------
+
+class OldCas:
+    """Writes on the old Redis only where a key still holds what bring-back left there at the flip back."""
+
+    def __init__(self, old: Topology, scanner: Scanner) -> None:
+        self.old, self.scanner = old, scanner
+        self.owners = old.slot_owners()
+        self.readers: dict[int, DigestReader] = {}
+
+    def _reader(self, key: bytes) -> DigestReader:
+        index = self.owners[key_slot(key)]
+        if index not in self.readers:
+            node = self.old.masters[index]
+            with translated_errors(self.old.endpoint):
+                wire = Wire(self.old.endpoint, node.host, node.port)
+            self.readers[index] = DigestReader(wire, self.old.has_pexpiretime, detail=self.scanner.detail)
+        return self.readers[index]
+
+    def apply(self, key: bytes, expected: Known | None, writes: list[bytes]) -> str:
+        """`writes` (a RESTORE, a big key's chunks, or a DEL) if the key's fold is still `expected`; else KEPT."""
+        for _ in range(ATTEMPTS):
+            reader = self._reader(key)
+            wire = reader.wire
+            with translated_errors(self.old.endpoint):
+                wire.call(b"WATCH", key)
+                now = fold_view(key, reader.read([key])[0], self.scanner.grid)
+                if not _unchanged(expected, now, self.scanner.tolerance_ms):
+                    wire.call(b"UNWATCH")
+                    return KEPT
+                if not writes or (now is None and writes == [pack(b"DEL", key)]):
+                    wire.call(b"UNWATCH")
+                    return UNCHANGED
+                wire.send(pack(b"MULTI") + b"".join(writes) + pack(b"EXEC"))
+                replies = wire.read(len(writes) + 2)
+            result = replies[-1]
+            if result is None:
+                continue  # the key changed between the look and the write: look again
+            errors = [r for r in [*replies[:-1], *result] if isinstance(r, ReplyError)]
+            if errors:
+                raise RuntimeFailure(f"bring-back: the old Redis refused the write of {readable(key)} ({errors[0]})",
+                                     "check the old Redis's health and memory; rerun rollback --bring-back")
+            return DELETED if writes == [pack(b"DEL", key)] else APPLIED
+        return KEPT  # it keeps changing on the old Redis: a new task writes it
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.wire.close()
+        self.readers.clear()
+
+
+def _unchanged(expected: Known | None, now: Known | None, tolerance_ms: int) -> bool:
+    """The key holds what bring-back left there, or what it left has expired since (no one's write)."""
+    if expected is None or now is None:
+        return expected == now or (now is None and expected[1] != NO_EXPIRY
+                                   and expected[1] <= now_ms() + tolerance_ms)
+    return expected[0] == now[0]
