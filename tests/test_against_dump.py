@@ -28,7 +28,9 @@ def test_each_single_difference_among_many_keys_is_found_and_named(standalone_so
     code, result = verify(*args)
     assert code == 1 and kinds(result) == {b"t:value": "value", b"t:missing": "missing", b"t:extra": "extra",
                                            b"t:ttl": "ttl", b"big:catalog:prices": "value"}, result
-    assert result["counts"]["slots_compared_by_key"] <= 3  # the value changes need no descent
+    # the value changes need no descent: only the missing, extra and TTL keys' slots, and the few slots where SCAN
+    # returned a key twice (either side's table still rehashing after the fresh writes), of ~11,000 holding keys
+    assert result["counts"]["slots_compared_by_key"] < 300
     assert result["counts"]["source"]["keys"] > 20_000
 
 
