@@ -226,28 +226,23 @@ def test_dump_without_memory_usage_reads_big_values_in_bounded_rounds_too(memory
 
 
 @pytest.mark.parametrize("options", [(), ("--batch-bytes", 1 << 30)], ids=["defaults", "hash-dumped-in-script"])
-def test_old_source_ttls_are_not_shortened_by_a_slow_key_in_the_batch(tmp_path, serverless_target, run_dir, options):
+def test_old_source_ttls_are_not_shortened_by_a_slow_key_in_the_batch(old_source, serverless_target, run_dir, options):
     """Redis 6.2 has no PEXPIRETIME: the expiry is TIME + PTTL, and PTTL counts down while a script runs.
     With the defaults the big hash is DUMPed outside the script; with a huge budget, inside it."""
-    source = testbed.start_standalone(tmp_path / "old-source", password="old-source-pw",
-                                      binary=testbed.old_redis_binary())
-    try:
-        client = source.client()
-        pipe = client.pipeline(transaction=False)
-        for start in range(0, 300_000, 10_000):
-            pipe.hset("slow:hash", mapping={f"field:{i}": f"value:{i}" for i in range(start, start + 10_000)})
-            pipe.execute()
-        expire_at = int(time.time() * 1000) + 3_600_000
-        names = ["slow:hash", *(f"ttl:{index}" for index in range(72))]
-        for index, name in enumerate(names):  # one SCAN batch: each key's place after the hash is random
-            if index:
-                pipe.set(name, index)
-            pipe.pexpireat(name, expire_at + index)
+    client = old_source.client()
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, 300_000, 10_000):
+        pipe.hset("slow:hash", mapping={f"field:{i}": f"value:{i}" for i in range(start, start + 10_000)})
         pipe.execute()
-        assert invoke("dump", "--source", source.url(), "--run-dir", run_dir, *options).exit_code == 0
-        assert invoke("replay", "--target", serverless_target.url(), "--run-dir", run_dir).exit_code == 0
-    finally:
-        source.stop()
+    expire_at = int(time.time() * 1000) + 3_600_000
+    names = ["slow:hash", *(f"ttl:{index}" for index in range(72))]
+    for index, name in enumerate(names):  # one SCAN batch: each key's place after the hash is random
+        if index:
+            pipe.set(name, index)
+        pipe.pexpireat(name, expire_at + index)
+    pipe.execute()
+    assert invoke("dump", "--source", old_source.url(), "--run-dir", run_dir, *options).exit_code == 0
+    assert invoke("replay", "--target", serverless_target.url(), "--run-dir", run_dir).exit_code == 0
     target = serverless_target.first.client()
     off = {name: expire_at + index - target.pexpiretime(name) for index, name in enumerate(names)}
     off = {name: ms for name, ms in off.items() if abs(ms) > 20}
