@@ -316,9 +316,10 @@ def start_standalone(base: Path, *, password: str | None = "source-secret", data
 
 
 def start_serverless_like(base: Path, certs: Certs | None, *, password: str | None = "target-secret",
-                          binary: str = "redis-server") -> Cluster:
-    """What ElastiCache Serverless looks like to a client: one TLS node owning every slot, restricted commands off."""
-    return start_cluster(base, 1, password=password, certs=certs, restricted=True, binary=binary)
+                          binary: str = "redis-server", extra: tuple[str, ...] = ()) -> Cluster:
+    """What ElastiCache Serverless looks like to a client: one TLS node owning every slot, restricted commands off.
+    `extra`: more configuration, set at start since CONFIG is off (a test's latency monitor, say)."""
+    return start_cluster(base, 1, password=password, certs=certs, restricted=True, binary=binary, extra=extra)
 
 
 @dataclass

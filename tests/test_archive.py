@@ -28,21 +28,35 @@ def bucket(aws):
     return s3
 
 
-@pytest.fixture
-def dumped(standalone_source, run_dir, monkeypatch):
-    """A source with every type, TTLs and a big list (struct records), dumped into small segments."""
-    monkeypatch.setattr(dump_module, "SEGMENT_RECORDS", 100)
-    client = standalone_source.client()
+@pytest.fixture(scope="module")
+def _dumped_once(_standalone_source, tmp_path_factory):
+    """A source with every type, TTLs and a big list (struct records), dumped into small segments, once for the
+    module: the run dir as the dump left it, and the source's snapshot (the source is flushed by later tests)."""
+    _standalone_source.flush()
+    client = _standalone_source.client()
     client.mset({f"k:{i}": f"v{i}" * 3 for i in range(4000)})
+    pipe = client.pipeline(transaction=False)
     for i in range(200):
-        client.hset(f"h:{i}", mapping={"a": i, "b": "x"})
-        client.sadd(f"s:{i}", "m1", "m2", i)
-        client.zadd(f"z:{i}", {"a": 1.5, "b": i})
-        client.rpush(f"l:{i}", "x", "y", i)
-        client.set(f"t:{i}", "ttl", px=3_600_000)
+        pipe.hset(f"h:{i}", mapping={"a": i, "b": "x"})
+        pipe.sadd(f"s:{i}", "m1", "m2", i)
+        pipe.zadd(f"z:{i}", {"a": 1.5, "b": i})
+        pipe.rpush(f"l:{i}", "x", "y", i)
+        pipe.set(f"t:{i}", "ttl", px=3_600_000)
+    pipe.execute()
     client.rpush("biglist", *[f"item-{i}" for i in range(30_000)])
-    invoke("dump", "--source", standalone_source.url(), "--run-dir", run_dir)
-    return snapshot(standalone_source)
+    run_dir = tmp_path_factory.mktemp("archive-dumped") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dump_module, "SEGMENT_RECORDS", 100)
+        invoke("dump", "--source", _standalone_source.url(), "--run-dir", run_dir)
+    return run_dir, snapshot(_standalone_source)
+
+
+@pytest.fixture
+def dumped(_dumped_once, run_dir):
+    """That dump, copied into this test's run dir (tests change it); the source's snapshot."""
+    template, data = _dumped_once
+    shutil.copytree(template, run_dir)
+    return data
 
 
 def segment_objects(s3) -> list[str]:

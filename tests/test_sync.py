@@ -169,6 +169,17 @@ def start_writer(started: list, tmp_path: Path, url: str, name: str = "writes") 
     return writer.start()
 
 
+def started_sync(started: list, tmp_path: Path, run_dir: Path, source_url: str, target_url: str, *extra: str,
+                 app_url: str | None = None) -> tuple[Sync, AppWriter]:
+    """The setup every scenario shares: the app writing (to `app_url`, else the source), then sync started and
+    waited for until it follows with its proof pass done."""
+    writer = start_writer(started, tmp_path, app_url or source_url)
+    sync = Sync(run_dir, source_url, target_url, *extra)
+    started.append(sync.start())
+    sync.following()
+    return sync, writer
+
+
 def follow_for(sync: Sync, writer: AppWriter, seconds: float) -> None:
     """Let the app write while sync follows (sync must stay up the whole time)."""
     deadline = time.monotonic() + seconds
@@ -196,18 +207,16 @@ def test_into_the_serverless_like_tls_target(source, serverless_target, run_dir,
     client = source.client()
     seed(client)
     client.hset("big:hash", mapping={f"field:{i}": "x" * 20 for i in range(5000)})
-    writer = start_writer(sync_processes, tmp_path, source.url())
-    sync = Sync(run_dir, source.url(), serverless_target.url(), "--enable-notifications", "--max-payload", "65536")
-    sync_processes.append(sync.start())
-    sync.following()
+    sync, writer = started_sync(sync_processes, tmp_path, run_dir, source.url(), serverless_target.url(),
+                                "--enable-notifications", "--max-payload", "65536")
     assert client.config_get("notify-keyspace-events")["notify-keyspace-events"] != ""
-    follow_for(sync, writer, 1.0)
+    follow_for(sync, writer, 0.5)
     client.hset("big:hash", mapping={f"field:{i}": "changed" for i in range(0, 5000, 7)})
     client.hdel("big:hash", "field:1")
     state = sync.wait(lambda s: s.get("applied", 0) > 0 and s.get("last_event_at"), "applied > 0")
     assert SYNC_STATUS_FIELDS <= set(state), f"status --json sync object lacks {SYNC_STATUS_FIELDS - set(state)}"
     assert state["lag_ms"] >= 0 and state["pending"] >= 0 and state["gaps"] == 0
-    follow_for(sync, writer, 2.0)
+    follow_for(sync, writer, 1.0)
     records, final = finish(sync, writer)
     print_figures("serverless-like TLS target", records, final)
     assert_exact(source, serverless_target, records)
@@ -217,11 +226,8 @@ def test_into_the_serverless_like_tls_target(source, serverless_target, run_dir,
 
 def test_from_the_three_master_cluster(notifying_cluster, serverless_target, run_dir, tmp_path, sync_processes):
     seed(notifying_cluster.cluster_client())
-    writer = start_writer(sync_processes, tmp_path, notifying_cluster.url())
-    sync = Sync(run_dir, notifying_cluster.url(), serverless_target.url())
-    sync_processes.append(sync.start())
-    sync.following()
-    follow_for(sync, writer, 3.0)
+    sync, writer = started_sync(sync_processes, tmp_path, run_dir, notifying_cluster.url(), serverless_target.url())
+    follow_for(sync, writer, 1.5)
     records, final = finish(sync, writer)
     print_figures("3-master cluster source", records, final)
     assert records.header["cluster"] is True
@@ -234,18 +240,16 @@ def test_subscriber_cut_by_the_fault_proxy_is_a_gap_then_a_reconcile(source, ser
     mid-follow must count a gap, reconcile it, and still end exact."""
     seed(source.client())
     with FaultProxy(source.port, max_seconds=600) as proxy:
-        writer = start_writer(sync_processes, tmp_path, source.url())
-        sync = Sync(run_dir, source_url(proxy.port), serverless_target.url(), "--enable-notifications")
-        sync_processes.append(sync.start())
-        sync.following()
-        follow_for(sync, writer, 1.0)
+        sync, writer = started_sync(sync_processes, tmp_path, run_dir, source_url(proxy.port), serverless_target.url(),
+                                    "--enable-notifications", app_url=source.url())
+        follow_for(sync, writer, 0.5)
         assert proxy.cut_all() > 0
         sync.wait(lambda s: s.get("gaps", 0) >= 1, "a gap counted")
-        follow_for(sync, writer, 1.0)
+        follow_for(sync, writer, 0.5)
         state = sync.wait(lambda s: s.get("reconciles", 0) >= 1 and s.get("unreconciled_gaps", 0) == 0
                           and s.get("state") == "following", "the gap reconciled")
         assert state["gaps"] >= 1
-        follow_for(sync, writer, 1.0)
+        follow_for(sync, writer, 0.5)
         records, final = finish(sync, writer)
     print_figures("subscriber cut by the proxy", records, final)
     assert_exact(source, serverless_target, records)
@@ -256,16 +260,14 @@ def test_subscriber_killed_at_the_pubsub_output_buffer_limit(source, serverless_
     """A tiny `client-output-buffer-limit pubsub` and a burst of writes: the server itself drops the subscriber."""
     client = source.client()
     seed(client)
-    writer = start_writer(sync_processes, tmp_path, source.url())
-    sync = Sync(run_dir, source.url(), serverless_target.url(), "--enable-notifications")
-    sync_processes.append(sync.start())
-    sync.following()
+    sync, writer = started_sync(sync_processes, tmp_path, run_dir, source.url(), serverless_target.url(),
+                                "--enable-notifications")
     log = source.directory / "server.log"
     kills_before = log.read_text().count(KILLED_AT_LIMIT)
     client.config_set("client-output-buffer-limit", "pubsub 8kb 4kb 1")
-    for round_ in range(5):  # a burst: one pipeline's events outrun any subscriber
+    for round_ in range(25):  # a burst: one pipeline's events (~60 KB per 1,000 SETs) outrun any subscriber
         pipe = client.pipeline(transaction=False)
-        for i in range(20_000):
+        for i in range(2_000):
             pipe.set(f"burst:{round_}:{i}", i)
         pipe.execute()
         if log.read_text().count(KILLED_AT_LIMIT) > kills_before:
@@ -275,7 +277,7 @@ def test_subscriber_killed_at_the_pubsub_output_buffer_limit(source, serverless_
     sync.wait(lambda s: s.get("gaps", 0) >= 1, "a gap counted")
     sync.wait(lambda s: s.get("reconciles", 0) >= 1 and s.get("unreconciled_gaps", 0) == 0
               and s.get("state") == "following", "the gap reconciled")
-    follow_for(sync, writer, 1.5)
+    follow_for(sync, writer, 1.0)
     records, final = finish(sync, writer)
     print_figures("pubsub output-buffer limit", records, final)
     assert_exact(source, serverless_target, records)
@@ -284,13 +286,11 @@ def test_subscriber_killed_at_the_pubsub_output_buffer_limit(source, serverless_
 def test_kill_9_mid_follow_then_restart_reconciles_and_is_exact(source, serverless_target, run_dir, tmp_path,
                                                                  sync_processes):
     seed(source.client())
-    writer = start_writer(sync_processes, tmp_path, source.url())
-    sync = Sync(run_dir, source.url(), serverless_target.url(), "--enable-notifications")
-    sync_processes.append(sync.start())
-    sync.following()
-    follow_for(sync, writer, 1.0)
+    sync, writer = started_sync(sync_processes, tmp_path, run_dir, source.url(), serverless_target.url(),
+                                "--enable-notifications")
+    follow_for(sync, writer, 0.5)
     sync.kill9()
-    follow_for_dead = time.monotonic() + 1.5  # the app writes on while nobody listens
+    follow_for_dead = time.monotonic() + 1.0  # the app writes on while nobody listens
     while time.monotonic() < follow_for_dead:
         time.sleep(0.1)
     restarted_at = time.time()
@@ -299,7 +299,7 @@ def test_kill_9_mid_follow_then_restart_reconciles_and_is_exact(source, serverle
               and (s.get("heartbeat_at") or restarted_at + 1) > restarted_at
               and s.get("state") == "following" and s.get("reconciles", 0) >= 1,
               "the restarted sync following after a reconcile")
-    follow_for(sync, writer, 1.5)
+    follow_for(sync, writer, 1.0)
     records, final = finish(sync, writer)
     print_figures("kill -9 then restart", records, final)
     assert_exact(source, serverless_target, records)
@@ -311,17 +311,15 @@ def test_flushdb_on_the_source_mid_follow(source, serverless_target, run_dir, tm
     """FLUSHDB publishes no key events: only the DBSIZE drop tells, and the target must follow it."""
     client = source.client()
     seed(client)
-    writer = start_writer(sync_processes, tmp_path, source.url())
-    sync = Sync(run_dir, source.url(), serverless_target.url(), "--enable-notifications")
-    sync_processes.append(sync.start())
-    sync.following()
-    follow_for(sync, writer, 1.0)
+    sync, writer = started_sync(sync_processes, tmp_path, run_dir, source.url(), serverless_target.url(),
+                                "--enable-notifications")
+    follow_for(sync, writer, 0.5)
     client.flushdb()
     flushed_at = time.time()
     sync.wait(lambda s: s.get("gaps", 0) >= 1, "the flush seen as a gap")
     sync.wait(lambda s: s.get("reconciles", 0) >= 1 and s.get("unreconciled_gaps", 0) == 0
               and s.get("state") == "following", "the flush reconciled")
-    follow_for(sync, writer, 1.5)
+    follow_for(sync, writer, 1.0)
     records, final = finish(sync, writer)
     print_figures("FLUSHDB mid-follow", records, final)
     # the flush took the app's earlier writes with it: only those sent after it returned must be on the target

@@ -10,7 +10,7 @@ import pytest
 import bench
 from appwriter import missing_witnesses
 from snapshot import assert_same, assert_same_groups, snapshot, stream_groups
-from test_sync import Sync, assert_exact, finish, follow_for, print_figures, start_writer, sync_processes  # noqa: F401
+from test_sync import assert_exact, finish, follow_for, print_figures, started_sync, sync_processes  # noqa: F401
 
 
 @pytest.fixture
@@ -25,11 +25,8 @@ def quiet(request):
 
 def sync_with_the_app(source, target, run_dir, tmp_path, started, name: str):
     bench.seed(source, 3000)  # plain types only: Redis 6.2 refuses the seed's `ms-*` stream IDs
-    writer = start_writer(started, tmp_path, source.url())
-    sync = Sync(run_dir, source.url(), target.url(), "--enable-notifications")
-    started.append(sync.start())
-    sync.following()
-    follow_for(sync, writer, 3.0)
+    sync, writer = started_sync(started, tmp_path, run_dir, source.url(), target.url(), "--enable-notifications")
+    follow_for(sync, writer, 1.5)
     records, final = finish(sync, writer)
     print_figures(name, records, final)
     return records

@@ -96,20 +96,20 @@ def test_kill_9_mid_dump_and_mid_replay_with_workers_then_resume_is_exact(cluste
     """The parent is killed while its workers write, in the dump and then in the replay; the workers die with
     it, only the parent wrote the ledgers, and each resume is exact."""
     seed_data.seed(cluster_source.cluster_client(), 30_000, seed=16, big_keys=False, short_ttl_keys=0)
-    dump = ("dump", "--source", cluster_source.url(), "--run-dir", run_dir, "--workers", 3, "--scan-count", 20)
+    dump = ("dump", "--source", cluster_source.url(), "--run-dir", run_dir, "--workers", 3)
 
     def mid_dump() -> bool:  # a segment is durable (10,000 records, or a master's last), and not every master done
         masters = dump_ledger(run_dir).get("masters", {}).values()
         written = (run_dir / "segments").is_dir() and any((run_dir / "segments").iterdir())
         return bool(masters) and written and not all(m["done"] for m in masters)
 
-    kill_when(dump, mid_dump, [])
+    kill_when((*dump, "--scan-count", 20), mid_dump, [])  # small batches, so that the kill lands mid-dump
     assert not all(m["done"] for m in dump_ledger(run_dir)["masters"].values())
     assert spawn(*dump, timeout=240).exit_code == 0
     segments = len(list((run_dir / "segments").iterdir()))
-    replay = ("replay", "--target", serverless_target.url(), "--run-dir", run_dir, "--workers", 3,
-              "--max-ops-per-sec", 9000)  # 3,000 keys/s per worker: about 3 s per segment
-    kill_when(replay, lambda: 1 <= len(ledger(run_dir, "replay").get("segments_done", [])) < segments, [])
+    replay = ("replay", "--target", serverless_target.url(), "--run-dir", run_dir, "--workers", 3)
+    kill_when((*replay, "--max-ops-per-sec", 9000),  # 3,000 keys/s per worker: about 3 s per segment
+              lambda: 1 <= len(ledger(run_dir, "replay").get("segments_done", [])) < segments, [])
     resumed = spawn(*replay, timeout=240)
     assert resumed.exit_code == 0, str(resumed)
     assert_same(snapshot(cluster_source), snapshot(serverless_target))
