@@ -350,15 +350,13 @@ def test_a_drain_that_fails_lifts_the_fence_at_once_and_flips_nothing(bed, ssm):
     before = ssm_values(ssm)
     os.kill(sync.pid, signal.SIGSTOP)       # the drain is never answered
     try:
-        started = time.monotonic()
-        out = bed.cutover("--fence-ms", 10_000, "--max-lag-ms", 60_000)
-        took = time.monotonic() - started
+        out = bed.cutover("--fence-ms", 20_000, "--max-lag-ms", 60_000)  # the drain is given 0.6 of the fence
     finally:
         os.kill(sync.pid, signal.SIGCONT)
     assert out.exit_code == 1 and "did not answer the drain" in out.stderr and "hint:" in out.stderr, str(out)
-    unpaused = time.monotonic()
-    bed.source.client().set("after:abort", "1")
-    assert time.monotonic() - unpaused < 1 and took < 9     # lifted at once, not when the 10 s pause expires
+    fenced_at = json.loads((bed.run_dir / "live-cutover.json").read_text())["fence_started_at"]
+    bed.source.client().set("after:abort", "1")  # blocks until the pause lifts
+    assert time.time() < fenced_at + 20, "the fence was not lifted by the failed cutover: it expired by itself"
     assert ssm_values(ssm) == before and not (bed.run_dir / "flip.json").exists()
     record = json.loads((bed.run_dir / "cutover.json").read_text())
     assert record["state"] == "cutover-failed"
