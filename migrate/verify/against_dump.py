@@ -44,7 +44,7 @@ from ..net.rdb import OBJECT_TYPES, payload_body, payload_type
 from ..net.wire import ReplyError, pack
 from ..rundir import RunDir
 from .compare import Pass, compare_views
-from .descent import SlotLister, groups
+from .descent import SlotLister, groups, recount_group
 from .digest import DIGEST_TYPE_CODE, new_digest
 from .fullscan import ScanJob, SideScans, combined
 from .readers import ABSENT, DigestReader, SideReader, View
@@ -316,8 +316,8 @@ class DumpReference:
                     dumped.update((key, ABSENT) for key in names if key not in dumped)
                 with translated_errors(self.target.endpoint):
                     held = census.read(list(dumped))
-                _recount(self.digests, group, dumped)
-                _recount(target, group, held)
+                recount_group(self.digests, group, dumped)
+                recount_group(target, group, held)
                 self.recheck.update(compare_views(dumped, held, self.tolerance_ms))
         finally:
             lister.close()
@@ -448,10 +448,3 @@ class DumpReference:
                 for name, record in scratch.items()}
 
 
-def _recount(digests: SlotDigests, group: list[int], views: dict[bytes, View]) -> None:
-    """A group's slot counts from its keys read one by one (a key folded twice counts once)."""
-    by_slot: dict[int, list[View]] = {slot: [] for slot in group}
-    for key, view in views.items():
-        by_slot[key_slot(key)].append(view)
-    for slot, slot_views in by_slot.items():
-        digests.recount(slot, slot_views)

@@ -162,8 +162,8 @@ def descend(reference: SlotLister, target: SlotLister, slots: list[int], digests
                 named.update(dict.fromkeys(names))
         ref, tgt = reference.read(named), target.read(named)
         before = {side: {slot: digests[side].census(slot) for slot in group} for side in digests}
-        _recount(digests["source"], group, ref)
-        _recount(digests["target"], group, tgt)
+        recount_group(digests["source"], group, ref)
+        recount_group(digests["target"], group, tgt)
         candidates = compare_views(ref, tgt, tolerance_ms)
         found.candidates.update(candidates)
         _gone(found, set(group) - {key_slot(key) for key in candidates}, before, digests)
@@ -184,7 +184,8 @@ def _gone(found: Found, settled_slots: set[int], before: dict[str, dict[int, tup
         found.vanished += max(drop[1] for drop in drops)
 
 
-def _recount(digests: SlotDigests, group: list[int], views: dict[bytes, View]) -> None:
+def recount_group(digests: SlotDigests, group: list[int], views: dict[bytes, View]) -> None:
+    """A group's slot counts from its keys read one by one (a key folded twice counts once)."""
     by_slot: dict[int, list[View]] = {slot: [] for slot in group}
     for key, view in views.items():
         by_slot[key_slot(key)].append(view)
