@@ -180,6 +180,13 @@ def started_sync(started: list, tmp_path: Path, run_dir: Path, source_url: str, 
     return sync, writer
 
 
+def gap_then_reconciled(sync: Sync, gap: str = "a gap counted", reconciled: str = "the gap reconciled") -> dict:
+    """Wait for sync to count a gap, then to have reconciled it and be following again: its last state."""
+    sync.wait(lambda s: s.get("gaps", 0) >= 1, gap)
+    return sync.wait(lambda s: s.get("reconciles", 0) >= 1 and s.get("unreconciled_gaps", 0) == 0
+                     and s.get("state") == "following", reconciled)
+
+
 def follow_for(sync: Sync, writer: AppWriter, seconds: float) -> None:
     """Let the app write while sync follows (sync must stay up the whole time)."""
     deadline = time.monotonic() + seconds
@@ -245,9 +252,8 @@ def test_subscriber_cut_by_the_fault_proxy_is_a_gap_then_a_reconcile(source, ser
         follow_for(sync, writer, 0.5)
         assert proxy.cut_all() > 0
         sync.wait(lambda s: s.get("gaps", 0) >= 1, "a gap counted")
-        follow_for(sync, writer, 0.5)
-        state = sync.wait(lambda s: s.get("reconciles", 0) >= 1 and s.get("unreconciled_gaps", 0) == 0
-                          and s.get("state") == "following", "the gap reconciled")
+        follow_for(sync, writer, 0.5)  # the app writes on while the subscriber is cut
+        state = gap_then_reconciled(sync)
         assert state["gaps"] >= 1
         follow_for(sync, writer, 0.5)
         records, final = finish(sync, writer)
@@ -274,9 +280,7 @@ def test_subscriber_killed_at_the_pubsub_output_buffer_limit(source, serverless_
             break
     assert log.read_text().count(KILLED_AT_LIMIT) > kills_before, "the server never dropped the subscriber"
     client.config_set("client-output-buffer-limit", DEFAULT_PUBSUB_LIMIT)
-    sync.wait(lambda s: s.get("gaps", 0) >= 1, "a gap counted")
-    sync.wait(lambda s: s.get("reconciles", 0) >= 1 and s.get("unreconciled_gaps", 0) == 0
-              and s.get("state") == "following", "the gap reconciled")
+    gap_then_reconciled(sync)
     follow_for(sync, writer, 1.0)
     records, final = finish(sync, writer)
     print_figures("pubsub output-buffer limit", records, final)
@@ -316,9 +320,7 @@ def test_flushdb_on_the_source_mid_follow(source, serverless_target, run_dir, tm
     follow_for(sync, writer, 0.5)
     client.flushdb()
     flushed_at = time.time()
-    sync.wait(lambda s: s.get("gaps", 0) >= 1, "the flush seen as a gap")
-    sync.wait(lambda s: s.get("reconciles", 0) >= 1 and s.get("unreconciled_gaps", 0) == 0
-              and s.get("state") == "following", "the flush reconciled")
+    gap_then_reconciled(sync, "the flush seen as a gap", "the flush reconciled")
     follow_for(sync, writer, 1.0)
     records, final = finish(sync, writer)
     print_figures("FLUSHDB mid-follow", records, final)

@@ -71,9 +71,7 @@ def test_two_syncs_split_by_slots_onto_one_target_are_exact_and_never_touch_the_
     # FLUSHDB publishes no key events: the gap's reconcile (verify with repair and delete-extra) covers the range
     client.flushdb()
     flushed_at = time.time()
-    low.wait(lambda s: s.get("gaps", 0) >= 1, "the flush seen as a gap")
-    low.wait(lambda s: s.get("reconciles", 0) >= 1 and s.get("unreconciled_gaps", 0) == 0
-             and s.get("state") == "following", "the flush reconciled")
+    base.gap_then_reconciled(low, "the flush seen as a gap", "the flush reconciled")
     base.follow_for(low, writer, 0.5)
     assert in_slots(snapshot(serverless_target), HIGH) == in_slots(foreign, HIGH), \
         "the reconcile of 0-8191 wrote or deleted keys in slots 8192+"
