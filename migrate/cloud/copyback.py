@@ -31,7 +31,7 @@ from ..rundir import DIR_MODE, RunDir
 from ..verify.compare import compare_views, now_ms
 from ..verify.fullscan import ScanJob, SideScans
 from ..verify.readers import Detail, DigestReader, SideReader, View
-from ..verify.spill import BUCKETS, Known, bucket_of, differing, fold_view, read_bucket, remove
+from ..verify.spill import BUCKETS, BucketSpill, Known, bucket_of, fold_view, join, remove
 from ..verify.stage import SourceReference
 
 ATTEMPTS = 5
@@ -40,19 +40,17 @@ APPLIED, DELETED, KEPT, UNCHANGED = "applied", "deleted", "kept", "unchanged"
 
 @dataclass
 class OldState:
-    """The old Redis per key: the spill of its last full scan, and the folds read since (None: absent)."""
+    """The old Redis per key: the spill of its last full scan, and the folds read since (None: absent), by bucket."""
 
     prefixes: list[Path] = field(default_factory=list)
-    overlay: dict[bytes, Known | None] = field(default_factory=dict)
+    overlay: list[dict[bytes, Known | None]] = field(default_factory=lambda: [{} for _ in range(BUCKETS)])
 
-    def bucket(self, number: int) -> dict[bytes, Known | None]:
-        known: dict[bytes, Known | None] = read_bucket(self.prefixes, number)
-        known.update((key, fold) for key, fold in self.overlay.items() if bucket_of_key(key) == number)
-        return known
+    def know(self, key: bytes, known: Known | None) -> None:
+        self.overlay[bucket_of(key_slot(key))][key] = known
 
-
-def bucket_of_key(key: bytes) -> int:
-    return bucket_of(key_slot(key))
+    def differing(self, number: int, cache_prefixes: list[Path]) -> dict[bytes, Known | None]:
+        """One bucket's keys that differ between the cache's spill and this state, with their known old state."""
+        return join(BucketSpill(self.prefixes, number), self.overlay[number], BucketSpill(cache_prefixes, number))
 
 
 class Scanner:
@@ -112,8 +110,7 @@ class Scanner:
         found: dict[bytes, Known | None] = {}
         try:
             for number in range(BUCKETS):
-                known = self.state.bucket(number)
-                found.update((key, known.get(key)) for key in differing(known, read_bucket(cache_prefixes, number)))
+                found.update(self.state.differing(number, cache_prefixes))
         finally:
             remove(cache_prefixes)
         counts = {side: sum(r.keys for r in done[side]) for side in done}
@@ -138,7 +135,8 @@ class Scanner:
 
     def know(self, old_views: dict[bytes, View]) -> None:
         """What the old side was just read to hold becomes its known state for those keys."""
-        self.state.overlay.update((key, fold_view(key, view, self.grid)) for key, view in old_views.items())
+        for key, view in old_views.items():
+            self.state.know(key, fold_view(key, view, self.grid))
 
     def reread_old(self, keys: list[bytes]) -> None:
         """After bring-back wrote these keys on the old side: their folds as they are now."""

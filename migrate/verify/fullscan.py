@@ -17,7 +17,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from itertools import compress, repeat
 from multiprocessing.connection import Connection, wait
-from operator import floordiv
+from operator import floordiv, rshift
 
 from xxhash import xxh3_128_intdigest as xxh3
 
@@ -28,7 +28,7 @@ from ..net.keyspace import NO_EXPIRY, key_slots
 from ..net.wire import Wire, pack
 from .readers import NO_DETAIL, Batch, Columns, Detail, DigestReader, columns_of
 from .slotdigest import FOLD, TYPE_COUNT, SlotDigests, combined, fold
-from .spill import BUCKET_SHIFT, ENTRY, FLUSH_BYTES, SpillWriter
+from .spill import BUCKET_SHIFT, SpillWriter
 
 __all__ = ["ScanJob", "ScanTotals", "SideScans", "combined", "fold"]
 
@@ -130,25 +130,14 @@ class _Worker:
         # NO_EXPIRY (-1) // grid is NO_EXPIRY: the cell of a key without TTL is NO_EXPIRY, as in fold()
         cells = map(floordiv, expires, repeat(self.job.ttl_grid))
         shares = list(map(xxh3, map(bytes.__add__, keys, map(FOLD.pack, codes, digests, cells))))
-        if self.spill is not None:
-            self._spill(slots, keys, expires, shares)
+        if self.spill is not None:  # each key's fold to its bucket's spill too (bring-back's joins, spill.py)
+            self.spill.add(map(rshift, slots, repeat(BUCKET_SHIFT)), keys, expires, shares)
         totals, types, with_ttl, width = self.digests.totals, self.digests.types, self.digests.with_ttl, TYPE_COUNT
         for slot, code, expire_at, share in zip(slots, codes, expires, shares):
             totals[slot] ^= share
             types[slot * width + code] += 1
             if expire_at != NO_EXPIRY:
                 with_ttl[slot] += 1
-
-    def _spill(self, slots: list[int], keys: list[bytes], expires: list[int], shares: list[int]) -> None:
-        """Each key's fold written to its bucket's spill file too (bring-back's joins, spill.py)."""
-        spill, pack_entry = self.spill, ENTRY.pack
-        buffers = spill.buffers
-        for slot, key, expire_at, share in zip(slots, keys, expires, shares):
-            bucket = slot >> BUCKET_SHIFT
-            buffers[bucket] += pack_entry(slot, len(key), expire_at, share.to_bytes(16, "little")) + key
-            if len(buffers[bucket]) > FLUSH_BYTES:
-                spill.flush(bucket)
-
 
 def _worker_main(job: ScanJob, pipe: Connection, parent_pid: int | None = None) -> None:
     die_with_parent(parent_pid)  # a killed verify or run must not leave its scans (and their lock fd) behind
