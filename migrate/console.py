@@ -279,7 +279,7 @@ def _live_line(live: dict) -> str:
 def _bring_back_lines(back: dict) -> list[str]:
     """Rounds, stragglers, conflicts and the last compare of rollback --bring-back."""
     lines = [f"round {n}: {r['found']} differences, {r['copied']} copied, {r['deleted']} deleted ({r['seconds']}s)"
-             for n, r in enumerate(back["rounds"], 1)]
+             + _quiet_check(r.get("quiet_check")) for n, r in enumerate(back["rounds"], 1)]
     if back["stragglers"]:
         s = back["stragglers"]
         lines.append(f"stragglers after the flip back: {s['found']} differences, {s['copied']} copied, "
@@ -291,6 +291,14 @@ def _bring_back_lines(back: dict) -> list[str]:
                  + (f" ({', '.join(back['conflict_keys'])})" if back["conflict_keys"] else "")
                  + f"; final differences {back['final_differences']}")
     return lines
+
+
+def _quiet_check(check: dict | None) -> str:
+    if not check:
+        return ""
+    if check["quiet"]:
+        return f"; the cache is quiet since ({check['sampled']} keys sampled, names unchanged): no more rounds"
+    return f"; the apps still write on the cache ({check['changed']} changed): another round"
 
 
 def render_ecs_task(result: dict) -> str:

@@ -84,13 +84,14 @@ class CopyBack:
         with Baseline(self.run_dir) as baseline:
             return baseline.put_by_sync(keys) | (set(keys) & self.written)
 
-    def round(self, go_on: Callable[[int, float], bool] = lambda found, seconds: False) -> dict:
+    def round(self, go_on: Callable[[list[bytes], float], bool] = lambda found, seconds: False) -> dict:
         """One round: compare, then copy what differs and delete what sync put there and the cache dropped.
-        `go_on(found, seconds)`: whether another round follows; if so its scan starts before this round copies."""
+        `go_on(found keys, seconds)`: whether another round follows; if so its scan starts before this round
+        copies."""
         started = time.monotonic()
         differences, _, counts = self.compare()
         compared = round(time.monotonic() - started, 2)
-        more = not self.dry_run and go_on(len([d for d in differences if d.key not in self.conflicts]), compared)
+        more = not self.dry_run and go_on([d.key for d in differences if d.key not in self.conflicts], compared)
         if more:
             self.scanner.start()
         extra = [d.key for d in differences if d.kind == "extra"]
@@ -111,6 +112,11 @@ class CopyBack:
         return {"found": found, "copied": copied, "deleted": deleted, "new_conflicts": len(new_conflicts),
                 "compare_seconds": compared, "scanned": counts["scanned"], "candidates": counts["candidates"],
                 "more": more}
+
+    def quiet(self, found: list[bytes], threshold: int) -> dict:
+        """Whether the apps wrote on the cache since the last round's scan (quiet.py: a sample and the names)."""
+        from .quiet import cache_is_quiet
+        return cache_is_quiet(self.scanner, found, threshold)
 
     def _copy(self, differences: list[Difference]) -> int:
         reference = SourceReference(self.cache, 0)
@@ -191,24 +197,33 @@ class CopyBack:
 def copy_back_rounds(copier: CopyBack, threshold: int, max_rounds: int = MAX_ROUNDS) -> list[dict]:
     """Rounds until one finds fewer than `threshold` differences, or cannot get there (steady: no fewer than nine
     tenths of the round before, or `_cannot_converge`: the apps change that many keys per round, more rounds cannot
-    shrink it; the straggler round after the flip back takes the rest); refused (SSM untouched) if neither happens
+    shrink it; the straggler round after the flip back takes the rest), or the cache is quiet (quiet.py: no write
+    since the round's scan, so the next round would find nothing); refused (SSM untouched) if none of these happens
     within `max_rounds`. The decision is taken right after a round's compare, so the next scan overlaps the copy."""
     rounds: list[dict] = []
+    check: dict = {}
 
     def steady(found: int, seconds: float) -> bool:
         return bool(rounds) and (found >= 0.9 * rounds[-1]["found"]
                                  or _cannot_converge(found, seconds, rounds[-1]["seconds"], threshold))
 
-    def go_on(found: int, seconds: float) -> bool:
-        return found >= threshold and not steady(found, seconds) and len(rounds) + 1 < max_rounds
+    def go_on(found: list[bytes], seconds: float) -> bool:
+        if len(found) < threshold or steady(len(found), seconds) or len(rounds) + 1 >= max_rounds:
+            return False
+        started = time.monotonic()
+        check.update(copier.quiet(found, threshold), seconds=round(time.monotonic() - started, 2))
+        return not check["quiet"]
 
     for _ in range(max_rounds):
         started = time.monotonic()
+        check.clear()
         found = copier.round(go_on)
         more = found.pop("more")
-        done = found["found"] < threshold or steady(found["found"], found["compare_seconds"])
+        quiet = check.get("quiet", False)
+        done = found["found"] < threshold or steady(found["found"], found["compare_seconds"]) or quiet
         rounds.append({**found, "seconds": round(time.monotonic() - started, 2),
-                       **({"steady": True} if done and found["found"] >= threshold else {})})
+                       **({"quiet_check": dict(check)} if check else {}),
+                       **({"steady": True} if done and not quiet and found["found"] >= threshold else {})})
         if not more and (done or copier.dry_run):
             return rounds
     raise GateRefused(f"bring-back: {max_rounds} rounds each found {threshold} or more differences (the last "

@@ -65,6 +65,7 @@ class Scanner:
         self.state: OldState | None = None
         self.scans = 0
         self.pending: tuple[SideScans, list[Path], list[Path]] | None = None
+        self.last_cache: list[Path] = []  # the last scan's cache spill, kept for the quiet check (quiet.py)
 
     def _jobs(self, side: str, topology: Topology) -> tuple[list[ScanJob], list[Path]]:
         prefixes = [self.folder / f"{side}{self.scans}-{index}" for index in range(len(topology.masters))]
@@ -107,12 +108,11 @@ class Scanner:
             done = scans.totals()
         if both:
             self.state = OldState(old_prefixes)
+        remove(self.last_cache)
+        self.last_cache = cache_prefixes
         found: dict[bytes, Known | None] = {}
-        try:
-            for number in range(BUCKETS):
-                found.update(self.state.differing(number, cache_prefixes))
-        finally:
-            remove(cache_prefixes)
+        for number in range(BUCKETS):
+            found.update(self.state.differing(number, cache_prefixes))
         counts = {side: sum(r.keys for r in done[side]) for side in done}
         return found, {"scanned": "both" if both else "cache", "keys": counts, "candidates": len(found)}
 
@@ -151,6 +151,7 @@ class Scanner:
 
     def close(self) -> None:
         self.discard()
+        remove(self.last_cache)
         if self.state is not None:
             remove(self.state.prefixes)
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -183,7 +184,7 @@ class OldCas:
             with translated_errors(self.old.endpoint):
                 wire.call(b"WATCH", key)
                 now = fold_view(key, reader.read([key])[0], self.scanner.grid)
-                if not _unchanged(expected, now, self.scanner.tolerance_ms):
+                if not unchanged(expected, now, self.scanner.tolerance_ms):
                     wire.call(b"UNWATCH")
                     return KEPT
                 if not writes or (now is None and writes == [pack(b"DEL", key)]):
@@ -207,7 +208,7 @@ class OldCas:
         self.readers.clear()
 
 
-def _unchanged(expected: Known | None, now: Known | None, tolerance_ms: int) -> bool:
+def unchanged(expected: Known | None, now: Known | None, tolerance_ms: int) -> bool:
     """The key holds what bring-back left there, or what it left has expired since (no one's write)."""
     if expected is None or now is None:
         return expected == now or (now is None and expected[1] != NO_EXPIRY

@@ -37,6 +37,7 @@ BUCKET_SHIFT = 10  # 16,384 slots / 16 buckets: a bucket is 1,024 consecutive sl
 ENTRY = struct.Struct("<16s8sqQI")
 FOLDS = struct.Struct("<16s28x")
 NAME_HASHES = struct.Struct("<16x8s20x")
+NAME_HASHES_AND_EXPIRIES = struct.Struct("<16x8sq12x")
 FLUSH_BYTES = 1 << 20
 
 Known = tuple[bytes, int]  # (fold as 16 bytes, absolute expiry in ms or -1)
@@ -114,6 +115,18 @@ class BucketSpill:
             entries, names = self.parts[part]
             folded, _, expire_at, start, length = unpack(entries, (index - self.firsts[part]) * size)
             yield names[start:start + length], (folded, expire_at)
+
+    def sample(self, rng, count: int) -> Iterator[tuple[bytes, Known]]:
+        """`count` entries drawn at random (all of them if there are fewer)."""
+        return self.at(sorted(rng.sample(range(len(self.folds)), min(count, len(self.folds)))))
+
+    def names_alive_after(self, horizon_ms: int) -> tuple[set[bytes], set[bytes]]:
+        """The name hashes of the keys that still exist at `horizon_ms`, and of those whose expiry falls before."""
+        alive, expiring = set(), set()
+        for entries, _ in self.parts:
+            for name_hash, expire_at in NAME_HASHES_AND_EXPIRIES.iter_unpack(entries):
+                (alive if expire_at == -1 or expire_at > horizon_ms else expiring).add(name_hash)
+        return alive, expiring
 
     def known(self, keys: set[bytes]) -> dict[bytes, Known]:
         """The entries of these keys (the last one where a key has two), found by name hash first."""
