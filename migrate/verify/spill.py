@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable, Iterator
+from functools import cached_property
 from itertools import accumulate, compress, count
 from operator import not_
 from pathlib import Path
 
-from xxhash import xxh3_64_digest
+from xxhash import xxh3_64_intdigest
 
 from .digest import DIGEST_TYPE_CODE
 from .readers import View
@@ -34,10 +35,10 @@ from .slotdigest import fold
 
 BUCKETS = 16
 BUCKET_SHIFT = 10  # 16,384 slots / 16 buckets: a bucket is 1,024 consecutive slots
-ENTRY = struct.Struct("<16s8sqQI")
+ENTRY = struct.Struct("<16sQqQI")
 FOLDS = struct.Struct("<16s28x")
-NAME_HASHES = struct.Struct("<16x8s20x")
-NAME_HASHES_AND_EXPIRIES = struct.Struct("<16x8sq12x")
+NAME_HASHES = struct.Struct("<16xQ20x")
+NAME_HASHES_AND_EXPIRIES = struct.Struct("<16xQq12x")
 FLUSH_BYTES = 1 << 20
 
 Known = tuple[bytes, int]  # (fold as 16 bytes, absolute expiry in ms or -1)
@@ -68,7 +69,7 @@ class SpillWriter:
         """A batch of keys' entries (the scan worker's hot loop: one pack and two appends per key)."""
         entries, names, flushed, pack = self.entries, self.names, self.flushed, ENTRY.pack
         for bucket, key, expire_at, folded, name_hash in zip(buckets, keys, expires, folds,
-                                                             map(xxh3_64_digest, keys)):
+                                                             map(xxh3_64_intdigest, keys)):
             entries[bucket] += pack(folded.to_bytes(16, "little"), name_hash, expire_at,
                                     flushed[bucket] + len(names[bucket]), len(key))
             names[bucket] += key
@@ -104,7 +105,10 @@ class BucketSpill:
     def __init__(self, prefixes: list[str | Path], bucket: int) -> None:
         self.parts = [(_read(bucket_path(prefix, bucket)), _read(names_path(prefix, bucket))) for prefix in prefixes]
         self.firsts = list(accumulate((len(entries) // ENTRY.size for entries, _ in self.parts), initial=0))
-        self.folds = [fold for entries, _ in self.parts for (fold,) in FOLDS.iter_unpack(entries)]
+
+    @cached_property
+    def folds(self) -> list[bytes]:
+        return [fold for entries, _ in self.parts for (fold,) in FOLDS.iter_unpack(entries)]
 
     def at(self, indices: Iterable[int]) -> Iterator[tuple[bytes, Known]]:
         """(key, (fold, expiry)) of the entries at these (ascending) indices."""
@@ -120,17 +124,23 @@ class BucketSpill:
         """`count` entries drawn at random (all of them if there are fewer)."""
         return self.at(sorted(rng.sample(range(len(self.folds)), min(count, len(self.folds)))))
 
-    def names_alive_after(self, horizon_ms: int) -> tuple[set[bytes], set[bytes]]:
-        """The name hashes of the keys that still exist at `horizon_ms`, and of those whose expiry falls before."""
-        alive, expiring = set(), set()
+    def names(self, horizon_ms: int) -> tuple[int, int, set[int]]:
+        """The name hashes of the keys that still exist at `horizon_ms`, as a count and a sum (a fingerprint of
+        the set of names, whatever the order), and the hashes of the keys whose expiry falls before."""
+        count = total = 0
+        expiring: set[int] = set()
         for entries, _ in self.parts:
             for name_hash, expire_at in NAME_HASHES_AND_EXPIRIES.iter_unpack(entries):
-                (alive if expire_at == -1 or expire_at > horizon_ms else expiring).add(name_hash)
-        return alive, expiring
+                if expire_at == -1 or expire_at > horizon_ms:
+                    count += 1
+                    total += name_hash
+                else:
+                    expiring.add(name_hash)
+        return count, total, expiring
 
     def known(self, keys: set[bytes]) -> dict[bytes, Known]:
         """The entries of these keys (the last one where a key has two), found by name hash first."""
-        hashes = {xxh3_64_digest(key) for key in keys}
+        hashes = set(map(xxh3_64_intdigest, keys))
         name_hashes = (name_hash for entries, _ in self.parts for (name_hash,) in NAME_HASHES.iter_unpack(entries))
         maybe = compress(count(), map(hashes.__contains__, name_hashes))
         return {key: known for key, known in self.at(maybe) if key in keys}
