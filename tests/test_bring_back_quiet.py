@@ -3,6 +3,7 @@ cache. Real servers: the standalone old Redis and the serverless-like TLS cache.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -77,3 +78,27 @@ def test_a_threshold_of_one_samples_every_key(copier, serverless_target):
     found = found_keys(copier)
     serverless_target.first.client().set("k:1999", "changed, same name")
     assert copier.quiet(found, 1)["quiet"] is False
+
+
+def test_apps_still_writing_get_another_round(copier, serverless_target):
+    """An app rewriting the keys it wrote (a storefront's carts) while the rounds run: the check sees it after the
+    first round, so a second round runs, and the rounds then stop by themselves (they cannot converge at that
+    rate: the straggler round takes the rest)."""
+    stop = threading.Event()
+
+    def app() -> None:
+        cache, written = serverless_target.first.client(), 0
+        while not stop.is_set():
+            cache.set(f"k:{written % 300}", f"rewritten {written}")
+            written += 1
+            time.sleep(0.002)
+
+    writer = threading.Thread(target=app, daemon=True)
+    writer.start()
+    try:
+        rounds = copy_back_rounds(copier, THRESHOLD)
+    finally:
+        stop.set()
+        writer.join()
+    assert rounds[0]["quiet_check"]["quiet"] is False and "sampled keys" in rounds[0]["quiet_check"]["changed"]
+    assert len(rounds) >= 2 and rounds[1]["scanned"] == "cache", rounds
