@@ -127,20 +127,23 @@ def ssm(aws, aws_calls):  # noqa: F811
 
 def test_a_copy_split_by_slots_is_exact_and_cutover_takes_both_run_dirs(cluster_source, serverless_target, ssm,
                                                                          tmp_path):
-    """Two `run`s, as two ECS tasks would: each copies and verifies its half of the slots in its own run dir;
-    cutover checks that they cover every slot once and that both verified equal, and records to both."""
+    """Two `run`s, as two ECS tasks would: each copies and verifies its half of the slots in its own run dir (the
+    second finds the first's keys on the target, outside its range: no --allow-nonempty-target needed); cutover
+    checks that they cover every slot once and that both verified equal, and records to both."""
     seed_data.seed(cluster_source.cluster_client(), 4000, seed=17, short_ttl_keys=0)
     source, target = cluster_source.url(), serverless_target.url()
     halves = {"0-8191": tmp_path / "low", "8192-16383": tmp_path / "high"}
-    for index, (slots, run_dir) in enumerate(halves.items()):
-        summary = run_json("run", "--source", source, "--target", target, "--run-dir", run_dir, "--slots", slots,
-                           *(("--allow-nonempty-target",) if index else ()))
+    for slots, run_dir in halves.items():
+        summary = run_json("run", "--source", source, "--target", target, "--run-dir", run_dir, "--slots", slots)
         assert summary["verify"]["equal"], summary
         wanted = SlotRanges.parse(slots)
         copied = snapshot(serverless_target)
         assert in_slots(copied, wanted) and len(in_slots(copied, wanted)) == summary["restored"] + summary["expired"]
         assert_same(in_slots(snapshot(cluster_source), wanted), in_slots(copied, wanted))
     assert_same(snapshot(cluster_source), snapshot(serverless_target))
+    again = invoke("run", "--source", source, "--target", target, "--run-dir", tmp_path / "again", "--slots",
+                   "0-8191", code=1)   # that range is not empty on the target any more
+    assert "keys in slots 0-8191" in again.output, again.output
     low, high = halves.values()
     refused = invoke("cutover", "--env", ENV, "--target", target, "--run-dir", low, code=2)
     assert "8192-16383" in refused.output and "uncovered" in refused.output

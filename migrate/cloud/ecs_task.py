@@ -433,8 +433,8 @@ def stage_command(request: TaskRequest, slots: str | None) -> list[str]:
     command = [request.stage, "--source", request.source_url or "redis://OLD-REDIS:6379/0",
                "--target", request.target_url or "rediss://CACHE-ENDPOINT:6379"]
     command += ["--run-dir", run_dir]
-    if slots:  # the tasks write into the same cache at once: each finds the others' keys there
-        command += ["--slots", slots, "--allow-nonempty-target"]
+    if slots:  # the tasks write into the same cache at once: each checks only its own range is empty there
+        command += ["--slots", slots]
     return command + list(request.extra_args)
 
 

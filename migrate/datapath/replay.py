@@ -22,10 +22,10 @@ from ..backoff import Backoff
 from ..errors import BadInput, GateRefused, RuntimeFailure, Unreachable
 from ..events import Warn, no_warning
 from ..net.endpoints import Topology, discover, probe_rdb_version
-from ..net.keyspace import NO_EXPIRY, key_slot
+from ..net.keyspace import NO_EXPIRY, SlotRanges, key_slot
 from ..net.rdb import is_module_value
 from ..net.wire import ReplyError, Wire, pack, pack_restore
-from ..rundir import ReplayCounts, ReplayLedger, ReplayShare, RunDir
+from ..rundir import ReplayCounts, ReplayLedger, ReplayShare, RunDir, RunLedger
 from ..workers import default_workers, run_workers
 from . import streams, witness
 from .segments import DUMP, STRUCT, Indices, Record, Segment, load_segment
@@ -538,7 +538,7 @@ def replay(run_dir: RunDir, topology: Topology, options: ReplayOptions,
     guard = LossGuard(ledger, writer, warn)
     try:
         if not ledger.started:
-            _refuse_nonempty_target(topology, options)
+            _refuse_nonempty_target(run_dir, topology, options)
             ledger.start(writer.target_rdb)
         elif not ledger.finished:
             guard.lost()  # resumed: did the target keep what the last run confirmed?
@@ -665,9 +665,16 @@ class LossGuard:
         return True
 
 
-def _refuse_nonempty_target(topology: Topology, options: ReplayOptions) -> None:
-    count = topology.key_count()
-    if count and not options.allow_nonempty_target:
-        raise GateRefused(f"the target {topology.endpoint.redacted} already holds {count} keys",
+def _refuse_nonempty_target(run_dir: RunDir, topology: Topology, options: ReplayOptions) -> None:
+    """An empty target, or with --slots an empty range there: the other ranges' runs share the cache."""
+    if options.allow_nonempty_target:
+        return
+    slots = RunLedger.load(run_dir).slots
+    if slots is None:
+        count, where = topology.key_count(), ""
+    else:
+        count, where = topology.keys_in(SlotRanges.parse(slots)), f" in slots {slots}"
+    if count:
+        raise GateRefused(f"the target {topology.endpoint.redacted} already holds {count} keys{where}",
                           "replay into an empty cache, or pass --allow-nonempty-target to merge "
                           "(keys with the same name are overwritten)")

@@ -23,7 +23,7 @@ from ..errors import AuthenticationFailed, BadInput, MigrateError, Unreachable
 from ..redact import redact_url, register_secret, scrub
 from . import engines
 from .iam import IamAuth, IamCache, IamCredentialProvider
-from .keyspace import SLOT_COUNT, key_slot
+from .keyspace import SLOT_COUNT, SlotRanges, key_slot
 from .rdb import rdb_version_of
 
 PROBE_KEY = b"__redis_migrate_probe__"
@@ -189,6 +189,19 @@ class Topology:
         """DBSIZE summed over the masters (not atomic on a cluster: a progress and preflight figure)."""
         with translated_errors(self.endpoint):
             return sum(self.client(node, db).dbsize() for node in self.masters)
+
+    def keys_in(self, slots: SlotRanges) -> int:
+        """How many keys of these slots the masters hold: their names SCANned (no values), counted by slot."""
+        count = 0
+        with translated_errors(self.endpoint):
+            for node in self.masters:
+                client, cursor = self.client(node), 0
+                while True:
+                    cursor, keys = client.scan(cursor, count=5000)
+                    count += len(slots.keep(keys))
+                    if not cursor:
+                        break
+        return count
 
     def other_databases(self, db: int) -> tuple[dict[int, int], list[str]]:
         """Keys per database other than `db` (INFO keyspace: a cluster shows only db0, but on Valkey 9), and the
