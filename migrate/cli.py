@@ -528,11 +528,14 @@ def cutover(env, target_url, serverless_cache, run_dir, param_prefix, max_verify
               help="With --bring-back: the serverless cache (the migration's target), the reference.")
 @click.option("--threshold", type=click.IntRange(1), default=100, show_default=True,
               help="With --bring-back: copy-back rounds go on until one finds fewer differences than this.")
+@click.option("--rollout-timeout", type=click.IntRange(0), default=900, show_default=True, metavar="SECONDS",
+              help="With --bring-back and --redeploy: how long to wait, after the flip back, for the redeploys to "
+                   "replace the tasks still on the cache before the straggler round (0: do not wait).")
 @tls_insecure_option
 @switch_options
 @handle_errors
 def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json, bring_back, source_url, target_url,
-             threshold, tls_insecure):
+             threshold, rollout_timeout, tls_insecure):
     """Put back the SSM values the cutover recorded (run dir, else the SSM labels).
 
     With --bring-back, the writes the apps made on the cache are copied back to the old Redis first (sync must
@@ -543,7 +546,7 @@ def rollback(env, run_dir, param_prefix, force, redeploy, dry_run, as_json, brin
         if not (source_url and target_url):
             raise BadInput("--bring-back needs --source (the old Redis) and --target (the serverless cache)",
                            "give both: the old Redis receives the cache's writes")
-        options = commands.BringBack(source_url, target_url, threshold, tls_insecure)
+        options = commands.BringBack(source_url, target_url, threshold, tls_insecure, rollout_timeout)
     outcome = commands.rollback(env, run_dir=run_dir, prefix=param_prefix, force=force, redeploy=redeploy,
                                 dry_run=dry_run, clients=_aws_clients(), bring_back=options, events=TERMINAL)
     _finish(outcome, as_json, render_switch)

@@ -410,6 +410,7 @@ class BringBack:
     target_url: str
     threshold: int = 100
     tls_insecure: bool = False
+    rollout_timeout_s: float = 900
 
 
 def rollback(env: str, *, run_dir: str | tuple[str, ...] | None = None, prefix: str, force: bool = False,
@@ -438,6 +439,7 @@ def _brought_back(env: str, directory: RunDir | None, prefix: str, force: bool, 
     cache = open_target(_endpoint("target", options.target_url, options.tls_insecure, events.warn))
     with _switch_lock(directory, dry_run):
         result = back.bring_back(env, run_dir=directory, old=old, cache=cache, threshold=options.threshold,
+                                 rollout_timeout_s=options.rollout_timeout_s,
                                  prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run, clients=clients)
     clean = not result["refused"] and result["bring_back"]["final_differences"] == 0
     return Outcome(result, exit_code=0 if clean or dry_run and not result["refused"] else GateRefused.exit_code)

@@ -280,6 +280,13 @@ def _bring_back_lines(back: dict) -> list[str]:
     """Rounds, stragglers, conflicts and the last compare of rollback --bring-back."""
     lines = [f"round {n}: {r['found']} differences, {r['copied']} copied, {r['deleted']} deleted ({r['seconds']}s)"
              + _quiet_check(r.get("quiet_check")) for n, r in enumerate(back["rounds"], 1)]
+    rollout = back.get("rollout")
+    if rollout:
+        lines.append(f"rollout: the redeploys replaced the tasks still on the cache in {rollout['waited_s']}s"
+                     if rollout["replaced"] else
+                     f"rollout: after {rollout['waited_s']}s tasks of earlier deployments still run "
+                     f"({', '.join(f'{name}: {n}' for name, n in rollout['still_running'].items())}); the straggler "
+                     "round ran anyway: what they write on the cache from now on is not brought back")
     if back["stragglers"]:
         s = back["stragglers"]
         lines.append(f"stragglers after the flip back: {s['found']} differences, {s['copied']} copied, "

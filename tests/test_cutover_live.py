@@ -290,8 +290,13 @@ def test_rollback_after_writes_brings_them_back(bed, ssm):
     sync = bed.start_sync()
     app1, _ = bed.start_app("app1", "--rate", 300)
     assert bed.cutover().exit_code == 0
+    ecs = own_client("ecs")
+    ecs.create_cluster(clusterName="storefront-test")
+    ecs.register_task_definition(family="web", containerDefinitions=[{"name": "web", "image": "web:1", "memory": 256}])
+    ecs.create_service(cluster="storefront-test", serviceName="web", taskDefinition="web", desiredCount=1)
+    deployment = ecs.describe_services(cluster="storefront-test", services=["web"])["services"][0]["deployments"]
     back = ["rollback", "--env", ENV, "--run-dir", bed.run_dir, "--bring-back", "--source", bed.source.url(),
-            "--target", bed.target.url(), "--json"]
+            "--target", bed.target.url(), "--redeploy", "storefront-test/web", "--json"]
     refused = spawn(*back)
     assert refused.exit_code == 2 and "kill -TERM" in refused.stderr, str(refused)
     assert bed.stop(app1) == 0
@@ -314,6 +319,8 @@ def test_rollback_after_writes_brings_them_back(bed, ssm):
     result = json.loads(out.stdout)["bring_back"]
     assert ssm_values(ssm) == ("127.0.0.1", str(bed.source.port))
     assert result["conflicts"] == 1 and result["conflict_keys"] == ["old:only"] and result["final_differences"] == 0
+    assert ecs.describe_services(cluster="storefront-test", services=["web"])["services"][0]["deployments"] != deployment
+    assert result["rollout"]["replaced"] is True   # moto shows no earlier deployment still running
     assert old.get("old:only") is not None
     old_side = {k: v for k, v in snapshot(bed.source).items() if k != b"old:only"}
     assert_same(snapshot(bed.target), old_side, ttl_tolerance_ms=0)

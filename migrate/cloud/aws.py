@@ -238,6 +238,18 @@ def parse_service(text: str) -> tuple[str, str]:
     return cluster, service
 
 
+def tasks_of_earlier_deployments(clients: Clients, cluster: str, service: str) -> int:
+    """Tasks still running from the service's deployments before the latest (the PRIMARY one): during a rolling
+    redeploy, the tasks that started before it and read the SSM parameters' values of then."""
+    with aws_errors(f"ECS service {cluster}/{service}"):
+        reply = clients.ecs.describe_services(cluster=cluster, services=[service])
+    services = reply.get("services") or []
+    if not services:
+        raise BadInput(f"ECS service {cluster}/{service} not found", _not_found_hint("ServiceNotFound"))
+    return sum(deployment.get("runningCount", 0) for deployment in services[0].get("deployments", [])
+               if deployment.get("status") != "PRIMARY")
+
+
 def force_new_deployment(clients: Clients, cluster: str, service: str) -> str:
     """Restart the service's tasks: the apps read SSM only at start-up. Returns the new deployment id."""
     with aws_errors(f"ECS service {cluster}/{service}"):

@@ -12,6 +12,8 @@ scan-based: our verify, run in reverse (the cache is the reference, the old Redi
                 on until one finds fewer than --threshold differences, or cannot get there (the apps change as
                 many keys per round: the straggler round takes them).
     flip back   cutover.py's rollback, unchanged (record, put, label, read back, redeploy).
+    rollout     with --redeploy: wait until no task of an earlier deployment runs (those tasks read the cache's
+                endpoint when they started: the late ones), up to --rollout-timeout; then the stragglers.
     stragglers  one more cache-only round, for the writes late tasks made on the cache before they were replaced,
                 written by compare-and-set against what bring-back left on the old Redis: a key a new task wrote
                 there after the flip back is kept, never overwritten.
@@ -44,6 +46,8 @@ from ..verify.stage import SourceReference, VerifyOptions, delete_keys, repair, 
 from .copyback import APPLIED, DELETED, KEPT, OldCas, Scanner
 
 DEFAULT_THRESHOLD = 100
+DEFAULT_ROLLOUT_TIMEOUT_S = 900
+ROLLOUT_POLL_S = 5
 MAX_ROUNDS = 10
 COMPARE = VerifyOptions(ttl_tolerance_ms=2000, rounds=3, round_interval=0.2, repair=True)
 
@@ -271,11 +275,28 @@ def check_old(old: Topology) -> None:
                        "migrate and bring back db 0 (the only database ElastiCache Serverless has)")
 
 
+def wait_for_rollout(clients, redeploy: tuple[str, ...], timeout_s: float, poll_s: float = ROLLOUT_POLL_S) -> dict:
+    """Until the redeployed services run no task of an earlier deployment (the late tasks, still on the cache,
+    are replaced), or `timeout_s`: the straggler round then copies what they wrote, and nothing more comes."""
+    from .aws import parse_service, tasks_of_earlier_deployments
+    services = [parse_service(text) for text in redeploy]
+    started = time.monotonic()
+    while True:
+        left = {f"{cluster}/{service}": running for cluster, service in services
+                if (running := tasks_of_earlier_deployments(clients, cluster, service))}
+        waited = round(time.monotonic() - started, 1)
+        if not left or waited >= timeout_s:
+            return {"replaced": not left, "waited_s": waited, **({"still_running": left} if left else {})}
+        time.sleep(min(poll_s, max(timeout_s - waited, 0.1)))
+
+
 def bring_back(env: str, *, run_dir: RunDir, old: Topology, cache: Topology, threshold: int = DEFAULT_THRESHOLD,
                prefix: str, force: bool = False, redeploy: tuple[str, ...] = (), dry_run: bool = False,
-               clients=None) -> dict:
+               clients=None, rollout_timeout_s: float = DEFAULT_ROLLOUT_TIMEOUT_S) -> dict:
     """Copy back in rounds, flip SSM back (cutover.py's rollback), copy back the stragglers, compare once more."""
+    from .aws import Clients
     from .cutover import rollback
+    clients = clients or Clients()
     started = time.monotonic()
     check_old(old)
     copier = CopyBack(old, cache, run_dir, dry_run=dry_run)
@@ -287,6 +308,10 @@ def bring_back(env: str, *, run_dir: RunDir, old: Topology, cache: Topology, thr
         with clock("flip_back"):
             result = rollback(env, run_dir=run_dir, prefix=prefix, force=force, redeploy=redeploy, dry_run=dry_run,
                               clients=clients)
+        rollout = None
+        if redeploy and not dry_run and not result["refused"]:
+            with clock("rollout"):
+                rollout = wait_for_rollout(clients, redeploy, rollout_timeout_s)
         with clock("stragglers"):
             stragglers = None if dry_run or result["refused"] else copier.stragglers()
         with clock("final"):
@@ -294,7 +319,7 @@ def bring_back(env: str, *, run_dir: RunDir, old: Topology, cache: Topology, thr
     finally:
         copier.close()
     result["bring_back"] = {
-        "rounds": rounds, "stragglers": stragglers,
+        "rounds": rounds, "rollout": rollout, "stragglers": stragglers,
         "brought_back": sum(r["copied"] + r["deleted"] for r in [*rounds, *([stragglers] if stragglers else [])]),
         "conflicts": len(copier.conflicts),
         "conflict_keys": [readable(key) for key in sorted(copier.conflicts)[:20]],
