@@ -319,7 +319,8 @@ def test_rollback_after_writes_brings_them_back(bed, ssm):
     result = json.loads(out.stdout)["bring_back"]
     assert ssm_values(ssm) == ("127.0.0.1", str(bed.source.port))
     assert result["conflicts"] == 1 and result["conflict_keys"] == ["old:only"] and result["final_differences"] == 0
-    assert ecs.describe_services(cluster="storefront-test", services=["web"])["services"][0]["deployments"] != deployment
+    redeployed = ecs.describe_services(cluster="storefront-test", services=["web"])["services"][0]["deployments"]
+    assert redeployed != deployment
     assert result["rollout"]["replaced"] is True   # moto shows no earlier deployment still running
     assert old.get("old:only") is not None
     old_side = {k: v for k, v in snapshot(bed.source).items() if k != b"old:only"}
