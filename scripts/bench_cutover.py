@@ -184,7 +184,7 @@ def run(args: argparse.Namespace, base: Path) -> dict:
                                 "brought_back": back.get("brought_back"), "conflicts": back.get("conflicts"),
                                 "final_differences": back.get("final_differences"), "phases": back.get("phases"),
                                 "rounds_detail": [{k: r.get(k) for k in ("scanned", "found", "candidates", "copied",
-                                                                         "compare_seconds", "seconds")}
+                                                                         "compare_seconds", "seconds", "quiet_check")}
                                                   for r in back.get("rounds", [])],
                                 "stragglers": back.get("stragglers")}
         code, out, err, took = tool("verify", "--source", source.url(), "--target", target.url(), "--json")
