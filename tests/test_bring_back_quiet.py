@@ -63,9 +63,10 @@ def test_any_write_since_the_scan_keeps_the_rounds_going(copier, serverless_targ
     assert check["quiet"] is False, check
 
 
-def test_an_expiry_is_not_a_write(copier, serverless_target):
-    cache = serverless_target.first.client()
-    cache.set("k:short", "expires before the check", px=300)
+def test_an_expiry_is_not_a_write(copier, standalone_source, serverless_target):
+    cache, expire_at = serverless_target.first.client(), int(time.time() * 1000) + 1500
+    for side in (standalone_source.client(), cache):
+        side.set("k:short", "expires before the check", pxat=expire_at)
     found = found_keys(copier)
     while cache.exists("k:short"):
         time.sleep(0.05)
