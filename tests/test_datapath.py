@@ -160,10 +160,10 @@ def test_passwords_never_appear_in_output_or_run_dir(standalone_source, serverle
 
 
 def test_kill_9_at_random_moments_then_resume_is_exact(standalone_source, serverless_target, run_dir):
-    seed_data.seed(standalone_source.client(), 40_000, seed=9, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(standalone_source.client(), 16_000, seed=9, big_keys=False, short_ttl_keys=0)
     command = [sys.executable, "-m", "migrate.cli", "run", "--source", standalone_source.url(),
-               "--target", serverless_target.url(), "--run-dir", str(run_dir), "--max-ops-per-sec", "40000",
-               "--scan-count", "500"]
+               "--target", serverless_target.url(), "--run-dir", str(run_dir), "--max-ops-per-sec", "6000",
+               "--scan-count", "500", "--segment-records", "1000"]  # 16 segments: each kill lands between two
     kills = 0
     for delay in (0.4, 0.7, 1.0, 1.3):
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -210,10 +210,10 @@ def test_soak_kills_and_cuts_on_both_sides(standalone_source, proxied_target, ru
 def test_target_restarted_mid_replay(standalone_source, restartable_target, run_dir, keeps_data):
     node = restartable_target.first
     node.flush()
-    seed_data.seed(standalone_source.client(), 32_000, seed=17, big_keys=False, short_ttl_keys=0)
-    dumped = spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir)
-    assert dumped.exit_code == 0, str(dumped)
-    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 10_000)
+    seed_data.seed(standalone_source.client(), 8000, seed=17, big_keys=False, short_ttl_keys=0)
+    dumped = spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir, "--segment-records", 1000)
+    assert dumped.exit_code == 0, str(dumped)  # eight segments: the restart comes after two, well before the end
+    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 4000)
     try:
         deadline = time.monotonic() + 60
         while len(ledger(run_dir, "replay").get("segments_done", [])) < 2:
@@ -241,9 +241,10 @@ def test_a_rerun_after_the_target_lost_its_data_does_not_go_green(standalone_sou
     """The target loses everything while no replay runs (say, between a kill and the rerun)."""
     node = restartable_target.first
     node.flush()
-    seed_data.seed(standalone_source.client(), 25_000, seed=18, big_keys=False, short_ttl_keys=0)
-    assert spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
-    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 8000)
+    seed_data.seed(standalone_source.client(), 6000, seed=18, big_keys=False, short_ttl_keys=0)
+    assert spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir,
+                 "--segment-records", 1000).exit_code == 0  # six segments: the kill comes after the first
+    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 4000)
     deadline = time.monotonic() + 60
     while not ledger(run_dir, "replay").get("segments_done") and time.monotonic() < deadline:
         time.sleep(0.02)
