@@ -162,7 +162,7 @@ def test_kill_9_leaves_no_child_and_no_lock_behind(standalone_source, serverless
     they must die with it, or they keep scanning, keep the caller's pipes open, and hold the run lock
     (their fork inherited it), so that the rerun is refused as locked."""
     import psutil
-    seed_data.seed(standalone_source.client(), 30_000, seed=33, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(standalone_source.client(), 12_000, seed=33, big_keys=False, short_ttl_keys=0)
     args = ("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir)
     process = popen(*args)
     deadline = time.monotonic() + 120
