@@ -323,12 +323,12 @@ def test_a_black_hole_is_escaped_by_socket_timeouts(standalone_source, proxied_t
     """The link forwards nothing for 4 s, mid-dump or mid-replay: only a socket timeout (1 s here, from the
     URL) gets the run out, and it reconnects and finishes exact."""
     node, target_proxy, _ = proxied_target
-    seed_data.seed(standalone_source.client(), 20_000, seed=45, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(standalone_source.client(), 10_000, seed=45, big_keys=False, short_ttl_keys=0)
     with FaultProxy(standalone_source.port, latency_ms=2, max_seconds=300) as source_proxy:
         source_url = plain_url(source_proxy.port, SOURCE_PASSWORD, socket_timeout=1)
         target_url = tls_url(target_proxy.port, TARGET_PASSWORD, certs, socket_timeout=1)
         process = popen("run", "--source", source_url, "--target", target_url, "--run-dir", run_dir,
-                        "--max-ops-per-sec", 8_000, "--scan-count", 100)
+                        "--max-ops-per-sec", 8_000, "--scan-count", 100, "--segment-records", 1000)
         started = time.monotonic()
         try:
             ready = ((lambda: ledger(run_dir, "dump").get("masters")) if side == "source"
