@@ -182,6 +182,9 @@ def dump_options(func):
     func = click.option("--batch-bytes", type=click.IntRange(64 << 10), default=4 << 20, show_default=True,
                         metavar="BYTES", help="Most value bytes (MEMORY USAGE) the source serializes per request: "
                                               "bounds how long it pauses and the memory in flight.")(func)
+    func = click.option("--segment-records", type=click.IntRange(10, 1_000_000), default=None, metavar="N",
+                        help="Keys per dump segment and checkpoint [default: 10000, or what the run dir's dump "
+                             "started with]: smaller means less read again after a kill, but more files.")(func)
     return func
 
 
@@ -235,10 +238,10 @@ def _finish(outcome: commands.Outcome, as_json: bool, render: Callable[[dict], s
         sys.exit(outcome.exit_code)
 
 
-def _selection(db, match, types, scan_count, max_payload, batch_bytes, slots=None, workers=None
+def _selection(db, match, types, scan_count, max_payload, batch_bytes, slots=None, workers=None, segment_records=None
                ) -> commands.Selection:
     return commands.Selection(db=db, match=match, types=tuple(types), scan_count=scan_count, max_payload=max_payload,
-                              batch_bytes=batch_bytes, slots=slots, workers=workers)
+                              batch_bytes=batch_bytes, slots=slots, workers=workers, segment_records=segment_records)
 
 
 def _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers=None) -> ReplayOptions:
@@ -260,11 +263,12 @@ def _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers=None) 
 @workers_option
 @json_option
 @handle_errors
-def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, mode, ignore_other_dbs,
-         allow_empty_source, skip_unsupported, tls_insecure, source_iam, slots, workers, as_json):
+def dump(source_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, segment_records, mode,
+         ignore_other_dbs, allow_empty_source, skip_unsupported, tls_insecure, source_iam, slots, workers, as_json):
     """Scan every source master and write keys with absolute expiries to durable segments."""
     outcome = commands.dump(source_url, run_dir,
-                            _selection(db, match, types, scan_count, max_payload, batch_bytes, slots, workers),
+                            _selection(db, match, types, scan_count, max_payload, batch_bytes, slots, workers,
+                                       segment_records),
                             mode=mode, checks=_source_checks(ignore_other_dbs, allow_empty_source),
                             skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
                             source_iam=source_iam)
@@ -315,15 +319,16 @@ def replay(target_url, run_dir, mode, max_ops_per_sec, allow_nonempty_target, fr
 @workers_option
 @json_option
 @handle_errors
-def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, mode,
-        max_ops_per_sec, allow_nonempty_target, redo, ignore_other_dbs, allow_empty_source, skip_unsupported,
+def run(source_url, target_url, run_dir, db, match, types, scan_count, max_payload, batch_bytes, segment_records,
+        mode, max_ops_per_sec, allow_nonempty_target, redo, ignore_other_dbs, allow_empty_source, skip_unsupported,
         tls_insecure, source_iam, target_iam, slots, workers, as_json):
     """Dump and replay at once (both cores), then verify. Rerun with the same --run-dir to resume.
 
     Stages the run dir records as done are skipped; --redo STAGE does one again.
     """
     outcome = commands.run(source_url, target_url, run_dir,
-                           _selection(db, match, types, scan_count, max_payload, batch_bytes, slots, workers),
+                           _selection(db, match, types, scan_count, max_payload, batch_bytes, slots, workers,
+                                      segment_records),
                            _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers), redo=redo,
                            checks=_source_checks(ignore_other_dbs, allow_empty_source),
                            skip_unsupported=skip_unsupported, tls_insecure=tls_insecure, events=TERMINAL,
@@ -364,8 +369,8 @@ def status(run_dir, as_json):
 @json_option
 @handle_errors
 def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db, match, types, scan_count,
-         max_payload, batch_bytes, mode, max_ops_per_sec, allow_nonempty_target, ignore_other_dbs, allow_empty_source,
-         skip_unsupported, tls_insecure, source_iam, target_iam, slots, workers, as_json):
+         max_payload, batch_bytes, segment_records, mode, max_ops_per_sec, allow_nonempty_target, ignore_other_dbs,
+         allow_empty_source, skip_unsupported, tls_insecure, source_iam, target_iam, slots, workers, as_json):
     """Copy while the apps keep writing, then follow every change until SIGTERM/SIGINT.
 
     Subscribes to keyspace events on every source primary first, bulk copies (skipped when the run dir's
@@ -378,7 +383,8 @@ def sync(source_url, target_url, run_dir, enable_notifications, max_pending, db,
     """
     live = live_sync_line if sys.stderr.isatty() and not as_json else None
     outcome = commands.sync(source_url, target_url, run_dir,
-                            _selection(db, match, types, scan_count, max_payload, batch_bytes, slots, workers),
+                            _selection(db, match, types, scan_count, max_payload, batch_bytes, slots, workers,
+                                       segment_records),
                             _replay_options(mode, max_ops_per_sec, allow_nonempty_target, workers),
                             enable_notifications=enable_notifications, max_pending=max_pending,
                             checks=_source_checks(ignore_other_dbs, allow_empty_source),

@@ -165,6 +165,7 @@ class Selection:
     batch_bytes: int = DEFAULT_BATCH_BYTES
     slots: str | None = None           # --slots A-B[,C-D]: only keys in these hash slots
     workers: int | None = None         # --workers N: masters dumped at once (None: the number of cores)
+    segment_records: int | None = None  # --segment-records N (None: the run dir's dump's own, else 10,000)
 
     def dump_options(self, source: Endpoint, mode: str = "auto", target_rdb: int | None = None) -> DumpOptions:
         if self.match is not None and (not self.match or "\0" in self.match):
@@ -172,7 +173,7 @@ class Selection:
         return DumpOptions(db=source.db if self.db is None else self.db, match=self.match, types=tuple(self.types),
                            scan_count=self.scan_count, max_payload=self.max_payload, batch_bytes=self.batch_bytes,
                            struct_all=mode == "struct", target_rdb=target_rdb, slots=slot_ranges(self.slots),
-                           workers=self.workers)
+                           workers=self.workers, segment_records=self.segment_records)
 
 
 def slot_ranges(text: str | None) -> SlotRanges | None:

@@ -7,8 +7,9 @@ Layout (0700, files 0600):
                          the databases left out on purpose (--ignore-other-dbs) and whether skipped keys
                          were accepted (--skip-unsupported), the hash slots it copies (--slots). No other options.
     plan.json            PlanLedger: `run`'s plan, recorded once (blockers, estimates)
-    dump.json            DumpLedger: the dump's options, per master its cursor, next segment number, done
-                         flag and counts; the keys skipped and why; segments superseded by a resume
+    dump.json            DumpLedger: the dump's options and records per segment, per master its cursor, next
+                         segment number, done flag and counts; the keys skipped and why; segments superseded
+                         by a resume
     replay.json          ReplayLedger: segments done, counts, key counts per segment, witness keys of the
                          latest segments, target RDB version, how often the target lost confirmed keys
     verify.json          VerifyLedger: the last verify's result and time (the cutover gate reads it)
@@ -460,6 +461,16 @@ class DumpLedger(StageLedger):
     @property
     def scanned_any(self) -> bool:
         return any(m["counts"]["scanned"] for m in self._data.get("masters", {}).values())
+
+    @property
+    def segment_records(self) -> int | None:
+        """Records per segment the dump was started with (--segment-records); None before it started, or in a
+        run dir from before the option (whose dump used the default)."""
+        return self._data.get("segment_records")
+
+    def keep_segment_records(self, records: int) -> None:
+        """Record the segment size: a resumed dump goes on with it (in memory until saved)."""
+        self._data["segment_records"] = records
 
     def restart(self, options: dict) -> None:
         """A new dump with these options (in memory until saved)."""

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from aws_helpers import invoke, own_client
-from migrate.datapath import dump as dump_module
 from snapshot import assert_same, snapshot
 
 BUCKET = "redis-archive-test"
@@ -45,9 +44,7 @@ def _dumped_once(_standalone_source, tmp_path_factory):
     pipe.execute()
     client.rpush("biglist", *[f"item-{i}" for i in range(30_000)])
     run_dir = tmp_path_factory.mktemp("archive-dumped") / "run"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dump_module, "SEGMENT_RECORDS", 100)
-        invoke("dump", "--source", _standalone_source.url(), "--run-dir", run_dir)
+    invoke("dump", "--source", _standalone_source.url(), "--run-dir", run_dir, "--segment-records", 100)
     return run_dir, snapshot(_standalone_source)
 
 

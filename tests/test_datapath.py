@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from click.testing import CliRunner
 
 import seed_data
@@ -158,10 +160,10 @@ def test_passwords_never_appear_in_output_or_run_dir(standalone_source, serverle
 
 
 def test_kill_9_at_random_moments_then_resume_is_exact(standalone_source, serverless_target, run_dir):
-    seed_data.seed(standalone_source.client(), 40_000, seed=9, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(standalone_source.client(), 16_000, seed=9, big_keys=False, short_ttl_keys=0)
     command = [sys.executable, "-m", "migrate.cli", "run", "--source", standalone_source.url(),
-               "--target", serverless_target.url(), "--run-dir", str(run_dir), "--max-ops-per-sec", "40000",
-               "--scan-count", "500"]
+               "--target", serverless_target.url(), "--run-dir", str(run_dir), "--max-ops-per-sec", "6000",
+               "--scan-count", "500", "--segment-records", "1000"]  # 16 segments: each kill lands between two
     kills = 0
     for delay in (0.4, 0.7, 1.0, 1.3):
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -340,4 +342,47 @@ def test_counts_after_a_resume_name_each_key_once(standalone_source, serverless_
     counts = run_json("status", "--run-dir", run_dir)["counts"]
     assert counts["restored"] + counts["struct_written"] == 300 == counts["scanned"], counts
     assert counts["rewritten"] == 300, counts
+    assert_same(snapshot(standalone_source), snapshot(serverless_target))
+
+
+class _Stop(Exception):
+    """Stops an in-process dump half way, as a kill would."""
+
+
+def test_segment_records_sizes_the_checkpoints_and_a_resume_keeps_it(standalone_source, serverless_target, run_dir):
+    """--segment-records N: a checkpoint about every N keys (after whole SCAN batches). A dump stopped half way
+    goes on with the size it started with; a resume asking for another size is exit 2 with a hint."""
+    from migrate.commands import open_source
+    from migrate.datapath.reader import DumpOptions
+    from migrate.datapath.segments import read_segment
+    from migrate.net.endpoints import Endpoint
+    from migrate.pipeline import dump_stage
+    from migrate.rundir import DumpLedger, RunDir
+    from reliability import assert_clean_error
+    from reliability import invoke as clean_invoke
+    seed_data.seed(standalone_source.client(), 1200, seed=19, big_keys=False, short_ttl_keys=0)
+    args = ("dump", "--source", standalone_source.url(), "--run-dir", run_dir, "--scan-count", 50)
+    assert_clean_error(clean_invoke(*args, "--segment-records", 5), 2, "--segment-records")
+    seen = [0]
+
+    def progress(*_args, **_kwargs):
+        def update(count: int) -> None:
+            seen[0] += count
+            if seen[0] > 500:
+                raise _Stop()
+        return contextlib.nullcontext(update)
+
+    directory = RunDir(run_dir, create=True)
+    with pytest.raises(_Stop):
+        dump_stage(directory, open_source(Endpoint.from_url("source", standalone_source.url()), 0),
+                   DumpOptions(scan_count=50, segment_records=100), progress)
+    half = DumpLedger.load(directory)
+    assert half.segment_records == 100 and not half.done and 0 < half.totals().scanned < 1200
+    refused = clean_invoke(*args, "--segment-records", 200)
+    assert_clean_error(refused, 2, "--segment-records 100")
+    assert invoke(*args).exit_code == 0  # no option: the size the dump started with
+    assert DumpLedger.load(RunDir(run_dir)).segment_records == 100
+    sizes = [len(read_segment(path)) for path in sorted((run_dir / "segments").glob("*.seg"))]
+    assert len(sizes) >= 8 and all(size >= 100 for size in sizes[:-1]), sizes  # the last one ends the scan
+    assert invoke("replay", "--target", serverless_target.url(), "--run-dir", run_dir).exit_code == 0
     assert_same(snapshot(standalone_source), snapshot(serverless_target))

@@ -162,7 +162,7 @@ def test_kill_9_leaves_no_child_and_no_lock_behind(standalone_source, serverless
     they must die with it, or they keep scanning, keep the caller's pipes open, and hold the run lock
     (their fork inherited it), so that the rerun is refused as locked."""
     import psutil
-    seed_data.seed(standalone_source.client(), 30_000, seed=33, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(standalone_source.client(), 12_000, seed=33, big_keys=False, short_ttl_keys=0)
     args = ("run", "--source", standalone_source.url(), "--target", serverless_target.url(), "--run-dir", run_dir)
     process = popen(*args)
     deadline = time.monotonic() + 120
@@ -210,10 +210,10 @@ def test_soak_kills_and_cuts_on_both_sides(standalone_source, proxied_target, ru
 def test_target_restarted_mid_replay(standalone_source, restartable_target, run_dir, keeps_data):
     node = restartable_target.first
     node.flush()
-    seed_data.seed(standalone_source.client(), 32_000, seed=17, big_keys=False, short_ttl_keys=0)
-    dumped = spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir)
-    assert dumped.exit_code == 0, str(dumped)
-    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 10_000)
+    seed_data.seed(standalone_source.client(), 8000, seed=17, big_keys=False, short_ttl_keys=0)
+    dumped = spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir, "--segment-records", 1000)
+    assert dumped.exit_code == 0, str(dumped)  # eight segments: the restart comes after two, well before the end
+    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 4000)
     try:
         deadline = time.monotonic() + 60
         while len(ledger(run_dir, "replay").get("segments_done", [])) < 2:
@@ -241,9 +241,10 @@ def test_a_rerun_after_the_target_lost_its_data_does_not_go_green(standalone_sou
     """The target loses everything while no replay runs (say, between a kill and the rerun)."""
     node = restartable_target.first
     node.flush()
-    seed_data.seed(standalone_source.client(), 25_000, seed=18, big_keys=False, short_ttl_keys=0)
-    assert spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir).exit_code == 0
-    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 8000)
+    seed_data.seed(standalone_source.client(), 6000, seed=18, big_keys=False, short_ttl_keys=0)
+    assert spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir,
+                 "--segment-records", 1000).exit_code == 0  # six segments: the kill comes after the first
+    process = popen("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--max-ops-per-sec", 4000)
     deadline = time.monotonic() + 60
     while not ledger(run_dir, "replay").get("segments_done") and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -322,12 +323,12 @@ def test_a_black_hole_is_escaped_by_socket_timeouts(standalone_source, proxied_t
     """The link forwards nothing for 4 s, mid-dump or mid-replay: only a socket timeout (1 s here, from the
     URL) gets the run out, and it reconnects and finishes exact."""
     node, target_proxy, _ = proxied_target
-    seed_data.seed(standalone_source.client(), 20_000, seed=45, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(standalone_source.client(), 10_000, seed=45, big_keys=False, short_ttl_keys=0)
     with FaultProxy(standalone_source.port, latency_ms=2, max_seconds=300) as source_proxy:
         source_url = plain_url(source_proxy.port, SOURCE_PASSWORD, socket_timeout=1)
         target_url = tls_url(target_proxy.port, TARGET_PASSWORD, certs, socket_timeout=1)
         process = popen("run", "--source", source_url, "--target", target_url, "--run-dir", run_dir,
-                        "--max-ops-per-sec", 8_000, "--scan-count", 100)
+                        "--max-ops-per-sec", 8_000, "--scan-count", 100, "--segment-records", 1000)
         started = time.monotonic()
         try:
             ready = ((lambda: ledger(run_dir, "dump").get("masters")) if side == "source"

@@ -70,22 +70,19 @@ def world(_standalone_source, _serverless_target, tmp_path_factory):
     client.hset("fuzz:hash", mapping={f"f{i}": f"v{i}" for i in range(1500)})
     expected = snapshot(source)
     base = tmp_path_factory.mktemp("fuzz-bases")
-    common = ("--scan-count", 25, "--max-payload", 1024)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dump_module, "SEGMENT_RECORDS", 40)  # several segments per run dir
-        outcome = invoke("dump", "--source", source.url(), "--run-dir", base / "dumped", *common)
-        assert outcome.exit_code == 0, outcome
-        _half_dump(source, base / "half", patch)
-        target.flush()
-        outcome = invoke("run", "--source", source.url(), "--target", target.url(), "--run-dir", base / "done",
-                         *common)
-        assert outcome.exit_code == 0, outcome
+    common = ("--scan-count", 25, "--max-payload", 1024, "--segment-records", 40)  # several segments per run dir
+    outcome = invoke("dump", "--source", source.url(), "--run-dir", base / "dumped", *common)
+    assert outcome.exit_code == 0, outcome
+    _half_dump(source, base / "half")
+    target.flush()
+    outcome = invoke("run", "--source", source.url(), "--target", target.url(), "--run-dir", base / "done", *common)
+    assert outcome.exit_code == 0, outcome
     target.flush()
     assert len(list((base / "dumped" / "segments").glob("*.seg"))) >= 4
     return {"source": source, "target": target, "expected": expected, "base": base, "common": common}
 
 
-def _half_dump(source, run_dir: Path, patch) -> None:
+def _half_dump(source, run_dir: Path) -> None:
     """A dump stopped after a few segments: its ledger has a cursor in the middle of the keyspace."""
     from migrate.commands import open_source
     from migrate.net.endpoints import Endpoint
@@ -102,7 +99,7 @@ def _half_dump(source, run_dir: Path, patch) -> None:
                 raise Crash()
         return contextlib.nullcontext(update)
 
-    options = dump_module.DumpOptions(scan_count=25, max_payload=1024)
+    options = dump_module.DumpOptions(scan_count=25, max_payload=1024, segment_records=40)
     endpoint = Endpoint.from_url("source", source.url())
     directory = RunDir(run_dir, create=True)
     with pytest.raises(Crash):

@@ -103,9 +103,9 @@ def test_target_login_refused_on_reconnect_is_exit_2_at_once(standalone_source, 
     target, proxy = proxied_auth_server
     old = TARGET_PASSWORD if change == "rotated" else None
     set_password(target, old)
-    seed_data.seed(standalone_source.client(), 20_000, seed=61, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(standalone_source.client(), 8000, seed=61, big_keys=False, short_ttl_keys=0)
     process = popen("run", "--source", standalone_source.url(), "--target", url(proxy.port, old),
-                    "--run-dir", run_dir, "--max-ops-per-sec", 4_000)
+                    "--run-dir", run_dir, "--max-ops-per-sec", 4_000)  # about 2 s of replay: the cut comes early in it
     try:
         wait_for(lambda: ledger(run_dir, "replay").get("started_at") and proxy.live() and target.client().dbsize())
         set_password(target, ROTATED)
@@ -120,9 +120,10 @@ def test_source_login_refused_on_reconnect_is_exit_2_at_once(proxied_auth_server
     """The same on the source side: the dump's reconnect loop does not retry a refused login."""
     source, proxy = proxied_auth_server
     set_password(source, SOURCE_PASSWORD)
-    seed_data.seed(source.client(), 30_000, seed=62, big_keys=False, short_ttl_keys=0)
+    seed_data.seed(source.client(), 6000, seed=62, big_keys=False, short_ttl_keys=0)
     proxy.set_latency(5)
-    process = popen("dump", "--source", url(proxy.port, SOURCE_PASSWORD), "--run-dir", run_dir, "--scan-count", 50)
+    process = popen("dump", "--source", url(proxy.port, SOURCE_PASSWORD), "--run-dir", run_dir, "--scan-count", 50,
+                    "--segment-records", 500)  # the first checkpoint after about 10 of 120 batches
     try:
         wait_for(lambda: any(m.get("next_seq") for m in ledger(run_dir, "dump").get("masters", {}).values()))
         set_password(source, ROTATED)

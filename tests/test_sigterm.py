@@ -56,8 +56,9 @@ def slow_source(standalone_source):
 
 def test_sigterm_mid_dump_then_rerun_is_exact(slow_source, serverless_target, run_dir):
     source, url = slow_source
-    seed_data.seed(source.client(), 20_000, seed=5, big_keys=False, short_ttl_keys=0)  # 2 segments: stopped after 1
-    terminate_when(("dump", "--source", url, "--run-dir", run_dir, "--scan-count", 100), run_dir, dumping)
+    seed_data.seed(source.client(), 6000, seed=5, big_keys=False, short_ttl_keys=0)  # 6 segments: stopped after 1
+    terminate_when(("dump", "--source", url, "--run-dir", run_dir, "--scan-count", 100, "--segment-records", 1000),
+                   run_dir, dumping)
     rerun = spawn("run", "--source", url, "--target", serverless_target.url(), "--run-dir", run_dir,
                   timeout=RUN_TIMEOUT)
     assert rerun.exit_code == 0, str(rerun)
@@ -79,8 +80,9 @@ def replaying(run_dir: Path) -> bool:
 
 
 def test_sigterm_mid_replay_then_rerun_is_exact(standalone_source, serverless_target, run_dir):
-    seed_data.seed(standalone_source.client(), 30_000, seed=7, big_keys=False, short_ttl_keys=0)
-    assert spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir, timeout=RUN_TIMEOUT).exit_code == 0
+    seed_data.seed(standalone_source.client(), 8000, seed=7, big_keys=False, short_ttl_keys=0)
+    assert spawn("dump", "--source", standalone_source.url(), "--run-dir", run_dir, "--segment-records", 1000,
+                 timeout=RUN_TIMEOUT).exit_code == 0  # eight segments
     args = ("replay", "--target", serverless_target.url(), "--run-dir", run_dir)
     terminate_when((*args, "--max-ops-per-sec", 4000), run_dir, replaying)  # throttled: stopped between segments
     rerun = spawn(*args, timeout=RUN_TIMEOUT)

@@ -160,6 +160,30 @@ def test_dump_ledger_round_trip(rd):
     assert (done.totals().scanned, done.totals().dumped, done.totals().struct_keys) == (16, 10, 5)
 
 
+def test_the_segment_size_is_the_one_the_dump_started_with(rd):
+    """--segment-records: asked for on a new dump, kept by a resume, refused when a resume asks for another;
+    a run dir from before the option holds a dump of the default size."""
+    from migrate.datapath.dump import SEGMENT_RECORDS, _segment_records
+    ledger = DumpLedger.load(rd)
+    ledger.restart(OPTIONS)
+    ledger.add_masters(["a:1"])
+    assert _segment_records(rd, ledger, None) == SEGMENT_RECORDS == 10_000
+    assert _segment_records(rd, ledger, 500) == 500  # nothing scanned yet: any size
+    ledger.keep_segment_records(500)
+    ledger.master("a:1").checkpoint(77, 1, False, DumpCounts(scanned=600, dumped=600))
+    ledger.save()
+    resumed = DumpLedger.load(rd)
+    assert resumed.segment_records == 500
+    assert _segment_records(rd, resumed, None) == _segment_records(rd, resumed, 500) == 500
+    with pytest.raises(BadInput) as refused:
+        _segment_records(rd, resumed, 2000)
+    assert "--segment-records 500" in refused.value.message and "--segment-records 500" in refused.value.hint
+    older = DumpLedger(rd, {key: value for key, value in resumed._data.items() if key != "segment_records"})
+    assert older.segment_records is None and _segment_records(rd, older, None) == 10_000
+    with pytest.raises(BadInput):
+        _segment_records(rd, older, 500)
+
+
 def test_dump_ledger_keeps_the_first_skipped_keys_only(rd):
     ledger = DumpLedger.load(rd)
     ledger.restart(OPTIONS)

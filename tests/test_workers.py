@@ -94,11 +94,11 @@ def kill_when(args, ready, seen: list) -> None:
 
 def test_kill_9_mid_dump_and_mid_replay_with_workers_then_resume_is_exact(cluster_source, serverless_target, run_dir):
     """The parent is killed while its workers write, in the dump and then in the replay; the workers die with
-    it, only the parent wrote the ledgers, and each resume is exact."""
-    seed_data.seed(cluster_source.cluster_client(), 30_000, seed=16, big_keys=False, short_ttl_keys=0)
-    dump = ("dump", "--source", cluster_source.url(), "--run-dir", run_dir, "--workers", 3)
+    it, only the parent wrote the ledgers, and each resume is exact. 500-record segments: about four per master."""
+    seed_data.seed(cluster_source.cluster_client(), 6000, seed=16, big_keys=False, short_ttl_keys=0)
+    dump = ("dump", "--source", cluster_source.url(), "--run-dir", run_dir, "--workers", 3, "--segment-records", 500)
 
-    def mid_dump() -> bool:  # a segment is durable (10,000 records, or a master's last), and not every master done
+    def mid_dump() -> bool:  # a segment is durable (500 records, or a master's last), and not every master done
         masters = dump_ledger(run_dir).get("masters", {}).values()
         written = (run_dir / "segments").is_dir() and any((run_dir / "segments").iterdir())
         return bool(masters) and written and not all(m["done"] for m in masters)
@@ -108,13 +108,13 @@ def test_kill_9_mid_dump_and_mid_replay_with_workers_then_resume_is_exact(cluste
     assert spawn(*dump, timeout=240).exit_code == 0
     segments = len(list((run_dir / "segments").iterdir()))
     replay = ("replay", "--target", serverless_target.url(), "--run-dir", run_dir, "--workers", 3)
-    kill_when((*replay, "--max-ops-per-sec", 9000),  # 3,000 keys/s per worker: about 3 s per segment
+    kill_when((*replay, "--max-ops-per-sec", 3000),  # 1,000 keys/s per worker: about 0.5 s per segment
               lambda: 1 <= len(ledger(run_dir, "replay").get("segments_done", [])) < segments, [])
     resumed = spawn(*replay, timeout=240)
     assert resumed.exit_code == 0, str(resumed)
     assert_same(snapshot(cluster_source), snapshot(serverless_target))
     status = json.loads(spawn("status", "--run-dir", run_dir, "--json").stdout)["counts"]
-    assert status["restored"] + status["struct_written"] == 30_000, status  # each key once, resumes or not
+    assert status["restored"] + status["struct_written"] == 6000, status  # each key once, resumes or not
 
 
 @pytest.fixture
@@ -195,14 +195,15 @@ def restartable_target(bed_dir, certs):
 def test_a_target_restarted_mid_replay_with_workers_ends_exact(cluster_source, restartable_target, run_dir):
     """A target node restarts (losing what it had not saved) while replay workers write: a worker sees the
     witnesses gone, and the replay writes every segment again (or stops clearly, and a rerun finishes).
-    45,000 keys make two segments per source master (10,000 records each), so the restart lands after a first
-    segment is done and before the replay ends (with one segment per master it often came after the end)."""
+    4,500 keys in 500-record segments make three segments per source master, so the restart lands after a
+    first segment is done and before the replay ends (with one segment per master it often came after the end)."""
     node = restartable_target.first
     node.flush()
-    seed_data.seed(cluster_source.cluster_client(), 45_000, seed=19, big_keys=False, short_ttl_keys=0)
-    assert spawn("dump", "--source", cluster_source.url(), "--run-dir", run_dir).exit_code == 0
+    seed_data.seed(cluster_source.cluster_client(), 4500, seed=19, big_keys=False, short_ttl_keys=0)
+    assert spawn("dump", "--source", cluster_source.url(), "--run-dir", run_dir, "--segment-records", 500,
+                 "--scan-count", 100).exit_code == 0
     replay = ("replay", "--target", restartable_target.url(), "--run-dir", run_dir, "--workers", 3)
-    process = popen(*replay, "--max-ops-per-sec", 9000)
+    process = popen(*replay, "--max-ops-per-sec", 3000)  # 1,000 keys/s per worker: about 0.5 s per segment
     try:
         deadline = time.monotonic() + 60
         while not ledger(run_dir, "replay").get("segments_done"):

@@ -24,7 +24,7 @@ from .reader import DumpOptions, KeyReader, text_of
 from .segments import Record, SegmentWriter, seal
 from .store import list_segments, segment_id, segment_path, write_segment
 
-SEGMENT_RECORDS = 10_000
+SEGMENT_RECORDS = 10_000  # the default of --segment-records: a checkpoint about every 10,000 keys
 SEGMENT_BYTES = 16 << 20
 RECONNECT_SECONDS = 120
 
@@ -43,6 +43,7 @@ class MasterDumper:
         self.reader = KeyReader(*self._connect(), topology, options)
         self.writer = SegmentWriter()
         self.pending = DumpCounts()
+        self.segment_records = ledger.segment_records or SEGMENT_RECORDS
         # A segment written just before a crash may not be in the ledger yet; never reuse its number:
         # segments are immutable, and replay may already have applied it. Its keys are read again from the
         # checkpointed cursor, so the ledger marks it superseded: replay's counts leave it out.
@@ -125,7 +126,7 @@ class MasterDumper:
         self.reader.finish(keys, sent, self.pending, self)
         progress(len(keys))
         finished = cursor == 0
-        if finished or self._flushed_early or self.writer.count >= SEGMENT_RECORDS:
+        if finished or self._flushed_early or self.writer.count >= self.segment_records:
             self._commit(self.pending, cursor, finished)
             self.pending = DumpCounts()
 
@@ -235,8 +236,23 @@ def open_ledger(run_dir: RunDir, topology: Topology, options: DumpOptions) -> Du
             raise BadInput(f"run directory {run_dir.path} holds a dump made with other options ({ledger.options})",
                            "rerun with the same --db/--match/--type/--mode, or use a new --run-dir")
         ledger.restart(options.fingerprint())
+    ledger.keep_segment_records(_segment_records(run_dir, ledger, options.segment_records))
     ledger.add_masters([node.name for node in topology.masters])
     return ledger
+
+
+def _segment_records(run_dir: RunDir, ledger: DumpLedger, asked: int | None) -> int:
+    """The segment size of this dump: the one it started with (a run dir from before --segment-records used
+    the default), or the one asked for when nothing is scanned yet. A resume with another size is refused:
+    the run dir keeps one size, so its segment count and checkpoints read the same whatever resumed it."""
+    recorded = ledger.segment_records or (SEGMENT_RECORDS if ledger.scanned_any else None)
+    if not ledger.scanned_any or recorded is None:
+        return asked or recorded or SEGMENT_RECORDS
+    if asked is not None and asked != recorded:
+        raise BadInput(f"run directory {run_dir.path} holds a dump started with --segment-records {recorded}, "
+                       f"not {asked}", f"rerun with --segment-records {recorded} (or without the option), "
+                                       "or use a new --run-dir")
+    return recorded
 
 
 def dump(run_dir: RunDir, topology: Topology, options: DumpOptions, progress: Callable[[int], None] = lambda n: None

@@ -179,6 +179,7 @@ class DumpOptions:
     target_rdb: int | None = None     # payloads newer than this are read as struct records
     slots: SlotRanges | None = None   # --slots: only keys in these hash slots (None: all)
     workers: int | None = None        # --workers: masters dumped at once, a process each (None: one per core)
+    segment_records: int | None = None  # --segment-records: records per segment (None: the dump's own, or the default)
 
     def fingerprint(self) -> dict:
         """What a resumed dump must agree on: the same db and the same key selection."""
