@@ -124,19 +124,14 @@ class BucketSpill:
         """`count` entries drawn at random (all of them if there are fewer)."""
         return self.at(sorted(rng.sample(range(len(self.folds)), min(count, len(self.folds)))))
 
-    def names(self, horizon_ms: int) -> tuple[int, int, set[int]]:
-        """The name hashes of the keys that still exist at `horizon_ms`, as a count and a sum (a fingerprint of
-        the set of names, whatever the order), and the hashes of the keys whose expiry falls before."""
-        count = total = 0
+    def names(self, horizon_ms: int) -> tuple[int, int]:
+        """How many distinct keys (by name hash) outlive `horizon_ms`, and how many others expire before it."""
+        alive: set[int] = set()
         expiring: set[int] = set()
         for entries, _ in self.parts:
             for name_hash, expire_at in NAME_HASHES_AND_EXPIRIES.iter_unpack(entries):
-                if expire_at == -1 or expire_at > horizon_ms:
-                    count += 1
-                    total += name_hash
-                else:
-                    expiring.add(name_hash)
-        return count, total, expiring
+                (alive if expire_at == -1 or expire_at > horizon_ms else expiring).add(name_hash)
+        return len(alive), len(expiring - alive)
 
     def known(self, keys: set[bytes]) -> dict[bytes, Known]:
         """The entries of these keys (the last one where a key has two), found by name hash first."""
