@@ -245,9 +245,9 @@ def _segment_records(run_dir: RunDir, ledger: DumpLedger, asked: int | None) -> 
     """The segment size of this dump: the one it started with (a run dir from before --segment-records used
     the default), or the one asked for when nothing is scanned yet. A resume with another size is refused:
     the run dir keeps one size, so its segment count and checkpoints read the same whatever resumed it."""
-    recorded = ledger.segment_records or (SEGMENT_RECORDS if ledger.scanned_any else None)
-    if not ledger.scanned_any or recorded is None:
-        return asked or recorded or SEGMENT_RECORDS
+    if not ledger.scanned_any:
+        return asked or ledger.segment_records or SEGMENT_RECORDS
+    recorded = ledger.segment_records or SEGMENT_RECORDS
     if asked is not None and asked != recorded:
         raise BadInput(f"run directory {run_dir.path} holds a dump started with --segment-records {recorded}, "
                        f"not {asked}", f"rerun with --segment-records {recorded} (or without the option), "
