@@ -89,3 +89,32 @@ def ledger(run_dir: Path, name: str) -> dict:
         return json.loads((run_dir / f"{name}.json").read_text())
     except (FileNotFoundError, ValueError):
         return {}
+
+
+class Stopped(Exception):
+    """Stops an in-process dump half way, as a kill would."""
+
+
+def half_dump(source_url: str, run_dir: Path, options, after: int) -> None:
+    """A dump (pipeline.dump_stage, in this process) stopped once `after` keys went by: its ledger holds a
+    cursor in the middle of the keyspace and the segments written so far."""
+    import contextlib
+
+    import pytest
+
+    from migrate.commands import open_source
+    from migrate.net.endpoints import Endpoint
+    from migrate.pipeline import dump_stage
+    from migrate.rundir import RunDir
+    seen = [0]
+
+    def progress(*_args, **_kwargs):
+        def update(count: int) -> None:
+            seen[0] += count
+            if seen[0] > after:
+                raise Stopped()
+        return contextlib.nullcontext(update)
+
+    with pytest.raises(Stopped):
+        dump_stage(RunDir(run_dir, create=True), open_source(Endpoint.from_url("source", source_url), 0), options,
+                   progress)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -10,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from click.testing import CliRunner
 
 import seed_data
@@ -345,37 +343,19 @@ def test_counts_after_a_resume_name_each_key_once(standalone_source, serverless_
     assert_same(snapshot(standalone_source), snapshot(serverless_target))
 
 
-class _Stop(Exception):
-    """Stops an in-process dump half way, as a kill would."""
-
-
 def test_segment_records_sizes_the_checkpoints_and_a_resume_keeps_it(standalone_source, serverless_target, run_dir):
     """--segment-records N: a checkpoint about every N keys (after whole SCAN batches). A dump stopped half way
     goes on with the size it started with; a resume asking for another size is exit 2 with a hint."""
-    from migrate.commands import open_source
     from migrate.datapath.reader import DumpOptions
     from migrate.datapath.segments import read_segment
-    from migrate.net.endpoints import Endpoint
-    from migrate.pipeline import dump_stage
     from migrate.rundir import DumpLedger, RunDir
-    from reliability import assert_clean_error
+    from reliability import assert_clean_error, half_dump
     from reliability import invoke as clean_invoke
     seed_data.seed(standalone_source.client(), 1200, seed=19, big_keys=False, short_ttl_keys=0)
     args = ("dump", "--source", standalone_source.url(), "--run-dir", run_dir, "--scan-count", 50)
     assert_clean_error(clean_invoke(*args, "--segment-records", 5), 2, "--segment-records")
-    seen = [0]
-
-    def progress(*_args, **_kwargs):
-        def update(count: int) -> None:
-            seen[0] += count
-            if seen[0] > 500:
-                raise _Stop()
-        return contextlib.nullcontext(update)
-
-    directory = RunDir(run_dir, create=True)
-    with pytest.raises(_Stop):
-        dump_stage(directory, open_source(Endpoint.from_url("source", standalone_source.url()), 0),
-                   DumpOptions(scan_count=50, segment_records=100), progress)
+    half_dump(standalone_source.url(), run_dir, DumpOptions(scan_count=50, segment_records=100), after=500)
+    directory = RunDir(run_dir)
     half = DumpLedger.load(directory)
     assert half.segment_records == 100 and not half.done and 0 < half.totals().scanned < 1200
     refused = clean_invoke(*args, "--segment-records", 200)

@@ -42,8 +42,8 @@ from migrate.datapath.segments import (
     read_segment,
 )
 from migrate.errors import BadInput
-from migrate.rundir import CHECKSUM_FIELD
-from reliability import invoke
+from migrate.rundir import CHECKSUM_FIELD, RunDir
+from reliability import half_dump, invoke
 from snapshot import assert_same, snapshot
 
 # 60 fixed (derandomized) examples per CLI-level test keep the file under a minute; FUZZ_EXAMPLES=400
@@ -52,10 +52,6 @@ HUNT = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=HUNT or 60, deadline=None, derandomize=not HUNT, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
-
-
-class Crash(Exception):
-    """Stops a dump half way, as a kill would."""
 
 
 @pytest.fixture(scope="module")
@@ -84,26 +80,9 @@ def world(_standalone_source, _serverless_target, tmp_path_factory):
 
 def _half_dump(source, run_dir: Path) -> None:
     """A dump stopped after a few segments: its ledger has a cursor in the middle of the keyspace."""
-    from migrate.commands import open_source
-    from migrate.net.endpoints import Endpoint
-    from migrate.pipeline import dump_stage
-    from migrate.rundir import RunDir
-    seen = [0]
-
-    def progress(*_args, **_kwargs):
-        import contextlib
-
-        def update(count: int) -> None:
-            seen[0] += count
-            if seen[0] > 150:
-                raise Crash()
-        return contextlib.nullcontext(update)
-
-    options = dump_module.DumpOptions(scan_count=25, max_payload=1024, segment_records=40)
-    endpoint = Endpoint.from_url("source", source.url())
-    directory = RunDir(run_dir, create=True)
-    with pytest.raises(Crash):
-        dump_stage(directory, open_source(endpoint, 0), options, progress)
+    half_dump(source.url(), run_dir, dump_module.DumpOptions(scan_count=25, max_payload=1024, segment_records=40),
+              after=150)
+    directory = RunDir(run_dir)
     ledger = directory.read("dump")
     assert ledger and not ledger.get("finished_at")
     assert any(m["cursor"] for m in ledger["masters"].values())
