@@ -65,7 +65,7 @@ def _from_the_round(prefixes: list[Path], found: list[bytes], threshold: int, rn
         per_bucket = -(-CONFIDENCE * len(spill.folds) // max(threshold, 1))
         entries.update(spill.sample(rng, per_bucket))
         entries.update(spill.known(by_bucket[number]) if by_bucket[number] else {})
-        bucket_alive, bucket_expiring = spill.names(horizon_ms)
+        bucket_alive, bucket_expiring = spill.distinct_keys(horizon_ms)
         alive, expiring = alive + bucket_alive, expiring + bucket_expiring
     return entries, alive, expiring
 

@@ -124,7 +124,7 @@ class BucketSpill:
         """`count` entries drawn at random (all of them if there are fewer)."""
         return self.at(sorted(rng.sample(range(len(self.folds)), min(count, len(self.folds)))))
 
-    def names(self, horizon_ms: int) -> tuple[int, int]:
+    def distinct_keys(self, horizon_ms: int) -> tuple[int, int]:
         """How many distinct keys (by name hash) outlive `horizon_ms`, and how many others expire before it."""
         alive: set[int] = set()
         expiring: set[int] = set()
@@ -157,8 +157,8 @@ def join(old: BucketSpill, overlay: dict[bytes, Known | None], cache: BucketSpil
     new_on_cache = {key for key, _ in cache.at(_missing(cache.folds, in_old))}
     found.update((key, overlay[key]) for key in new_on_cache if key in overlay)
     unresolved = {key for key in new_on_cache if key not in overlay and key not in found}
-    found.update(dict.fromkeys(unresolved))
-    found.update(old.known(unresolved) if unresolved else {})  # rare: its old entry also matched a cache entry
+    found.update(dict.fromkeys(unresolved))  # new keys, most likely; an old entry that also matched a cache entry
+    found.update(old.known(unresolved) if unresolved else {})  # (a key SCAN returned twice, changed) is rare
     found.update((key, known) for key, known in overlay.items() if known is None or known[0] not in in_cache)
     return found
 
