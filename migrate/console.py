@@ -304,7 +304,7 @@ def _quiet_check(check: dict | None) -> str:
     if not check:
         return ""
     if check["quiet"]:
-        return f"; the cache is quiet since ({check['sampled']} keys sampled, names unchanged): no more rounds"
+        return f"; the cache is quiet since ({check['sampled']} keys sampled, key count unchanged): no more rounds"
     return f"; the apps still write on the cache ({check['changed']} changed): another round"
 
 

@@ -62,7 +62,7 @@ def _from_the_round(prefixes: list[Path], found: list[bytes], threshold: int, rn
     alive = expiring = 0
     for number in range(BUCKETS):
         spill = BucketSpill(prefixes, number)
-        per_bucket = -(-CONFIDENCE * len(spill.folds) // max(threshold, 1))
+        per_bucket = -(-CONFIDENCE * len(spill) // max(threshold, 1))
         entries.update(spill.sample(rng, per_bucket))
         entries.update(spill.known(by_bucket[number]) if by_bucket[number] else {})
         bucket_alive, bucket_expiring = spill.distinct_keys(horizon_ms)

@@ -195,6 +195,8 @@ class Topology:
         count = 0
         with translated_errors(self.endpoint):
             for node in self.masters:
+                if self.is_cluster and not slots.intersects(node.slots):
+                    continue  # none of these slots there: not read at all, as the dump does
                 client, cursor = self.client(node), 0
                 while True:
                     cursor, keys = client.scan(cursor, count=5000)

@@ -106,6 +106,9 @@ class BucketSpill:
         self.parts = [(_read(bucket_path(prefix, bucket)), _read(names_path(prefix, bucket))) for prefix in prefixes]
         self.firsts = list(accumulate((len(entries) // ENTRY.size for entries, _ in self.parts), initial=0))
 
+    def __len__(self) -> int:
+        return self.firsts[-1]
+
     @cached_property
     def folds(self) -> list[bytes]:
         return [fold for entries, _ in self.parts for (fold,) in FOLDS.iter_unpack(entries)]
@@ -122,7 +125,7 @@ class BucketSpill:
 
     def sample(self, rng, count: int) -> Iterator[tuple[bytes, Known]]:
         """`count` entries drawn at random (all of them if there are fewer)."""
-        return self.at(sorted(rng.sample(range(len(self.folds)), min(count, len(self.folds)))))
+        return self.at(sorted(rng.sample(range(len(self)), min(count, len(self)))))
 
     def distinct_keys(self, horizon_ms: int) -> tuple[int, int]:
         """How many distinct keys (by name hash) outlive `horizon_ms`, and how many others expire before it."""
