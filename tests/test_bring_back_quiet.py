@@ -35,7 +35,7 @@ def copier(standalone_source, serverless_target, run_dir):
 
 
 def found_keys(copier: CopyBack) -> list[bytes]:
-    differences, _, _ = copier.compare()
+    differences, _ = copier.compare()
     assert len(differences) == 300
     return [difference.key for difference in differences]
 

@@ -41,8 +41,7 @@ from ..sync.baseline import Baseline
 from ..sync.protocol import ConflictLog
 from ..verify.compare import Difference
 from ..verify.readers import SideReader
-from ..verify.spill import Known
-from ..verify.stage import SourceReference, VerifyOptions, delete_keys, repair, settle
+from ..verify.stage import SourceReference, VerifyOptions, delete_keys, judged, repair, settle
 from .copyback import APPLIED, DELETED, KEPT, OldCas, Scanner
 
 DEFAULT_THRESHOLD = 100
@@ -70,18 +69,12 @@ class CopyBack:
             tolerance = COMPARE.ttl_tolerance_ms
             self.scanner = Scanner(self.old, self.cache, self.run_dir, max(tolerance, 1), tolerance)
 
-    def compare(self) -> tuple[list[Difference], dict[bytes, Known | None], dict]:
-        """The keys that differ (settled over a few re-reads), the old side's known folds, the scan's counts."""
+    def compare(self) -> tuple[list[Difference], dict]:
+        """The keys that differ and the scan's counts. The candidates are read once, not
+        settled: a round copies what differs as it reads, and a key that moves meanwhile is the next round's."""
         expected, counts = self.scanner.candidates()
         pairs = self.scanner.differing(self.scanner.read(list(expected))) if expected else {}
-        if not pairs:
-            return [], expected, counts
-        reference, old_reader = SourceReference(self.cache, 0), SideReader(self.old)
-        try:
-            return settle(reference, old_reader, pairs, COMPARE).differences, expected, counts
-        finally:
-            reference.close()
-            old_reader.close()
+        return judged(pairs, COMPARE.ttl_tolerance_ms), counts
 
     def _ours(self, keys: list[bytes]) -> set[bytes]:
         """Of these keys (gone from the cache), those sync put on the cache or bring-back on the old Redis."""
@@ -93,7 +86,7 @@ class CopyBack:
         `go_on(found keys, seconds)`: whether another round follows; if so its scan starts before this round
         copies."""
         started = time.monotonic()
-        differences, _, counts = self.compare()
+        differences, counts = self.compare()
         compared = round(time.monotonic() - started, 2)
         more = not self.dry_run and go_on([d.key for d in differences if d.key not in self.conflicts], compared)
         if more:

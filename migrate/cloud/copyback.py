@@ -33,8 +33,10 @@ from ..verify.fullscan import ScanJob, SideScans
 from ..verify.readers import Detail, DigestReader, SideReader, View
 from ..verify.spill import BUCKETS, BucketSpill, Known, bucket_of, fold_view, join, remove
 from ..verify.stage import SourceReference
+from ..workers import run_workers
 
 ATTEMPTS = 5
+JOINERS = 2
 APPLIED, DELETED, KEPT, UNCHANGED = "applied", "deleted", "kept", "unchanged"
 
 
@@ -48,9 +50,18 @@ class OldState:
     def know(self, key: bytes, known: Known | None) -> None:
         self.overlay[bucket_of(key_slot(key))][key] = known
 
-    def differing(self, number: int, cache_prefixes: list[Path]) -> dict[bytes, Known | None]:
-        """One bucket's keys that differ between the cache's spill and this state, with their known old state."""
-        return join(BucketSpill(self.prefixes, number), self.overlay[number], BucketSpill(cache_prefixes, number))
+    def differing(self, cache_prefixes: list[Path]) -> dict[bytes, Known | None]:
+        """The keys that differ between the cache's spill and this state, with their known old state. The buckets'
+        joins are Python work, split between JOINERS processes (the scans are over: the cores are free)."""
+        found: dict[bytes, Known | None] = {}
+
+        def work(first: int, send) -> None:
+            for number in range(first, BUCKETS, JOINERS):
+                send(join(BucketSpill(self.prefixes, number), self.overlay[number],
+                          BucketSpill(cache_prefixes, number)))
+
+        run_workers(range(JOINERS), work, found.update, JOINERS, name="bring-back-join")
+        return found
 
 
 class Scanner:
@@ -110,9 +121,7 @@ class Scanner:
             self.state = OldState(old_prefixes)
         remove(self.last_cache)
         self.last_cache = cache_prefixes
-        found: dict[bytes, Known | None] = {}
-        for number in range(BUCKETS):
-            found.update(self.state.differing(number, cache_prefixes))
+        found = self.state.differing(cache_prefixes)
         counts = {side: sum(r.keys for r in done[side]) for side in done}
         return found, {"scanned": "both" if both else "cache", "keys": counts, "candidates": len(found)}
 

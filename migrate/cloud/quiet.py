@@ -8,11 +8,13 @@ any write since the round's scan at a small part of that cost:
              HOT_KEYS) and 3 x keys / threshold keys drawn at random are read again and folded: one that
              differs from its fold in the round's scan is a write. If `threshold` keys or more had changed,
              uniformly, a sample that size misses them all with a chance of e^-3 (5%).
-    count    DBSIZE against the distinct keys the round's scan saw: a created or deleted key is a write.
-             Keys that expire within a minute may be counted or not (expiry is not a write: the old Redis
-             expires them too), so the count may lie anywhere between the keys that outlive that minute and
-             all of them. A creation and a deletion at once, or one hidden among those expiring keys, are left
-             to the value sample. (A SCAN of every name would see them too, at twice the whole check's cost.)
+    count    DBSIZE against the keys the round's scan saw: a created or deleted key is a write. Equal to
+             the scan's entries (its files' sizes) is the common case. Otherwise the distinct keys are counted:
+             SCAN may return a key twice, and keys that expire within a minute may be counted or not (expiry is
+             not a write: the old Redis expires them too), so the count may lie anywhere between the keys that
+             outlive that minute and all of them. A creation and a deletion at once, one hidden among those
+             expiring keys or behind a key SCAN returned twice, are left to the value sample. (A SCAN of every
+             name would see them too, at twice the whole check's cost.)
 
 Quiet means the rounds end (the next one would find fewer than the threshold). Whatever a sample misses is
 still brought back: the straggler round after the flip back scans the whole cache, and the last compare
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from ..net.keyspace import key_slot
 from ..verify.compare import now_ms
-from ..verify.spill import BUCKETS, BucketSpill, Known, bucket_of, fold_view
+from ..verify.spill import BUCKETS, BucketSpill, Known, bucket_of, entry_count, fold_view
 from ..verify.stage import SourceReference
 from .copyback import Scanner, unchanged
 
@@ -38,36 +40,45 @@ EXPIRY_MARGIN_MS = 60_000  # a key that expires about when the check scans may o
 def cache_is_quiet(scanner: Scanner, found: list[bytes], threshold: int, rng: random.Random | None = None) -> dict:
     """{"quiet": bool, "sampled": n, "changed": what showed a write (none when quiet)}."""
     rng = rng or random.Random()
-    scanned, alive, expiring = _from_the_round(scanner.last_cache, found, threshold, rng,
-                                               now_ms() + EXPIRY_MARGIN_MS)
+    scanned = _sample_of_the_round(scanner.last_cache, found, threshold, rng)
     changed = _changed_values(scanner, scanned)
     if changed:
         return {"quiet": False, "sampled": len(scanned), "changed": f"{changed} of the sampled keys"}
     keys_now = scanner.cache.key_count()
-    if not alive <= keys_now <= alive + expiring:
+    seen = _keys_seen(scanner.last_cache, keys_now, now_ms() + EXPIRY_MARGIN_MS)
+    if seen is not None:
         return {"quiet": False, "sampled": len(scanned),
-                "changed": f"the key count ({keys_now:,} now, {alive:,} in the round's scan)"}
+                "changed": f"the key count ({keys_now:,} now, {seen:,} in the round's scan)"}
     return {"quiet": True, "sampled": len(scanned), "changed": None}
 
 
-def _from_the_round(prefixes: list[Path], found: list[bytes], threshold: int, rng: random.Random,
-                    horizon_ms: int) -> tuple[dict[bytes, Known], int, int]:
-    """From the round's scan of the cache: the sampled keys' folds as it read them (the hot keys, then random
-    ones), and how many distinct keys it saw that outlive `horizon_ms`, and that expire before."""
+def _sample_of_the_round(prefixes: list[Path], found: list[bytes], threshold: int,
+                         rng: random.Random) -> dict[bytes, Known]:
+    """The sampled keys' folds as the round's scan of the cache read them: the hot keys, then random ones."""
     hot = set(rng.sample(found, HOT_KEYS) if len(found) > HOT_KEYS else found)
     by_bucket: list[set[bytes]] = [set() for _ in range(BUCKETS)]
     for key in hot:
         by_bucket[bucket_of(key_slot(key))].add(key)
     entries: dict[bytes, Known] = {}
-    alive = expiring = 0
     for number in range(BUCKETS):
         spill = BucketSpill(prefixes, number)
         per_bucket = -(-CONFIDENCE * len(spill) // max(threshold, 1))
         entries.update(spill.sample(rng, per_bucket))
         entries.update(spill.known(by_bucket[number]) if by_bucket[number] else {})
-        bucket_alive, bucket_expiring = spill.distinct_keys(horizon_ms)
+    return entries
+
+
+def _keys_seen(prefixes: list[Path], keys_now: int, horizon_ms: int) -> int | None:
+    """None when `keys_now` fits what the round's scan saw: as many keys as it has entries (the common case, read
+    from the files' sizes), or else between the distinct keys that outlive `horizon_ms` and all of them (a key
+    SCAN returned twice, keys expiring meanwhile). Otherwise the distinct keys it saw."""
+    if keys_now == entry_count(prefixes):
+        return None
+    alive = expiring = 0
+    for number in range(BUCKETS):
+        bucket_alive, bucket_expiring = BucketSpill(prefixes, number).distinct_keys(horizon_ms)
         alive, expiring = alive + bucket_alive, expiring + bucket_expiring
-    return entries, alive, expiring
+    return None if alive <= keys_now <= alive + expiring else alive
 
 
 def _changed_values(scanner: Scanner, scanned: dict[bytes, Known]) -> int:

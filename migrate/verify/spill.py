@@ -144,6 +144,12 @@ class BucketSpill:
         return {key: known for key, known in self.at(maybe) if key in keys}
 
 
+def entry_count(prefixes: list[str | Path]) -> int:
+    """How many entries a side's spill holds (keys SCAN returned, a key returned twice counted twice)."""
+    return sum(path.stat().st_size // ENTRY.size for prefix in prefixes for bucket in range(BUCKETS)
+               if (path := bucket_path(prefix, bucket)).exists())
+
+
 def _read(path: Path) -> bytes:
     return path.read_bytes() if path.exists() else b""
 
@@ -186,4 +192,5 @@ def remove(prefixes: list[str | Path]) -> None:
             names_path(prefix, bucket).unlink(missing_ok=True)
 
 
-__all__ = ["BUCKETS", "BucketSpill", "Known", "SpillWriter", "bucket_of", "fold_view", "join", "remove"]
+__all__ = ["BUCKETS", "BucketSpill", "Known", "SpillWriter", "bucket_of", "entry_count", "fold_view", "join",
+           "remove"]

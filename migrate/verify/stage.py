@@ -199,6 +199,15 @@ def settle(reference: Reference, target: SideReader, candidates: dict[bytes, tup
     return finish_settling(settled, pending)
 
 
+def judged(pairs: dict[bytes, tuple[View, View]], tolerance_ms: int) -> list[Difference]:
+    """The differences of keys read once, as `settle` would report them, without its re-reads: for a caller that
+    acts on each difference at once (bring-back's rounds copy what differs now; the next round sees what moved)."""
+    settled = Settled([])
+    views = {key: pair[0] for key, pair in pairs.items()}, {key: pair[1] for key, pair in pairs.items()}
+    settle_round(pairs, *views, now_ms(), tolerance_ms, settled)
+    return finish_settling(settled, {}).differences
+
+
 def settle_round(pending: dict[bytes, tuple[View, View]], ref: dict[bytes, View], tgt: dict[bytes, View],
                  now: int, tolerance: int, settled: Settled) -> dict[bytes, tuple[View, View]]:
     """One round's judgement of the keys read again (ref, tgt) against their previous reads (pending):
