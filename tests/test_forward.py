@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import testbed
 from migrate.net.endpoints import Endpoint, discover
 from migrate.rundir import RunDir
 from migrate.sync.baseline import Baseline, digest
@@ -135,3 +136,25 @@ def test_the_baseline_of_the_cache_is_made_on_the_server_as_in_python(sides):
     for key in (b"ttl", b"hash"):
         assert forwarder.baseline.get(key) == (True, digest(cache.dump(key), cache.pexpiretime(key)))
     assert forwarder.baseline.get(b"plain") == (True, b"recorded by sync")
+
+
+def test_the_baseline_of_a_cache_that_refuses_scripts_is_made_from_dump(certs, tmp_path, run_dir):
+    """Where EVAL is refused, the same digests come from DUMP + PEXPIRETIME, over several SCAN batches: every key
+    recorded once, with the digest baseline.digest makes."""
+    from migrate.sync.forward import baseline_from_target
+    node = testbed.start_serverless_like(tmp_path / "scriptless", certs, password="pw",
+                                         extra=("--rename-command", "EVAL", "", "--rename-command", "EVALSHA", ""))
+    try:
+        cache = node.first.client()
+        with cache.pipeline(transaction=False) as pipe:
+            for index in range(5000):
+                pipe.set(b"k:%d" % index, b"v%d" % index, px=600_000 if index % 3 == 0 else None)
+            pipe.execute()
+        rd = RunDir(run_dir, create=True)
+        assert baseline_from_target(rd, discover(Endpoint.from_url("target", node.url()))) == 5000
+        with Baseline(rd) as baseline:
+            assert len(baseline) == 5000
+            for key in (b"k:0", b"k:1", b"k:4999"):
+                assert baseline.get(key) == (True, digest(cache.dump(key), cache.pexpiretime(key)))
+    finally:
+        node.stop()

@@ -25,6 +25,8 @@ import hashlib
 import struct
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import RuntimeFailure
@@ -300,56 +302,75 @@ FILL_FLUSH_ROWS = 20_000
 def baseline_from_target(run_dir: RunDir, target: Topology, name: str = "baseline", fresh: bool = False) -> int:
     """Record the cache's own state of every key the baseline does not know (the bulk copy's keys, if sync did not
     record them). Before the flip no app writes there, so each key on the cache is one sync wrote. Keys sync
-    records meanwhile keep sync's row. Runs before the fence: a scan of the cache; each unknown key's digest is
-    made on the server by a one-key script (pipelined; DUMP + PEXPIRETIME where scripts are refused)."""
-    added = 0
-    with Baseline(run_dir, name, fresh) as baseline, translated_errors(target.endpoint):
+    records meanwhile keep sync's row (the rows are inserted only where none is). Runs before the fence: a scan of
+    the cache, each key's digest made on the server by a one-key script (DUMP + PEXPIRETIME where scripts are
+    refused), one round trip per batch with the next SCAN; a second thread writes the rows meanwhile, so that the
+    server's digests and sqlite's inserts overlap."""
+    added, rows = 0, []
+    with Baseline(run_dir, name, fresh) as baseline, translated_errors(target.endpoint), \
+            ThreadPoolExecutor(1, thread_name_prefix="baseline-rows") as inserter:
+        inserting: Future | None = None
         for node in target.masters:
             wire = Wire(target.endpoint, node.host, node.port)
             try:
-                added += _fill_from_node(wire, baseline)
+                for batch in _digested(wire):
+                    rows += batch
+                    if len(rows) >= FILL_FLUSH_ROWS:
+                        added += inserting.result() if inserting else 0
+                        inserting, rows = inserter.submit(baseline.record_missing, rows), []
             finally:
                 wire.close()
-    return added
+        added += inserting.result() if inserting else 0
+        return added + (baseline.record_missing(rows) if rows else 0)
 
 
-def _fill_from_node(wire: Wire, baseline: Baseline) -> int:
-    added, rows, scripted, cursor = 0, [], True, b"0"
+def _digested(wire: Wire) -> Iterator[list[tuple[bytes, bytes]]]:
+    """(key, digest) of every key of one node, a SCAN batch at a time (keys gone meanwhile left out)."""
+    scripted, (cursor, keys) = True, wire.call(b"SCAN", b"0", b"COUNT", FILL_SCAN_COUNT)
     while True:
-        cursor, keys = wire.call(b"SCAN", cursor, b"COUNT", FILL_SCAN_COUNT)
-        unknown = baseline.unknown(keys) if keys else []
-        if unknown and scripted:
-            found = _digests_by_script(wire, unknown)
-            scripted = found is not None
-        if unknown and not scripted:
-            found = _digests_by_dump(wire, unknown)
-        if unknown:
-            rows += [(key, value) for key, value in zip(unknown, found) if value is not None]
-        if len(rows) >= FILL_FLUSH_ROWS or cursor == b"0":
-            added += baseline.record_missing(rows)
-            rows = []
-        if cursor == b"0":
-            return added
+        scan = pack(b"SCAN", cursor, b"COUNT", FILL_SCAN_COUNT) if cursor != b"0" else b""
+        if not keys and not scan:
+            return
+        found, scripted, following = _digests(wire, keys, scripted, scan)
+        yield [(key, value) for key, value in zip(keys, found) if value is not None]
+        if following is None:
+            return
+        cursor, keys = following
 
 
-def _digests_by_script(wire: Wire, keys: list[bytes]) -> list | None:
-    """Digests made on the server; None where scripts are refused (then DUMP + PEXPIRETIME)."""
-    wire.send(b"".join(pack(b"EVALSHA", DIGEST_SHA, b"1", key) for key in keys))
-    replies = wire.read(len(keys))
+def _digests(wire: Wire, keys: list[bytes], scripted: bool, scan: bytes) -> tuple[list, bool, list | None]:
+    """The keys' digests (None: gone), whether scripts still work, and the reply of `scan` (the next SCAN, sent in
+    the same round trip; None when there is none)."""
+    if scripted:
+        found, following = _by_script(wire, keys, scan)
+        if found is not None:
+            return found, True, following
+        return _by_dump(wire, keys, b"")[0], False, following  # scripts are refused here: DUMP from now on
+    found, following = _by_dump(wire, keys, scan)
+    return found, False, following
+
+
+def _by_script(wire: Wire, keys: list[bytes], scan: bytes) -> tuple[list | None, list | None]:
+    """Digests made on the server (None where scripts are refused), and the reply of `scan`."""
+    wire.send(b"".join(pack(b"EVALSHA", DIGEST_SHA, b"1", key) for key in keys) + scan)
+    replies = wire.read(len(keys) + bool(scan))
+    following = replies.pop() if scan else None
     if any(isinstance(r, ReplyError) and str(r).startswith("NOSCRIPT") for r in replies):
         wire.send(b"".join(pack(b"EVAL", DIGEST_SCRIPT, b"1", key) for key in keys))
         replies = wire.read(len(keys))
     if any(isinstance(r, ReplyError) for r in replies):
-        return None
+        return None, following
     return [None if reply is None else bytes.fromhex(reply[0].decode()) + _EXPIRY.pack(int(reply[1]))
-            for reply in replies]
+            for reply in replies], following
 
 
-def _digests_by_dump(wire: Wire, keys: list[bytes]) -> list:
-    wire.send(b"".join(pack(b"DUMP", k) + pack(b"PEXPIRETIME", k) for k in keys))
-    replies = wire.read(2 * len(keys))
+def _by_dump(wire: Wire, keys: list[bytes], scan: bytes) -> tuple[list, list | None]:
+    """Digests of DUMP + PEXPIRETIME made here, and the reply of `scan`."""
+    wire.send(b"".join(pack(b"DUMP", k) + pack(b"PEXPIRETIME", k) for k in keys) + scan)
+    replies = wire.read(2 * len(keys) + bool(scan))
+    following = replies.pop() if scan else None
     return [None if replies[2 * i] is None or isinstance(replies[2 * i], ReplyError)
-            else digest(replies[2 * i], replies[2 * i + 1]) for i in range(len(keys))]
+            else digest(replies[2 * i], replies[2 * i + 1]) for i in range(len(keys))], following
 
 
 def forward_records(forwarder: Forwarder, records: list, gone: list[bytes]) -> dict[bytes, str]:
