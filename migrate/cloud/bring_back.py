@@ -70,8 +70,8 @@ class CopyBack:
             self.scanner = Scanner(self.old, self.cache, self.run_dir, max(tolerance, 1), tolerance)
 
     def compare(self) -> tuple[list[Difference], dict]:
-        """The keys that differ and the scan's counts. The candidates are read once, not
-        settled: a round copies what differs as it reads, and a key that moves meanwhile is the next round's."""
+        """The keys that differ and the scan's counts. The candidates are read once, not settled: a round copies
+        what differs as it reads, and a key that moves meanwhile is the next round's."""
         expected, counts = self.scanner.candidates()
         pairs = self.scanner.differing(self.scanner.read(list(expected))) if expected else {}
         return judged(pairs, COMPARE.ttl_tolerance_ms), counts

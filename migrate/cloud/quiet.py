@@ -45,8 +45,8 @@ def cache_is_quiet(scanner: Scanner, found: list[bytes], threshold: int, rng: ra
     if changed:
         return {"quiet": False, "sampled": len(scanned), "changed": f"{changed} of the sampled keys"}
     keys_now = scanner.cache.key_count()
-    seen = _keys_seen(scanner.last_cache, keys_now, now_ms() + EXPIRY_MARGIN_MS)
-    if seen is not None:
+    fits, seen = _count_fits(scanner.last_cache, keys_now, now_ms() + EXPIRY_MARGIN_MS)
+    if not fits:
         return {"quiet": False, "sampled": len(scanned),
                 "changed": f"the key count ({keys_now:,} now, {seen:,} in the round's scan)"}
     return {"quiet": True, "sampled": len(scanned), "changed": None}
@@ -68,17 +68,18 @@ def _sample_of_the_round(prefixes: list[Path], found: list[bytes], threshold: in
     return entries
 
 
-def _keys_seen(prefixes: list[Path], keys_now: int, horizon_ms: int) -> int | None:
-    """None when `keys_now` fits what the round's scan saw: as many keys as it has entries (the common case, read
-    from the files' sizes), or else between the distinct keys that outlive `horizon_ms` and all of them (a key
-    SCAN returned twice, keys expiring meanwhile). Otherwise the distinct keys it saw."""
-    if keys_now == entry_count(prefixes):
-        return None
+def _count_fits(prefixes: list[Path], keys_now: int, horizon_ms: int) -> tuple[bool, int]:
+    """Whether `keys_now` fits what the round's scan saw, and how many keys it saw: as many as it has entries (the
+    common case, read from the files' sizes), or else between its distinct keys that outlive `horizon_ms` and all
+    of them (a key SCAN returned twice, keys expiring meanwhile)."""
+    entries = entry_count(prefixes)
+    if keys_now == entries:
+        return True, entries
     alive = expiring = 0
     for number in range(BUCKETS):
         bucket_alive, bucket_expiring = BucketSpill(prefixes, number).distinct_keys(horizon_ms)
         alive, expiring = alive + bucket_alive, expiring + bucket_expiring
-    return None if alive <= keys_now <= alive + expiring else alive
+    return alive <= keys_now <= alive + expiring, alive
 
 
 def _changed_values(scanner: Scanner, scanned: dict[bytes, Known]) -> int:
