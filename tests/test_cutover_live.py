@@ -424,6 +424,89 @@ def test_stragglers_never_overwrite_what_new_tasks_wrote_on_the_old_redis(standa
     assert not (run_dir / "sync" / "bring-back").exists()      # the spilled folds (key names) are removed
 
 
+def test_stragglers_in_batches_keep_every_key_a_new_task_keeps_writing(standalone_source, serverless_target,
+                                                                       run_dir):
+    """The straggler round writes in batches of keys (one WATCH ... EXEC each). New tasks keep writing some of
+    those keys on the old Redis all along, so batches abort and go key by key: every key they wrote is kept with
+    their last value, every other late write is brought back."""
+    import threading
+
+    from migrate.cloud.bring_back import CopyBack
+    from migrate.net.endpoints import Endpoint, discover
+    old, cache = standalone_source.client(), serverless_target.first.client()
+    keys = [f"k:{index}" for index in range(1000)]
+    hammered = keys[::20]
+
+    def write_all(side, value) -> None:
+        with side.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(key, value(key))
+            pipe.execute()
+
+    for side in (old, cache):
+        write_all(side, lambda key: "at the flip back")
+    copier = CopyBack(discover(Endpoint.from_url("source", standalone_source.url())),
+                      discover(Endpoint.from_url("target", serverless_target.url())), RunDir(run_dir, create=True))
+    last: dict[str, str] = {}
+    stop = threading.Event()
+
+    def new_tasks() -> None:
+        writes = 0
+        while not stop.is_set():
+            for key in hammered:
+                writes += 1
+                last[key] = f"new task write {writes}"
+                old.set(key, last[key])
+
+    try:
+        assert copier.round()["found"] == 0
+        write_all(cache, lambda key: f"late {key}")
+        for key in hammered:
+            last[key] = "new task's first write"
+            old.set(key, last[key])
+        writer = threading.Thread(target=new_tasks)
+        writer.start()
+        try:
+            found = copier.stragglers()
+        finally:
+            stop.set()
+            writer.join()
+        assert (found["copied"], found["kept_newer_on_old"]) == (len(keys) - len(hammered), len(hammered)), found
+        held = dict(zip(keys, old.mget(keys)))
+        assert {key: held[key].decode() for key in hammered} == {key: last[key] for key in hammered}
+        assert all(held[key] == f"late {key}".encode() for key in keys if key not in hammered)
+        assert copier.final(found["found"]) == []
+    finally:
+        copier.close()
+
+
+def test_stragglers_into_a_cluster_write_slot_by_slot(cluster_source, serverless_target, run_dir):
+    """An ElastiCache cluster as the old Redis: WATCH and a transaction take one slot, so the straggler round
+    batches by slot; the late writes land on every master, a key a new task wrote is kept."""
+    from migrate.cloud.bring_back import CopyBack
+    from migrate.net.endpoints import Endpoint, discover
+    old, cache = cluster_source.cluster_client(), serverless_target.first.client()
+    keys = [f"k:{index}" for index in range(300)] + [f"{{tag}}:{index}" for index in range(50)]  # 50 in one slot
+    for side in (old, cache):
+        for key in keys:
+            side.set(key, "at the flip back")
+    copier = CopyBack(discover(Endpoint.from_url("source", cluster_source.url())),
+                      discover(Endpoint.from_url("target", serverless_target.url())), RunDir(run_dir, create=True))
+    try:
+        assert copier.round()["found"] == 0
+        for key in keys:
+            cache.set(key, f"late {key}")
+        old.set("k:7", "new task")
+        old.set("{tag}:7", "new task")
+        found = copier.stragglers()
+        assert (found["copied"], found["kept_newer_on_old"]) == (len(keys) - 2, 2), found
+        assert old.get("k:7") == old.get("{tag}:7") == b"new task"
+        assert all(old.get(key) == f"late {key}".encode() for key in keys if key not in ("k:7", "{tag}:7"))
+        assert copier.final(found["found"]) == []
+    finally:
+        copier.close()
+
+
 def test_later_rounds_scan_the_cache_alone_and_still_find_every_change(standalone_source, serverless_target,
                                                                       run_dir):
     """Rounds after the first scan only the cache and join it with the old side as bring-back knows it: a change,

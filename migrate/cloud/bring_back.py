@@ -149,15 +149,12 @@ class CopyBack:
         ours = self._ours(gone)
         self._report([key for key in gone if key not in ours and key not in self.conflicts
                       and pairs[key][1].present and expected[key] is not None])
+        items = [(key, expected[key], [command for per_record in record_commands(chunks) for command, _ in per_record])
+                 for key, chunks in by_key.items()]
+        items += [(key, expected[key], [pack(b"DEL", key)]) for key in gone if key in ours]
         cas = OldCas(self.old, self.scanner)
-        outcomes: dict[bytes, str] = {}
         try:
-            for key, chunks in by_key.items():
-                writes = [command for per_record in record_commands(chunks) for command, _ in per_record]
-                outcomes[key] = cas.apply(key, expected[key], writes)
-            for key in gone:
-                if key in ours:
-                    outcomes[key] = cas.apply(key, expected[key], [pack(b"DEL", key)])
+            outcomes = cas.apply_all(items)
         finally:
             cas.close()
         self.kept.update(key for key, outcome in outcomes.items() if outcome == KEPT)

@@ -6,9 +6,11 @@ bring-back then knows the old side per key: those folds, overlaid with what it r
 compared, re-read after it wrote it). A later round scans the cache alone and joins its folds with that state,
 bucket by bucket: only the keys whose folds differ are read again, on both sides.
 
-The same state, at the flip back, is the basis of the straggler round's compare-and-set (`cas_copy`): a key is
+The same state, at the flip back, is the basis of the straggler round's compare-and-set (`OldCas`): a key is
 written on the old Redis only if it still holds what bring-back left there (WATCH, the key's canonical fold
-read again, MULTI/EXEC); otherwise a new task wrote it there after the flip back and it is kept.
+read again, MULTI/EXEC); otherwise a new task wrote it there after the flip back and it is kept. Keys go in
+batches of one WATCH ... EXEC (one slot at a time on a cluster), so that a late rollout's thousands of keys
+take a few round trips each hundred, not four per key.
 
 Limits: a write on the old Redis by someone else between the first round and the flip back is not seen (an
 old task still running, an operator): it is neither overwritten nor reported. A key whose expiry falls between
@@ -36,8 +38,10 @@ from ..verify.stage import SourceReference
 from ..workers import run_workers
 
 ATTEMPTS = 5
+CAS_BATCH = 200  # keys per WATCH ... EXEC in the straggler round
 JOINERS = 2
 APPLIED, DELETED, KEPT, UNCHANGED = "applied", "deleted", "kept", "unchanged"
+Cas = tuple[bytes, Known | None, list[bytes]]  # a key, what the old Redis should still hold, the writes
 
 
 @dataclass
@@ -188,28 +192,63 @@ class OldCas:
     def apply(self, key: bytes, expected: Known | None, writes: list[bytes]) -> str:
         """`writes` (a RESTORE, a big key's chunks, or a DEL) if the key's fold is still `expected`; else KEPT."""
         for _ in range(ATTEMPTS):
-            reader = self._reader(key)
-            wire = reader.wire
-            with translated_errors(self.old.endpoint):
-                wire.call(b"WATCH", key)
-                now = fold_view(key, reader.read([key])[0], self.scanner.grid)
-                if not unchanged(expected, now, self.scanner.tolerance_ms):
-                    wire.call(b"UNWATCH")
-                    return KEPT
-                if not writes or (now is None and writes == [pack(b"DEL", key)]):
-                    wire.call(b"UNWATCH")
-                    return UNCHANGED
-                wire.send(pack(b"MULTI") + b"".join(writes) + pack(b"EXEC"))
-                replies = wire.read(len(writes) + 2)
-            result = replies[-1]
-            if result is None:
-                continue  # the key changed between the look and the write: look again
-            errors = [r for r in [*replies[:-1], *result] if isinstance(r, ReplyError)]
-            if errors:
-                raise RuntimeFailure(f"bring-back: the old Redis refused the write of {readable(key)} ({errors[0]})",
-                                     "check the old Redis's health and memory; rerun rollback --bring-back")
-            return DELETED if writes == [pack(b"DEL", key)] else APPLIED
+            outcome = self._attempt([(key, expected, writes)]).get(key)
+            if outcome is not None:
+                return outcome
         return KEPT  # it keeps changing on the old Redis: a new task writes it
+
+    def apply_all(self, items: list[Cas]) -> dict[bytes, str]:
+        """`apply` for many keys, CAS_BATCH keys of one group in one WATCH ... EXEC: a group is the whole node on a
+        standalone Redis, one slot on a cluster (where WATCH and a transaction take a single slot). A big key's
+        chunks go alone. A batch whose EXEC aborts (one of its keys changed between the look and the write: a new
+        task's) goes key by key."""
+        outcomes: dict[bytes, str] = {}
+        groups: dict[int, list[Cas]] = {}
+        for item in items:
+            if len(item[2]) > 1:
+                outcomes[item[0]] = self.apply(*item)
+            else:
+                slot = key_slot(item[0])
+                groups.setdefault(slot if self.old.is_cluster else self.owners[slot], []).append(item)
+        for group in groups.values():
+            for start in range(0, len(group), CAS_BATCH):
+                batch = group[start:start + CAS_BATCH]
+                outcomes.update(self._attempt(batch))
+                outcomes.update((key, self.apply(key, expected, writes)) for key, expected, writes in batch
+                                if key not in outcomes)
+        return outcomes
+
+    def _attempt(self, batch: list[Cas]) -> dict[bytes, str]:
+        """One WATCH of the batch's keys (one node), one read of all, one transaction with the writes of those still
+        as expected. The outcome per key; none for the keys to write when the EXEC aborted."""
+        reader = self._reader(batch[0][0])
+        wire, keys = reader.wire, [key for key, _, _ in batch]
+        outcomes, writing = {}, []
+        with translated_errors(self.old.endpoint):
+            wire.call(b"WATCH", *keys)
+            for (key, expected, writes), view in zip(batch, reader.read(keys)):
+                now = fold_view(key, view, self.scanner.grid)
+                if not unchanged(expected, now, self.scanner.tolerance_ms):
+                    outcomes[key] = KEPT
+                elif not writes or (now is None and writes == [pack(b"DEL", key)]):
+                    outcomes[key] = UNCHANGED
+                else:
+                    writing.append((key, writes))
+            if not writing:
+                wire.call(b"UNWATCH")
+                return outcomes
+            commands = [command for _, writes in writing for command in writes]
+            wire.send(pack(b"MULTI") + b"".join(commands) + pack(b"EXEC"))
+            replies = wire.read(len(commands) + 2)
+        if replies[-1] is None:
+            return outcomes
+        errors = [r for r in [*replies[:-1], *replies[-1]] if isinstance(r, ReplyError)]
+        if errors:
+            others = f" or of the {len(writing) - 1} keys written with it" if len(writing) > 1 else ""
+            raise RuntimeFailure(f"bring-back: the old Redis refused the write of {readable(writing[0][0])}{others} "
+                                 f"({errors[0]})",
+                                 "check the old Redis's health and memory; rerun rollback --bring-back")
+        return outcomes | {key: DELETED if writes == [pack(b"DEL", key)] else APPLIED for key, writes in writing}
 
     def close(self) -> None:
         for reader in self.readers.values():
