@@ -229,6 +229,19 @@ def test_dump_rounds_stay_within_the_budget_and_a_big_key_goes_alone():
     assert list(_rounds([], 100)) == []
 
 
+def test_straggler_transactions_are_bounded_by_keys_and_bytes():
+    """The straggler round's compare-and-set queues a batch's writes in one transaction, held in the old Redis's
+    memory until EXEC: at most CAS_BATCH keys and CAS_BATCH_BYTES of writes, a bigger write alone, none lost."""
+    from migrate.cloud.copyback import CAS_BATCH, CAS_BATCH_BYTES, _batches
+    small = [(b"s%d" % i, None, [b"x" * 10]) for i in range(CAS_BATCH + 5)]
+    assert [len(batch) for batch in _batches(small)] == [CAS_BATCH, 5]
+    third = CAS_BATCH_BYTES // 3
+    mixed = [(b"a", None, [b"x" * third]), (b"b", None, [b"x" * third]), (b"huge", None, [b"x" * CAS_BATCH_BYTES]),
+             (b"c", None, [b"x" * third]), (b"d", None, [])]
+    assert [[key for key, _, _ in batch] for batch in _batches(mixed)] == [[b"a", b"b"], [b"huge"], [b"c", b"d"]]
+    assert list(_batches([])) == []
+
+
 def test_type_codes_are_the_ones_on_disk_and_in_digests():
     """Segment files store a struct record's type by its position; digests are seeded with theirs.
     Reordering either breaks existing run dirs or changes every digest: these lists only grow."""

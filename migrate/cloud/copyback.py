@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from ..workers import run_workers
 
 ATTEMPTS = 5
 CAS_BATCH = 200  # keys per WATCH ... EXEC in the straggler round
+CAS_BATCH_BYTES = 8 << 20  # ... and bytes of writes queued in one transaction
 JOINERS = 2
 APPLIED, DELETED, KEPT, UNCHANGED = "applied", "deleted", "kept", "unchanged"
 Cas = tuple[bytes, Known | None, list[bytes]]  # a key, what the old Redis should still hold, the writes
@@ -198,9 +200,9 @@ class OldCas:
         return KEPT  # it keeps changing on the old Redis: a new task writes it
 
     def apply_all(self, items: list[Cas]) -> dict[bytes, str]:
-        """`apply` for many keys, CAS_BATCH keys of one group in one WATCH ... EXEC: a group is the whole node on a
-        standalone Redis, one slot on a cluster (where WATCH and a transaction take a single slot). A big key's
-        chunks go alone. A batch whose EXEC aborts (one of its keys changed between the look and the write: a new
+        """`apply` for many keys, a batch of one group in one WATCH ... EXEC (`_batches`): a group is the whole node
+        on a standalone Redis, one slot on a cluster (where WATCH and a transaction take a single slot). A big
+        key's chunks go alone. A batch whose EXEC aborts (one of its keys changed between the look and the write: a new
         task's) goes key by key."""
         outcomes: dict[bytes, str] = {}
         groups: dict[int, list[Cas]] = {}
@@ -211,8 +213,7 @@ class OldCas:
                 slot = key_slot(item[0])
                 groups.setdefault(slot if self.old.is_cluster else self.owners[slot], []).append(item)
         for group in groups.values():
-            for start in range(0, len(group), CAS_BATCH):
-                batch = group[start:start + CAS_BATCH]
+            for batch in _batches(group):
                 outcomes.update(self._attempt(batch))
                 outcomes.update((key, self.apply(key, expected, writes)) for key, expected, writes in batch
                                 if key not in outcomes)
@@ -254,6 +255,22 @@ class OldCas:
         for reader in self.readers.values():
             reader.wire.close()
         self.readers.clear()
+
+
+def _batches(items: list[Cas]) -> Iterator[list[Cas]]:
+    """At most CAS_BATCH keys and CAS_BATCH_BYTES of writes a batch (a transaction's commands wait in the old
+    Redis's memory until EXEC), at least one key."""
+    batch: list[Cas] = []
+    size = 0
+    for item in items:
+        weight = sum(map(len, item[2]))
+        if batch and (len(batch) == CAS_BATCH or size + weight > CAS_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += weight
+    if batch:
+        yield batch
 
 
 def unchanged(expected: Known | None, now: Known | None, tolerance_ms: int) -> bool:
