@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..batches import budgeted
 from ..errors import RuntimeFailure
 from ..keynames import readable
 from ..net.endpoints import Topology, translated_errors
@@ -260,17 +261,7 @@ class OldCas:
 def _batches(items: list[Cas]) -> Iterator[list[Cas]]:
     """At most CAS_BATCH keys and CAS_BATCH_BYTES of writes a batch (a transaction's commands wait in the old
     Redis's memory until EXEC), at least one key."""
-    batch: list[Cas] = []
-    size = 0
-    for item in items:
-        weight = sum(map(len, item[2]))
-        if batch and (len(batch) == CAS_BATCH or size + weight > CAS_BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += weight
-    if batch:
-        yield batch
+    return budgeted(items, lambda item: sum(map(len, item[2])), CAS_BATCH_BYTES, CAS_BATCH)
 
 
 def unchanged(expected: Known | None, now: Known | None, tolerance_ms: int) -> bool:

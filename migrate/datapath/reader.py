@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Protocol
 
+from ..batches import budgeted
 from ..net.endpoints import Topology
 from ..net.keyspace import GONE, LENGTH_COMMANDS, SlotRanges, absolute_expiry, estimated_size, key_slot
 from ..net.rdb import rdb_version_of
@@ -433,16 +435,7 @@ def _admissible_names(keys: list[bytes]) -> list[bytes]:
 def _rounds(keys: list[tuple[bytes, int]], budget: int) -> Iterator[list[bytes]]:
     """The keys of consecutive (key, size) pairs, in groups whose sizes add up to at most `budget`
     (a bigger key alone)."""
-    group: list[bytes] = []
-    used = 0
-    for key, size in keys:
-        if group and used + size > budget:
-            yield group
-            group, used = [], 0
-        group.append(key)
-        used += size
-    if group:
-        yield group
+    return ([key for key, _ in group] for group in budgeted(keys, itemgetter(1), budget))
 
 
 def _absolute(reply, now: int | None) -> int:

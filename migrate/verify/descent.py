@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from ..batches import budgeted
 from ..net.endpoints import Topology, translated_errors
 from ..net.keyspace import key_slot, key_slots
 from ..net.wire import ReplyError, Wire, pack
@@ -125,18 +126,8 @@ class SlotLister:
 
 def groups(slots: list[int], sizes: Iterable[SlotDigests], limit: int | None = None) -> Iterator[list[int]]:
     """The slots in groups of at most `limit` (GROUP_KEYS) keys on the larger side (a bigger slot goes alone)."""
-    sizes, limit = list(sizes), limit or GROUP_KEYS
-    group: list[int] = []
-    held = 0
-    for slot in slots:
-        keys = max(digests.keys_in(slot) for digests in sizes)
-        if group and held + keys > limit:
-            yield group
-            group, held = [], 0
-        group.append(slot)
-        held += keys
-    if group:
-        yield group
+    sizes = list(sizes)
+    return budgeted(slots, lambda slot: max(digests.keys_in(slot) for digests in sizes), limit or GROUP_KEYS)
 
 
 @dataclass
