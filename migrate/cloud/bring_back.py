@@ -73,8 +73,7 @@ class CopyBack:
         """The keys that differ and the scan's counts. The candidates are read once, not settled: a round copies
         what differs as it reads, and a key that moves meanwhile is the next round's."""
         expected, counts = self.scanner.candidates()
-        pairs = self.scanner.differing(self.scanner.read(list(expected))) if expected else {}
-        return judged(pairs, COMPARE.ttl_tolerance_ms), counts
+        return judged(self.scanner.read(list(expected)), COMPARE.ttl_tolerance_ms) if expected else [], counts
 
     def _ours(self, keys: list[bytes]) -> set[bytes]:
         """Of these keys (gone from the cache), those sync put on the cache or bring-back on the old Redis."""
