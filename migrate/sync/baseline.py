@@ -93,15 +93,6 @@ class Baseline:
                                  "VALUES (?, ?, ?, 0, ?)", rows)
             return self._db.total_changes - before
 
-    def unknown(self, keys: list[bytes]) -> list[bytes]:
-        """The keys (in order) that have no row."""
-        known: set[bytes] = set()
-        for start in range(0, len(keys), 500):
-            chunk = [bytes(k) for k in keys[start:start + 500]]
-            marks = ",".join("?" * len(chunk))
-            known.update(row[0] for row in self._db.execute(f"SELECT key FROM baseline WHERE key IN ({marks})", chunk))
-        return [key for key in keys if bytes(key) not in known]
-
     def get(self, key: bytes) -> tuple[bool, bytes | None]:
         """(known, digest) for a key."""
         row = self._db.execute("SELECT digest FROM baseline WHERE key = ?", (bytes(key),)).fetchone()
